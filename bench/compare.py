@@ -1,0 +1,415 @@
+"""Run the workloads of bench/workloads.py on trainkit and on Ray, side by side, and print a
+markdown table: metric, trainkit, Ray, ratio (trainkit/Ray), target, pass/fail.
+
+    bash bench/setup_ray_venv.sh                      # once: Ray 2.60 in bench/.venv-ray
+    .venv/bin/python bench/compare.py                 # all workloads, 1 round
+    .venv/bin/python bench/compare.py --rounds 3 actor_latency task_throughput
+    .venv/bin/python bench/compare.py --from bench/results/compare-XXXX.jsonl   # re-render
+
+trainkit runs under .venv/bin/python and Ray under bench/.venv-ray/bin/python, each workload
+in its own fresh process. Rounds are interleaved (round 1 of every workload, then round 2, ...)
+and the backend that goes first alternates between rounds; with several rounds the table shows
+the median over rounds. The raw result lines go to bench/results/compare-<time>.jsonl, the
+table to bench/results/compare-<time>.md and each run's stdout+stderr to
+bench/results/logs/<time>/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO_ROOT = os.path.dirname(HERE)
+RESULTS = os.path.join(HERE, "results")
+WORKLOADS = ("init", "actor_latency", "task_throughput", "object_store", "baseline_zmq")
+PYTHONS = {
+    "trainkit": os.path.join(REPO_ROOT, ".venv", "bin", "python"),
+    "ray": os.path.join(HERE, ".venv-ray", "bin", "python"),
+}
+ZMQ_FLOOR = ("baseline_zmq", "zmq_reqrep_rtt_us")
+
+
+# ---------------------------------------------------------------- targets ----
+# Each target gets (tk, ray, floors) and returns (text, passed) where passed is
+# True/False, or None when a value is missing (counted as a failure).
+def ratio_le(k):
+    def f(tk, ray, floors):
+        ok = None if tk is None or ray is None else tk <= k * ray
+        return f"<= {k:g}x Ray", ok
+
+    return f
+
+
+def ratio_ge(k):
+    def f(tk, ray, floors):
+        ok = None if tk is None or ray is None else tk >= k * ray
+        return f">= {k:g}x Ray", ok
+
+    return f
+
+
+def floor_le(k, floor_key):
+    def f(tk, ray, floors):
+        fl = floors.get(floor_key)
+        ok = None if tk is None or fl is None else tk <= k * fl
+        return f"<= {k:g}x pyzmq ({fmt_num(fl)} us)", ok
+
+    return f
+
+
+def is_true(tk, ray, floors):
+    return "true", (None if tk is None else bool(tk))
+
+
+def get_not_growing(tk, ray, floors):
+    # 10x the bytes: a copying get grows ~10x (1 GB memcpy is >= 70 ms here); a zero-copy
+    # get stays flat. Noise at the ~50 us scale is allowed for: <= 3x, or under 1 ms anyway.
+    g1, g100 = floors.get("tk_get_1GB_us"), floors.get("tk_get_100MB_us")
+    if tk is None or g1 is None or g100 is None:
+        return "<= 3x (or < 1 ms)", None
+    return "<= 3x (or < 1 ms)", bool(tk <= 3.0 or g1 < 1000.0)
+
+
+# (label, workload, key, unit, target or None). Rows with a target are the issue's targets.
+ROWS = [
+    ("import (s)", "init", "import_s", None),
+    ("init(num_cpus=2) (s)", "init", "init_s", None),
+    ("shutdown() (s)", "init", "shutdown_s", None),
+    ("**init()+shutdown() (s)**", "init", "init_shutdown_s", ratio_le(0.2)),
+    ("fresh process, launch to exit (s)", "init", "process_wall_s", None),
+    ("first no-op task after init (s)", "init", "first_task_s", None),
+    ("runtime processes (settled)", "init", "mem_n_procs", None),
+    ("RSS sum of runtime processes (MB)", "init", "mem_rss_mb", None),
+    ("**PSS sum of runtime processes (MB)**", "init", "mem_pss_mb", ratio_le(0.25)),
+    ("USS sum of runtime processes (MB)", "init", "mem_uss_mb", None),
+    ("driver RSS (MB)", "init", "mem_driver_rss_mb", None),
+    ("processes left 2 s after shutdown", "init", "leftover_procs_2s", None),
+    ("**sync actor call RTT, median (us)**", "actor_latency", "sync_rtt_us", ratio_le(0.5)),
+    (
+        "**sync actor call RTT vs bare pyzmq (us)**",
+        "actor_latency",
+        "sync_rtt_us",
+        floor_le(2.0, ZMQ_FLOOR),
+    ),
+    ("sync actor call RTT, p99 (us)", "actor_latency", "sync_rtt_p99_us", None),
+    ("**async actor calls/s (10k)**", "actor_latency", "async_calls_s", ratio_ge(2.0)),
+    ("async: submit 10k only (s)", "actor_latency", "async_submit_s", None),
+    ("**no-op tasks/s (10k)**", "task_throughput", "noop_tasks_s", ratio_ge(2.0)),
+    ("sync task RTT, median (us)", "task_throughput", "task_sync_rtt_us", None),
+    ("1,000 x 10 ms tasks on 2 CPUs, wall (s)", "task_throughput", "sleep_wall_s", None),
+    (
+        "**1,000 x 10 ms tasks: overhead vs 5.0 s (%)**",
+        "task_throughput",
+        "sleep_overhead_pct",
+        ratio_le(1.0),
+    ),
+    ("memcpy 100 MB (ms), floor", "object_store", "memcpy_100MB_ms", None),
+    ("put 100 MB, first (ms)", "object_store", "put_100MB_first_ms", None),
+    ("put 100 MB, warm median (ms)", "object_store", "put_100MB_ms", None),
+    ("**put 100 MB, warm (MB/s)**", "object_store", "put_100MB_MBps", ratio_ge(1.0)),
+    ("get 100 MB (us)", "object_store", "get_100MB_us", None),
+    ("**get 100 MB zero-copy**", "object_store", "get_100MB_zero_copy", is_true),
+    ("get 100 MB read-only", "object_store", "get_100MB_readonly", None),
+    ("get 1 GB (us)", "object_store", "get_1GB_us", None),
+    ("**get 1 GB zero-copy**", "object_store", "get_1GB_zero_copy", is_true),
+    ("**get time 1 GB / 100 MB**", "object_store", "get_1GB_vs_100MB", get_not_growing),
+    ("put 1 GB, first (ms)", "object_store", "put_1GB_first_ms", None),
+    ("put 1 GB, warm median (ms)", "object_store", "put_1GB_ms", None),
+    ("task(ref) summing 100 MB, RTT (ms)", "object_store", "task_ref_sum_100MB_ms", None),
+    ("bare pyzmq REQ/REP RTT, 31 B, ipc (us)", "baseline_zmq", "zmq_reqrep_rtt_us", None),
+    ("bare pyzmq DEALER pipelined (msgs/s)", "baseline_zmq", "zmq_dealer_pipelined_msgs_s", None),
+]
+
+
+# ---------------------------------------------------------------- running ----
+def parse_line(stdout):
+    for ln in reversed((stdout or "").splitlines()):
+        ln = ln.strip()
+        if ln.startswith('{"bench"'):
+            try:
+                return json.loads(ln)
+            except ValueError:
+                return None
+    return None
+
+
+def stop_tree(pid):
+    """Stop a child we started and everything under it (only our own processes)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [*root.children(recursive=True), root]
+    except psutil.Error:
+        return
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=3)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+
+
+def stop_group_leftovers(pgid):
+    """Processes still in the process group of a run we started (its session leader has exited,
+    e.g. after a crash). The group was created by us (start_new_session), so they are ours."""
+    import psutil
+
+    left = []
+    for p in psutil.process_iter(["pid", "name"]):
+        try:
+            if p.pid != os.getpid() and os.getpgid(p.pid) == pgid:
+                left.append(p)
+        except (OSError, psutil.Error):
+            continue
+    names = sorted({p.info.get("name") or "?" for p in left})
+    for p in left:
+        try:
+            p.terminate()
+        except psutil.Error:
+            pass
+    if left:
+        _, alive = psutil.wait_procs(left, timeout=3)
+        for p in alive:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+    return len(left), names
+
+
+def run_one(workload, backend, python, timeout, logdir, rnd):
+    cmd = [python, os.path.join(HERE, "workloads.py"), workload, "--backend", backend]
+    t0 = time.perf_counter()
+    p = subprocess.Popen(
+        cmd,
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    timed_out = False
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        stop_tree(p.pid)
+        out, err = p.communicate()
+    wall = time.perf_counter() - t0
+    time.sleep(0.5)
+    n_left, left_names = stop_group_leftovers(p.pid)
+    with open(os.path.join(logdir, f"{workload}-{backend}-r{rnd}.log"), "w") as f:
+        f.write(f"$ {' '.join(cmd)}\n# rc={p.returncode} wall={wall:.1f}s\n")
+        f.write("---- stdout ----\n" + (out or "") + "\n---- stderr ----\n" + (err or ""))
+    line = parse_line(out)
+    if line is None:
+        tail = " / ".join((err or "").strip().splitlines()[-4:])
+        line = {
+            "bench": workload,
+            "backend": backend,
+            "error": ("timed out" if timed_out else f"no result line, rc={p.returncode}")
+            + (f": {tail}" if tail else ""),
+        }
+    elif timed_out:
+        line["error"] = line.get("error") or f"timed out after {timeout}s"
+    if n_left:
+        line["leftover_after_run"] = n_left
+        line["leftover_after_run_names"] = left_names
+    line.update(round=rnd, rc=p.returncode, run_wall_s=round(wall, 2), python=python)
+    return line
+
+
+# -------------------------------------------------------------- reporting ----
+def fmt_num(v):
+    if v is None:
+        return "—"
+    if isinstance(v, bool):
+        return "yes" if v else "**no**"
+    if isinstance(v, (int, float)):
+        a = abs(v)
+        if a >= 1000:
+            return f"{v:,.0f}"
+        if a >= 100:
+            return f"{v:.0f}"
+        if a >= 10:
+            return f"{v:.1f}"
+        if a >= 1:
+            return f"{v:.2f}"
+        return f"{v:.3g}"
+    return str(v)
+
+
+def aggregate(lines, backend, workload, key):
+    vals = [
+        ln[key]
+        for ln in lines
+        if ln.get("backend") == backend
+        and ln.get("bench") == workload
+        and key in ln
+        and ln[key] is not None
+    ]
+    if not vals:
+        return None
+    if all(isinstance(v, bool) for v in vals):
+        return all(vals)
+    if all(isinstance(v, (int, float)) for v in vals):
+        return statistics.median(vals)
+    return vals[-1]
+
+
+def render(lines, source=""):
+    floors = {
+        ZMQ_FLOOR: aggregate(lines, "trainkit", *ZMQ_FLOOR) or aggregate(lines, "ray", *ZMQ_FLOOR),
+        "tk_get_1GB_us": aggregate(lines, "trainkit", "object_store", "get_1GB_us"),
+        "tk_get_100MB_us": aggregate(lines, "trainkit", "object_store", "get_100MB_us"),
+    }
+    rounds = sorted({ln.get("round") for ln in lines if ln.get("round") is not None})
+    out = []
+    out.append(
+        f"Benchmarks: trainkit vs Ray ({len(rounds) or 1} round(s), median over rounds; "
+        f"{platform.node()}, {os.cpu_count()} CPUs){source}"
+    )
+    out.append("")
+    out.append("| metric | trainkit | Ray | ratio (tk/Ray) | target | pass |")
+    out.append("| --- | ---: | ---: | ---: | --- | --- |")
+    n_pass = n_fail = 0
+    present = {ln.get("bench") for ln in lines}
+    for label, wl, key, target in ROWS:
+        if wl not in present:
+            continue
+        tk = aggregate(lines, "trainkit", wl, key)
+        ray = aggregate(lines, "ray", wl, key)
+        ratio = "—"
+        if (
+            isinstance(tk, (int, float))
+            and isinstance(ray, (int, float))
+            and not isinstance(tk, bool)
+            and ray
+        ):
+            ratio = f"{tk / ray:.2f}x"
+        if target is None:
+            ttext, verdict = "", ""
+        else:
+            ttext, ok = target(tk, ray, floors)
+            verdict = "PASS" if ok else ("**FAIL**" if ok is False else "**FAIL** (no data)")
+            n_pass += bool(ok)
+            n_fail += not ok
+        out.append(f"| {label} | {fmt_num(tk)} | {fmt_num(ray)} | {ratio} | {ttext} | {verdict} |")
+    out.append("")
+    out.append(f"Targets: {n_pass} pass, {n_fail} fail.")
+    for ln in lines:
+        if ln.get("leftover_after_run"):
+            out.append(
+                f"- {ln.get('bench')} / {ln.get('backend')} (round {ln.get('round')}) "
+                f"left {ln['leftover_after_run']} process(es) behind after it exited "
+                f"({', '.join(ln.get('leftover_after_run_names', []))}); stopped"
+            )
+    errs = [ln for ln in lines if ln.get("error")]
+    for ln in errs:
+        out.append(
+            f"- error: {ln.get('bench')} / {ln.get('backend')} "
+            f"(round {ln.get('round')}): {ln['error']}"
+        )
+    return "\n".join(out)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument(
+        "workloads",
+        nargs="*",
+        metavar="WORKLOAD",
+        help=f"any of {', '.join(WORKLOADS)} (default: all)",
+    )
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument(
+        "--backends", default="trainkit,ray", help="comma-separated subset of trainkit,ray"
+    )
+    ap.add_argument("--tk-python", default=PYTHONS["trainkit"])
+    ap.add_argument("--ray-python", default=PYTHONS["ray"])
+    ap.add_argument(
+        "--timeout",
+        type=float,
+        default=120.0,
+        help="per workload run (each workload stops itself at 85 s)",
+    )
+    ap.add_argument(
+        "--from",
+        dest="from_file",
+        metavar="JSONL",
+        help="do not run: render the table from saved result lines",
+    )
+    args = ap.parse_args()
+
+    if args.from_file:
+        with open(args.from_file) as f:
+            lines = [json.loads(ln) for ln in f if ln.strip()]
+        print(render(lines, f"; from {args.from_file}"))
+        return 0
+
+    bad = [w for w in args.workloads if w not in WORKLOADS]
+    if bad:
+        ap.error(f"unknown workload(s) {bad}; choose from {', '.join(WORKLOADS)}")
+    workloads = args.workloads or list(WORKLOADS)
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    pythons = {"trainkit": args.tk_python, "ray": args.ray_python}
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    os.makedirs(RESULTS, exist_ok=True)
+    logdir = os.path.join(RESULTS, "logs", stamp)
+    os.makedirs(logdir, exist_ok=True)
+    jsonl = os.path.join(RESULTS, f"compare-{stamp}.jsonl")
+
+    lines = []
+    with open(jsonl, "w") as fout:
+        for rnd in range(1, args.rounds + 1):
+            order = backends if rnd % 2 else backends[::-1]
+            for wl in workloads:
+                for be in order:
+                    py = pythons[be]
+                    if not os.path.exists(py):
+                        line = {
+                            "bench": wl,
+                            "backend": be,
+                            "round": rnd,
+                            "error": f"no interpreter at {py}"
+                            + (" (run bench/setup_ray_venv.sh)" if be == "ray" else ""),
+                        }
+                    else:
+                        print(
+                            f"[round {rnd}/{args.rounds}] {wl} on {be} ...",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+                        line = run_one(wl, be, py, args.timeout, logdir, rnd)
+                        print(
+                            f"    {line.get('run_wall_s')} s"
+                            + (f", ERROR: {line['error']}" if line.get("error") else ""),
+                            file=sys.stderr,
+                            flush=True,
+                        )
+                    lines.append(line)
+                    fout.write(json.dumps(line, default=str) + "\n")
+                    fout.flush()
+
+    table = render(lines, f"; raw: {os.path.relpath(jsonl, REPO_ROOT)}")
+    with open(jsonl[: -len(".jsonl")] + ".md", "w") as f:
+        f.write(table + "\n")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""trainkit: ML training and tuning on a fast, light actor runtime of its own."""
+
+from trainkit import exceptions
+from trainkit.runtime import ObjectRef
+from trainkit.runtime import available_resources
+from trainkit.runtime import cancel
+from trainkit.runtime import cluster_resources
+from trainkit.runtime import get
+from trainkit.runtime import get_actor
+from trainkit.runtime import get_gpu_ids
+from trainkit.runtime import init
+from trainkit.runtime import is_initialized
+from trainkit.runtime import kill
+from trainkit.runtime import nodes
+from trainkit.runtime import put
+from trainkit.runtime import remote
+from trainkit.runtime import shutdown
+from trainkit.runtime import wait
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ObjectRef",
+    "__version__",
+    "available_resources",
+    "cancel",
+    "cluster_resources",
+    "exceptions",
+    "get",
+    "get_actor",
+    "get_gpu_ids",
+    "init",
+    "is_initialized",
+    "kill",
+    "nodes",
+    "put",
+    "remote",
+    "shutdown",
+    "wait",
+]

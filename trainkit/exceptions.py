@@ -1,0 +1,192 @@
+"""The whole trainkit error tree.
+
+Every error crosses process boundaries, so each keeps its structured fields in ``args``
+(or defines ``__reduce__``) and survives pickle and cloudpickle.
+
+```text
+TrainkitError
+  TaskError                      a remote exception; also an instance of the user's class
+  GetTimeoutError                (also a builtin TimeoutError)
+  InfeasibleError                (also ValueError) a request no node can ever satisfy
+  OutOfMemoryError               (also MemoryError) object store full, nothing spillable
+  RuntimeSystemError             the runtime itself failed
+    ActorDiedError
+    WorkerCrashedError
+    ObjectLostError
+    TaskCancelledError
+    TransportClosedError
+    TrainkitInternalError        a bug in trainkit: please report it
+```
+"""
+
+from __future__ import annotations
+
+import builtins
+from typing import Any
+
+__all__ = [
+    "ActorDiedError",
+    "GetTimeoutError",
+    "InfeasibleError",
+    "ObjectLostError",
+    "OutOfMemoryError",
+    "RuntimeSystemError",
+    "TaskCancelledError",
+    "TaskError",
+    "TrainkitError",
+    "TrainkitInternalError",
+    "TransportClosedError",
+    "WorkerCrashedError",
+]
+
+
+class TrainkitError(Exception):
+    """Base class of every error trainkit raises."""
+
+
+class RuntimeSystemError(TrainkitError):
+    """The runtime failed (a process died, an object was lost), not the user's code."""
+
+
+class ActorDiedError(RuntimeSystemError):
+    """The actor is dead: killed, crashed, or out of restarts.
+
+    Args:
+        actor_id: hex id of the actor.
+        cause: why it died, in words.
+    """
+
+    def __init__(self, actor_id: str = "", cause: str = "") -> None:
+        super().__init__(actor_id, cause)
+        self.actor_id = actor_id
+        self.cause = cause
+
+    def __str__(self) -> str:
+        return f"actor {self.actor_id} is dead: {self.cause}"
+
+
+class WorkerCrashedError(RuntimeSystemError):
+    """The worker process running a task died before the task finished."""
+
+    def __init__(self, task: str = "", cause: str = "") -> None:
+        super().__init__(task, cause)
+        self.task = task
+        self.cause = cause
+
+    def __str__(self) -> str:
+        return f"the worker running {self.task} died: {self.cause}"
+
+
+class ObjectLostError(RuntimeSystemError):
+    """An object's value can no longer be found (its owner or its node died)."""
+
+    def __init__(self, object_id: str = "", cause: str = "") -> None:
+        super().__init__(object_id, cause)
+        self.object_id = object_id
+        self.cause = cause
+
+    def __str__(self) -> str:
+        return f"object {self.object_id} is lost: {self.cause}"
+
+
+class TaskCancelledError(RuntimeSystemError):
+    """The task was cancelled with ``cancel()`` before it produced a value."""
+
+    def __init__(self, task: str = "") -> None:
+        super().__init__(task)
+        self.task = task
+
+    def __str__(self) -> str:
+        return f"task {self.task} was cancelled"
+
+
+class TransportClosedError(RuntimeSystemError):
+    """A connection to another trainkit process was closed."""
+
+
+class TrainkitInternalError(RuntimeSystemError):
+    """A bug in trainkit itself: please report it with the traceback."""
+
+
+class GetTimeoutError(TrainkitError, builtins.TimeoutError):
+    """``get``/``wait``/a runtime request did not finish within its timeout."""
+
+
+class InfeasibleError(TrainkitError, ValueError):
+    """A resource request that no node can ever satisfy."""
+
+
+class OutOfMemoryError(TrainkitError, MemoryError):
+    """The object store is full and nothing in it can be spilled."""
+
+
+class TaskError(TrainkitError):
+    """A remote task or actor method raised an exception.
+
+    The raised object is also an instance of the user's exception class (see
+    :meth:`as_instanceof_cause`), so ``except ValueError`` works across processes.
+
+    Args:
+        function_name: the task or method that raised.
+        traceback_str: the formatted remote traceback.
+        cause: the original exception (or None if it could not be pickled).
+        pid: the process the task ran in.
+    """
+
+    def __init__(
+        self,
+        function_name: str = "",
+        traceback_str: str = "",
+        cause: BaseException | None = None,
+        pid: int = 0,
+    ) -> None:
+        super().__init__(function_name, traceback_str, cause, pid)
+        self.function_name = function_name
+        self.traceback_str = traceback_str
+        self.cause = cause
+        self.pid = pid
+
+    def __str__(self) -> str:
+        return (
+            f"{self.function_name} (pid={self.pid}) raised "
+            f"{type(self.cause).__name__ if self.cause is not None else 'an error'}:\n"
+            f"{self.traceback_str.rstrip()}"
+        )
+
+    def as_instanceof_cause(self) -> TaskError:
+        """Return a copy that is an instance of both TaskError and the cause's class."""
+        cause_cls = type(self.cause) if self.cause is not None else None
+        if cause_cls is None or isinstance(self, cause_cls) or issubclass(cause_cls, TaskError):
+            return self
+        try:
+            cls = _dual_class(cause_cls)
+            err = cls.__new__(cls)
+        except TypeError:  # e.g. the cause's class has an incompatible layout
+            return self
+        TaskError.__init__(err, self.function_name, self.traceback_str, self.cause, self.pid)
+        return err
+
+
+_DUAL_CLASSES: dict[type, type] = {}
+
+
+def _dual_class(cause_cls: type) -> type:
+    cls = _DUAL_CLASSES.get(cause_cls)
+    if cls is None:
+
+        def __reduce__(self: TaskError) -> tuple[Any, ...]:
+            return (_rebuild_task_error, (self.function_name, self.traceback_str, self.cause, self.pid))
+
+        cls = type(
+            f"TaskError({cause_cls.__name__})",
+            (TaskError, cause_cls),
+            {"__reduce__": __reduce__, "__str__": TaskError.__str__, "__module__": __name__},
+        )
+        _DUAL_CLASSES[cause_cls] = cls
+    return cls
+
+
+def _rebuild_task_error(
+    function_name: str, traceback_str: str, cause: BaseException | None, pid: int
+) -> TaskError:
+    return TaskError(function_name, traceback_str, cause, pid).as_instanceof_cause()

@@ -1,0 +1,486 @@
+"""The public runtime API: init/shutdown, remote functions and actors, get/put/wait."""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from trainkit.exceptions import InfeasibleError
+from trainkit.runtime import _context
+from trainkit.runtime import _session
+from trainkit.runtime._core import CoreWorker
+from trainkit.runtime._core import TaskSpec
+from trainkit.runtime._core import _Call
+from trainkit.runtime._core import _Entry
+from trainkit.runtime._protocol import INLINE
+from trainkit.runtime._protocol import Msg
+from trainkit.runtime._protocol import new_id
+from trainkit.runtime._refs import ObjectRef
+from trainkit.runtime._scheduler import PLACEMENT_STRATEGIES
+from trainkit.runtime._scheduler import make_resource_request
+from trainkit.runtime._serialization import dumps_function
+
+# ---------------------------------------------------------------------- init / shutdown
+
+
+def init(address: str | None = None, *, num_cpus: float | None = None,
+         num_gpus: float | None = None, resources: dict[str, float] | None = None,
+         object_store_memory: int | None = None, namespace: str | None = None,
+         log_to_driver: bool = True, ignore_reinit_error: bool = False) -> None:
+    """Start the embedded single-node runtime owned by this process.
+
+    Args:
+        address: None starts an embedded runtime. Cluster addresses ("auto",
+            "host:port") need cluster mode, which is not available yet.
+        num_cpus: CPUs to offer (default: the machine's).
+        num_gpus: GPUs to offer (default: the machine's); a number larger than the
+            machine has fakes GPUs, for tests.
+        resources: custom resources, e.g. ``{"accelerator_x": 2}``.
+        object_store_memory: bytes of shared memory for large objects (default 30 % of RAM).
+        namespace: namespace of named actors.
+        log_to_driver: print the workers' output here, prefixed with task and pid.
+
+    Example:
+        >>> import trainkit as tk
+        >>> tk.init(num_cpus=2)
+        >>> tk.shutdown()
+    """
+    if address is not None:
+        raise ValueError(
+            f"init(address={address!r}): connecting to a cluster is not available yet "
+            "(cluster mode is a planned feature); call init() without an address to start "
+            "an embedded runtime")
+    if _context.core is not None:
+        if ignore_reinit_error:
+            return
+        raise RuntimeError("trainkit is already initialized in this process; call "
+                           "trainkit.shutdown() first, or pass ignore_reinit_error=True")
+    _session.start(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
+                   object_store_memory=object_store_memory, namespace=namespace,
+                   log_to_driver=log_to_driver)
+
+
+def shutdown() -> None:
+    """Stop the runtime: every worker and actor exits and shared memory is released."""
+    _session.stop()
+
+
+def is_initialized() -> bool:
+    return _context.core is not None
+
+
+def _core() -> CoreWorker:
+    return _session.ensure_started()
+
+
+# ---------------------------------------------------------------------- options
+
+_COMMON = {"num_cpus", "num_gpus", "memory", "resources", "name", "scheduling_strategy"}
+TASK_OPTIONS = frozenset(_COMMON | {"max_retries", "retry_exceptions", "num_returns"})
+ACTOR_OPTIONS = frozenset(_COMMON | {"namespace", "max_restarts", "max_task_retries",
+                                     "max_concurrency", "lifetime", "get_if_exists"})
+
+
+def _check_options(options: dict[str, Any], valid: frozenset[str], what: str) -> None:
+    for key in options:
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"unknown option {key!r} for {what}.{hint} Valid options: "
+                             f"{', '.join(sorted(valid))}")
+    for key in ("max_retries", "max_restarts", "max_task_retries"):
+        v = options.get(key)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < -1):
+            raise ValueError(f"{key}={v!r}: must be an int >= -1 (-1 means unlimited)")
+    mc = options.get("max_concurrency")
+    if mc is not None and (not isinstance(mc, int) or isinstance(mc, bool) or mc < 1):
+        raise ValueError(f"max_concurrency={mc!r}: must be an int >= 1")
+    nr = options.get("num_returns")
+    if nr is not None and nr != 1:
+        raise ValueError(f"num_returns={nr!r}: only num_returns=1 is supported; return a "
+                         "tuple and index it instead")
+    lt = options.get("lifetime")
+    if lt is not None:
+        raise ValueError(f"lifetime={lt!r}: detached actors need cluster mode, which is "
+                         "not available yet; leave lifetime unset")
+
+
+@dataclass(frozen=True)
+class PlacementGroupSchedulingStrategy:
+    """Run a task or actor inside a placement group bundle.
+
+    Args:
+        placement_group: the group.
+        placement_group_bundle_index: the bundle, or -1 for any bundle that fits.
+        placement_group_capture_child_tasks: accepted for Ray compatibility; ignored.
+    """
+
+    placement_group: Any
+    placement_group_bundle_index: int = -1
+    placement_group_capture_child_tasks: bool | None = None
+
+
+def _placement(strategy: Any) -> tuple[str, int] | None:
+    if strategy is None or strategy in ("DEFAULT", "SPREAD"):
+        return None
+    if isinstance(strategy, PlacementGroupSchedulingStrategy):
+        pg = strategy.placement_group
+        idx = strategy.placement_group_bundle_index
+        if not isinstance(idx, int) or idx < -1 or idx >= len(pg.bundle_specs):
+            raise ValueError(f"placement_group_bundle_index={idx!r}: the group has "
+                             f"{len(pg.bundle_specs)} bundles (use -1 for any)")
+        return (pg.id, idx)
+    raise ValueError(f"scheduling_strategy={strategy!r}: use 'DEFAULT', 'SPREAD' or a "
+                     "PlacementGroupSchedulingStrategy")
+
+
+def _resources(options: dict[str, Any], default_cpus: float) -> dict[str, float]:
+    return make_resource_request(num_cpus=options.get("num_cpus"),
+                                 num_gpus=options.get("num_gpus"),
+                                 memory=options.get("memory"),
+                                 resources=options.get("resources"),
+                                 default_cpus=default_cpus)
+
+
+def _check_feasible(core: CoreWorker, resources: dict[str, float],
+                    strategy: Any, what: str) -> None:
+    """Fail at the call site if no node (or the chosen bundle) can ever hold the request."""
+    if isinstance(strategy, PlacementGroupSchedulingStrategy):
+        bundles = strategy.placement_group.bundle_specs
+        idx = strategy.placement_group_bundle_index
+        candidates = bundles if idx == -1 else [bundles[idx]]
+        if any(all(b.get(k, 0.0) >= v for k, v in resources.items()) for b in candidates):
+            return
+        raise InfeasibleError(
+            f"{what} needs {resources}, but its placement group bundle"
+            f"{'s' if idx == -1 else f' {idx}'} only reserve "
+            f"{candidates if idx == -1 else candidates[0]}; ask for less or make the "
+            "bundle larger")
+    total = core.cluster_resources
+    short = {k: v for k, v in resources.items() if total.get(k, 0.0) < v}
+    if short:
+        have = {k: total.get(k, 0.0) for k in short}
+        raise InfeasibleError(
+            f"{what} needs {resources}, but the cluster has only {have} of "
+            f"{'that' if len(short) == 1 else 'those'} in total, so it could never run; "
+            f"lower the request or start trainkit with more (init(num_cpus=..., "
+            f"num_gpus=..., resources=...))")
+
+
+# ---------------------------------------------------------------------- remote functions
+
+
+class RemoteFunction:
+    """A function that runs as a task: ``f.remote(*args)`` returns an ObjectRef."""
+
+    def __init__(self, fn: Callable[..., Any], options: dict[str, Any],
+                 shared: list[Any] | None = None) -> None:
+        _check_options(options, TASK_OPTIONS, f"remote function {fn.__qualname__}")
+        self._fn = fn
+        self._options = options
+        self._name = options.get("name") or fn.__qualname__
+        self._shared = shared if shared is not None else [new_id(), None]  # [fn_id, blob]
+        self._resources = _resources(options, 1.0)
+        self._placement = _placement(options.get("scheduling_strategy"))
+        self._key = (tuple(sorted(self._resources.items())), self._placement)
+        max_retries = options.get("max_retries", 3)
+        self._retries = 1 << 30 if max_retries == -1 else max_retries
+        retry_exc = options.get("retry_exceptions", False)
+        if isinstance(retry_exc, list):
+            retry_exc = tuple(retry_exc)
+        self._retry_exceptions = retry_exc
+        self._checked_for: int | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(f"remote function {self._name} cannot be called directly; use "
+                        f"{self._name}.remote(...) (or the original function)")
+
+    def options(self, **options: Any) -> RemoteFunction:
+        return RemoteFunction(self._fn, {**self._options, **options}, self._shared)
+
+    def remote(self, *args: Any, **kwargs: Any) -> ObjectRef:
+        core = _core()
+        if self._checked_for != id(core):
+            _check_feasible(core, self._resources, self._options.get("scheduling_strategy"),
+                            f"task {self._name}")
+            self._checked_for = id(core)
+        if self._shared[1] is None:
+            self._shared[1] = dumps_function(self._fn)
+        payload, arg_refs, nested, _ = core.encode_args(args, kwargs,
+                                                        f"an argument of {self._name}")
+        return_id = core.new_owned(None)
+        ref = ObjectRef(return_id, core.ctl_addr)
+        spec = TaskSpec(new_id(), self._name, self._shared[0], self._shared[1], payload,
+                        arg_refs, nested, return_id, self._key, self._resources,
+                        self._placement, self._retries, self._retry_exceptions)
+        core.submit_task(spec)
+        return ref
+
+
+# ---------------------------------------------------------------------- actors
+
+
+class ActorMethod:
+    __slots__ = ("_handle", "_method")
+
+    def __init__(self, handle: ActorHandle, method: str) -> None:
+        self._handle = handle
+        self._method = method
+
+    def remote(self, *args: Any, **kwargs: Any) -> ObjectRef:
+        return self._handle._call(self._method, args, kwargs)
+
+    def options(self, **options: Any) -> ActorMethod:
+        _check_options(options, frozenset({"name", "num_returns"}), "an actor method")
+        return self
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(f"actor method {self._method} cannot be called directly; use "
+                        f"handle.{self._method}.remote(...)")
+
+
+class ActorHandle:
+    """A handle to an actor; calls from one handle run in the order they were made."""
+
+    def __init__(self, actor_id: bytes, owner: str, name: str, methods: tuple[str, ...],
+                 max_task_retries: int) -> None:
+        self._actor_id = actor_id
+        self._owner = owner
+        self._name = name
+        self._methods = methods
+        self._max_task_retries = max_task_retries
+        core = _core()
+        core.add_ref(actor_id, owner)
+        self._client = core.actor_client(actor_id, name, max_task_retries,
+                                         subscribe=owner != core.ctl_addr)
+
+    def __getattr__(self, item: str) -> ActorMethod:
+        if item.startswith("__") or item not in self._methods:
+            raise AttributeError(
+                f"actor {self._name} has no method {item!r}; its methods are: "
+                f"{', '.join(m for m in self._methods if not m.startswith('_')) or 'none'}")
+        return ActorMethod(self, item)
+
+    def _call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> ObjectRef:
+        core = _context.core
+        if core is None:
+            raise RuntimeError("trainkit was shut down; this actor handle is no longer valid")
+        payload, arg_refs, nested, _ = core.encode_args(
+            args, kwargs, f"an argument of {self._name}.{method}")
+        return_id = core.new_owned(None)
+        ref = ObjectRef(return_id, core.ctl_addr)
+        retries = self._max_task_retries
+        core.call_actor(self._client, _Call(new_id(), method, payload, arg_refs, nested,
+                                            return_id, retries))
+        return ref
+
+    def __repr__(self) -> str:
+        return f"ActorHandle({self._name}, {self._actor_id.hex()})"
+
+    def __del__(self) -> None:
+        core = _context.core
+        if core is not None:
+            try:
+                core.remove_ref(self._actor_id, self._owner)
+            except Exception:
+                pass
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ActorHandle, (self._actor_id, self._owner, self._name, self._methods,
+                              self._max_task_retries))
+
+
+class ActorClass:
+    """A class whose instances are actors: ``Cls.remote(*args)`` returns an ActorHandle."""
+
+    def __init__(self, cls: type, options: dict[str, Any], shared: list[Any] | None = None
+                 ) -> None:
+        _check_options(options, ACTOR_OPTIONS, f"actor class {cls.__qualname__}")
+        self._cls = cls
+        self._options = options
+        self._shared = shared if shared is not None else [None]
+        self._methods = tuple(name for name, _ in inspect.getmembers(cls, callable)
+                              if not name.startswith("__"))
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(f"actor class {self._cls.__name__} cannot be instantiated directly; "
+                        f"use {self._cls.__name__}.remote(...)")
+
+    def options(self, **options: Any) -> ActorClass:
+        return ActorClass(self._cls, {**self._options, **options}, self._shared)
+
+    def remote(self, *args: Any, **kwargs: Any) -> ActorHandle:
+        core = _core()
+        opts = self._options
+        name = opts.get("name")
+        ns = opts.get("namespace") or _session.namespace()
+        if name is not None and opts.get("get_if_exists"):
+            try:
+                return get_actor(name, namespace=ns)
+            except ValueError:
+                pass
+        resources = _resources(opts, 0.0)
+        strategy = opts.get("scheduling_strategy")
+        label = name or self._cls.__name__
+        _check_feasible(core, resources, strategy, f"actor {label}")
+        if self._shared[0] is None:
+            self._shared[0] = dumps_function(self._cls)
+        payload, arg_refs, nested, _ = core.encode_args(
+            args, kwargs, f"an argument of {self._cls.__name__}()")
+        descs = core.describe_arg_refs(arg_refs)
+        is_async = any(inspect.iscoroutinefunction(m)
+                       for _, m in inspect.getmembers(self._cls, inspect.isfunction))
+        max_concurrency = opts.get("max_concurrency") or (1000 if is_async else 1)
+        max_restarts = opts.get("max_restarts", 0)
+        max_task_retries = opts.get("max_task_retries", 0)
+        actor_id = new_id()
+        entry = _Entry()
+        entry.actor = True
+        entry.value = (INLINE, b"", [])
+        if name is not None:
+            entry.local += 1  # named actors live as long as their creator
+        with core.lock:
+            core.owned[actor_id] = entry
+        client = core.actor_client(actor_id, label, max_task_retries, subscribe=False)
+        client.creation_refs = arg_refs + nested
+        if max_restarts != 0:
+            client.restart_refs = client.creation_refs
+        meta = {"name": label, "methods": self._methods, "max_task_retries": max_task_retries}
+        try:
+            core.request_node(
+                Msg.CREATE_ACTOR, actor_id, label,
+                (ns, name) if name is not None else None,
+                (self._shared[0], payload, descs, max_concurrency),
+                resources, _placement(strategy), max_restarts, meta,
+                what=f"creating actor {label}")
+        except BaseException:
+            with core.lock:
+                core.owned.pop(actor_id, None)
+                core.actors.pop(actor_id, None)
+            raise
+        return ActorHandle(actor_id, core.ctl_addr, label, self._methods, max_task_retries)
+
+
+def remote(*args: Any, **options: Any) -> Any:
+    """Make a function a task or a class an actor: ``@remote`` or ``@remote(num_cpus=2)``."""
+    if len(args) == 1 and not options and callable(args[0]):
+        return _make_remote(args[0], {})
+    if args:
+        raise TypeError("use @remote or @remote(option=value, ...) with keyword options only")
+
+    def decorator(obj: Any) -> Any:
+        return _make_remote(obj, options)
+
+    return decorator
+
+
+def _make_remote(obj: Any, options: dict[str, Any]) -> Any:
+    if inspect.isclass(obj):
+        return ActorClass(obj, options)
+    if callable(obj):
+        return RemoteFunction(obj, options)
+    raise TypeError(f"@remote needs a function or a class, got {type(obj).__name__}")
+
+
+# ---------------------------------------------------------------------- objects
+
+
+def _as_refs(refs: Any, fn: str) -> list[ObjectRef]:
+    if not isinstance(refs, (list, tuple)):
+        raise TypeError(f"{fn}() takes an ObjectRef or a list of ObjectRefs, got "
+                        f"{type(refs).__name__}")
+    for r in refs:
+        if not isinstance(r, ObjectRef):
+            raise TypeError(f"{fn}() got a {type(r).__name__} in its list; every item must "
+                            "be an ObjectRef")
+    return list(refs)
+
+
+def get(refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None = None) -> Any:
+    """Wait for and return the value(s); re-raises a task's exception (a TaskError).
+
+    Raises:
+        GetTimeoutError: not ready within ``timeout`` seconds.
+    """
+    core = _core()
+    if timeout is not None and timeout < 0:
+        raise ValueError(f"timeout={timeout!r}: must be >= 0 or None")
+    if isinstance(refs, ObjectRef):
+        return core.get_one(refs, timeout)
+    return core.get(_as_refs(refs, "get"), timeout)
+
+
+def put(value: Any) -> ObjectRef:
+    """Store a value in the runtime; large values go to shared memory once."""
+    if isinstance(value, ObjectRef):
+        raise TypeError("put() of an ObjectRef is not allowed; pass the ref itself around")
+    return _core().put(value)
+
+
+def wait(refs: Sequence[ObjectRef], *, num_returns: int = 1, timeout: float | None = None,
+         fetch_local: bool = True) -> tuple[list[ObjectRef], list[ObjectRef]]:
+    """Return (ready, not_ready) once ``num_returns`` refs are ready or ``timeout`` passes."""
+    core = _core()
+    refs = _as_refs(refs, "wait")
+    if len(set(refs)) != len(refs):
+        raise ValueError("wait() got the same ObjectRef more than once")
+    if not isinstance(num_returns, int) or not 0 < num_returns <= max(1, len(refs)):
+        raise ValueError(f"num_returns={num_returns!r}: must be between 1 and len(refs)="
+                         f"{len(refs)}")
+    if not refs:
+        return [], []
+    ready_flags = core.wait_refs(refs, num_returns, timeout)
+    ready = [r for r, ok in zip(refs, ready_flags) if ok][:num_returns]
+    chosen = set(ready)
+    return ready, [r for r in refs if r not in chosen]
+
+
+def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
+    """Kill an actor at once (its pending calls fail with ActorDiedError)."""
+    if not isinstance(actor, ActorHandle):
+        raise TypeError(f"kill() takes an ActorHandle, got {type(actor).__name__}")
+    _core().out.send(_core().node_addr, (Msg.KILL_ACTOR, actor._actor_id, no_restart))
+
+
+def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
+    """Cancel a task: dropped if queued, interrupted (or with force, killed) if running."""
+    if not isinstance(ref, ObjectRef):
+        raise TypeError(f"cancel() takes an ObjectRef, got {type(ref).__name__}")
+    _core().cancel(ref, force)
+
+
+def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
+    """The handle of a live named actor. Raises ValueError if there is none."""
+    core = _core()
+    ns = namespace or _session.namespace()
+    actor_id, owner, meta = core.request_node(Msg.GET_NAMED_ACTOR, name, ns,
+                                              what=f"looking up actor {name!r}")
+    return ActorHandle(actor_id, owner, meta["name"], tuple(meta["methods"]),
+                       meta["max_task_retries"])
+
+
+def _cluster_info() -> dict[str, Any]:
+    info: dict[str, Any] = _core().request_node(Msg.CLUSTER_INFO, what="cluster resources")
+    return info
+
+
+def cluster_resources() -> dict[str, float]:
+    return dict(_cluster_info()["total"])
+
+
+def available_resources() -> dict[str, float]:
+    return {k: v for k, v in _cluster_info()["available"].items() if v > 0}
+
+
+def nodes() -> list[dict[str, Any]]:
+    return [{"NodeID": n["node_id"], "Alive": True, "NodeManagerAddress": "127.0.0.1",
+             "Resources": n["resources_total"], "Available": n["resources_available"],
+             "GPUIds": list(n.get("gpu_ids", []))} for n in _cluster_info()["nodes"]]
+
+
+def get_gpu_ids() -> list[int]:
+    """GPU ids assigned to the current task or actor ([] in the driver)."""
+    return _context.current_gpu_ids()

@@ -1,0 +1,25 @@
+"""Process-global runtime state: the current core worker and the current task context."""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from trainkit.runtime._core import CoreWorker
+
+core: CoreWorker | None = None
+
+# Per-thread context of the task or actor call being executed (worker processes only).
+task_local = threading.local()
+
+
+def current_gpu_ids() -> list[int]:
+    ids: Any = getattr(task_local, "gpu_ids", None)
+    if ids is None:
+        ids = process_gpu_ids
+    return list(ids)
+
+
+# GPU ids assigned to this whole process (an actor's), set by the worker.
+process_gpu_ids: tuple[int, ...] = ()

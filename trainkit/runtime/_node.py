@@ -1,0 +1,697 @@
+"""The node service: resources, the worker pool, leases, actors, placement groups, the store.
+
+``python -m trainkit.runtime._node`` (started by ``trainkit.init()``). One thread runs a
+zmq poller over the control inbox, every worker's pidfd (so a worker's death is seen the
+moment it happens) and output pipes, and the driver's pipe (EOF = the driver died: tear
+everything down). Decisions about resources are made by the pure ``ResourceScheduler``;
+this module only carries them out.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from trainkit.exceptions import InfeasibleError
+from trainkit.exceptions import ObjectLostError
+from trainkit.exceptions import RuntimeSystemError
+from trainkit.runtime._object_store import SharedMemoryStore
+from trainkit.runtime._protocol import ActorStatus
+from trainkit.runtime._protocol import Msg
+from trainkit.runtime._protocol import new_id
+from trainkit.runtime._scheduler import Grant
+from trainkit.runtime._scheduler import PlacementGroupReady
+from trainkit.runtime._scheduler import ResourceScheduler
+from trainkit.runtime._transport import Inbox
+from trainkit.runtime._transport import Outbox
+from trainkit.runtime._transport import make_context
+
+
+@dataclass(eq=False)
+class _WorkerProc:
+    worker_id: bytes
+    proc: subprocess.Popen[bytes]
+    pidfd: int
+    exec_addr: str = ""
+    ctl_addr: str = ""
+    ready: bool = False
+    lease_id: bytes | None = None
+    actor_id: bytes | None = None
+    tainted: bool = False
+    killed_reason: str = ""
+    out_partial: dict[int, bytes] = field(default_factory=dict)
+
+
+@dataclass(eq=False)
+class _Lease:
+    lease_id: bytes
+    owner: str
+    actor_id: bytes | None = None
+    worker: _WorkerProc | None = None
+    grant: Grant | None = None
+
+
+@dataclass(eq=False)
+class _Actor:
+    actor_id: bytes
+    owner: str
+    name: str
+    registered_name: tuple[str, str] | None
+    spec: tuple[Any, ...]  # (cls_blob, payload, descs, max_concurrency)
+    resources: dict[str, float]
+    placement: tuple[str, int] | None
+    restarts_left: int
+    meta: dict[str, Any]
+    status: ActorStatus = ActorStatus.PENDING
+    cause: str = ""
+    lease_id: bytes | None = None
+    worker: _WorkerProc | None = None
+    no_restart: bool = False
+    subscribers: set[str] = field(default_factory=set)
+    num_restarts: int = 0
+
+
+class NodeService:
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        self.cfg = cfg
+        self.session_dir: str = cfg["session_dir"]
+        self.node_id: str = cfg["node_id"]
+        self.ctx = make_context()
+        self.addr = f"ipc://{self.session_dir}/node.ctl"
+        self.inbox = Inbox(self.ctx, self.addr)
+        self.out = Outbox(self.ctx)
+        self.scheduler = ResourceScheduler()
+        self.scheduler.add_node(self.node_id, cfg["resources"], cfg["gpu_ids"])
+        self.store = SharedMemoryStore(cfg["arena_path"], cfg["object_store_memory"],
+                                       os.path.join(self.session_dir, "spill"))
+        self.driver: str = cfg["driver_addr"]
+        self.workers: dict[bytes, _WorkerProc] = {}
+        self.by_fd: dict[int, _WorkerProc] = {}
+        self.pipes: dict[int, tuple[_WorkerProc, str]] = {}
+        self.idle: list[_WorkerProc] = []
+        self.waiting_for_worker: deque[_Lease] = deque()
+        self.leases: dict[bytes, _Lease] = {}
+        self.actors: dict[bytes, _Actor] = {}
+        self.named: dict[tuple[str, str], bytes] = {}
+        self.pg_waiters: dict[str, list[tuple[str, int]]] = {}
+        self.pg_names: dict[str, str] = {}
+        self.poller = zmq.Poller()
+        self.poller.register(self.inbox.socket, zmq.POLLIN)
+        self.poller.register(0, zmq.POLLIN)  # the driver's pipe
+        self.running = True
+        self.start_failures = 0
+        self.env = self._worker_env()
+        self.max_idle = max(2, int(cfg["resources"].get("CPU", 1)))
+        self.handlers = {
+            Msg.REGISTER_WORKER: self.on_register_worker,
+            Msg.REQUEST_LEASE: self.on_request_lease,
+            Msg.RETURN_LEASE: self.on_return_lease,
+            Msg.CREATE_ACTOR: self.on_create_actor,
+            Msg.SUBSCRIBE_ACTOR: self.on_subscribe_actor,
+            Msg.GET_NAMED_ACTOR: self.on_get_named_actor,
+            Msg.KILL_ACTOR: self.on_kill_actor,
+            Msg.ACTOR_READY: self.on_actor_ready,
+            Msg.ACTOR_INIT_FAILED: self.on_actor_init_failed,
+            Msg.ACTOR_EXITING: self.on_actor_exiting,
+            Msg.WORKER_TAINTED: self.on_worker_tainted,
+            Msg.CREATE_PG: self.on_create_pg,
+            Msg.REMOVE_PG: self.on_remove_pg,
+            Msg.WAIT_PG: self.on_wait_pg,
+            Msg.STORE_ALLOC: self.on_store_alloc,
+            Msg.STORE_SEAL: self.on_store_seal,
+            Msg.STORE_PIN: self.on_store_pin,
+            Msg.STORE_UNPIN: self.on_store_unpin,
+            Msg.STORE_FREE: self.on_store_free,
+            Msg.CLUSTER_INFO: self.on_cluster_info,
+            Msg.KILL_WORKER: self.on_kill_worker,
+            Msg.SHUTDOWN: self.on_shutdown,
+        }
+
+    def _worker_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({
+            "TRAINKIT_SESSION_DIR": self.session_dir,
+            "TRAINKIT_NODE_ADDR": self.addr,
+            "TRAINKIT_NODE_ID": self.node_id,
+            "TRAINKIT_ARENA_PATH": self.cfg["arena_path"],
+            "TRAINKIT_ARENA_CAPACITY": str(self.cfg["object_store_memory"]),
+            "TRAINKIT_CLUSTER_RESOURCES": json.dumps(self.scheduler.total_resources()),
+            "TRAINKIT_SYS_PATH": json.dumps(self.cfg["sys_path"]),
+            "PYTHONUNBUFFERED": "1",
+        })
+        env.pop("CUDA_VISIBLE_DEVICES", None)
+        return env
+
+    # ------------------------------------------------------------------ main loop
+    def serve(self) -> None:
+        for _ in range(int(self.cfg.get("prestart", 0))):
+            self.start_worker()
+        self.out.send(self.driver, (Msg.NODE_READY, self.addr))
+        sock = self.inbox.socket
+        while self.running:
+            for item, _ev in self.poller.poll():
+                if item is sock:
+                    while self.running:
+                        msg = self.inbox.recv_nowait()
+                        if msg is None:
+                            break
+                        self.dispatch(msg)
+                elif item == 0:
+                    if not os.read(0, 4096):
+                        self.running = False  # the driver is gone
+                elif item in self.by_fd:
+                    self.on_worker_exit(self.by_fd[item])
+                elif item in self.pipes:
+                    self.on_pipe(item)
+
+    def dispatch(self, msg: tuple[Any, ...]) -> None:
+        handler = self.handlers.get(msg[0])
+        if handler is None:
+            print(f"trainkit node: unknown message {msg[0]!r}", file=sys.stderr)
+            return
+        try:
+            handler(*msg[1:])
+        except Exception:
+            print("trainkit node: internal error handling", Msg(msg[0]).name, file=sys.stderr)
+            traceback.print_exc()
+
+    def reply(self, addr: str, req_id: int, ok: bool, payload: Any) -> None:
+        self.send(addr, (Msg.REPLY, req_id, ok, payload))
+
+    def send(self, addr: str, msg: tuple[Any, ...]) -> None:
+        try:
+            self.out.send(addr, msg)
+        except Exception:
+            pass
+
+    # ------------------------------------------------------------------ workers
+    def start_worker(self) -> _WorkerProc:
+        worker_id = new_id()
+        env = dict(self.env)
+        env["TRAINKIT_WORKER_ID"] = worker_id.hex()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "trainkit.runtime._worker"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env=env, cwd=self.cfg["cwd"], close_fds=True,
+        )
+        w = _WorkerProc(worker_id, proc, os.pidfd_open(proc.pid))
+        self.workers[worker_id] = w
+        self.by_fd[w.pidfd] = w
+        self.poller.register(w.pidfd, zmq.POLLIN)
+        for pipe, stream in ((proc.stdout, "stdout"), (proc.stderr, "stderr")):
+            assert pipe is not None
+            fd = pipe.fileno()
+            os.set_blocking(fd, False)
+            self.pipes[fd] = (w, stream)
+            self.poller.register(fd, zmq.POLLIN)
+        return w
+
+    def on_register_worker(self, worker_id: bytes, pid: int, exec_addr: str,
+                           ctl_addr: str) -> None:
+        w = self.workers.get(worker_id)
+        if w is None:
+            return
+        w.exec_addr, w.ctl_addr, w.ready = exec_addr, ctl_addr, True
+        self.start_failures = 0
+        self.worker_available(w)
+
+    def worker_available(self, w: _WorkerProc) -> None:
+        if self.waiting_for_worker:
+            self.assign(self.waiting_for_worker.popleft(), w)
+        elif len(self.idle) >= self.max_idle:
+            self.kill_worker(w, "idle")
+        else:
+            self.idle.append(w)
+
+    def kill_worker(self, w: _WorkerProc, reason: str) -> None:
+        if not w.killed_reason:
+            w.killed_reason = reason
+        if w in self.idle:
+            self.idle.remove(w)
+        try:
+            w.proc.send_signal(signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def on_pipe(self, fd: int) -> None:
+        w, stream = self.pipes[fd]
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        if not data:
+            self.poller.unregister(fd)
+            del self.pipes[fd]
+            rest = w.out_partial.pop(fd, b"")
+            if rest:
+                self.send(self.driver, (Msg.LOG, stream, rest.decode(errors="replace") + "\n"))
+            return
+        data = w.out_partial.pop(fd, b"") + data
+        head, sep, tail = data.rpartition(b"\n")
+        if tail:
+            w.out_partial[fd] = tail
+        if sep and self.cfg.get("log_to_driver", True):
+            text = (head + sep).decode(errors="replace")
+            lines = [ln if ln.startswith("(") else f"(pid={w.proc.pid}) {ln}"
+                     for ln in text.splitlines()]
+            self.send(self.driver, (Msg.LOG, stream, "\n".join(lines) + "\n"))
+
+    def on_worker_exit(self, w: _WorkerProc) -> None:
+        self.poller.unregister(w.pidfd)
+        del self.by_fd[w.pidfd]
+        os.close(w.pidfd)
+        for fd in [fd for fd, (pw, _) in self.pipes.items() if pw is w]:
+            self.on_pipe_drain(fd)
+        code = w.proc.wait()
+        self.workers.pop(w.worker_id, None)
+        if w in self.idle:
+            self.idle.remove(w)
+        cause = w.killed_reason or _describe_exit(code)
+        if w.ctl_addr:
+            self.store.free_owned_by(w.ctl_addr)
+            self.broadcast_death(w.ctl_addr, cause)
+        lease = self.leases.pop(w.lease_id, None) if w.lease_id else None
+        if lease is not None:
+            self.scheduler.release(lease.lease_id)
+            if lease.actor_id is None:
+                self.send(lease.owner, (Msg.WORKER_DIED, lease.lease_id, cause))
+        if w.actor_id is not None:
+            actor = self.actors.get(w.actor_id)
+            if actor is not None and actor.worker is w:
+                self.on_actor_died(actor, cause)
+        if not w.ready:
+            self.on_worker_start_failed(w, cause)
+        self.schedule()
+
+    def on_worker_start_failed(self, w: _WorkerProc, cause: str) -> None:
+        self.start_failures += 1
+        if not self.waiting_for_worker:
+            return
+        if self.start_failures < 3:
+            self.start_worker()
+            return
+        err = RuntimeSystemError(
+            f"worker processes fail to start ({cause}); their output above says why. "
+            f"Command: {sys.executable} -m trainkit.runtime._worker")
+        while self.waiting_for_worker:
+            lease = self.waiting_for_worker.popleft()
+            self.leases.pop(lease.lease_id, None)
+            self.scheduler.release(lease.lease_id)
+            if lease.actor_id is None:
+                self.send(lease.owner, (Msg.LEASE_FAILED, lease.lease_id, err))
+            elif (actor := self.actors.get(lease.actor_id)) is not None:
+                actor.no_restart = True
+                self.set_dead(actor, str(err))
+
+    def on_pipe_drain(self, fd: int) -> None:
+        while fd in self.pipes:
+            try:
+                self.on_pipe(fd)
+            except OSError:
+                self.poller.unregister(fd)
+                del self.pipes[fd]
+
+    def broadcast_death(self, addr: str, cause: str) -> None:
+        self.out.forget(addr)
+        targets = {self.driver} | {w.ctl_addr for w in self.workers.values() if w.ctl_addr}
+        for t in targets:
+            if t != addr:
+                self.send(t, (Msg.PROCESS_DIED, addr, cause))
+        # Actors owned by the dead process die with it (fate sharing).
+        for actor in list(self.actors.values()):
+            if actor.owner == addr and actor.status is not ActorStatus.DEAD:
+                self.kill_actor(actor, f"its owner died ({cause})")
+
+    def on_worker_tainted(self, worker_id: bytes) -> None:
+        w = self.workers.get(worker_id)
+        if w is not None:
+            w.tainted = True
+
+    def on_kill_worker(self, worker_id: bytes) -> None:
+        w = self.workers.get(worker_id)
+        if w is not None:
+            self.kill_worker(w, "killed by cancel(force=True)")
+
+    # ------------------------------------------------------------------ leases
+    def on_request_lease(self, lease_id: bytes, owner: str, resources: dict[str, float],
+                         placement: tuple[str, int] | None) -> None:
+        try:
+            self.scheduler.submit(lease_id, resources, placement)
+        except (InfeasibleError, ValueError) as e:
+            self.send(owner, (Msg.LEASE_FAILED, lease_id, e))
+            return
+        self.leases[lease_id] = _Lease(lease_id, owner)
+        self.schedule()
+
+    def schedule(self) -> None:
+        for ev in self.scheduler.schedule():
+            if isinstance(ev, PlacementGroupReady):
+                for addr, req_id in self.pg_waiters.pop(ev.pg_id, []):
+                    self.reply(addr, req_id, True, True)
+            else:
+                self.on_grant(ev)
+
+    def on_grant(self, grant: Grant) -> None:
+        lease = self.leases.get(grant.request_id)
+        if lease is None:
+            self.scheduler.release(grant.request_id)
+            return
+        lease.grant = grant
+        while self.idle:
+            w = self.idle.pop()
+            if w.proc.poll() is None:
+                self.assign(lease, w)
+                return
+        self.waiting_for_worker.append(lease)
+        self.start_worker()
+
+    def assign(self, lease: _Lease, w: _WorkerProc) -> None:
+        assert lease.grant is not None
+        lease.worker = w
+        w.lease_id = lease.lease_id
+        gpu_ids = lease.grant.gpu_ids
+        if lease.actor_id is None:
+            self.send(lease.owner, (Msg.LEASE_GRANTED, lease.lease_id, w.worker_id, w.exec_addr,
+                                    w.ctl_addr, gpu_ids))
+            return
+        actor = self.actors.get(lease.actor_id)
+        if actor is None or actor.status is ActorStatus.DEAD:
+            self.release_lease(lease)
+            return
+        actor.worker = w
+        w.actor_id = actor.actor_id
+        blob, payload, descs, max_concurrency = actor.spec
+        self.send(w.exec_addr, (Msg.BECOME_ACTOR, actor.actor_id, actor.name, blob, payload,
+                                descs, gpu_ids, max_concurrency))
+
+    def release_lease(self, lease: _Lease) -> None:
+        self.leases.pop(lease.lease_id, None)
+        self.scheduler.release(lease.lease_id)
+        w = lease.worker
+        if w is not None:
+            w.lease_id = None
+            if w.tainted or w.actor_id is not None:
+                self.kill_worker(w, "done")
+            elif w.proc.poll() is None:
+                self.worker_available(w)
+        self.schedule()
+
+    def on_return_lease(self, lease_id: bytes) -> None:
+        lease = self.leases.get(lease_id)
+        if lease is None:
+            return
+        if lease.grant is None:  # still queued: the owner no longer needs it
+            self.scheduler.cancel(lease_id)
+            self.leases.pop(lease_id, None)
+            return
+        if lease in self.waiting_for_worker:
+            self.waiting_for_worker.remove(lease)
+        self.release_lease(lease)
+
+    # ------------------------------------------------------------------ actors
+    def on_create_actor(self, req_id: int, reply_to: str, actor_id: bytes, name: str,
+                        registered_name: tuple[str, str] | None, spec: tuple[Any, ...],
+                        resources: dict[str, float], placement: tuple[str, int] | None,
+                        max_restarts: int, meta: dict[str, Any]) -> None:
+        if registered_name is not None and registered_name in self.named:
+            other = self.actors.get(self.named[registered_name])
+            if other is not None and other.status is not ActorStatus.DEAD:
+                self.reply(reply_to, req_id, False, ValueError(
+                    f"an actor named {registered_name[1]!r} already exists in namespace "
+                    f"{registered_name[0]!r}; pick another name or get it with "
+                    f"get_actor({registered_name[1]!r})"))
+                return
+        lease_id = new_id()
+        try:
+            self.scheduler.submit(lease_id, resources, placement)
+        except (InfeasibleError, ValueError) as e:
+            self.reply(reply_to, req_id, False, e)
+            return
+        actor = _Actor(actor_id, reply_to, name, registered_name, spec, resources, placement,
+                       max_restarts, meta, lease_id=lease_id)
+        actor.subscribers.add(reply_to)
+        self.actors[actor_id] = actor
+        if registered_name is not None:
+            self.named[registered_name] = actor_id
+        self.leases[lease_id] = _Lease(lease_id, reply_to, actor_id=actor_id)
+        self.reply(reply_to, req_id, True, None)
+        self.schedule()
+
+    def publish(self, actor: _Actor) -> None:
+        addr = actor.worker.exec_addr if actor.worker and actor.status is ActorStatus.ALIVE \
+            else None
+        for sub in actor.subscribers:
+            self.send(sub, (Msg.ACTOR_STATE, actor.actor_id, actor.status.value, addr,
+                            actor.cause))
+
+    def on_subscribe_actor(self, actor_id: bytes, addr: str) -> None:
+        actor = self.actors.get(actor_id)
+        if actor is None:
+            self.send(addr, (Msg.ACTOR_STATE, actor_id, ActorStatus.DEAD.value, None,
+                             "the actor is unknown to this node (its owner may have died)"))
+            return
+        actor.subscribers.add(addr)
+        addr_exec = actor.worker.exec_addr if actor.worker and \
+            actor.status is ActorStatus.ALIVE else None
+        self.send(addr, (Msg.ACTOR_STATE, actor_id, actor.status.value, addr_exec, actor.cause))
+
+    def on_get_named_actor(self, req_id: int, reply_to: str, name: str, namespace: str) -> None:
+        actor_id = self.named.get((namespace, name))
+        actor = self.actors.get(actor_id) if actor_id else None
+        if actor is None or actor.status is ActorStatus.DEAD:
+            self.reply(reply_to, req_id, False, ValueError(
+                f"no live actor named {name!r} in namespace {namespace!r}"))
+            return
+        self.reply(reply_to, req_id, True, (actor.actor_id, actor.owner, actor.meta))
+
+    def on_actor_ready(self, actor_id: bytes, worker_id: bytes) -> None:
+        actor = self.actors.get(actor_id)
+        if actor is None or actor.worker is None or actor.worker.worker_id != worker_id:
+            return
+        if actor.status is ActorStatus.DEAD:
+            self.kill_worker(actor.worker, "the actor was killed")
+            return
+        actor.status = ActorStatus.ALIVE
+        self.publish(actor)
+
+    def on_actor_init_failed(self, actor_id: bytes, error: tuple[Any, ...]) -> None:
+        actor = self.actors.get(actor_id)
+        if actor is None:
+            return
+        from trainkit.runtime._serialization import loads
+
+        try:
+            err = loads(error[1], error[2])
+            cause = f"its constructor raised:\n{err}"
+        except Exception as e:
+            cause = f"its constructor raised an error that could not be loaded: {e}"
+        actor.no_restart = True
+        self.set_dead(actor, cause)
+        if actor.worker is not None:
+            self.kill_worker(actor.worker, cause)
+
+    def on_actor_exiting(self, actor_id: bytes) -> None:
+        actor = self.actors.get(actor_id)
+        if actor is not None:
+            actor.no_restart = True
+            actor.cause = "it went out of scope (every handle to it was deleted)"
+
+    def on_kill_actor(self, actor_id: bytes, no_restart: bool) -> None:
+        actor = self.actors.get(actor_id)
+        if actor is None or actor.status is ActorStatus.DEAD:
+            return
+        if no_restart:
+            self.kill_actor(actor, "it was killed with kill()")
+        elif actor.worker is not None:
+            self.kill_worker(actor.worker, "it was killed with kill(no_restart=False)")
+
+    def kill_actor(self, actor: _Actor, cause: str) -> None:
+        actor.no_restart = True
+        if actor.worker is not None and actor.worker.proc.poll() is None:
+            actor.cause = cause
+            self.kill_worker(actor.worker, cause)  # on_worker_exit finishes the job
+        else:
+            self.set_dead(actor, cause)
+
+    def on_actor_died(self, actor: _Actor, cause: str) -> None:
+        actor.worker = None
+        if actor.status is ActorStatus.DEAD:
+            return
+        if actor.no_restart or actor.restarts_left == 0:
+            self.set_dead(actor, actor.cause or cause)
+            return
+        if actor.restarts_left > 0:
+            actor.restarts_left -= 1
+        actor.num_restarts += 1
+        actor.status = ActorStatus.RESTARTING
+        actor.cause = cause
+        self.publish(actor)
+        lease_id = new_id()
+        actor.lease_id = lease_id
+        self.scheduler.submit(lease_id, actor.resources, actor.placement)
+        self.leases[lease_id] = _Lease(lease_id, actor.owner, actor_id=actor.actor_id)
+
+    def set_dead(self, actor: _Actor, cause: str) -> None:
+        if actor.status is ActorStatus.DEAD:
+            return
+        actor.status = ActorStatus.DEAD
+        actor.cause = cause
+        if actor.lease_id is not None:
+            lease = self.leases.get(actor.lease_id)
+            if lease is not None and lease.grant is None:
+                self.scheduler.cancel(actor.lease_id)
+                self.leases.pop(actor.lease_id, None)
+        if actor.registered_name is not None:
+            self.named.pop(actor.registered_name, None)
+        self.publish(actor)
+        actor.subscribers.clear()
+        actor.spec = ()
+
+    # ------------------------------------------------------------------ placement groups
+    def on_create_pg(self, req_id: int, reply_to: str, pg_id: str,
+                     bundles: list[dict[str, float]], strategy: str, name: str) -> None:
+        try:
+            self.scheduler.create_placement_group(pg_id, bundles, strategy)
+        except (InfeasibleError, ValueError) as e:
+            self.reply(reply_to, req_id, False, e)
+            return
+        if name:
+            self.pg_names[name] = pg_id
+        self.reply(reply_to, req_id, True, None)
+        self.schedule()
+
+    def on_wait_pg(self, req_id: int, reply_to: str, pg_id: str) -> None:
+        if self.scheduler.is_placement_group_ready(pg_id):
+            self.reply(reply_to, req_id, True, True)
+        else:
+            self.pg_waiters.setdefault(pg_id, []).append((reply_to, req_id))
+
+    def on_remove_pg(self, req_id: int, reply_to: str, pg_id: str) -> None:
+        for request_id in self.scheduler.remove_placement_group(pg_id):
+            lease = self.leases.get(request_id)
+            if lease is None:
+                continue
+            if lease.actor_id is not None:
+                actor = self.actors.get(lease.actor_id)
+                if actor is not None:
+                    self.kill_actor(actor, "its placement group was removed")
+            elif lease.worker is not None:
+                self.kill_worker(lease.worker, "its placement group was removed")
+            else:
+                self.leases.pop(request_id, None)
+                self.send(lease.owner, (Msg.LEASE_FAILED, request_id, ValueError(
+                    f"placement group {pg_id} was removed")))
+        for addr, wid in self.pg_waiters.pop(pg_id, []):
+            self.reply(addr, wid, False, ValueError(f"placement group {pg_id} was removed"))
+        self.reply(reply_to, req_id, True, None)
+        self.schedule()
+
+    # ------------------------------------------------------------------ object store
+    def on_store_alloc(self, req_id: int, reply_to: str, oid: bytes, size: int,
+                       owner: str) -> None:
+        try:
+            offset = self.store.allocate(oid, size, owner)
+        except Exception as e:
+            self.reply(reply_to, req_id, False, e)
+            return
+        self.reply(reply_to, req_id, True, offset)
+
+    def on_store_seal(self, oid: bytes) -> None:
+        if self.store.contains(oid):
+            self.store.seal(oid)
+
+    def on_store_pin(self, req_id: int, reply_to: str, oid: bytes) -> None:
+        try:
+            result = self.store.pin(oid)
+        except KeyError:
+            self.reply(reply_to, req_id, False, ObjectLostError(
+                oid.hex(), "it is not in the object store (it was freed)"))
+            return
+        except Exception as e:
+            self.reply(reply_to, req_id, False, e)
+            return
+        self.reply(reply_to, req_id, True, result)
+
+    def on_store_unpin(self, oid: bytes) -> None:
+        if self.store.contains(oid):
+            self.store.unpin(oid)
+
+    def on_store_free(self, oids: list[bytes]) -> None:
+        for oid in oids:
+            self.store.free(oid)
+
+    # ------------------------------------------------------------------ info & shutdown
+    def on_cluster_info(self, req_id: int, reply_to: str) -> None:
+        self.reply(reply_to, req_id, True, {
+            "total": self.scheduler.total_resources(),
+            "available": self.scheduler.available_resources(),
+            "nodes": self.scheduler.nodes(),
+            "store": self.store.stats(),
+            "workers": len(self.workers),
+        })
+
+    def on_shutdown(self, req_id: int, reply_to: str) -> None:
+        self.running = False
+        self.shutdown_reply = (reply_to, req_id)
+
+    def cleanup(self) -> None:
+        for w in list(self.workers.values()):
+            try:
+                w.proc.kill()
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 5
+        for w in list(self.workers.values()):
+            try:
+                w.proc.wait(max(0.01, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            for pipe in (w.proc.stdin, w.proc.stdout, w.proc.stderr):
+                if pipe is not None:
+                    pipe.close()
+            os.close(w.pidfd)
+        self.store.close()
+        reply = getattr(self, "shutdown_reply", None)
+        if reply is not None:
+            self.reply(reply[0], reply[1], True, None)
+        self.out.close()
+        self.inbox.close()
+        self.ctx.term()
+        if reply is None:  # the driver died: nobody else will clean up after it
+            shutil.rmtree(self.session_dir, ignore_errors=True)
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = str(-code)
+        return f"the process was killed by {name}"
+    return f"the process exited with code {code}"
+
+
+def main() -> None:
+    cfg = json.loads(sys.argv[1])
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    node = NodeService(cfg)
+    try:
+        node.serve()
+    finally:
+        node.cleanup()
+
+
+if __name__ == "__main__":
+    main()

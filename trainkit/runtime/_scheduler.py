@@ -1,0 +1,730 @@
+"""Resource accounting for the node service: leases and placement groups over explicit nodes.
+
+Pure (no I/O, threads or clocks): the node service feeds it nodes, requests and groups, calls
+:meth:`ResourceScheduler.schedule`, and acts on the :class:`Grant` and
+:class:`PlacementGroupReady` it returns. Amounts are integer units of 1/10000 inside, so
+0.1 + 0.2 never drifts; the public methods take and return floats.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Iterable
+from collections.abc import Iterator
+from collections.abc import Mapping
+from collections.abc import Sequence
+from dataclasses import dataclass
+from dataclasses import field
+from typing import Any
+from typing import Final
+
+from trainkit.exceptions import InfeasibleError
+from trainkit.exceptions import TrainkitInternalError
+
+__all__ = [
+    "PLACEMENT_STRATEGIES",
+    "Grant",
+    "PlacementGroupReady",
+    "ResourceScheduler",
+    "make_resource_request",
+]
+
+PLACEMENT_STRATEGIES: Final = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+
+_UNIT: Final = 10_000
+_GPU: Final = "GPU"
+_BUILTIN_OPTIONS: Final = {"cpu": "num_cpus", "gpu": "num_gpus", "memory": "memory"}
+# Placing bundles is bin packing; bounding the fit checks keeps one schedule() call cheap. A
+# group the bounded search cannot place just waits for the next call.
+_SEARCH_BUDGET: Final = 10_000
+_MAX_NODES_SHOWN: Final = 8
+
+_Units = dict[str, int]
+_Devices = dict[int, int]  # GPU device id -> units of that device
+
+
+def _amount(label: str, value: object, *, gpu: bool = False) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(
+            f"{label} is {value!r} ({type(value).__name__}), but must be a number >= 0"
+        )
+    as_float = float(value)
+    if not math.isfinite(as_float) or as_float < 0:
+        raise ValueError(f"{label} is {value!r}, but must be a finite number >= 0")
+    units = round(as_float * _UNIT)
+    if as_float and not units:
+        raise ValueError(f"{label} is {value!r}, but must be 0 or at least 0.0001")
+    if gpu and units > _UNIT and units % _UNIT:
+        raise ValueError(
+            f"{label} is {value!r}, but fractional GPUs must be < 1: ask for a whole number "
+            "of GPUs (e.g. 2) or a fraction of one (e.g. 0.5)"
+        )
+    return units
+
+
+def _parse(resources: Mapping[str, object], label: str) -> _Units:
+    """Validate a resource mapping and convert it to units, dropping zero amounts."""
+    if not isinstance(resources, Mapping):
+        raise ValueError(f"{label} is {resources!r}, but must be a mapping such as {{'CPU': 1}}")
+    units: _Units = {}
+    for name, value in resources.items():
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"{label} has the key {name!r}, but names must be non-empty str")
+        amount = _amount(f"{label}[{name!r}]", value, gpu=name == _GPU)
+        if amount:
+            units[name] = amount
+    return units
+
+
+def _floats(units: Mapping[str, int]) -> dict[str, float]:
+    return {name: amount / _UNIT for name, amount in units.items()}
+
+
+def _show(units: Mapping[str, int]) -> str:
+    """Render amounts for messages, whole numbers without a trailing .0."""
+    return repr({k: v // _UNIT if v % _UNIT == 0 else v / _UNIT for k, v in units.items()})
+
+
+def _without_gpu(units: Mapping[str, int]) -> _Units:
+    return {name: amount for name, amount in units.items() if name != _GPU}
+
+
+def _sum(dicts: Iterable[Mapping[str, int]]) -> _Units:
+    total: _Units = {}
+    for d in dicts:
+        for name, amount in d.items():
+            total[name] = total.get(name, 0) + amount
+    return total
+
+
+def make_resource_request(
+    *,
+    num_cpus: float | None = None,
+    num_gpus: float | None = None,
+    memory: float | None = None,
+    resources: Mapping[str, float] | None = None,
+    default_cpus: float = 1.0,
+) -> dict[str, float]:
+    """Normalize user resource options into one request mapping.
+
+    Args:
+        num_cpus: CPUs to hold; None means ``default_cpus``.
+        num_gpus: GPUs to hold: a fraction below 1 (shares a device) or a whole number.
+        memory: memory to hold, in bytes.
+        resources: custom resources by name. CPU, GPU and memory (in any case) are refused
+            here: they have their own arguments.
+        default_cpus: the CPUs to hold when ``num_cpus`` is None (1 for tasks, 0 for actors).
+
+    Returns:
+        ``{"CPU": .., "GPU": .., "memory": .., custom...}`` with zero entries dropped.
+
+    Raises:
+        ValueError: an amount is negative, not a number, a bool, or a GPU count above 1 that is
+            not whole; or ``resources`` names a built-in resource.
+
+    Example:
+        >>> make_resource_request(num_gpus=0.5, resources={"accel": 2})
+        {'CPU': 1.0, 'GPU': 0.5, 'accel': 2.0}
+    """
+    for name, value in (resources or {}).items():
+        option = _BUILTIN_OPTIONS.get(str(name).lower())
+        if option is not None:
+            raise ValueError(
+                f"resources={{{name!r}: {value!r}}} sets a built-in resource; "
+                f"use {option}={value!r} instead of resources="
+            )
+    cpu_label, cpus = (
+        ("num_cpus", num_cpus) if num_cpus is not None else ("default_cpus", default_cpus)
+    )
+    units = {
+        "CPU": _amount(cpu_label, cpus),
+        _GPU: _amount("num_gpus", 0 if num_gpus is None else num_gpus, gpu=True),
+        "memory": _amount("memory", 0 if memory is None else memory),
+        **_parse(resources or {}, "resources"),
+    }
+    return _floats({name: amount for name, amount in units.items() if amount})
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """A lease request that got its resources.
+
+    Attributes:
+        request_id: the id given to :meth:`ResourceScheduler.submit`.
+        node_id: the node the resources are on.
+        resources: what was taken.
+        gpu_ids: the GPU devices used; a fractional request gets exactly one.
+        placement: ``(pg_id, bundle_index)`` of the bundle it was taken from, or None.
+
+    Example:
+        >>> Grant("r1", "n1", {"CPU": 1.0}, (), None).node_id
+        'n1'
+    """
+
+    request_id: str
+    node_id: str
+    resources: dict[str, float]
+    gpu_ids: tuple[int, ...]
+    placement: tuple[str, int] | None
+
+
+@dataclass(frozen=True, slots=True)
+class PlacementGroupReady:
+    """Every bundle of a placement group is reserved.
+
+    Attributes:
+        pg_id: the group.
+        bundle_nodes: the node id of each bundle, in bundle order.
+
+    Example:
+        >>> PlacementGroupReady("pg", ("n1", "n1")).bundle_nodes
+        ('n1', 'n1')
+    """
+
+    pg_id: str
+    bundle_nodes: tuple[str, ...]
+
+
+@dataclass(slots=True)
+class _Pool:
+    """Free amounts of a node or of a bundle's reservation; GPUs are tracked per device."""
+
+    free: _Units  # every resource except GPU
+    devices: _Devices  # device id -> free units (at most _UNIT); dict order is the pick order
+
+    def copy(self) -> _Pool:
+        return _Pool(dict(self.free), dict(self.devices))
+
+    def fit(self, need: Mapping[str, int]) -> _Devices | None:
+        """Return the devices ``need`` would take now, or None if it does not fit."""
+        if any(self.free.get(k, 0) < v for k, v in need.items() if k != _GPU):
+            return None
+        gpu = need.get(_GPU, 0)
+        if 0 < gpu < _UNIT:
+            room = [dev for dev, free in self.devices.items() if free >= gpu]
+            # Best fit: filling the fullest device that has room keeps whole devices free for
+            # whole-GPU requests. min() keeps the first device on ties.
+            return {min(room, key=self.devices.__getitem__): gpu} if room else None
+        whole = [dev for dev, free in self.devices.items() if free == _UNIT][: gpu // _UNIT]
+        return {dev: _UNIT for dev in whole} if len(whole) == gpu // _UNIT else None
+
+    def take(self, need: Mapping[str, int], devices: _Devices, sign: int = 1) -> None:
+        """Take ``need`` on ``devices`` out of the pool; ``sign=-1`` puts it back."""
+        for name, amount in _without_gpu(need).items():
+            self.free[name] = self.free.get(name, 0) - sign * amount
+        for dev, amount in devices.items():
+            self.devices[dev] = self.devices.get(dev, 0) - sign * amount
+
+    def give(self, need: Mapping[str, int], devices: _Devices) -> None:
+        self.take(need, devices, -1)
+
+    def shape(self) -> tuple[object, ...]:
+        """What the pool can hold, regardless of device ids."""
+        return (*sorted(self.free.items()), *sorted(self.devices.values()))
+
+    def available(self) -> _Units:
+        return {**self.free, _GPU: sum(self.devices.values())}
+
+
+def _capacity(need: Mapping[str, int]) -> _Pool:
+    """A pool holding exactly ``need``, with stand-in devices shaped like a reservation's."""
+    gpu = need.get(_GPU, 0)
+    devices = {i: _UNIT for i in range(gpu // _UNIT)} if gpu >= _UNIT else {0: gpu} if gpu else {}
+    return _Pool(_without_gpu(need), devices)
+
+
+@dataclass(slots=True)
+class _Node:
+    node_id: str
+    total: _Units
+    gpu_ids: tuple[int, ...]
+    pool: _Pool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.pool = self.capacity()
+
+    def capacity(self) -> _Pool:
+        return _Pool(_without_gpu(self.total), {dev: _UNIT for dev in self.gpu_ids})
+
+
+@dataclass(slots=True)
+class _Bundle:
+    need: _Units
+    node_id: str | None = None  # None until the group is reserved
+    devices: _Devices = field(default_factory=dict)  # taken from the node
+    pool: _Pool = field(default_factory=lambda: _Pool({}, {}))  # free inside the reservation
+
+
+@dataclass(slots=True)
+class _PlacementGroup:
+    pg_id: str
+    strategy: str
+    bundles: list[_Bundle]
+    ready: bool = False
+
+
+@dataclass(slots=True)
+class _Request:
+    request_id: str
+    need: _Units
+    placement: tuple[str, int] | None
+    grant: Grant | None = None  # None while queued
+    devices: _Devices = field(default_factory=dict)
+    source: _Pool = field(default_factory=lambda: _Pool({}, {}))  # the node or bundle pool
+
+    def in_group(self, pg_ids: Iterable[str]) -> bool:
+        return self.placement is not None and self.placement[0] in pg_ids
+
+
+class _SearchGaveUp(Exception):
+    """The bounded bundle search ran out of budget before it found an answer."""
+
+
+def _place_bundles(
+    needs: Sequence[_Units], pools: Mapping[str, _Pool], strategy: str
+) -> list[tuple[str, _Devices]] | None:
+    """Choose a node and devices for every bundle, or return None if they cannot all fit.
+
+    ``pools`` is not changed. Nodes are tried in the mapping's order, so the answer is
+    deterministic. Raises _SearchGaveUp when the bounded search could not decide.
+    """
+    if strategy == "PACK":  # one node is the tightest packing there is
+        placed = _place_bundles(needs, pools, "STRICT_PACK")
+        if placed is not None:
+            return placed
+    work = {node_id: pool.copy() for node_id, pool in pools.items()}
+    # The usual reason a group does not fit is a busy cluster: fail fast instead of searching.
+    if any(all(p.fit(need) is None for p in work.values()) for need in needs):
+        return None
+    counts: dict[str, int] = {}  # bundles per node on the current search path
+
+    def candidates() -> Iterator[str]:
+        if strategy == "STRICT_PACK":  # the node of the first bundle, once it has one
+            return iter(list(counts) or list(work))
+        if strategy == "PACK":  # nodes in use first: fewer nodes in the end
+            return iter([*counts, *(n for n in work if n not in counts)])
+        if strategy == "SPREAD":  # least used first; sorted() is stable, node order breaks ties
+            return iter(sorted(work, key=lambda n: counts.get(n, 0)))
+        return iter([n for n in work if n not in counts])  # STRICT_SPREAD
+
+    chosen: list[tuple[str, _Devices]] = []
+    # Per bundle: the untried nodes, and the states of nodes already tried. Nodes in the same
+    # state lead to mirror-image subtrees, so once one fails the rest are skipped; this keeps
+    # searches over many identical nodes from going factorial.
+    stack: list[tuple[Iterator[str], set[tuple[object, ...]]]] = [(candidates(), set())]
+    steps = 0
+    while stack:
+        need = needs[len(chosen)]
+        untried, tried = stack[-1]
+        for node_id in untried:
+            pool = work[node_id]
+            state = (*pool.shape(), counts.get(node_id))
+            if state in tried:
+                continue
+            tried.add(state)
+            steps += 1
+            if steps > _SEARCH_BUDGET:
+                raise _SearchGaveUp
+            devices = pool.fit(need)
+            if devices is not None:
+                pool.take(need, devices)
+                chosen.append((node_id, devices))
+                counts[node_id] = counts.get(node_id, 0) + 1
+                break
+        else:  # no node left for this bundle: undo the previous one and try its next node
+            stack.pop()
+            if chosen:
+                node_id, devices = chosen.pop()
+                work[node_id].give(needs[len(chosen)], devices)
+                counts[node_id] -= 1
+                if not counts[node_id]:
+                    del counts[node_id]
+            continue
+        if len(chosen) == len(needs):
+            return chosen
+        stack.append((candidates(), set()))
+    return None
+
+
+class ResourceScheduler:
+    """Resource accounting for lease requests and placement groups over explicit nodes.
+
+    Not thread-safe: the node service owns one instance and calls it from one thread. Nothing
+    is granted or reserved until :meth:`schedule`; the caller acts on its output, and kills the
+    holders of the request ids that the removals return.
+
+    Example:
+        >>> s = ResourceScheduler()
+        >>> s.add_node("n1", {"CPU": 2, "GPU": 1})
+        >>> s.submit("r1", {"CPU": 1, "GPU": 0.5})
+        >>> [(g.request_id, g.gpu_ids) for g in s.schedule()]
+        [('r1', (0,))]
+    """
+
+    def __init__(self) -> None:
+        self._nodes: dict[str, _Node] = {}  # insertion order is the order nodes are tried in
+        self._groups: dict[str, _PlacementGroup] = {}  # creation order is their FIFO order
+        self._requests: dict[str, _Request] = {}  # queued and granted, in submission order
+
+    def add_node(
+        self, node_id: str, resources: Mapping[str, float], gpu_ids: Sequence[int] = ()
+    ) -> None:
+        """Add a node; ``resources["GPU"]`` defaults to ``len(gpu_ids)``, ids to ``0..GPU-1``."""
+        if node_id in self._nodes:
+            raise ValueError(f"node {node_id!r} already exists; remove it first or pick a new id")
+        total = _parse(resources, "resources")
+        ids = tuple(gpu_ids)
+        if len(set(ids)) != len(ids) or any(
+            isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in ids
+        ):
+            raise ValueError(f"gpu_ids is {ids!r}, but must be distinct ints >= 0")
+        gpu = total.get(_GPU, 0) if _GPU in resources else len(ids) * _UNIT
+        if gpu % _UNIT:
+            raise ValueError(f"resources['GPU'] is {gpu / _UNIT}, but a node has whole GPUs")
+        if ids and len(ids) != gpu // _UNIT:
+            raise ValueError(
+                f"resources['GPU'] is {gpu // _UNIT}, but gpu_ids {ids!r} lists {len(ids)} "
+                "devices; they must agree"
+            )
+        total.update({_GPU: gpu} if gpu else {})
+        self._nodes[node_id] = _Node(node_id, total, ids or tuple(range(gpu // _UNIT)))
+
+    def remove_node(self, node_id: str) -> list[str]:
+        """Forget a node; return the ids of the grants that died with it ([] if unknown).
+
+        A group with a bundle there loses its whole reservation (a group is never partly
+        reserved) and is queued again; the grants in all its bundles are returned too.
+        """
+        if self._nodes.pop(node_id, None) is None:
+            return []
+        hit = {
+            g.pg_id for g in self._groups.values() if any(b.node_id == node_id for b in g.bundles)
+        }
+        lost = [
+            r.request_id
+            for r in self._requests.values()
+            if r.grant is not None
+            and (r.in_group(hit) or (r.placement is None and r.grant.node_id == node_id))
+        ]
+        for request_id in lost:
+            del self._requests[request_id]
+        for pg_id in hit:
+            self._unreserve(self._groups[pg_id])
+        return lost
+
+    def submit(
+        self,
+        request_id: str,
+        resources: Mapping[str, float],
+        placement: tuple[str, int] | None = None,
+    ) -> None:
+        """Queue a lease request; ``placement=(pg_id, bundle_index)``, index -1 = any bundle.
+
+        Raises:
+            ValueError: duplicate request id, unknown group, bundle index out of range, or
+                invalid amounts.
+            InfeasibleError: no node (or no eligible bundle) could ever hold the request.
+        """
+        if request_id in self._requests:
+            raise ValueError(f"request id {request_id!r} is already queued or granted")
+        need = _parse(resources, "resources")
+        self._check_request_feasible(request_id, need, placement)
+        self._requests[request_id] = _Request(request_id, need, placement)
+
+    def cancel(self, request_id: str) -> bool:
+        """Drop a queued request; False if it is not queued (granted or unknown)."""
+        request = self._requests.get(request_id)
+        if request is None or request.grant is not None:
+            return False
+        del self._requests[request_id]
+        return True
+
+    def release(self, request_id: str) -> None:
+        """Return a granted request's resources (to its bundle if it was placed in one).
+
+        A no-op for ids that are not granted: the removals already freed their grants, and the
+        caller may release those again when it learns that the holder exited.
+        """
+        request = self._requests.get(request_id)
+        if request is None or request.grant is None:
+            return
+        del self._requests[request_id]
+        request.source.give(request.need, request.devices)
+
+    def create_placement_group(
+        self, pg_id: str, bundles: Sequence[Mapping[str, float]], strategy: str
+    ) -> None:
+        """Queue a placement group; :meth:`schedule` reserves it whole or not at all.
+
+        Raises:
+            ValueError: duplicate id, unknown strategy, no bundles, an empty bundle, or invalid
+                amounts.
+            InfeasibleError: the group could never be reserved, even on an idle cluster.
+        """
+        if pg_id in self._groups:
+            raise ValueError(f"placement group {pg_id!r} already exists")
+        if strategy not in PLACEMENT_STRATEGIES:
+            raise ValueError(
+                f"strategy is {strategy!r}, but must be one of {', '.join(PLACEMENT_STRATEGIES)}"
+            )
+        if not bundles:
+            raise ValueError("bundles is empty, but a placement group needs at least one bundle")
+        needs = [_parse(bundle, f"bundles[{i}]") for i, bundle in enumerate(bundles)]
+        for i, need in enumerate(needs):
+            if not need:
+                raise ValueError(
+                    f"bundles[{i}] is {dict(bundles[i])!r}, but a bundle must reserve a positive "
+                    "amount of at least one resource, e.g. {'CPU': 1}"
+                )
+        self._check_group_feasible(pg_id, needs, strategy)
+        self._groups[pg_id] = _PlacementGroup(pg_id, strategy, [_Bundle(n) for n in needs])
+
+    def remove_placement_group(self, pg_id: str) -> list[str]:
+        """Free a group; return the ids granted inside it, then the queued ids dropped with it."""
+        group = self._groups.pop(pg_id, None)
+        if group is None:
+            return []
+        hit = [r for r in self._requests.values() if r.in_group((pg_id,))]
+        for request in hit:
+            del self._requests[request.request_id]
+        self._unreserve(group)
+        return [r.request_id for r in sorted(hit, key=lambda r: r.grant is None)]
+
+    def is_placement_group_ready(self, pg_id: str) -> bool:
+        """True once every bundle is reserved; False while queued, and for unknown ids."""
+        group = self._groups.get(pg_id)
+        return group is not None and group.ready
+
+    def placement_group_bundles(self, pg_id: str) -> list[dict[str, float]]:
+        """The bundles as created, in bundle order."""
+        return [_floats(b.need) for b in self._group(pg_id).bundles]
+
+    def schedule(self) -> list[Grant | PlacementGroupReady]:
+        """Reserve what can be reserved and grant what can be granted, now.
+
+        Queued groups go first, in creation order, each all or nothing; then queued requests in
+        submission order. Nothing blocks the line: whatever does not fit now is skipped and later
+        entries may go ahead of it.
+        """
+        events: list[Grant | PlacementGroupReady] = []
+        for group in self._groups.values():
+            if not group.ready and self._reserve(group):
+                nodes = tuple(str(b.node_id) for b in group.bundles)
+                events.append(PlacementGroupReady(group.pg_id, nodes))
+        # Free amounts only shrink during a pass, so a shape that failed once fails again;
+        # skipping it keeps a long queue of identical requests cheap.
+        failed: set[tuple[object, ...]] = set()
+        for request in [r for r in self._requests.values() if r.grant is None]:
+            shape = (*sorted(request.need.items()), request.placement)
+            if shape in failed:
+                continue
+            grant = self._try_grant(request)
+            if grant is None:
+                failed.add(shape)
+            else:
+                events.append(grant)
+        return events
+
+    def total_resources(self) -> dict[str, float]:
+        """Totals summed over nodes."""
+        return _floats(_sum(n.total for n in self._nodes.values()))
+
+    def available_resources(self) -> dict[str, float]:
+        """Free amounts summed over nodes; reserved bundles count as used, as in Ray.
+
+        Every resource of :meth:`total_resources` is present, 0.0 when all of it is in use.
+        """
+        free = _sum(n.pool.available() for n in self._nodes.values())
+        return {name: free.get(name, 0) / _UNIT for name in self.total_resources()}
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """One dict per node: node_id, resources_total, resources_available, gpu_ids."""
+        return [
+            {
+                "node_id": n.node_id,
+                "resources_total": _floats(n.total),
+                "resources_available": {k: n.pool.available().get(k, 0) / _UNIT for k in n.total},
+                "gpu_ids": list(n.gpu_ids),
+            }
+            for n in self._nodes.values()
+        ]
+
+    def queued_requests(self) -> list[str]:
+        """Ids of requests waiting for resources, in submission order."""
+        return [request_id for request_id, r in self._requests.items() if r.grant is None]
+
+    def queued_placement_groups(self) -> list[str]:
+        """Ids of groups waiting to be reserved, in creation order."""
+        return [pg_id for pg_id, g in self._groups.items() if not g.ready]
+
+    def _group(self, pg_id: str) -> _PlacementGroup:
+        group = self._groups.get(pg_id)
+        if group is None:
+            raise ValueError(f"placement group {pg_id!r} does not exist (was it removed?)")
+        return group
+
+    def _try_grant(self, request: _Request) -> Grant | None:
+        spots: list[tuple[str, _Pool, tuple[str, int] | None]]
+        if request.placement is None:
+            spots = [(n.node_id, n.pool, None) for n in self._nodes.values()]
+        else:
+            pg_id, index = request.placement
+            group = self._groups[pg_id]
+            if not group.ready:
+                return None
+            bundles = enumerate(group.bundles) if index == -1 else [(index, group.bundles[index])]
+            spots = [(str(b.node_id), b.pool, (pg_id, i)) for i, b in bundles]
+        for node_id, pool, placement in spots:
+            devices = pool.fit(request.need)
+            if devices is not None:
+                pool.take(request.need, devices)
+                request.devices, request.source = devices, pool
+                resources = _floats(request.need)
+                request.grant = Grant(
+                    request.request_id, node_id, resources, (*devices,), placement
+                )
+                return request.grant
+        return None
+
+    def _reserve(self, group: _PlacementGroup) -> bool:
+        pools = {node_id: node.pool for node_id, node in self._nodes.items()}
+        try:
+            placed = _place_bundles([b.need for b in group.bundles], pools, group.strategy)
+        except _SearchGaveUp:
+            placed = None
+        if placed is None:
+            return False
+        for bundle, (node_id, devices) in zip(group.bundles, placed, strict=True):
+            self._nodes[node_id].pool.take(bundle.need, devices)
+            bundle.node_id, bundle.devices = node_id, devices
+            bundle.pool = _Pool(_without_gpu(bundle.need), dict(devices))
+        group.ready = True
+        return True
+
+    def _unreserve(self, group: _PlacementGroup) -> None:
+        """Return every bundle to its node if that is still here; its grants must be gone."""
+        for bundle in group.bundles:
+            if bundle.node_id in self._nodes:
+                self._nodes[bundle.node_id].pool.give(bundle.need, bundle.devices)
+            bundle.node_id, bundle.devices, bundle.pool = None, {}, _Pool({}, {})
+        group.ready = False
+
+    def _describe_nodes(self) -> str:
+        if not self._nodes:
+            return "there are no nodes"
+        shown = [f"node {n.node_id!r} has {_show(n.total)}" for n in self._nodes.values()]
+        more = len(shown) - _MAX_NODES_SHOWN
+        return "; ".join(shown[:_MAX_NODES_SHOWN]) + (f"; and {more} more" if more > 0 else "")
+
+    def _check_request_feasible(
+        self, request_id: str, need: _Units, placement: tuple[str, int] | None
+    ) -> None:
+        if placement is None:
+            pools = [n.capacity() for n in self._nodes.values()]
+            where, have = "any node", self._describe_nodes()
+            fix = "Lower num_cpus=/num_gpus=/memory=/resources=, or add a node that has it."
+        else:
+            pg_id, index = placement
+            bundles = self._group(pg_id).bundles
+            if type(index) is not int or not -1 <= index < len(bundles):
+                raise ValueError(
+                    f"bundle index is {index!r}, but placement group {pg_id!r} has "
+                    f"{len(bundles)} bundles: use 0..{len(bundles) - 1}, or -1 for any bundle"
+                )
+            indices = range(len(bundles)) if index == -1 else (index,)
+            pools = [_capacity(bundles[i].need) for i in indices]
+            where = f"{'any bundle' if index == -1 else f'bundle {index}'} of group {pg_id!r}"
+            have = "; ".join(f"bundle {i} reserves {_show(bundles[i].need)}" for i in indices)
+            fix = "Ask for no more than a bundle reserves, or make the group's bundles bigger."
+        if all(pool.fit(need) is None for pool in pools):
+            raise InfeasibleError(
+                f"request {request_id!r} needs {_show(need)}, more than {where} can ever "
+                f"provide ({have}). {fix}"
+            )
+
+    def _check_group_feasible(self, pg_id: str, needs: list[_Units], strategy: str) -> None:
+        what = f"placement group {pg_id!r} ({strategy}) can never be reserved"
+        nodes = self._describe_nodes()
+        capacities = {node_id: node.capacity() for node_id, node in self._nodes.items()}
+        for i, need in enumerate(needs):
+            if all(c.fit(need) is None for c in capacities.values()):
+                raise InfeasibleError(
+                    f"{what}: bundle {i} {_show(need)} is larger than every node ({nodes}). "
+                    "Make the bundle smaller or add a node that can hold it."
+                )
+        try:
+            if _place_bundles(needs, capacities, strategy) is not None:
+                return
+        except _SearchGaveUp:
+            return  # undecided: let it wait rather than reject a group that might fit
+        count = len(needs)
+        able = sum(any(c.fit(n) is not None for n in needs) for c in capacities.values())
+        if strategy == "STRICT_PACK":
+            why = (
+                f"its {count} bundles need {_show(_sum(needs))} together on one node, but no "
+                f"node has that much ({nodes}). Use PACK to allow several nodes, or smaller bundles"
+            )
+        elif strategy == "STRICT_SPREAD" and able < count:
+            why = (
+                f"its {count} bundles need {count} distinct nodes, but only {able} node(s) can "
+                f"hold any of them ({nodes}). Use SPREAD to allow sharing nodes, use fewer "
+                "bundles, or add nodes"
+            )
+        else:
+            why = (
+                f"its bundles {', '.join(_show(n) for n in needs)} do not fit together even on "
+                f"idle nodes ({nodes}). Make the bundles smaller, relax the strategy, or add nodes"
+            )
+        raise InfeasibleError(f"{what}: {why}.")
+
+    def _validate(self) -> None:
+        """Check the bookkeeping invariants; raise TrainkitInternalError on any breach.
+
+        Rebuilds every pool from scratch (capacity minus what is held in it) and compares.
+        """
+        problems: list[str] = []
+        expected: dict[str, _Pool] = {}  # by "node 'n1'" / "bundle 0 of 'pg'"
+        actual: dict[str, _Pool] = {}
+        holders: list[tuple[str, str, _Units, _Devices]] = []  # (who, held where, need, devices)
+        for node_id, node in self._nodes.items():
+            expected[f"node {node_id!r}"], actual[f"node {node_id!r}"] = node.capacity(), node.pool
+        for pg_id, group in self._groups.items():
+            if any((b.node_id is not None) != group.ready for b in group.bundles):
+                problems.append(f"group {pg_id!r} is partly reserved")
+            for i, b in enumerate(group.bundles):
+                if b.node_id is not None:
+                    where = f"bundle {i} of {pg_id!r}"
+                    holders.append((where, f"node {b.node_id!r}", b.need, b.devices))
+                    expected[where] = _Pool(_without_gpu(b.need), dict(b.devices))
+                    actual[where] = b.pool
+        for rid, request in self._requests.items():
+            if request.grant is not None:
+                node_id, placement = request.grant.node_id, request.grant.placement
+                where = f"node {node_id!r}"
+                if placement is not None:
+                    where = f"bundle {placement[1]} of {placement[0]!r}"
+                holders.append((repr(rid), where, request.need, request.devices))
+            elif request.placement is not None and request.placement[0] not in self._groups:
+                problems.append(f"queued {rid!r} targets a missing group")
+        for who, where, need, devices in holders:
+            if need.get(_GPU, 0) != sum(devices.values()):
+                problems.append(f"{who} holds devices {devices} for {_show(need)}")
+            if where in expected:
+                expected[where].take(need, devices)
+            else:
+                problems.append(f"{who} is held in {where}, which is gone or not reserved")
+        for where, pool in expected.items():
+            have = actual[where]
+            if _strip(pool.free) != _strip(have.free) or pool.devices != have.devices:
+                problems.append(f"{where} has {have}, but its holders leave {pool}")
+            if min([*have.free.values(), *have.devices.values(), 0]) < 0:
+                problems.append(f"{where} is over-committed: {have}")
+            if any(v > _UNIT for v in have.devices.values()):
+                problems.append(f"{where} has a device above 1.0: {have.devices}")
+        if problems:
+            raise TrainkitInternalError("scheduler state is inconsistent: " + "; ".join(problems))
+
+
+def _strip(units: Mapping[str, int]) -> _Units:
+    return {name: amount for name, amount in units.items() if amount}

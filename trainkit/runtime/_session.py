@@ -1,0 +1,175 @@
+"""Starting and stopping the embedded runtime: the driver's core worker plus a node service."""
+
+from __future__ import annotations
+
+import atexit
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from typing import Any
+
+from trainkit.exceptions import RuntimeSystemError
+from trainkit.runtime import _context
+from trainkit.runtime._core import CoreWorker
+from trainkit.runtime._protocol import Msg
+from trainkit.runtime._scheduler import make_resource_request
+
+NODE_START_TIMEOUT_S = 30.0
+_lock = threading.RLock()
+_node_proc: subprocess.Popen[bytes] | None = None
+_namespace = "default"
+
+
+def namespace() -> str:
+    return _namespace
+
+
+def _detect_gpus() -> list[int]:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [int(x) for x in visible.split(",") if x.strip().isdigit()]
+    return list(range(len(glob.glob("/proc/driver/nvidia/gpus/*"))))
+
+
+def _default_store_bytes() -> int:
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    want = int(total * 0.3)
+    try:
+        shm_free = shutil.disk_usage("/dev/shm").free
+        want = min(want, int(shm_free * 0.9))
+    except OSError:
+        pass
+    return want
+
+
+def _check_number(name: str, value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ValueError(f"init({name}={value!r}): must be a number >= 0")
+
+
+def start(*, num_cpus: float | None, num_gpus: float | None,
+          resources: dict[str, float] | None, object_store_memory: int | None,
+          namespace: str | None, log_to_driver: bool) -> None:
+    global _node_proc, _namespace
+    for name, value in (("num_cpus", num_cpus), ("num_gpus", num_gpus),
+                        ("object_store_memory", object_store_memory)):
+        _check_number(name, value)
+    if num_gpus is not None and int(num_gpus) != num_gpus:
+        raise ValueError(f"init(num_gpus={num_gpus!r}): must be a whole number of GPUs")
+    gpu_ids = _detect_gpus() if num_gpus is None else list(range(int(num_gpus)))
+    cpus = float(num_cpus if num_cpus is not None else (os.cpu_count() or 1))
+    total_mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    node_resources = make_resource_request(
+        num_cpus=cpus, num_gpus=float(len(gpu_ids)), memory=float(int(total_mem * 0.7)),
+        resources=resources, default_cpus=cpus)
+    node_resources.setdefault("CPU", 0.0)
+    node_resources.setdefault("GPU", 0.0)
+    store_bytes = int(object_store_memory) if object_store_memory else _default_store_bytes()
+    if store_bytes < 1 << 20:
+        raise ValueError(f"init(object_store_memory={object_store_memory!r}): must be at "
+                         "least 1 MiB")
+    session_dir = tempfile.mkdtemp(prefix="trainkit-", dir="/tmp")
+    session = os.path.basename(session_dir)
+    node_id = os.urandom(8).hex()
+    arena_path = f"/dev/shm/{session}-arena"
+    core = CoreWorker(
+        session_dir=session_dir, node_addr=f"ipc://{session_dir}/node.ctl", node_id=node_id,
+        arena_path=arena_path, arena_capacity=store_bytes, name="driver", is_driver=True,
+        cluster_resources=node_resources)
+    ready = threading.Event()
+    core.extra_handlers[Msg.NODE_READY] = lambda addr: ready.set()
+    core.log_sink = _print_log if log_to_driver else None
+    core.start()
+    cfg = {
+        "session_dir": session_dir, "node_id": node_id, "arena_path": arena_path,
+        "object_store_memory": store_bytes, "resources": node_resources, "gpu_ids": gpu_ids,
+        "driver_addr": core.ctl_addr, "sys_path": [p or os.getcwd() for p in sys.path],
+        "cwd": os.getcwd(), "prestart": min(int(cpus), 4), "log_to_driver": log_to_driver,
+    }
+    proc = subprocess.Popen([sys.executable, "-m", "trainkit.runtime._node", json.dumps(cfg)],
+                            stdin=subprocess.PIPE, close_fds=True)
+    deadline_ok = False
+    waited = 0.0
+    while waited < NODE_START_TIMEOUT_S:
+        if ready.wait(0.05):
+            deadline_ok = True
+            break
+        waited += 0.05
+        if proc.poll() is not None:
+            break
+    if not deadline_ok:
+        proc.kill()
+        proc.wait()
+        core.close()
+        shutil.rmtree(session_dir, ignore_errors=True)
+        _unlink(arena_path)
+        raise RuntimeSystemError(
+            f"the trainkit node service did not start (exit code {proc.returncode}); its "
+            f"error output is above. Command: {sys.executable} -m trainkit.runtime._node")
+    _node_proc = proc
+    _namespace = namespace or "default"
+    _context.core = core
+
+
+def _print_log(stream: str, text: str) -> None:
+    out = sys.stderr if stream == "stderr" else sys.stdout
+    try:
+        out.write(text)
+        out.flush()
+    except Exception:
+        pass
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def stop() -> None:
+    global _node_proc
+    with _lock:
+        core = _context.core
+        proc = _node_proc
+        if core is None:
+            return
+        _context.core = None
+        _node_proc = None
+        try:
+            core.request_node(Msg.SHUTDOWN, what="node service shutdown", timeout=10)
+        except Exception:
+            pass
+        if proc is not None:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            if proc.stdin is not None:
+                proc.stdin.close()
+        core.close()
+        shutil.rmtree(core.session_dir, ignore_errors=True)
+        _unlink(core.arena_path)
+
+
+def ensure_started() -> CoreWorker:
+    core = _context.core
+    if core is not None:
+        return core
+    with _lock:
+        if _context.core is None:
+            start(num_cpus=None, num_gpus=None, resources=None, object_store_memory=None,
+                  namespace=None, log_to_driver=True)
+    assert _context.core is not None
+    return _context.core
+
+
+atexit.register(stop)

@@ -1,0 +1,336 @@
+"""Worker process: runs leased tasks, or hosts one actor, for the node service that started it.
+
+``python -m trainkit.runtime._worker`` with the node's settings in the environment. Normal
+tasks and actor calls arrive on the execution inbox and run in the main thread (threaded
+actors use a pool, async actors an event loop thread); everything else (object requests,
+replies, cancellation) is handled by the core worker's I/O thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import inspect
+import io
+import json
+import os
+import signal
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from trainkit.runtime import _context
+from trainkit.runtime._core import CoreWorker
+from trainkit.runtime._core import task_error_value
+from trainkit.runtime._protocol import Msg
+from trainkit.runtime._serialization import dumps
+from trainkit.runtime._serialization import loads
+from trainkit.runtime._transport import Inbox
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL us when the node service dies, whatever way it dies."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+    if os.getppid() == 1:
+        os._exit(1)
+
+
+class _PrefixedStream(io.TextIOBase):
+    """sys.stdout/sys.stderr of a worker: each line is prefixed with the task and pid."""
+
+    def __init__(self, raw: Any, label: list[str]) -> None:
+        self._raw = raw
+        self._label = label
+        self._buf = ""
+        self._lock = threading.Lock()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, s: str) -> int:
+        with self._lock:
+            self._buf += s
+            if "\n" in self._buf:
+                *lines, self._buf = self._buf.split("\n")
+                name = getattr(_context.task_local, "name", None) or self._label[0]
+                prefix = f"({name} pid={os.getpid()}) "
+                self._raw.write("".join(prefix + line + "\n" for line in lines))
+                self._raw.flush()
+        return len(s)
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._buf:
+                name = getattr(_context.task_local, "name", None) or self._label[0]
+                self._raw.write(f"({name} pid={os.getpid()}) {self._buf}\n")
+                self._buf = ""
+            self._raw.flush()
+
+    def fileno(self) -> int:
+        return int(self._raw.fileno())
+
+    def isatty(self) -> bool:
+        return False
+
+
+class Worker:
+    def __init__(self, core: CoreWorker, worker_id: bytes, exec_inbox: Inbox) -> None:
+        self.core = core
+        self.worker_id = worker_id
+        self.inbox = exec_inbox
+        self.functions: dict[bytes, Any] = {}
+        self.current_task: bytes | None = None
+        self.label = ["worker"]
+        self.actor: Any = None
+        self.actor_id: bytes | None = None
+        self.pool: ThreadPoolExecutor | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.sem: asyncio.Semaphore | None = None
+        self.used_gpus = False
+        core.extra_handlers[Msg.CANCEL_TASK] = self._on_cancel
+
+    # -------------------------------------------------------------- main loop
+    def run(self) -> None:
+        handlers = {
+            Msg.EXEC_TASK: self.exec_task,
+            Msg.BECOME_ACTOR: self.become_actor,
+            Msg.ACTOR_CALL: self.actor_call,
+            Msg.ACTOR_EXIT: self.actor_exit,
+        }
+        while True:
+            try:
+                msg = self.inbox.recv()
+                if msg[0] == Msg.EXIT:
+                    return
+                handlers[msg[0]](*msg[1:])
+            except KeyboardInterrupt:
+                continue  # a cancel that arrived just after its task finished
+
+    def _on_cancel(self, task_id: bytes) -> None:
+        if self.current_task == task_id:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    def _set_gpus(self, gpu_ids: tuple[int, ...]) -> None:
+        _context.task_local.gpu_ids = tuple(gpu_ids)
+        if gpu_ids:
+            self.used_gpus = True
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpu_ids)
+
+    def _function(self, fn_id: bytes, blob: bytes | None) -> Any:
+        fn = self.functions.get(fn_id)
+        if fn is None:
+            if blob is None:
+                raise RuntimeError("the function was not sent to this worker (a trainkit bug)")
+            fn = self.functions[fn_id] = loads(blob)
+        return fn
+
+    def _result_value(self, return_id: bytes, owner: str, result: Any) -> tuple[Any, str | None]:
+        meta, buffers, refs = dumps(result, "the return value")
+        value = self.core.store_value(return_id, meta, buffers, owner)
+        holder = None
+        if refs:
+            # Keep the refs inside the result alive until the caller frees the result.
+            with self.core.lock:
+                self.core.held_for_caller[return_id] = refs
+            holder = self.core.ctl_addr
+        return value, holder
+
+    def _run(self, name: str, fn: Any, payload: Any, descs: Any, return_id: bytes,
+             owner: str) -> tuple[Any, str | None]:
+        try:
+            args, kwargs = self.core.resolve_args(payload, descs)
+            result = fn(*args, **kwargs)
+            return self._result_value(return_id, owner, result)
+        except BaseException as e:  # noqa: BLE001 - everything the user raises goes back
+            return task_error_value(name, e), None
+
+    # -------------------------------------------------------------- tasks
+    def exec_task(self, task_id: bytes, name: str, fn_id: bytes, blob: bytes | None,
+                  payload: Any, descs: Any, return_id: bytes, owner: str,
+                  gpu_ids: tuple[int, ...], attempt: int) -> None:
+        self._set_gpus(gpu_ids)
+        _context.task_local.name = name
+        self.current_task = task_id
+        try:
+            try:
+                fn = self._function(fn_id, blob)
+            except BaseException as e:  # noqa: BLE001
+                value: Any = task_error_value(name, _load_error(name, e))
+                holder = None
+            else:
+                value, holder = self._run(name, fn, payload, descs, return_id, owner)
+        finally:
+            self.current_task = None
+            _context.task_local.name = None
+        self.core.out.send(owner, (Msg.TASK_DONE, task_id, return_id, value, holder))
+        if gpu_ids and _cuda_initialized():
+            # CUDA_VISIBLE_DEVICES cannot change after CUDA starts: never reuse this process.
+            self.core.out.send(self.core.node_addr, (Msg.WORKER_TAINTED, self.worker_id))
+
+    # -------------------------------------------------------------- actors
+    def become_actor(self, actor_id: bytes, name: str, blob: bytes, payload: Any, descs: Any,
+                     gpu_ids: tuple[int, ...], max_concurrency: int) -> None:
+        self.actor_id = actor_id
+        self.label[0] = name
+        _context.process_gpu_ids = tuple(gpu_ids)
+        if gpu_ids:
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpu_ids)
+        try:
+            try:
+                cls = loads(blob)
+            except BaseException as e:  # noqa: BLE001
+                raise _load_error(name, e) from e
+            args, kwargs = self.core.resolve_args(payload, descs)
+            self.actor = cls(*args, **kwargs)
+        except BaseException as e:  # noqa: BLE001
+            self.core.out.send(self.core.node_addr,
+                               (Msg.ACTOR_INIT_FAILED, actor_id, task_error_value(
+                                   f"{name}.__init__", e)))
+            return
+        is_async = any(inspect.iscoroutinefunction(m)
+                       for _, m in inspect.getmembers(type(self.actor), inspect.isfunction))
+        if is_async:
+            self.loop = asyncio.new_event_loop()
+            limit = max_concurrency if max_concurrency > 1 else 1000
+            threading.Thread(target=self._run_loop, args=(limit,), name="trainkit-actor-loop",
+                             daemon=True).start()
+        elif max_concurrency > 1:
+            self.pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="trainkit-actor")
+        self.core.out.send(self.core.node_addr, (Msg.ACTOR_READY, actor_id, self.worker_id))
+
+    def _run_loop(self, limit: int) -> None:
+        assert self.loop is not None
+        asyncio.set_event_loop(self.loop)
+        self.sem = asyncio.Semaphore(limit)
+        self.loop.run_forever()
+
+    def actor_call(self, task_id: bytes, method: str, payload: Any, descs: Any,
+                   return_id: bytes, caller: str) -> None:
+        if self.loop is not None:
+            asyncio.run_coroutine_threadsafe(
+                self._call_async(task_id, method, payload, descs, return_id, caller), self.loop)
+        elif self.pool is not None:
+            self.pool.submit(self._call_sync, task_id, method, payload, descs, return_id, caller)
+        else:
+            self.current_task = task_id
+            try:
+                self._call_sync(task_id, method, payload, descs, return_id, caller)
+            finally:
+                self.current_task = None
+
+    def _call_sync(self, task_id: bytes, method: str, payload: Any, descs: Any,
+                   return_id: bytes, caller: str) -> None:
+        name = f"{self.label[0]}.{method}"
+        _context.task_local.name = self.label[0]
+        fn = getattr(self.actor, method, None)
+        if fn is None:
+            value: Any = task_error_value(name, AttributeError(
+                f"{type(self.actor).__name__} has no method {method!r}"))
+            holder = None
+        else:
+            value, holder = self._run(name, fn, payload, descs, return_id, caller)
+        self.core.out.send(caller, (Msg.TASK_DONE, task_id, return_id, value, holder))
+
+    async def _call_async(self, task_id: bytes, method: str, payload: Any, descs: Any,
+                          return_id: bytes, caller: str) -> None:
+        assert self.sem is not None
+        name = f"{self.label[0]}.{method}"
+        async with self.sem:
+            holder = None
+            try:
+                fn = getattr(self.actor, method)
+                if descs or payload[0] is None:
+                    args, kwargs = await asyncio.get_running_loop().run_in_executor(
+                        None, self.core.resolve_args, payload, descs)
+                else:
+                    args, kwargs = self.core.resolve_args(payload, descs)
+                result = fn(*args, **kwargs)
+                if inspect.isawaitable(result):
+                    result = await result
+                value, holder = self._result_value(return_id, caller, result)
+            except BaseException as e:  # noqa: BLE001
+                value = task_error_value(name, e)
+        self.core.out.send(caller, (Msg.TASK_DONE, task_id, return_id, value, holder))
+
+    def actor_exit(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+        self.core.out.send(self.core.node_addr, (Msg.ACTOR_EXITING, self.actor_id))
+        _flush_and_exit(0)
+
+
+def _load_error(name: str, e: BaseException) -> BaseException:
+    return RuntimeError(
+        f"could not load {name} in the worker: {type(e).__name__}: {e}. The worker runs in "
+        f"the driver's working directory with the driver's sys.path; make the module "
+        f"importable there (or define the function in the script itself)."
+    )
+
+
+def _cuda_initialized() -> bool:
+    torch = sys.modules.get("torch")
+    try:
+        return bool(torch is not None and torch.cuda.is_initialized())
+    except Exception:
+        return True
+
+
+def _flush_and_exit(code: int) -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    os._exit(code)
+
+
+def _watch_parent() -> None:
+    """The node service holds our stdin open; EOF means it is gone."""
+    try:
+        while os.read(0, 4096):
+            pass
+    except OSError:
+        pass
+    os._exit(1)
+
+
+def main() -> None:
+    _die_with_parent()
+    env = os.environ
+    for p in reversed(json.loads(env.get("TRAINKIT_SYS_PATH", "[]"))):
+        if p not in sys.path:
+            sys.path.insert(0, p)
+    worker_id = bytes.fromhex(env["TRAINKIT_WORKER_ID"])
+    session_dir = env["TRAINKIT_SESSION_DIR"]
+    core = CoreWorker(
+        session_dir=session_dir,
+        node_addr=env["TRAINKIT_NODE_ADDR"],
+        node_id=env["TRAINKIT_NODE_ID"],
+        arena_path=env["TRAINKIT_ARENA_PATH"],
+        arena_capacity=int(env["TRAINKIT_ARENA_CAPACITY"]),
+        name=f"w{worker_id.hex()}",
+        is_driver=False,
+        cluster_resources=json.loads(env["TRAINKIT_CLUSTER_RESOURCES"]),
+    )
+    _context.core = core
+    exec_inbox = Inbox(core.ctx, f"ipc://{session_dir}/w{worker_id.hex()}.exec")
+    worker = Worker(core, worker_id, exec_inbox)
+    sys.stdout = _PrefixedStream(sys.__stdout__, worker.label)
+    sys.stderr = _PrefixedStream(sys.__stderr__, worker.label)
+    threading.Thread(target=_watch_parent, name="trainkit-parent-watch", daemon=True).start()
+    core.start()
+    core.out.send(core.node_addr, (Msg.REGISTER_WORKER, worker_id, os.getpid(),
+                                   exec_inbox.address, core.ctl_addr))
+    try:
+        worker.run()
+    finally:
+        _flush_and_exit(0)
+
+
+if __name__ == "__main__":
+    main()
