@@ -162,18 +162,30 @@ def stop_tree(pid):
             pass
 
 
-def stop_group_leftovers(pgid):
-    """Processes still in the process group of a run we started (its session leader has exited,
-    e.g. after a crash). The group was created by us (start_new_session), so they are ours."""
+def _group_members(pgid):
     import psutil
 
-    left = []
+    out = []
     for p in psutil.process_iter(["pid", "name"]):
         try:
             if p.pid != os.getpid() and os.getpgid(p.pid) == pgid:
-                left.append(p)
+                out.append(p)
         except (OSError, psutil.Error):
             continue
+    return out
+
+
+def stop_group_leftovers(pgid, grace=5.0):
+    """Processes still in the process group of a run we started, `grace` seconds after it
+    exited (daemons finishing their shutdown get that long). The group was created by us
+    (start_new_session), so whatever is in it is ours; stragglers are stopped."""
+    import psutil
+
+    deadline = time.perf_counter() + grace
+    left = _group_members(pgid)
+    while left and time.perf_counter() < deadline:
+        time.sleep(0.25)
+        left = _group_members(pgid)
     names = sorted({p.info.get("name") or "?" for p in left})
     for p in left:
         try:
@@ -209,7 +221,6 @@ def run_one(workload, backend, python, timeout, logdir, rnd):
         stop_tree(p.pid)
         out, err = p.communicate()
     wall = time.perf_counter() - t0
-    time.sleep(0.5)
     n_left, left_names = stop_group_leftovers(p.pid)
     with open(os.path.join(logdir, f"{workload}-{backend}-r{rnd}.log"), "w") as f:
         f.write(f"$ {' '.join(cmd)}\n# rc={p.returncode} wall={wall:.1f}s\n")
@@ -314,7 +325,7 @@ def render(lines, source=""):
         if ln.get("leftover_after_run"):
             out.append(
                 f"- {ln.get('bench')} / {ln.get('backend')} (round {ln.get('round')}) "
-                f"left {ln['leftover_after_run']} process(es) behind after it exited "
+                f"left {ln['leftover_after_run']} process(es) alive 5 s after it exited "
                 f"({', '.join(ln.get('leftover_after_run_names', []))}); stopped"
             )
     errs = [ln for ln in lines if ln.get("error")]

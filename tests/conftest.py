@@ -36,9 +36,11 @@ LEAK_KINDS = frozenset({"processes", "threads", "shm", "tmp", "env"})
 GRACE_S = 5.0
 
 _SHM_DIR = Path("/dev/shm")
-_SHM_PREFIX = "trainkit"
+# Runtime sessions (and store tests) name what they create after the driver's pid, so a
+# second test run or benchmark on the same machine is never mistaken for a leak of ours.
+_SHM_PREFIX = f"trainkit-{os.getpid()}-"
 _TMP_DIRS = tuple({Path("/tmp"), Path(tempfile.gettempdir())})
-_TMP_PREFIX = "trainkit-"
+_TMP_PREFIX = f"trainkit-{os.getpid()}-"
 # multiprocessing starts these helpers once and keeps them for the life of the interpreter;
 # whichever test happens to use multiprocessing first must not be blamed for them.
 _INTERPRETER_HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")

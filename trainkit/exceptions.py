@@ -175,7 +175,8 @@ def _dual_class(cause_cls: type) -> type:
     if cls is None:
 
         def __reduce__(self: TaskError) -> tuple[Any, ...]:
-            return (_rebuild_task_error, (self.function_name, self.traceback_str, self.cause, self.pid))
+            fields = (self.function_name, self.traceback_str, self.cause, self.pid)
+            return (_rebuild_task_error, fields)
 
         cls = type(
             f"TaskError({cause_cls.__name__})",

@@ -33,7 +33,7 @@ PAGE = mmap.ALLOCATIONGRANULARITY
 
 
 def _shm_path() -> str:
-    return f"/dev/shm/trainkit-test-{uuid.uuid4().hex}"
+    return f"/dev/shm/trainkit-{os.getpid()}-test-{uuid.uuid4().hex}"
 
 
 @pytest.fixture

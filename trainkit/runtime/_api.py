@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,6 @@ from trainkit.runtime._protocol import INLINE
 from trainkit.runtime._protocol import Msg
 from trainkit.runtime._protocol import new_id
 from trainkit.runtime._refs import ObjectRef
-from trainkit.runtime._scheduler import PLACEMENT_STRATEGIES
 from trainkit.runtime._scheduler import make_resource_request
 from trainkit.runtime._serialization import dumps_function
 
@@ -433,7 +433,7 @@ def wait(refs: Sequence[ObjectRef], *, num_returns: int = 1, timeout: float | No
     if not refs:
         return [], []
     ready_flags = core.wait_refs(refs, num_returns, timeout)
-    ready = [r for r, ok in zip(refs, ready_flags) if ok][:num_returns]
+    ready = [r for r, ok in zip(refs, ready_flags, strict=False) if ok][:num_returns]
     chosen = set(ready)
     return ready, [r for r in refs if r not in chosen]
 

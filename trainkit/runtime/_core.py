@@ -23,22 +23,21 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from collections.abc import Sequence
+from dataclasses import dataclass
+from dataclasses import field
 from typing import Any
 
 import zmq
 
-from trainkit.exceptions import (
-    ActorDiedError,
-    GetTimeoutError,
-    ObjectLostError,
-    RuntimeSystemError,
-    TaskCancelledError,
-    TaskError,
-    WorkerCrashedError,
-)
-from trainkit.runtime import _context
+from trainkit.exceptions import ActorDiedError
+from trainkit.exceptions import GetTimeoutError
+from trainkit.exceptions import ObjectLostError
+from trainkit.exceptions import RuntimeSystemError
+from trainkit.exceptions import TaskCancelledError
+from trainkit.exceptions import TaskError
+from trainkit.exceptions import WorkerCrashedError
 from trainkit.runtime._object_layout import layout_size
 from trainkit.runtime._object_layout import read_object
 from trainkit.runtime._object_layout import write_object
@@ -665,7 +664,7 @@ class CoreWorker:
             return [self.get_one(refs[0], timeout)]
         ready = self.wait_refs(refs, len(refs), timeout)
         if not all(ready):
-            missing = [r for r, ok in zip(refs, ready) if not ok]
+            missing = [r for r, ok in zip(refs, ready, strict=False) if not ok]
             raise GetTimeoutError(
                 f"get() timed out after {timeout} s: {len(missing)} of {len(refs)} objects "
                 f"are not ready (first: {missing[0]!r})"

@@ -18,7 +18,8 @@ import sys
 import time
 import traceback
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field
 from typing import Any
 
 import zmq
@@ -218,19 +219,24 @@ class NodeService:
         return w
 
     def on_register_worker(self, worker_id: bytes, pid: int, exec_addr: str,
-                           ctl_addr: str) -> None:
+                           ctl_addr: str, staying: bool = False) -> None:
         w = self.workers.get(worker_id)
         if w is None:
             return
         w.exec_addr, w.ctl_addr, w.ready = exec_addr, ctl_addr, True
         self.start_failures = 0
-        self.worker_available(w)
+        if staying and not self.waiting_for_worker:
+            self.idle.append(w)  # refused to retire: it owns objects
+        else:
+            self.worker_available(w)
 
     def worker_available(self, w: _WorkerProc) -> None:
         if self.waiting_for_worker:
             self.assign(self.waiting_for_worker.popleft(), w)
         elif len(self.idle) >= self.max_idle:
-            self.kill_worker(w, "idle")
+            # Too many idle workers: ask this one to leave. One that owns objects stays
+            # (their values live in it) and registers again.
+            self.send(w.exec_addr, (Msg.RETIRE,))
         else:
             self.idle.append(w)
 

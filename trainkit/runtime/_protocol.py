@@ -63,6 +63,7 @@ class Msg(enum.IntEnum):
     ACTOR_CALL = 62
     ACTOR_EXIT = 63
     EXIT = 64
+    RETIRE = 65  # exit unless this worker owns objects others may still need
 
 
 class ActorStatus(enum.Enum):

@@ -75,7 +75,7 @@ def start(*, num_cpus: float | None, num_gpus: float | None,
     if store_bytes < 1 << 20:
         raise ValueError(f"init(object_store_memory={object_store_memory!r}): must be at "
                          "least 1 MiB")
-    session_dir = tempfile.mkdtemp(prefix="trainkit-", dir="/tmp")
+    session_dir = tempfile.mkdtemp(prefix=f"trainkit-{os.getpid()}-", dir="/tmp")
     session = os.path.basename(session_dir)
     node_id = os.urandom(8).hex()
     arena_path = f"/dev/shm/{session}-arena"

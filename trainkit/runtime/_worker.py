@@ -101,6 +101,7 @@ class Worker:
             Msg.BECOME_ACTOR: self.become_actor,
             Msg.ACTOR_CALL: self.actor_call,
             Msg.ACTOR_EXIT: self.actor_exit,
+            Msg.RETIRE: self.retire,
         }
         while True:
             try:
@@ -110,6 +111,15 @@ class Worker:
                 handlers[msg[0]](*msg[1:])
             except KeyboardInterrupt:
                 continue  # a cancel that arrived just after its task finished
+
+    def retire(self) -> None:
+        with self.core.lock:
+            owns = bool(self.core.owned) or bool(self.core.held_for_caller)
+        if not owns:
+            _flush_and_exit(0)
+        self.core.out.send(self.core.node_addr, (
+            Msg.REGISTER_WORKER, self.worker_id, os.getpid(), self.inbox.address,
+            self.core.ctl_addr, True))
 
     def _on_cancel(self, task_id: bytes) -> None:
         if self.current_task == task_id:
@@ -146,7 +156,7 @@ class Worker:
             args, kwargs = self.core.resolve_args(payload, descs)
             result = fn(*args, **kwargs)
             return self._result_value(return_id, owner, result)
-        except BaseException as e:  # noqa: BLE001 - everything the user raises goes back
+        except BaseException as e:
             return task_error_value(name, e), None
 
     # -------------------------------------------------------------- tasks
@@ -159,7 +169,7 @@ class Worker:
         try:
             try:
                 fn = self._function(fn_id, blob)
-            except BaseException as e:  # noqa: BLE001
+            except BaseException as e:
                 value: Any = task_error_value(name, _load_error(name, e))
                 holder = None
             else:
@@ -183,11 +193,11 @@ class Worker:
         try:
             try:
                 cls = loads(blob)
-            except BaseException as e:  # noqa: BLE001
+            except BaseException as e:
                 raise _load_error(name, e) from e
             args, kwargs = self.core.resolve_args(payload, descs)
             self.actor = cls(*args, **kwargs)
-        except BaseException as e:  # noqa: BLE001
+        except BaseException as e:
             self.core.out.send(self.core.node_addr,
                                (Msg.ACTOR_INIT_FAILED, actor_id, task_error_value(
                                    f"{name}.__init__", e)))
@@ -253,7 +263,7 @@ class Worker:
                 if inspect.isawaitable(result):
                     result = await result
                 value, holder = self._result_value(return_id, caller, result)
-            except BaseException as e:  # noqa: BLE001
+            except BaseException as e:
                 value = task_error_value(name, e)
         self.core.out.send(caller, (Msg.TASK_DONE, task_id, return_id, value, holder))
 

@@ -1,0 +1,187 @@
+"""Remote functions end to end: real node service, real worker processes."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import pytest
+
+import trainkit as tk
+from trainkit.exceptions import GetTimeoutError
+from trainkit.exceptions import InfeasibleError
+from trainkit.exceptions import TaskCancelledError
+from trainkit.exceptions import TaskError
+
+
+@tk.remote
+def add(a, b=0):
+    return a + b
+
+
+@tk.remote
+def fail(msg):
+    raise ValueError(msg)
+
+
+@tk.remote
+def pid():
+    return os.getpid()
+
+
+def test_remote_function_and_refs_as_args(rt):
+    r1 = add.remote(1, 2)
+    r2 = add.remote(r1, b=r1)  # top-level refs arrive as values
+    assert tk.get(r2) == 6
+    assert tk.get([add.remote(i) for i in range(20)]) == list(range(20))
+
+
+def test_nested_refs_stay_refs(rt):
+    @tk.remote
+    def inspect_arg(container):
+        inner = container["x"]
+        return type(inner).__name__, tk.get(inner)
+
+    ref = tk.put(41)
+    assert tk.get(inspect_arg.remote({"x": ref})) == ("ObjectRef", 41)
+
+
+def test_task_error_is_users_class_with_remote_traceback(rt):
+    ref = fail.remote("boom")
+    with pytest.raises(ValueError, match="boom") as info:
+        tk.get(ref)
+    err = info.value
+    assert isinstance(err, TaskError)
+    assert "fail" in str(err) and "Traceback" in err.traceback_str
+
+
+def test_error_propagates_through_dependent_task(rt):
+    with pytest.raises(ValueError, match="first"):
+        tk.get(add.remote(fail.remote("first"), 1))
+
+
+def test_get_timeout_and_wait(rt):
+    @tk.remote
+    def sleep(s):
+        time.sleep(s)
+        return s
+
+    slow = sleep.remote(3)
+    fast = sleep.remote(0)
+    with pytest.raises(GetTimeoutError):
+        tk.get(slow, timeout=0.1)
+    ready, not_ready = tk.wait([slow, fast], num_returns=1, timeout=20)
+    assert ready == [fast] and not_ready == [slow]
+    ready, not_ready = tk.wait([slow], timeout=0.05)
+    assert ready == [] and not_ready == [slow]
+    tk.cancel(slow, force=True)
+
+
+def test_lambdas_closures_and_main_functions_travel_by_value(rt):
+    k = 10
+    f = tk.remote(lambda x: x * k)
+    assert tk.get(f.remote(4)) == 40
+
+
+def test_options_and_resources(rt):
+    assert tk.get(add.options(num_cpus=2, name="big").remote(1, 1)) == 2
+    with pytest.raises(ValueError, match=r"num_cpu.*Did you mean 'num_cpus'"):
+        add.options(num_cpu=1)
+    with pytest.raises(InfeasibleError, match="GPU"):
+        add.options(num_gpus=1).remote(1)
+    with pytest.raises(InfeasibleError, match="CPU"):
+        add.options(num_cpus=3).remote(1)
+    with pytest.raises(ValueError, match="retries"):
+        add.options(max_retries=-5)
+
+
+def test_unpicklable_argument_fails_at_call_site(rt):
+    import threading
+
+    with pytest.raises(TypeError, match="could not serialize an argument of add"):
+        add.remote(threading.Lock())
+
+
+def test_calling_remote_function_directly_is_an_error(rt):
+    with pytest.raises(TypeError, match=r"add.remote"):
+        add(1)
+
+
+def test_workers_are_reused(rt):
+    pids = set(tk.get([pid.remote() for _ in range(30)]))
+    assert 1 <= len(pids) <= 3  # a pool of workers, not a process per task
+
+
+def test_large_args_and_results_go_through_shared_memory(rt):
+    @tk.remote
+    def total(a):
+        return float(a.sum()), a.flags.writeable
+
+    @tk.remote
+    def make(n):
+        return np.arange(n, dtype=np.int64)
+
+    arr = np.ones(5_000_000, dtype=np.float32)  # 20 MB argument by value
+    assert tk.get(total.remote(arr)) == (5_000_000.0, False)
+    out = tk.get(make.remote(3_000_000))
+    assert out[-1] == 2_999_999 and not out.flags.writeable
+
+
+def test_cancel_queued_and_running(rt):
+    @tk.remote
+    def sleep(s):
+        time.sleep(s)
+        return s
+
+    running = [sleep.remote(30) for _ in range(2)]
+    queued = sleep.remote(30)
+    tk.cancel(queued)
+    with pytest.raises(TaskCancelledError):
+        tk.get(queued, timeout=10)
+    time.sleep(0.5)
+    tk.cancel(running[0])
+    with pytest.raises(TaskCancelledError):
+        tk.get(running[0], timeout=10)
+    tk.cancel(running[1], force=True)
+    with pytest.raises(TaskCancelledError):
+        tk.get(running[1], timeout=10)
+
+
+def test_task_that_cannot_be_loaded_fails_clearly(rt, tmp_path, monkeypatch):
+    # A function from a module only the driver can import.
+    mod = tmp_path / "only_here_mod.py"
+    mod.write_text("def f():\n    return 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import only_here_mod
+
+    f = tk.remote(only_here_mod.f)
+    mod.unlink()
+    with pytest.raises(TaskError, match="could not load"):
+        tk.get(f.remote(), timeout=30)
+
+
+def test_worker_output_reaches_driver_with_prefix(rt, capfd):
+    @tk.remote
+    def talk():
+        print("hello from a task")
+        return 1
+
+    tk.get(talk.remote())
+    deadline = time.time() + 5
+    out = ""
+    while time.time() < deadline and "hello from a task" not in out:
+        time.sleep(0.05)
+        out += capfd.readouterr().out
+    line = next(ln for ln in out.splitlines() if "hello from a task" in ln)
+    assert line.startswith("(") and "pid=" in line and "talk" in line
+
+
+def test_implicit_init_on_first_remote():
+    try:
+        assert not tk.is_initialized()
+        assert tk.get(add.remote(2, 3)) == 5
+        assert tk.is_initialized()
+    finally:
+        tk.shutdown()
+    assert not tk.is_initialized()
