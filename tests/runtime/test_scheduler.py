@@ -851,3 +851,21 @@ def test_random_operations_keep_the_books_balanced(seed: int) -> None:
         available = s.available_resources()
         assert all(v >= 0 for v in available.values())
         assert all(available[k] <= v for k, v in s.total_resources().items())
+
+
+def test_blocked_holder_lends_its_cpus_and_takes_them_back() -> None:
+    s = _scheduler(("n1", {"CPU": 1}))
+    s.submit("parent", {"CPU": 1})
+    assert [g.request_id for g in s.schedule()] == ["parent"]
+    s.submit("child", {"CPU": 1})
+    assert s.schedule() == []
+    assert s.lend_cpus("parent")
+    assert not s.lend_cpus("parent")  # lending twice is a no-op
+    assert [g.request_id for g in s.schedule()] == ["child"]
+    s._validate()
+    s.reclaim_cpus("parent")  # over-commits until the child finishes, as Ray does
+    assert s.available_resources()["CPU"] == -1.0
+    s.release("child")
+    s.release("parent")
+    assert s.available_resources()["CPU"] == 1.0
+    s._validate()

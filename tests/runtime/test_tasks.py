@@ -185,3 +185,17 @@ def test_implicit_init_on_first_remote():
     finally:
         tk.shutdown()
     assert not tk.is_initialized()
+
+
+def test_nested_tasks_do_not_deadlock_when_parents_hold_every_cpu(rt):
+    @tk.remote
+    def child(i):
+        return i
+
+    @tk.remote
+    def parent(i):
+        # Both CPUs are held by parents that wait on children: the waiting parents lend
+        # their CPUs so the children can run.
+        return tk.get(child.remote(i)) + 1
+
+    assert tk.get([parent.remote(i) for i in range(4)], timeout=60) == [1, 2, 3, 4]

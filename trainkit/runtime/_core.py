@@ -230,6 +230,9 @@ class CoreWorker:
         self.call_owner: dict[bytes, _ActorClient] = {}
         self.held_for_caller: dict[bytes, list[ObjectRef]] = {}
         self.log_sink: Callable[[str, str], None] | None = None
+        # Workers tell the node when a task blocks in get()/wait() so its CPUs are lent out.
+        self.blocked_msg: tuple[tuple[Any, ...], tuple[Any, ...]] | None = None
+        self._blocked_depth = 0
         self._arena: mmap.mmap | None = None
         self._closed = False
         self._io = threading.Thread(target=self._io_loop, name="trainkit-io", daemon=True)
@@ -637,19 +640,43 @@ class CoreWorker:
                         count[0] += 1
         deadline = None if timeout is None else time.monotonic() + timeout
         with cond:
-            while count[0] < num_returns:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    break
-                cond.wait(remaining)
-            return list(ready)
+            if count[0] >= num_returns:
+                return list(ready)
+        self._blocking(True)
+        try:
+            with cond:
+                while count[0] < num_returns:
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        break
+                    cond.wait(remaining)
+                return list(ready)
+        finally:
+            self._blocking(False)
+
+    def _blocking(self, blocked: bool) -> None:
+        if self.blocked_msg is None:
+            return
+        with self.lock:
+            self._blocked_depth += 1 if blocked else -1
+            edge = self._blocked_depth == (1 if blocked else 0)
+        if edge:
+            self._send_quiet(self.node_addr, self.blocked_msg[0 if blocked else 1])
 
     def get_one(self, ref: ObjectRef, timeout: float | None) -> Any:
         with self.lock:
             value = self._lookup(ref)
         if value is None:
             ev = threading.Event()
-            if not self._on_ready(ref, ev.set) and not ev.wait(timeout):
+            if self._on_ready(ref, ev.set):
+                done = True
+            else:
+                self._blocking(True)
+                try:
+                    done = ev.wait(timeout)
+                finally:
+                    self._blocking(False)
+            if not done:
                 raise GetTimeoutError(
                     f"get() timed out after {timeout} s waiting for {ref!r}; the task that "
                     "makes it is still queued or running"

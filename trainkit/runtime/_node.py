@@ -126,6 +126,8 @@ class NodeService:
             Msg.ACTOR_INIT_FAILED: self.on_actor_init_failed,
             Msg.ACTOR_EXITING: self.on_actor_exiting,
             Msg.WORKER_TAINTED: self.on_worker_tainted,
+            Msg.WORKER_BLOCKED: self.on_worker_blocked,
+            Msg.WORKER_UNBLOCKED: self.on_worker_unblocked,
             Msg.CREATE_PG: self.on_create_pg,
             Msg.REMOVE_PG: self.on_remove_pg,
             Msg.WAIT_PG: self.on_wait_pg,
@@ -343,6 +345,16 @@ class NodeService:
         w = self.workers.get(worker_id)
         if w is not None:
             w.tainted = True
+
+    def on_worker_blocked(self, worker_id: bytes) -> None:
+        w = self.workers.get(worker_id)
+        if w is not None and w.lease_id is not None and self.scheduler.lend_cpus(w.lease_id):
+            self.schedule()
+
+    def on_worker_unblocked(self, worker_id: bytes) -> None:
+        w = self.workers.get(worker_id)
+        if w is not None and w.lease_id is not None:
+            self.scheduler.reclaim_cpus(w.lease_id)
 
     def on_kill_worker(self, worker_id: bytes) -> None:
         w = self.workers.get(worker_id)

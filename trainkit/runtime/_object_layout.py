@@ -22,6 +22,7 @@ import mmap
 import os
 import struct
 from collections.abc import Sequence
+from typing import Any
 from typing import Final
 
 __all__ = [
@@ -116,7 +117,36 @@ def write_object(dest: memoryview, meta: bytes | memoryview, buffers: Sequence[m
         pos += _ENTRY.size
     dest[pos : pos + meta_view.nbytes] = meta_view
     for offset, view in zip(offsets, views, strict=True):
-        dest[offset : offset + view.nbytes] = view
+        _copy(dest[offset : offset + view.nbytes], view)
+
+
+# Above this size a copy is split across threads: one core cannot saturate memory
+# bandwidth, and numpy releases the GIL while it copies.
+PARALLEL_COPY_BYTES = 8 << 20
+_pool: Any = None
+
+
+def _copy(dst: memoryview, src: memoryview) -> None:
+    n = src.nbytes
+    workers = min(4, os.cpu_count() or 1)
+    if n < PARALLEL_COPY_BYTES or workers < 2:
+        dst[:] = src
+        return
+    global _pool
+    import numpy as np
+
+    if _pool is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _pool = ThreadPoolExecutor(workers, thread_name_prefix="trainkit-copy")
+    d = np.frombuffer(dst, dtype=np.uint8)
+    s = np.frombuffer(src, dtype=np.uint8)
+    step = -(-n // workers) + 4095 & ~4095
+    futures = [_pool.submit(np.copyto, d[i : i + step], s[i : i + step])
+               for i in range(step, n, step)]
+    np.copyto(d[:step], s[:step])
+    for f in futures:
+        f.result()
 
 
 def read_object(src: memoryview) -> tuple[memoryview, list[memoryview]]:
@@ -205,3 +235,11 @@ def map_range(path: str, offset: int, size: int, *, writable: bool = False) -> m
         return mmap.mmap(fd, size, access=access, offset=offset)
     finally:
         os.close(fd)
+
+
+def shutdown_copy_pool() -> None:
+    """Stop the copy threads (called when the runtime shuts down)."""
+    global _pool
+    if _pool is not None:
+        _pool.shutdown(wait=True)
+        _pool = None

@@ -41,6 +41,8 @@ class Msg(enum.IntEnum):
     ACTOR_INIT_FAILED = 31
     ACTOR_EXITING = 32
     WORKER_TAINTED = 33
+    WORKER_BLOCKED = 34
+    WORKER_UNBLOCKED = 35
     # node service -> core worker
     NODE_READY = 40
     LEASE_GRANTED = 41

@@ -270,6 +270,7 @@ class _Request:
     need: _Units
     placement: tuple[str, int] | None
     grant: Grant | None = None  # None while queued
+    lent: bool = False  # its CPUs are lent back while its holder is blocked
     devices: _Devices = field(default_factory=dict)
     source: _Pool = field(default_factory=lambda: _Pool({}, {}))  # the node or bundle pool
 
@@ -450,7 +451,30 @@ class ResourceScheduler:
         if request is None or request.grant is None:
             return
         del self._requests[request_id]
-        request.source.give(request.need, request.devices)
+        request.source.give(_held(request), request.devices)
+
+    def lend_cpus(self, request_id: str) -> bool:
+        """The holder of a grant is blocked waiting for other work: lend its CPUs back.
+
+        Without this, tasks that wait on the tasks they submit would deadlock once every
+        CPU is held by a waiting parent (Ray does the same). True if anything was lent.
+        """
+        request = self._requests.get(request_id)
+        if request is None or request.grant is None or request.lent:
+            return False
+        if not request.need.get("CPU", 0):
+            return False
+        request.source.give({"CPU": request.need["CPU"]}, {})
+        request.lent = True
+        return True
+
+    def reclaim_cpus(self, request_id: str) -> None:
+        """The holder runs again: take its CPUs back, even if that over-commits for a while."""
+        request = self._requests.get(request_id)
+        if request is None or not request.lent:
+            return
+        request.source.take({"CPU": request.need["CPU"]}, {})
+        request.lent = False
 
     def create_placement_group(
         self, pg_id: str, bundles: Sequence[Mapping[str, float]], strategy: str
@@ -704,7 +728,7 @@ class ResourceScheduler:
                 where = f"node {node_id!r}"
                 if placement is not None:
                     where = f"bundle {placement[1]} of {placement[0]!r}"
-                holders.append((repr(rid), where, request.need, request.devices))
+                holders.append((repr(rid), where, _held(request), request.devices))
             elif request.placement is not None and request.placement[0] not in self._groups:
                 problems.append(f"queued {rid!r} targets a missing group")
         for who, where, need, devices in holders:
@@ -724,6 +748,12 @@ class ResourceScheduler:
                 problems.append(f"{where} has a device above 1.0: {have.devices}")
         if problems:
             raise TrainkitInternalError("scheduler state is inconsistent: " + "; ".join(problems))
+
+
+def _held(request: _Request) -> _Units:
+    if not request.lent:
+        return request.need
+    return {k: v for k, v in request.need.items() if k != "CPU"}
 
 
 def _strip(units: Mapping[str, int]) -> _Units:

@@ -330,6 +330,7 @@ def main() -> None:
     _context.core = core
     exec_inbox = Inbox(core.ctx, f"ipc://{session_dir}/w{worker_id.hex()}.exec")
     worker = Worker(core, worker_id, exec_inbox)
+    core.blocked_msg = ((Msg.WORKER_BLOCKED, worker_id), (Msg.WORKER_UNBLOCKED, worker_id))
     sys.stdout = _PrefixedStream(sys.__stdout__, worker.label)
     sys.stderr = _PrefixedStream(sys.__stderr__, worker.label)
     threading.Thread(target=_watch_parent, name="trainkit-parent-watch", daemon=True).start()
