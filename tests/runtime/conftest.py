@@ -15,6 +15,7 @@ def runtime() -> Iterator[Callable[..., None]]:
 
     def start(**kwargs: Any) -> None:
         kwargs.setdefault("num_cpus", 2)
+        kwargs.setdefault("num_gpus", 0)  # the same on every machine; GPU tests ask for None
         tk.init(**kwargs)
 
     yield start

@@ -128,24 +128,30 @@ def test_large_args_and_results_go_through_shared_memory(rt):
     assert out[-1] == 2_999_999 and not out.flags.writeable
 
 
-def test_cancel_queued_and_running(rt):
+def test_cancel_queued_and_running(rt, tmp_path):
     @tk.remote
-    def sleep(s):
+    def sleep(marker, s):
+        open(marker, "w").close()
         time.sleep(s)
         return s
 
-    running = [sleep.remote(30) for _ in range(2)]
-    queued = sleep.remote(30)
+    markers = [tmp_path / f"started{i}" for i in range(2)]
+    running = [sleep.remote(str(m), 30) for m in markers]
+    queued = sleep.remote(str(tmp_path / "never"), 30)
     tk.cancel(queued)
     with pytest.raises(TaskCancelledError):
         tk.get(queued, timeout=10)
-    time.sleep(0.5)
-    tk.cancel(running[0])
+    deadline = time.time() + 30
+    while not all(m.exists() for m in markers) and time.time() < deadline:
+        time.sleep(0.02)
+    assert all(m.exists() for m in markers), "the two tasks never started"
+    tk.cancel(running[0])  # interrupts the task inside its worker
     with pytest.raises(TaskCancelledError):
         tk.get(running[0], timeout=10)
-    tk.cancel(running[1], force=True)
+    tk.cancel(running[1], force=True)  # kills the worker
     with pytest.raises(TaskCancelledError):
         tk.get(running[1], timeout=10)
+    assert not (tmp_path / "never").exists()
 
 
 def test_task_that_cannot_be_loaded_fails_clearly(rt, tmp_path, monkeypatch):

@@ -311,6 +311,9 @@ def _watch_parent() -> None:
 
 def main() -> None:
     _die_with_parent()
+    # The node service ignores SIGINT, and ignored signals stay ignored across exec; a
+    # worker needs it back: cancel() interrupts a running task with it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     env = os.environ
     for p in reversed(json.loads(env.get("TRAINKIT_SYS_PATH", "[]"))):
         if p not in sys.path:
