@@ -35,11 +35,11 @@ def test_env_allowed():
 
 
 def test_tmp():
-    Path("/tmp", f"trainkit-{{TAG}}").mkdir()
+    Path("/tmp", f"trainkit-{{os.getpid()}}-{{TAG}}").mkdir()
 
 
 def test_shm():
-    Path("/dev/shm", f"trainkit-{{TAG}}").write_bytes(b"x")
+    Path("/dev/shm", f"trainkit-{{os.getpid()}}-{{TAG}}").write_bytes(b"x")
 
 
 def test_process():
@@ -72,12 +72,12 @@ def test_leak_police_reports_and_cleans_up(pytester: pytest.Pytester) -> None:
             "*ERROR at setup of test_bad_kind*",
             "*ERROR at teardown of test_env*",
             "*environment variable TRAINKIT_LEAK_PROBE added, restored*",
-            f"*session folder left behind, removed: /tmp/trainkit-{tag}*",
-            f"*shared-memory segment left behind, removed: /dev/shm/trainkit-{tag}*",
+            f"*session folder left behind, removed: /tmp/trainkit-*-{tag}*",
+            f"*shared-memory segment left behind, removed: /dev/shm/trainkit-*-{tag}*",
             "*child process still running after 5 s, killed: pid * -c import time*",
             "*thread still running after 5 s: 'stuck' (daemon=True*",
         ]
     )
     assert "TRAINKIT_LEAK_PROBE_ALLOWED" not in result.stdout.str()
-    assert not Path("/tmp", f"trainkit-{tag}").exists()
-    assert not Path("/dev/shm", f"trainkit-{tag}").exists()
+    assert not list(Path("/tmp").glob(f"trainkit-*-{tag}"))
+    assert not list(Path("/dev/shm").glob(f"trainkit-*-{tag}"))

@@ -258,7 +258,10 @@ class ActorHandle:
                                          subscribe=owner != core.ctl_addr)
 
     def __getattr__(self, item: str) -> ActorMethod:
-        if item.startswith("__") or item not in self._methods:
+        if item.startswith("_"):
+            if item.startswith("__") or item not in self._methods:
+                raise AttributeError(item)
+        elif item not in self._methods:
             raise AttributeError(
                 f"actor {self._name} has no method {item!r}; its methods are: "
                 f"{', '.join(m for m in self._methods if not m.startswith('_')) or 'none'}")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import mmap
 import os
+import pickle
 import sys
 import threading
 import time
@@ -738,6 +739,8 @@ class CoreWorker:
                 return _ArgRef(len(arg_refs) - 1)
             return v
 
+        if not args and not kwargs:
+            return _NO_ARGS, [], [], []
         if args:
             args = tuple(swap(a) for a in args)
         if kwargs:
@@ -763,6 +766,8 @@ class CoreWorker:
 
     def describe_arg_refs(self, arg_refs: list[ObjectRef]) -> list[tuple[Any, ...]]:
         """For each top-level ref argument: (id, owner, value repr if already known here)."""
+        if not arg_refs:
+            return []
         out = []
         with self.lock:
             for ref in arg_refs:
@@ -1040,6 +1045,9 @@ class CoreWorker:
                     self._send_exit(client)
             for call in failed:
                 self.set_result(call.return_id, _error_repr(ActorDiedError(client.name, cause)))
+
+
+_NO_ARGS = (pickle.dumps(((), {}), protocol=5), [])
 
 
 def _error_repr(err: BaseException) -> tuple[Any, ...]:

@@ -30,6 +30,7 @@ from trainkit.exceptions import RuntimeSystemError
 from trainkit.runtime._object_store import SharedMemoryStore
 from trainkit.runtime._protocol import ActorStatus
 from trainkit.runtime._protocol import Msg
+from trainkit.runtime._protocol import msg_name
 from trainkit.runtime._protocol import new_id
 from trainkit.runtime._scheduler import Grant
 from trainkit.runtime._scheduler import PlacementGroupReady
@@ -186,7 +187,7 @@ class NodeService:
         try:
             handler(*msg[1:])
         except Exception:
-            print("trainkit node: internal error handling", Msg(msg[0]).name, file=sys.stderr)
+            print("trainkit node: internal error handling", msg_name(msg[0]), file=sys.stderr)
             traceback.print_exc()
 
     def reply(self, addr: str, req_id: int, ok: bool, payload: Any) -> None:

@@ -35,8 +35,30 @@ class SerializationError(TypeError):
     """A value could not be pickled; the message names it."""
 
 
+_PLAIN = (int, float, str, bytes, bool, type(None))
+
+
+def _is_plain(value: Any, depth: int = 2) -> bool:
+    """True for small values plain pickle handles exactly like cloudpickle (no code, no refs)."""
+    t = type(value)
+    if t in _PLAIN:
+        return True
+    if depth == 0:
+        return False
+    if t is tuple or t is list:
+        return len(value) <= 16 and all(_is_plain(v, depth - 1) for v in value)
+    if t is dict:
+        return len(value) <= 16 and all(
+            type(k) is str and _is_plain(v, depth - 1) for k, v in value.items())
+    return False
+
+
 def dumps(value: Any, what: str = "value") -> tuple[bytes, list[pickle.PickleBuffer], list[Any]]:
     """Pickle ``value``; return (meta, out-of-band buffers, contained ObjectRefs)."""
+    if _is_plain(value):
+        # The common small case (call arguments, results): C pickle, ~10x faster than
+        # setting up a CloudPickler.
+        return pickle.dumps(value, protocol=5), [], []
     buffers: list[pickle.PickleBuffer] = []
     outer = getattr(_local, "refs", None)
     _local.refs = refs = []

@@ -16,7 +16,6 @@ from typing import Any
 from trainkit.exceptions import RuntimeSystemError
 from trainkit.runtime import _context
 from trainkit.runtime._core import CoreWorker
-from trainkit.runtime._object_layout import shutdown_copy_pool
 from trainkit.runtime._protocol import Msg
 from trainkit.runtime._scheduler import make_resource_request
 
@@ -157,7 +156,6 @@ def stop() -> None:
             if proc.stdin is not None:
                 proc.stdin.close()
         core.close()
-        shutdown_copy_pool()
         shutil.rmtree(core.session_dir, ignore_errors=True)
         _unlink(core.arena_path)
 
