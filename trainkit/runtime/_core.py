@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 import weakref
+from collections import OrderedDict
 from collections import deque
 from collections.abc import Callable
 from collections.abc import Sequence
@@ -235,6 +236,9 @@ class CoreWorker:
         self.blocked_msg: tuple[tuple[Any, ...], tuple[Any, ...]] | None = None
         self._blocked_depth = 0
         self._arena: mmap.mmap | None = None
+        self._mapped: OrderedDict[bytes, _MappedObject] = OrderedDict()
+        self._mapped_bytes = 0
+        self._mapped_cap = arena_capacity // 20
         self._closed = False
         self._io = threading.Thread(target=self._io_loop, name="trainkit-io", daemon=True)
         self._handlers: dict[int, Callable[..., None]] = {
@@ -380,6 +384,7 @@ class CoreWorker:
             b.count -= 1
             if b.count <= 0:
                 del self.borrowed[oid]
+                self._forget_mapping(oid)
                 self._send_quiet(owner, (Msg.RELEASE, oid, self.ctl_addr))
 
     def _on_borrow(self, oid: bytes, addr: str) -> None:
@@ -414,6 +419,7 @@ class CoreWorker:
         self._release_value(oid, entry)
 
     def _release_value(self, oid: bytes, entry: _Entry) -> None:
+        self._forget_mapping(oid)
         value = entry.value
         if value is not None and value[0] == STORED:
             self._send_quiet(self.node_addr, (Msg.STORE_FREE, [oid]))
@@ -532,6 +538,18 @@ class CoreWorker:
         return self._load_stored(oid)
 
     def _load_stored(self, oid: bytes) -> Any:
+        with self.lock:
+            mm = self._mapped.get(oid)
+            if mm is not None:
+                self._mapped.move_to_end(oid)
+        if mm is None:
+            mm = self._pin_and_map(oid)
+        meta, buffers = read_object(memoryview(mm))
+        return loads(meta, buffers)
+
+    def _pin_and_map(self, oid: bytes) -> _MappedObject:
+        """Pin a stored object and map it; small enough mappings stay cached (and pinned)
+        while this process holds refs to the object, so repeated gets skip the node."""
         offset, size = self.request_node(Msg.STORE_PIN, oid, what=f"object {oid.hex()}")
         try:
             fd = os.open(self.arena_path, os.O_RDONLY)
@@ -543,8 +561,20 @@ class CoreWorker:
             self._send_quiet(self.node_addr, (Msg.STORE_UNPIN, oid))
             raise
         weakref.finalize(mm, self._send_quiet, self.node_addr, (Msg.STORE_UNPIN, oid))
-        meta, buffers = read_object(memoryview(mm))
-        return loads(meta, buffers)
+        if size <= self._mapped_cap:
+            with self.lock:
+                if oid in self.owned or oid in self.borrowed:
+                    self._mapped[oid] = mm
+                    self._mapped_bytes += size
+                    while self._mapped_bytes > self._mapped_cap:
+                        _, old = self._mapped.popitem(last=False)
+                        self._mapped_bytes -= len(old)
+        return mm
+
+    def _forget_mapping(self, oid: bytes) -> None:
+        mm = self._mapped.pop(oid, None)
+        if mm is not None:
+            self._mapped_bytes -= len(mm)
 
     # ------------------------------------------------------------------ waiting for values
     def _lookup(self, ref: ObjectRef) -> tuple[Any, ...] | None:
