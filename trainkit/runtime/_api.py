@@ -12,16 +12,16 @@ from typing import Any
 from trainkit.exceptions import InfeasibleError
 from trainkit.runtime import _context
 from trainkit.runtime import _session
+from trainkit.runtime._actor_calls import _Call
 from trainkit.runtime._core import CoreWorker
-from trainkit.runtime._core import TaskSpec
-from trainkit.runtime._core import _Call
-from trainkit.runtime._core import _Entry
+from trainkit.runtime._objects import _Entry
 from trainkit.runtime._protocol import INLINE
 from trainkit.runtime._protocol import Msg
 from trainkit.runtime._protocol import new_id
 from trainkit.runtime._refs import ObjectRef
 from trainkit.runtime._scheduler import make_resource_request
 from trainkit.runtime._serialization import dumps_function
+from trainkit.runtime._tasks import TaskSpec
 
 # ---------------------------------------------------------------------- init / shutdown
 

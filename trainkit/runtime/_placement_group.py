@@ -8,7 +8,7 @@ from trainkit.runtime import _context
 from trainkit.runtime._api import PlacementGroupSchedulingStrategy
 from trainkit.runtime._api import _core
 from trainkit.runtime._api import wait
-from trainkit.runtime._core import error_value
+from trainkit.runtime._objects import error_value
 from trainkit.runtime._protocol import INLINE
 from trainkit.runtime._protocol import Msg
 from trainkit.runtime._refs import ObjectRef

@@ -22,7 +22,7 @@ from typing import Any
 
 from trainkit.runtime import _context
 from trainkit.runtime._core import CoreWorker
-from trainkit.runtime._core import task_error_value
+from trainkit.runtime._objects import task_error_value
 from trainkit.runtime._protocol import Msg
 from trainkit.runtime._serialization import dumps
 from trainkit.runtime._serialization import loads
