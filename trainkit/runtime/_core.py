@@ -34,7 +34,6 @@ from trainkit.runtime._objects import ObjectTableMixin
 from trainkit.runtime._objects import _Borrowed
 from trainkit.runtime._objects import _Entry
 from trainkit.runtime._objects import _error_repr
-from trainkit.runtime._objects import _MappedObject
 from trainkit.runtime._protocol import Msg
 from trainkit.runtime._refs import ObjectRef
 from trainkit.runtime._tasks import TaskSubmitterMixin
@@ -104,7 +103,7 @@ class CoreWorker(ObjectTableMixin, TaskSubmitterMixin, ActorCallerMixin):
         self.blocked_msg: tuple[tuple[Any, ...], tuple[Any, ...]] | None = None
         self._blocked_depth = 0
         self._arena: mmap.mmap | None = None
-        self._mapped: OrderedDict[bytes, _MappedObject] = OrderedDict()
+        self._mapped: OrderedDict[bytes, Any] = OrderedDict()
         self._mapped_bytes = 0
         self._mapped_cap = arena_capacity // 20
         self._closed = False

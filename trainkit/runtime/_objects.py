@@ -9,6 +9,7 @@ process that serialized it for as long as the copy may be read.
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import os
 import pickle
@@ -79,8 +80,14 @@ class _Borrowed:
         self.requested = False
 
 
-class _MappedObject(mmap.mmap):
-    """A reader's mapping of one stored object; unpinned when the last view of it dies."""
+def _block(arena: mmap.mmap, offset: int, size: int) -> Any:
+    """A view of one object's range of this process's arena mapping.
+
+    Readers share the one mapping (no mmap per read, so pages this process touched before
+    fault no more); the returned ctypes block is the object whose lifetime says when every
+    view of the object is gone, so the pin can be released.
+    """
+    return (ctypes.c_char * size).from_buffer(arena, offset)
 
 
 class ObjectTableMixin:
@@ -236,19 +243,15 @@ class ObjectTableMixin:
                 self._mapped.move_to_end(oid)
         if mm is None:
             mm = self._pin_and_map(oid)
-        meta, buffers = read_object(memoryview(mm))
+        meta, buffers = read_object(memoryview(mm).cast("B").toreadonly())
         return loads(meta, buffers)
 
-    def _pin_and_map(self, oid: bytes) -> _MappedObject:
-        """Pin a stored object and map it; small enough mappings stay cached (and pinned)
+    def _pin_and_map(self, oid: bytes) -> Any:
+        """Pin a stored object and view it; small enough views stay cached (and pinned)
         while this process holds refs to the object, so repeated gets skip the node."""
         offset, size = self.request_node(Msg.STORE_PIN, oid, what=f"object {oid.hex()}")
         try:
-            fd = os.open(self.arena_path, os.O_RDONLY)
-            try:
-                mm = _MappedObject(fd, size, offset=offset, prot=mmap.PROT_READ)
-            finally:
-                os.close(fd)
+            mm = _block(self._arena_view(), offset, size)
         except BaseException:
             self._send_quiet(self.node_addr, (Msg.STORE_UNPIN, oid))
             raise
