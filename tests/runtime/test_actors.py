@@ -138,7 +138,7 @@ def test_actor_crash_mid_call_with_queue(rt):
     first = c.die.remote()
     queued = [c.incr.remote() for _ in range(20)]
     for ref in [first, *queued]:
-        with pytest.raises(ActorDiedError):
+        with pytest.raises(ActorDiedError, match="killed by SIGKILL"):
             tk.get(ref, timeout=20)
 
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -43,8 +45,10 @@ from trainkit.runtime._transport import make_context
 @dataclass(eq=False)
 class _WorkerProc:
     worker_id: bytes
-    proc: subprocess.Popen[bytes]
+    pid: int
     pidfd: int
+    stdin_w: int  # its stdin's write end: our exit closes it, and the worker sees EOF
+    exited: bool = False
     exec_addr: str = ""
     ctl_addr: str = ""
     ready: bool = False
@@ -159,6 +163,7 @@ class NodeService:
 
     # ------------------------------------------------------------------ main loop
     def serve(self) -> None:
+        self.start_zygote()
         for _ in range(int(self.cfg.get("prestart", 0))):
             self.start_worker()
         self.out.send(self.driver, (Msg.NODE_READY, self.addr))
@@ -178,6 +183,8 @@ class NodeService:
                     self.on_worker_exit(self.by_fd[item])
                 elif item in self.pipes:
                     self.on_pipe(item)
+                elif item == self.zsock.fileno():
+                    self.on_zygote()
 
     def dispatch(self, msg: tuple[Any, ...]) -> None:
         handler = self.handlers.get(msg[0])
@@ -200,26 +207,78 @@ class NodeService:
             pass
 
     # ------------------------------------------------------------------ workers
+    def start_zygote(self) -> None:
+        """Start the forkserver that forks workers (see ``_zygote``)."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        env = dict(self.env)
+        env["TRAINKIT_ZYGOTE_FD"] = str(theirs.fileno())
+        self.zygote = subprocess.Popen(
+            [sys.executable, "-m", "trainkit.runtime._zygote"], stdin=subprocess.DEVNULL,
+            env=env, cwd=self.cfg["cwd"], pass_fds=(theirs.fileno(),))
+        theirs.close()
+        self.zsock = ours
+        self.exit_codes: dict[int, int] = {}
+        self.forking: deque[_WorkerProc] = deque()
+        self.poller.register(ours.fileno(), zmq.POLLIN)
+
+    def _zygote_message(self, timeout: float | None) -> bool:
+        """Handle one message from the forkserver; False if none came within ``timeout``."""
+        ready, _, _ = select.select([self.zsock], [], [], timeout)
+        if not ready:
+            return False
+        data = self.zsock.recv(65536)
+        if not data:
+            raise RuntimeSystemError("the worker forkserver died")
+        msg: dict[str, int] = json.loads(data)
+        if "exit" in msg:
+            self.exit_codes[msg["exit"]] = msg["status"]
+        else:
+            self.on_forked(self.forking.popleft(), msg["pid"])
+        return True
+
     def start_worker(self) -> _WorkerProc:
+        """Ask the forkserver for a worker; it answers with the pid (see ``on_forked``)."""
         worker_id = new_id()
         env = dict(self.env)
         env["TRAINKIT_WORKER_ID"] = worker_id.hex()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "trainkit.runtime._worker"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env=env, cwd=self.cfg["cwd"], close_fds=True,
-        )
-        w = _WorkerProc(worker_id, proc, os.pidfd_open(proc.pid))
+        stdin_r, stdin_w = os.pipe()
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        spec = json.dumps({"env": env, "cwd": self.cfg["cwd"]}).encode()
+        socket.send_fds(self.zsock, [spec], [stdin_r, out_w, err_w])
+        for fd in (stdin_r, out_w, err_w):
+            os.close(fd)
+        w = _WorkerProc(worker_id, 0, -1, stdin_w)
         self.workers[worker_id] = w
-        self.by_fd[w.pidfd] = w
-        self.poller.register(w.pidfd, zmq.POLLIN)
-        for pipe, stream in ((proc.stdout, "stdout"), (proc.stderr, "stderr")):
-            assert pipe is not None
-            fd = pipe.fileno()
+        self.forking.append(w)
+        for fd, stream in ((out_r, "stdout"), (err_r, "stderr")):
             os.set_blocking(fd, False)
             self.pipes[fd] = (w, stream)
             self.poller.register(fd, zmq.POLLIN)
         return w
+
+    def on_forked(self, w: _WorkerProc, pid: int) -> None:
+        w.pid = pid
+        try:
+            w.pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:  # already gone: make its death visible all the same
+            w.pidfd = os.eventfd(1)
+        self.by_fd[w.pidfd] = w
+        self.poller.register(w.pidfd, zmq.POLLIN)
+        if w.killed_reason:
+            self.kill_worker(w, w.killed_reason)
+
+    def on_zygote(self) -> None:
+        while self._zygote_message(0):
+            pass
+
+    def exit_code(self, pid: int) -> int | None:
+        """The worker's exit status, as the forkserver reported it (it reaps its children)."""
+        deadline = time.monotonic() + 1.0
+        while pid not in self.exit_codes and time.monotonic() < deadline:
+            if not self._zygote_message(max(0.0, deadline - time.monotonic())):
+                break
+        return self.exit_codes.pop(pid, None)
 
     def on_register_worker(self, worker_id: bytes, pid: int, exec_addr: str,
                            ctl_addr: str, staying: bool = False) -> None:
@@ -248,10 +307,11 @@ class NodeService:
             w.killed_reason = reason
         if w in self.idle:
             self.idle.remove(w)
-        try:
-            w.proc.send_signal(signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        if not w.exited and w.pid:
+            try:
+                os.kill(w.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def on_pipe(self, fd: int) -> None:
         w, stream = self.pipes[fd]
@@ -272,7 +332,7 @@ class NodeService:
             w.out_partial[fd] = tail
         if sep and self.cfg.get("log_to_driver", True):
             text = (head + sep).decode(errors="replace")
-            lines = [ln if ln.startswith("(") else f"(pid={w.proc.pid}) {ln}"
+            lines = [ln if ln.startswith("(") else f"(pid={w.pid}) {ln}"
                      for ln in text.splitlines()]
             self.send(self.driver, (Msg.LOG, stream, "\n".join(lines) + "\n"))
 
@@ -282,7 +342,9 @@ class NodeService:
         os.close(w.pidfd)
         for fd in [fd for fd, (pw, _) in self.pipes.items() if pw is w]:
             self.on_pipe_drain(fd)
-        code = w.proc.wait()
+        w.exited = True
+        os.close(w.stdin_w)
+        code = self.exit_code(w.pid)
         self.workers.pop(w.worker_id, None)
         if w in self.idle:
             self.idle.remove(w)
@@ -389,7 +451,7 @@ class NodeService:
         lease.grant = grant
         while self.idle:
             w = self.idle.pop()
-            if w.proc.poll() is None:
+            if not w.exited:
                 self.assign(lease, w)
                 return
         self.waiting_for_worker.append(lease)
@@ -422,7 +484,7 @@ class NodeService:
             w.lease_id = None
             if w.tainted or w.actor_id is not None:
                 self.kill_worker(w, "done")
-            elif w.proc.poll() is None:
+            elif not w.exited:
                 self.worker_available(w)
         self.schedule()
 
@@ -537,7 +599,7 @@ class NodeService:
 
     def kill_actor(self, actor: _Actor, cause: str) -> None:
         actor.no_restart = True
-        if actor.worker is not None and actor.worker.proc.poll() is None:
+        if actor.worker is not None and not actor.worker.exited:
             actor.cause = cause
             self.kill_worker(actor.worker, cause)  # on_worker_exit finishes the job
         else:
@@ -666,20 +728,20 @@ class NodeService:
 
     def cleanup(self) -> None:
         for w in list(self.workers.values()):
-            try:
-                w.proc.kill()
-            except ProcessLookupError:
-                pass
+            self.kill_worker(w, "shutdown")
+        # Killing the forkserver also kills any worker it forked (their death signal).
+        self.zygote.kill()
+        self.zygote.wait()
+        self.zsock.close()
         deadline = time.monotonic() + 5
         for w in list(self.workers.values()):
-            try:
-                w.proc.wait(max(0.01, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-            for pipe in (w.proc.stdin, w.proc.stdout, w.proc.stderr):
-                if pipe is not None:
-                    pipe.close()
-            os.close(w.pidfd)
+            # Wait for each exit (its pidfd turns readable) so nothing outlives shutdown.
+            if w.pidfd >= 0:
+                select.select([w.pidfd], [], [], max(0.0, deadline - time.monotonic()))
+                os.close(w.pidfd)
+            os.close(w.stdin_w)
+        for fd in self.pipes:
+            os.close(fd)
         self.store.close()
         reply = getattr(self, "shutdown_reply", None)
         if reply is not None:

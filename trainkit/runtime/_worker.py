@@ -29,7 +29,7 @@ from trainkit.runtime._serialization import loads
 from trainkit.runtime._transport import Inbox
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Ask Linux to SIGKILL us when the node service dies, whatever way it dies."""
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -310,7 +310,7 @@ def _watch_parent() -> None:
 
 
 def main() -> None:
-    _die_with_parent()
+    die_with_parent()
     # The node service ignores SIGINT, and ignored signals stay ignored across exec; a
     # worker needs it back: cancel() interrupts a running task with it.
     signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -1,0 +1,91 @@
+"""The worker forkserver: a clean interpreter with the worker's modules imported, forking
+a new worker on request in a few milliseconds instead of starting Python afresh.
+
+Started by the node service with one end of a SOCK_SEQPACKET socketpair as fd 3. A request
+is a JSON message with three file descriptors attached (the worker's stdin, stdout and
+stderr); the reply is ``{"pid": N}``. Whenever a child exits, the forkserver reaps it and
+sends ``{"exit": pid, "status": code}`` (negative: killed by that signal). It never creates
+threads, zmq contexts or CUDA state, so forking it is safe; each child sets its own
+environment (CUDA_VISIBLE_DEVICES among it) before any user code runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import socket
+import sys
+
+from trainkit.runtime import _protocol
+from trainkit.runtime import _worker
+
+
+def _child(spec: dict[str, object], fds: list[int], sock: socket.socket,
+           wake: tuple[int, int]) -> None:
+    try:
+        sock.close()
+        os.close(wake[0])
+        os.close(wake[1])
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+            os.close(fd)
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        env = spec["env"]
+        assert isinstance(env, dict)
+        os.environ.clear()
+        os.environ.update(env)
+        os.chdir(str(spec["cwd"]))
+        _protocol.reset_ids_after_fork()
+        sys.stdout = os.fdopen(1, "w", buffering=1)
+        sys.stderr = os.fdopen(2, "w", buffering=1)
+        sys.__stdout__, sys.__stderr__ = sys.stdout, sys.stderr
+        _worker.main()
+    finally:
+        os._exit(1)
+
+
+def _reap(sock: socket.socket) -> None:
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+        sock.send(json.dumps({"exit": pid, "status": code}).encode())
+
+
+def main() -> None:
+    _worker.die_with_parent()
+    sock = socket.socket(fileno=int(os.environ.pop("TRAINKIT_ZYGOTE_FD")))
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)  # wakes select via the wakeup fd
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    while True:
+        ready, _, _ = select.select([sock, wake_r], [], [])
+        if wake_r in ready:
+            os.read(wake_r, 4096)
+            _reap(sock)
+        if sock in ready:
+            try:
+                data, fds, _flags, _addr = socket.recv_fds(sock, 1 << 20, 3)
+            except ConnectionResetError:
+                data, fds = b"", []
+            if not data:
+                os._exit(0)  # the node service is gone
+            pid = os.fork()
+            if pid == 0:
+                _child(json.loads(data), fds, sock, (wake_r, wake_w))
+            for fd in fds:
+                os.close(fd)
+            sock.send(json.dumps({"pid": pid}).encode())
+
+
+if __name__ == "__main__":
+    main()
