@@ -172,3 +172,35 @@ def test_actor_exits_when_last_handle_is_deleted(rt):
         time.sleep(0.05)
     else:
         pytest.fail("the actor's process outlived its last handle")
+
+
+def test_method_error_does_not_kill_the_actor(rt):
+    @tk.remote
+    class Flaky:
+        def __init__(self):
+            self.calls = 0
+
+        def call(self, fail):
+            self.calls += 1
+            if fail:
+                raise KeyError("bad key")
+            return self.calls
+
+    f = Flaky.remote()
+    with pytest.raises(KeyError, match="bad key"):
+        tk.get(f.call.remote(True))
+    assert tk.get(f.call.remote(False)) == 2
+
+
+def test_kill_without_no_restart_restarts(rt):
+    c = Counter.options(max_restarts=1).remote(7)
+    pid = tk.get(c.pid.remote())
+    tk.kill(c, no_restart=False)
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        try:
+            new_pid = tk.get(c.pid.remote(), timeout=20)
+            break
+        except ActorDiedError:
+            time.sleep(0.05)
+    assert new_pid != pid and tk.get(c.incr.remote()) == 8

@@ -139,3 +139,22 @@ def test_pid_namespace_nothing_listens_on_network(rt):
     inet = [c for c in psutil.net_connections(kind="inet") if c.pid in mine
             and c.status == psutil.CONN_LISTEN]
     assert inet == []
+
+
+def test_objects_owned_by_a_dead_worker_are_lost(rt):
+    from trainkit.exceptions import ObjectLostError
+
+    @tk.remote
+    class Owner:
+        def make(self):
+            return [tk.put(np.ones(1 << 20)), tk.put("small")]
+
+        def pid(self):
+            return os.getpid()
+
+    o = Owner.remote()
+    big, small = tk.get(o.make.remote())
+    os.kill(tk.get(o.pid.remote()), 9)
+    for ref in (big, small):
+        with pytest.raises(ObjectLostError):
+            tk.get(ref, timeout=20)

@@ -116,3 +116,18 @@ def test_nodes_and_resources_views(runtime):
     assert node["Alive"] and node["Resources"]["x"] == 3 and node["Resources"]["CPU"] == 2
     assert tk.cluster_resources()["GPU"] == 1
     assert tk.get_gpu_ids() == []
+
+
+def test_removing_a_group_fails_tasks_queued_in_it(runtime):
+    runtime(num_cpus=2)
+    pg = placement_group([{"CPU": 1}])
+    assert pg.wait(10)
+    strat = PlacementGroupSchedulingStrategy(placement_group=pg, placement_group_bundle_index=0)
+    running = hold.options(scheduling_strategy=strat).remote(30)
+    queued = hold.options(scheduling_strategy=strat).remote(0)
+    time.sleep(0.5)
+    remove_placement_group(pg)
+    for ref in (running, queued):
+        with pytest.raises(Exception, match="placement group|died|removed"):
+            tk.get(ref, timeout=20)
+    assert tk.available_resources()["CPU"] == 2
