@@ -37,7 +37,7 @@ def test_task_retried_after_worker_deaths(rt, tmp_path):
 def test_no_retries_raises_worker_crashed(rt, tmp_path):
     counter = tmp_path / "attempts"
     ref = die_until.options(max_retries=0).remote(str(counter), 2)
-    with pytest.raises(WorkerCrashedError, match="die_until.*killed by SIGKILL"):
+    with pytest.raises(WorkerCrashedError, match=r"die_until.*killed by SIGKILL"):
         tk.get(ref, timeout=60)
     assert counter.read_text() == "x"
 

@@ -128,6 +128,6 @@ def test_removing_a_group_fails_tasks_queued_in_it(runtime):
     time.sleep(0.5)
     remove_placement_group(pg)
     for ref in (running, queued):
-        with pytest.raises(Exception, match="placement group|died|removed"):
+        with pytest.raises(Exception, match=r"placement group|died|removed"):
             tk.get(ref, timeout=20)
     assert tk.available_resources()["CPU"] == 2
