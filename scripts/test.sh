@@ -13,6 +13,9 @@ echo "== ruff check" >&2
 echo "== lint-imports" >&2
 "$bin/lint-imports" --no-logo
 
+echo "== mypy --strict" >&2
+"$bin/mypy"
+
 echo "== pytest" >&2
 rc=0
 "$bin/python" -m pytest -q "$@" || rc=$?

@@ -160,7 +160,7 @@ class TaskError(TrainkitError):
             return self
         try:
             cls = _dual_class(cause_cls)
-            err = cls.__new__(cls)
+            err: TaskError = cls.__new__(cls)
         except TypeError:  # e.g. the cause's class has an incompatible layout
             return self
         TaskError.__init__(err, self.function_name, self.traceback_str, self.cause, self.pid)
@@ -170,7 +170,7 @@ class TaskError(TrainkitError):
 _DUAL_CLASSES: dict[type, type] = {}
 
 
-def _dual_class(cause_cls: type) -> type:
+def _dual_class(cause_cls: type) -> type[TaskError]:
     cls = _DUAL_CLASSES.get(cause_cls)
     if cls is None:
 

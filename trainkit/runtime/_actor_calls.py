@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainkit.exceptions import ActorDiedError
+from trainkit.runtime._objects import ObjectTableMixin
 from trainkit.runtime._objects import _error_repr
 from trainkit.runtime._protocol import ActorStatus
 from trainkit.runtime._protocol import Msg
@@ -48,8 +49,10 @@ class _ActorClient:
         self.restart_refs: list[ObjectRef] = []
 
 
-class ActorCallerMixin:
+class ActorCallerMixin(ObjectTableMixin):
     """This process's actor clients and the calls it made to them."""
+
+    call_owner: dict[bytes, Any]
 
     # ------------------------------------------------------------------ actors
     def actor_client(self, actor_id: bytes, name: str, max_task_retries: int,

@@ -182,7 +182,8 @@ class RemoteFunction:
         self._fn = fn
         self._options = options
         self._name = options.get("name") or fn.__qualname__
-        self._shared = shared if shared is not None else [new_id(), None]  # [fn_id, blob]
+        # [fn_id, pickled function]: shared by every .options() copy, pickled once.
+        self._shared: list[Any] = shared if shared is not None else [new_id(), None]
         self._resources = _resources(options, 1.0)
         self._placement = _placement(options.get("scheduling_strategy"))
         self._key = (tuple(sorted(self._resources.items())), self._placement)

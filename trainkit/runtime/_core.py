@@ -30,7 +30,6 @@ from trainkit.exceptions import ObjectLostError
 from trainkit.exceptions import RuntimeSystemError
 from trainkit.runtime._actor_calls import ActorCallerMixin
 from trainkit.runtime._actor_calls import _ActorClient
-from trainkit.runtime._objects import ObjectTableMixin
 from trainkit.runtime._objects import _Borrowed
 from trainkit.runtime._objects import _Entry
 from trainkit.runtime._objects import _error_repr
@@ -60,7 +59,7 @@ class _Request:
         self.what = what
 
 
-class CoreWorker(ObjectTableMixin, TaskSubmitterMixin, ActorCallerMixin):
+class CoreWorker(TaskSubmitterMixin, ActorCallerMixin):
     """Runtime state of one process (driver or worker)."""
 
     def __init__(
@@ -174,7 +173,7 @@ class CoreWorker(ObjectTableMixin, TaskSubmitterMixin, ActorCallerMixin):
         del sock
 
     # ------------------------------------------------------------------ requests
-    def request(self, target: str, kind: Msg, *fields: Any, what: str,
+    def request(self, target: str, kind: int, *fields: Any, what: str,
                 timeout: float | None = NODE_REQUEST_TIMEOUT_S) -> Any:
         """Send a request carrying an id and wait for its REPLY (or a named timeout)."""
         req_id = next(self._req_ids)
@@ -196,11 +195,11 @@ class CoreWorker(ObjectTableMixin, TaskSubmitterMixin, ActorCallerMixin):
             raise RuntimeSystemError(f"{what} failed: {err}")
         return req.payload
 
-    def request_node(self, kind: Msg, *fields: Any, what: str,
+    def request_node(self, kind: int, *fields: Any, what: str,
                      timeout: float | None = NODE_REQUEST_TIMEOUT_S) -> Any:
         return self.request(self.node_addr, kind, *fields, what=what, timeout=timeout)
 
-    def request_async(self, target: str, kind: Msg, *fields: Any, what: str,
+    def request_async(self, target: str, kind: int, *fields: Any, what: str,
                       callback: Callable[[bool, Any], None]) -> None:
         """Send a request; ``callback(ok, payload)`` runs on the I/O thread with the reply."""
         req_id = next(self._req_ids)

@@ -20,6 +20,7 @@ import sys
 import time
 import traceback
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from dataclasses import field
 from typing import Any
@@ -36,6 +37,7 @@ from trainkit.runtime._protocol import msg_name
 from trainkit.runtime._protocol import new_id
 from trainkit.runtime._scheduler import Grant
 from trainkit.runtime._scheduler import PlacementGroupReady
+from trainkit.runtime._scheduler import RequestId
 from trainkit.runtime._scheduler import ResourceScheduler
 from trainkit.runtime._transport import Inbox
 from trainkit.runtime._transport import Outbox
@@ -107,7 +109,7 @@ class NodeService:
         self.pipes: dict[int, tuple[_WorkerProc, str]] = {}
         self.idle: list[_WorkerProc] = []
         self.waiting_for_worker: deque[_Lease] = deque()
-        self.leases: dict[bytes, _Lease] = {}
+        self.leases: dict[RequestId, _Lease] = {}
         self.actors: dict[bytes, _Actor] = {}
         self.named: dict[tuple[str, str], bytes] = {}
         self.pg_waiters: dict[str, list[tuple[str, int]]] = {}
@@ -119,7 +121,7 @@ class NodeService:
         self.start_failures = 0
         self.env = self._worker_env()
         self.max_idle = max(2, int(cfg["resources"].get("CPU", 1)))
-        self.handlers = {
+        self.handlers: dict[int, Callable[..., None]] = {
             Msg.REGISTER_WORKER: self.on_register_worker,
             Msg.REQUEST_LEASE: self.on_request_lease,
             Msg.RETURN_LEASE: self.on_return_lease,
@@ -753,7 +755,9 @@ class NodeService:
             shutil.rmtree(self.session_dir, ignore_errors=True)
 
 
-def _describe_exit(code: int) -> str:
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "the process exited"
     if code < 0:
         try:
             name = signal.Signals(-code).name

@@ -16,6 +16,7 @@ import pickle
 import threading
 import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable
 from collections.abc import Sequence
 from typing import Any
@@ -38,6 +39,7 @@ from trainkit.runtime._serialization import buffers_size
 from trainkit.runtime._serialization import dumps
 from trainkit.runtime._serialization import inline_buffers
 from trainkit.runtime._serialization import loads
+from trainkit.runtime._transport import Outbox
 
 
 class _ArgRef:
@@ -90,7 +92,44 @@ def _block(arena: mmap.mmap, offset: int, size: int) -> Any:
     return (ctypes.c_char * size).from_buffer(arena, offset)
 
 
-class ObjectTableMixin:
+class CoreState:
+    """The state the parts of the core worker share; ``CoreWorker.__init__`` sets it all."""
+
+    session_dir: str
+    node_addr: str
+    node_id: str
+    arena_path: str
+    arena_capacity: int
+    is_driver: bool
+    cluster_resources: dict[str, float]
+    ctl_addr: str
+    out: Outbox
+    lock: threading.RLock
+    owned: dict[bytes, _Entry]
+    borrowed: dict[bytes, _Borrowed]
+    actors: dict[bytes, Any]
+    held_for_caller: dict[bytes, list[ObjectRef]]
+    log_sink: Callable[[str, str], None] | None
+    blocked_msg: tuple[tuple[Any, ...], tuple[Any, ...]] | None
+    _blocked_depth: int
+    _arena: mmap.mmap | None
+    _mapped: OrderedDict[bytes, Any]
+    _mapped_bytes: int
+    _mapped_cap: int
+    _closed: bool
+
+    def request_node(self, kind: int, *fields: Any, what: str,
+                     timeout: float | None = 60.0) -> Any:
+        raise NotImplementedError
+
+    def wait_event(self, ev: threading.Event, timeout: float | None) -> bool:
+        return ev.wait(timeout)
+
+    def _on_actor_out_of_scope(self, actor_id: bytes) -> None:
+        raise NotImplementedError
+
+
+class ObjectTableMixin(CoreState):
     """The objects this process owns or borrows, and reading/writing their values."""
 
     # ------------------------------------------------------------------ reference counts
@@ -523,7 +562,7 @@ class ObjectTableMixin:
         return tuple(sub(a) for a in args), {k: sub(v) for k, v in kwargs.items()}
 
 
-_NO_ARGS = (pickle.dumps(((), {}), protocol=5), [])
+_NO_ARGS: tuple[Any, ...] = (pickle.dumps(((), {}), protocol=5), [])
 
 
 def _error_repr(err: BaseException) -> tuple[Any, ...]:

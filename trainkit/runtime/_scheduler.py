@@ -30,6 +30,9 @@ __all__ = [
     "make_resource_request",
 ]
 
+# Request ids are opaque: the runtime uses bytes, tests use readable strings.
+RequestId = str | bytes
+
 PLACEMENT_STRATEGIES: Final = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 
 _UNIT: Final = 10_000
@@ -162,7 +165,7 @@ class Grant:
         'n1'
     """
 
-    request_id: str
+    request_id: RequestId
     node_id: str
     resources: dict[str, float]
     gpu_ids: tuple[int, ...]
@@ -266,7 +269,7 @@ class _PlacementGroup:
 
 @dataclass(slots=True)
 class _Request:
-    request_id: str
+    request_id: RequestId
     need: _Units
     placement: tuple[str, int] | None
     grant: Grant | None = None  # None while queued
@@ -366,7 +369,7 @@ class ResourceScheduler:
     def __init__(self) -> None:
         self._nodes: dict[str, _Node] = {}  # insertion order is the order nodes are tried in
         self._groups: dict[str, _PlacementGroup] = {}  # creation order is their FIFO order
-        self._requests: dict[str, _Request] = {}  # queued and granted, in submission order
+        self._requests: dict[RequestId, _Request] = {}  # queued and granted, in submission order
 
     def add_node(
         self, node_id: str, resources: Mapping[str, float], gpu_ids: Sequence[int] = ()
@@ -391,7 +394,7 @@ class ResourceScheduler:
         total.update({_GPU: gpu} if gpu else {})
         self._nodes[node_id] = _Node(node_id, total, ids or tuple(range(gpu // _UNIT)))
 
-    def remove_node(self, node_id: str) -> list[str]:
+    def remove_node(self, node_id: str) -> list[RequestId]:
         """Forget a node; return the ids of the grants that died with it ([] if unknown).
 
         A group with a bundle there loses its whole reservation (a group is never partly
@@ -416,7 +419,7 @@ class ResourceScheduler:
 
     def submit(
         self,
-        request_id: str,
+        request_id: RequestId,
         resources: Mapping[str, float],
         placement: tuple[str, int] | None = None,
     ) -> None:
@@ -433,7 +436,7 @@ class ResourceScheduler:
         self._check_request_feasible(request_id, need, placement)
         self._requests[request_id] = _Request(request_id, need, placement)
 
-    def cancel(self, request_id: str) -> bool:
+    def cancel(self, request_id: RequestId) -> bool:
         """Drop a queued request; False if it is not queued (granted or unknown)."""
         request = self._requests.get(request_id)
         if request is None or request.grant is not None:
@@ -441,7 +444,7 @@ class ResourceScheduler:
         del self._requests[request_id]
         return True
 
-    def release(self, request_id: str) -> None:
+    def release(self, request_id: RequestId) -> None:
         """Return a granted request's resources (to its bundle if it was placed in one).
 
         A no-op for ids that are not granted: the removals already freed their grants, and the
@@ -453,7 +456,7 @@ class ResourceScheduler:
         del self._requests[request_id]
         request.source.give(_held(request), request.devices)
 
-    def lend_cpus(self, request_id: str) -> bool:
+    def lend_cpus(self, request_id: RequestId) -> bool:
         """The holder of a grant is blocked waiting for other work: lend its CPUs back.
 
         Without this, tasks that wait on the tasks they submit would deadlock once every
@@ -468,7 +471,7 @@ class ResourceScheduler:
         request.lent = True
         return True
 
-    def reclaim_cpus(self, request_id: str) -> None:
+    def reclaim_cpus(self, request_id: RequestId) -> None:
         """The holder runs again: take its CPUs back, even if that over-commits for a while."""
         request = self._requests.get(request_id)
         if request is None or not request.lent:
@@ -504,7 +507,7 @@ class ResourceScheduler:
         self._check_group_feasible(pg_id, needs, strategy)
         self._groups[pg_id] = _PlacementGroup(pg_id, strategy, [_Bundle(n) for n in needs])
 
-    def remove_placement_group(self, pg_id: str) -> list[str]:
+    def remove_placement_group(self, pg_id: str) -> list[RequestId]:
         """Free a group; return the ids granted inside it, then the queued ids dropped with it."""
         group = self._groups.pop(pg_id, None)
         if group is None:
@@ -574,7 +577,7 @@ class ResourceScheduler:
             for n in self._nodes.values()
         ]
 
-    def queued_requests(self) -> list[str]:
+    def queued_requests(self) -> list[RequestId]:
         """Ids of requests waiting for resources, in submission order."""
         return [request_id for request_id, r in self._requests.items() if r.grant is None]
 
@@ -642,7 +645,7 @@ class ResourceScheduler:
         return "; ".join(shown[:_MAX_NODES_SHOWN]) + (f"; and {more} more" if more > 0 else "")
 
     def _check_request_feasible(
-        self, request_id: str, need: _Units, placement: tuple[str, int] | None
+        self, request_id: RequestId, need: _Units, placement: tuple[str, int] | None
     ) -> None:
         if placement is None:
             pools = [n.capacity() for n in self._nodes.values()]

@@ -17,7 +17,7 @@ import pickle
 import threading
 from typing import Any
 
-import cloudpickle
+import cloudpickle  # type: ignore[import-untyped]
 
 INLINE_THRESHOLD_BYTES = 100 * 1024
 
@@ -61,7 +61,8 @@ def dumps(value: Any, what: str = "value") -> tuple[bytes, list[pickle.PickleBuf
         return pickle.dumps(value, protocol=5), [], []
     buffers: list[pickle.PickleBuffer] = []
     outer = getattr(_local, "refs", None)
-    _local.refs = refs = []
+    refs: list[Any] = []
+    _local.refs = refs
     try:
         f = io.BytesIO()
         cloudpickle.CloudPickler(f, protocol=5, buffer_callback=buffers.append).dump(value)
@@ -92,7 +93,8 @@ def loads(meta: bytes | memoryview, buffers: Any = ()) -> Any:
 def dumps_function(fn: Any) -> bytes:
     """Pickle a function or class (by reference when importable, else by value)."""
     try:
-        return cloudpickle.dumps(fn, protocol=5)
+        data: bytes = cloudpickle.dumps(fn, protocol=5)
+        return data
     except Exception as e:
         raise SerializationError(
             f"could not serialize {getattr(fn, '__qualname__', fn)!r}: {e}. A remote function "

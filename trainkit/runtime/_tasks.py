@@ -10,10 +10,12 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 from dataclasses import field
+from functools import partial
 from typing import Any
 
 from trainkit.exceptions import TaskCancelledError
 from trainkit.exceptions import WorkerCrashedError
+from trainkit.runtime._objects import ObjectTableMixin
 from trainkit.runtime._objects import _error_repr
 from trainkit.runtime._protocol import ERROR
 from trainkit.runtime._protocol import Msg
@@ -64,8 +66,14 @@ class _Queue:
     requesting: int = 0
 
 
-class TaskSubmitterMixin:
+class TaskSubmitterMixin(ObjectTableMixin):
     """Submitting normal tasks and handling their results and failures."""
+
+    queues: dict[tuple[Any, ...], _Queue]
+    leases: dict[bytes, tuple[_Queue, _Lease | None]]
+    running: dict[bytes, tuple[_Queue, _Lease]]
+    fn_sent: dict[bytes, set[bytes]]
+    call_owner: dict[bytes, Any]
 
     # ------------------------------------------------------------------ normal tasks
     def submit_task(self, spec: TaskSpec) -> None:
@@ -75,7 +83,7 @@ class TaskSubmitterMixin:
                        and e.value is None]
             spec.deps = len(pending)
             for r in pending:
-                self.owned[r.id].waiters.append(lambda s=spec: self._dep_ready(s))
+                self.owned[r.id].waiters.append(partial(self._dep_ready, spec))
             if spec.deps == 0:
                 self._enqueue(spec)
 
@@ -240,9 +248,9 @@ class TaskSubmitterMixin:
                         self._finish_task(spec, _error_repr(TaskCancelledError(spec.name)))
                         return
             for task_id, (_q, lease) in self.running.items():
-                spec = lease.task
-                if spec is not None and spec.return_id == ref.id:
-                    spec.cancelled = True
+                running = lease.task
+                if running is not None and running.return_id == ref.id:
+                    running.cancelled = True
                     if force:
                         self._send_quiet(self.node_addr, (Msg.KILL_WORKER, lease.worker_id))
                     else:

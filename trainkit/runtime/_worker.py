@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -96,7 +97,7 @@ class Worker:
 
     # -------------------------------------------------------------- main loop
     def run(self) -> None:
-        handlers = {
+        handlers: dict[int, Callable[..., None]] = {
             Msg.EXEC_TASK: self.exec_task,
             Msg.BECOME_ACTOR: self.become_actor,
             Msg.ACTOR_CALL: self.actor_call,

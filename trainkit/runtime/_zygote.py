@@ -16,7 +16,6 @@ import os
 import select
 import signal
 import socket
-import sys
 
 from trainkit.runtime import _protocol
 from trainkit.runtime import _worker
@@ -39,9 +38,6 @@ def _child(spec: dict[str, object], fds: list[int], sock: socket.socket,
         os.environ.update(env)
         os.chdir(str(spec["cwd"]))
         _protocol.reset_ids_after_fork()
-        sys.stdout = os.fdopen(1, "w", buffering=1)
-        sys.stderr = os.fdopen(2, "w", buffering=1)
-        sys.__stdout__, sys.__stderr__ = sys.stdout, sys.stderr
         _worker.main()
     finally:
         os._exit(1)
@@ -68,11 +64,11 @@ def main() -> None:
     signal.signal(signal.SIGCHLD, lambda *_: None)  # wakes select via the wakeup fd
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     while True:
-        ready, _, _ = select.select([sock, wake_r], [], [])
+        ready, _, _ = select.select([sock.fileno(), wake_r], [], [])
         if wake_r in ready:
             os.read(wake_r, 4096)
             _reap(sock)
-        if sock in ready:
+        if sock.fileno() in ready:
             try:
                 data, fds, _flags, _addr = socket.recv_fds(sock, 1 << 20, 3)
             except ConnectionResetError:
