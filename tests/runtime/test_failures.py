@@ -112,3 +112,20 @@ def test_driver_sigkill_leaves_nothing_behind(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_node_stays_responsive_when_a_dead_workers_child_holds_its_output(rt):
+    @tk.remote
+    class Spawner:
+        def spawn(self):
+            # A grandchild that inherits the worker's stdout and outlives the worker.
+            subprocess.Popen([sys.executable, "-c", "import time; time.sleep(2)"])
+            return os.getpid()
+
+    s = Spawner.remote()
+    tk.get(s.spawn.remote())
+    tk.kill(s)
+    start = time.time()
+    assert tk.get(tk.remote(lambda: 7).remote(), timeout=30) == 7
+    assert time.time() - start < 1.5  # not stuck draining the orphan's pipe
+    time.sleep(2.2)  # let the grandchild finish

@@ -184,7 +184,7 @@ class NodeService:
                 elif item in self.by_fd:
                     self.on_worker_exit(self.by_fd[item])
                 elif item in self.pipes:
-                    self.on_pipe(item)
+                    self.on_pipe(item)  # one read per wake-up keeps the loop fair
                 elif item == self.zsock.fileno():
                     self.on_zygote()
 
@@ -315,19 +315,23 @@ class NodeService:
             except ProcessLookupError:
                 pass
 
-    def on_pipe(self, fd: int) -> None:
+    def on_pipe(self, fd: int) -> bool:
+        """Forward what a worker wrote; False when nothing more is there to read now."""
         w, stream = self.pipes[fd]
         try:
             data = os.read(fd, 65536)
         except BlockingIOError:
-            return
+            return False
+        except OSError:
+            data = b""
         if not data:
             self.poller.unregister(fd)
             del self.pipes[fd]
+            os.close(fd)
             rest = w.out_partial.pop(fd, b"")
             if rest:
                 self.send(self.driver, (Msg.LOG, stream, rest.decode(errors="replace") + "\n"))
-            return
+            return False
         data = w.out_partial.pop(fd, b"") + data
         head, sep, tail = data.rpartition(b"\n")
         if tail:
@@ -337,6 +341,7 @@ class NodeService:
             lines = [ln if ln.startswith("(") else f"(pid={w.pid}) {ln}"
                      for ln in text.splitlines()]
             self.send(self.driver, (Msg.LOG, stream, "\n".join(lines) + "\n"))
+        return True
 
     def on_worker_exit(self, w: _WorkerProc) -> None:
         self.poller.unregister(w.pidfd)
@@ -388,12 +393,10 @@ class NodeService:
                 self.set_dead(actor, str(err))
 
     def on_pipe_drain(self, fd: int) -> None:
-        while fd in self.pipes:
-            try:
-                self.on_pipe(fd)
-            except OSError:
-                self.poller.unregister(fd)
-                del self.pipes[fd]
+        # Stops at the first empty read: a child the worker started may still hold the
+        # pipe open, and its EOF then arrives through the poller later.
+        while fd in self.pipes and self.on_pipe(fd):
+            pass
 
     def broadcast_death(self, addr: str, cause: str) -> None:
         self.out.forget(addr)

