@@ -115,6 +115,7 @@ def test_nodes_and_resources_views(runtime):
     (node,) = tk.nodes()
     assert node["Alive"] and node["Resources"]["x"] == 3 and node["Resources"]["CPU"] == 2
     assert tk.cluster_resources()["GPU"] == 1
+    assert tk.cluster_resources()["object_store_memory"] > 0
     assert tk.get_gpu_ids() == []
 
 

@@ -472,7 +472,9 @@ def _cluster_info() -> dict[str, Any]:
 
 
 def cluster_resources() -> dict[str, float]:
-    return dict(_cluster_info()["total"])
+    """Total resources, plus ``object_store_memory`` (bytes), as Ray reports them."""
+    info = _cluster_info()
+    return {**info["total"], "object_store_memory": float(info["store"]["capacity"])}
 
 
 def available_resources() -> dict[str, float]:
