@@ -210,7 +210,7 @@ class RemoteFunction:
             self._checked_for = id(core)
         if self._shared[1] is None:
             self._shared[1] = dumps_function(self._fn)
-        payload, arg_refs, nested, _ = core.encode_args(args, kwargs,
+        payload, arg_refs, nested = core.encode_args(args, kwargs,
                                                         f"an argument of {self._name}")
         return_id = core.new_owned(None)
         ref = ObjectRef(return_id, core.ctl_addr)
@@ -272,7 +272,7 @@ class ActorHandle:
         core = _context.core
         if core is None:
             raise RuntimeError("trainkit was shut down; this actor handle is no longer valid")
-        payload, arg_refs, nested, _ = core.encode_args(
+        payload, arg_refs, nested = core.encode_args(
             args, kwargs, f"an argument of {self._name}.{method}")
         return_id = core.new_owned(None)
         ref = ObjectRef(return_id, core.ctl_addr)
@@ -332,7 +332,7 @@ class ActorClass:
         _check_feasible(core, resources, strategy, f"actor {label}")
         if self._shared[0] is None:
             self._shared[0] = dumps_function(self._cls)
-        payload, arg_refs, nested, _ = core.encode_args(
+        payload, arg_refs, nested = core.encode_args(
             args, kwargs, f"an argument of {self._cls.__name__}()")
         descs = core.describe_arg_refs(arg_refs)
         is_async = any(inspect.iscoroutinefunction(m)

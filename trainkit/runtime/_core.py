@@ -71,7 +71,6 @@ class CoreWorker(TaskSubmitterMixin, ActorCallerMixin):
         arena_path: str,
         arena_capacity: int,
         name: str,
-        is_driver: bool,
         cluster_resources: dict[str, float],
     ) -> None:
         self.session_dir = session_dir
@@ -79,7 +78,6 @@ class CoreWorker(TaskSubmitterMixin, ActorCallerMixin):
         self.node_id = node_id
         self.arena_path = arena_path
         self.arena_capacity = arena_capacity
-        self.is_driver = is_driver
         self.cluster_resources = dict(cluster_resources)
         self.ctx = make_context()
         self.ctl_addr = f"ipc://{session_dir}/{name}.ctl"

@@ -87,7 +87,6 @@ class _Actor:
     worker: _WorkerProc | None = None
     no_restart: bool = False
     subscribers: set[str] = field(default_factory=set)
-    num_restarts: int = 0
 
 
 class NodeService:
@@ -113,7 +112,6 @@ class NodeService:
         self.actors: dict[bytes, _Actor] = {}
         self.named: dict[tuple[str, str], bytes] = {}
         self.pg_waiters: dict[str, list[tuple[str, int]]] = {}
-        self.pg_names: dict[str, str] = {}
         self.poller = zmq.Poller()
         self.poller.register(self.inbox.socket, zmq.POLLIN)
         self.poller.register(0, zmq.POLLIN)  # the driver's pipe
@@ -619,7 +617,6 @@ class NodeService:
             return
         if actor.restarts_left > 0:
             actor.restarts_left -= 1
-        actor.num_restarts += 1
         actor.status = ActorStatus.RESTARTING
         actor.cause = cause
         self.publish(actor)
@@ -652,8 +649,6 @@ class NodeService:
         except (InfeasibleError, ValueError) as e:
             self.reply(reply_to, req_id, False, e)
             return
-        if name:
-            self.pg_names[name] = pg_id
         self.reply(reply_to, req_id, True, None)
         self.schedule()
 

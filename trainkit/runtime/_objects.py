@@ -100,7 +100,6 @@ class CoreState:
     node_id: str
     arena_path: str
     arena_capacity: int
-    is_driver: bool
     cluster_resources: dict[str, float]
     ctl_addr: str
     out: Outbox
@@ -488,10 +487,10 @@ class ObjectTableMixin(CoreState):
 
     # ------------------------------------------------------------------ argument encoding
     def encode_args(self, args: tuple[Any, ...], kwargs: dict[str, Any], what: str
-                    ) -> tuple[tuple[Any, ...], list[ObjectRef], list[ObjectRef], list[Any]]:
+                    ) -> tuple[tuple[Any, ...], list[ObjectRef], list[ObjectRef]]:
         """Serialize call arguments.
 
-        Returns (payload, top-level refs, nested refs, descriptors of top-level refs).
+        Returns (payload, top-level refs, refs nested in the arguments).
         Top-level refs are replaced by placeholders and passed as values; large
         arguments go to the object store once (the payload then names the stored copy).
         """
@@ -504,7 +503,7 @@ class ObjectTableMixin(CoreState):
             return v
 
         if not args and not kwargs:
-            return _NO_ARGS, [], [], []
+            return _NO_ARGS, [], []
         if args:
             args = tuple(swap(a) for a in args)
         if kwargs:
@@ -517,7 +516,7 @@ class ObjectTableMixin(CoreState):
             ref = self._put_serialized(meta, buffers, nested)
             nested = [ref]
             payload = (None, ref.id, ref.owner_address)
-        return payload, arg_refs, nested, []
+        return payload, arg_refs, nested
 
     def _put_serialized(self, meta: bytes, buffers: list[Any], refs: list[Any]) -> ObjectRef:
         oid = new_id()

@@ -81,7 +81,7 @@ def start(*, num_cpus: float | None, num_gpus: float | None,
     arena_path = f"/dev/shm/{session}-arena"
     core = CoreWorker(
         session_dir=session_dir, node_addr=f"ipc://{session_dir}/node.ctl", node_id=node_id,
-        arena_path=arena_path, arena_capacity=store_bytes, name="driver", is_driver=True,
+        arena_path=arena_path, arena_capacity=store_bytes, name="driver",
         cluster_resources=node_resources)
     ready = threading.Event()
     core.extra_handlers[Msg.NODE_READY] = lambda addr: ready.set()

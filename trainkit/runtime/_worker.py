@@ -92,7 +92,6 @@ class Worker:
         self.pool: ThreadPoolExecutor | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.sem: asyncio.Semaphore | None = None
-        self.used_gpus = False
         core.extra_handlers[Msg.CANCEL_TASK] = self._on_cancel
 
     # -------------------------------------------------------------- main loop
@@ -129,7 +128,6 @@ class Worker:
     def _set_gpus(self, gpu_ids: tuple[int, ...]) -> None:
         _context.task_local.gpu_ids = tuple(gpu_ids)
         if gpu_ids:
-            self.used_gpus = True
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpu_ids)
 
     def _function(self, fn_id: bytes, blob: bytes | None) -> Any:
@@ -328,7 +326,6 @@ def main() -> None:
         arena_path=env["TRAINKIT_ARENA_PATH"],
         arena_capacity=int(env["TRAINKIT_ARENA_CAPACITY"]),
         name=f"w{worker_id.hex()}",
-        is_driver=False,
         cluster_resources=json.loads(env["TRAINKIT_CLUSTER_RESOURCES"]),
     )
     _context.core = core
