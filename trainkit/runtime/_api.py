@@ -193,7 +193,6 @@ class RemoteFunction:
         if isinstance(retry_exc, list):
             retry_exc = tuple(retry_exc)
         self._retry_exceptions = retry_exc
-        self._checked_for: int | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(f"remote function {self._name} cannot be called directly; use "
@@ -204,10 +203,8 @@ class RemoteFunction:
 
     def remote(self, *args: Any, **kwargs: Any) -> ObjectRef:
         core = _core()
-        if self._checked_for != id(core):
-            _check_feasible(core, self._resources, self._options.get("scheduling_strategy"),
-                            f"task {self._name}")
-            self._checked_for = id(core)
+        _check_feasible(core, self._resources, self._options.get("scheduling_strategy"),
+                        f"task {self._name}")
         if self._shared[1] is None:
             self._shared[1] = dumps_function(self._fn)
         payload, arg_refs, nested = core.encode_args(args, kwargs,

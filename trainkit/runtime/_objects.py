@@ -256,14 +256,7 @@ class ObjectTableMixin(CoreState):
         return (STORED, self.node_id, size)
 
     def put(self, value: Any) -> ObjectRef:
-        meta, buffers, refs = dumps(value, "the value passed to put()")
-        oid = new_id()
-        entry = _Entry()
-        entry.contained = refs or None
-        with self.lock:
-            self.owned[oid] = entry
-        entry.value = self.store_value(oid, meta, buffers)
-        return ObjectRef(oid, self.ctl_addr)
+        return self._put_serialized(*dumps(value, "the value passed to put()"))
 
     def materialize(self, oid: bytes, value: tuple[Any, ...]) -> Any:
         kind = value[0]
@@ -519,6 +512,7 @@ class ObjectTableMixin(CoreState):
         return payload, arg_refs, nested
 
     def _put_serialized(self, meta: bytes, buffers: list[Any], refs: list[Any]) -> ObjectRef:
+        """Own a serialized value; the refs inside it stay alive as long as it does."""
         oid = new_id()
         entry = _Entry()
         entry.contained = refs or None
