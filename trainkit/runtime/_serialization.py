@@ -60,6 +60,10 @@ def dumps(value: Any, what: str = "value") -> tuple[bytes, list[pickle.PickleBuf
         # setting up a CloudPickler.
         return pickle.dumps(value, protocol=5), [], []
     buffers: list[pickle.PickleBuffer] = []
+    if type(value).__name__ == "ndarray" and type(value).__module__ == "numpy" \
+            and not value.dtype.hasobject:
+        # A plain array holds no code or refs: the C pickler, buffers out of band.
+        return pickle.dumps(value, protocol=5, buffer_callback=buffers.append), buffers, []
     outer = getattr(_local, "refs", None)
     refs: list[Any] = []
     _local.refs = refs
