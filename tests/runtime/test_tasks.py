@@ -110,7 +110,7 @@ def test_calling_remote_function_directly_is_an_error(rt):
 
 def test_workers_are_reused(rt):
     pids = set(tk.get([pid.remote() for _ in range(30)]))
-    assert 1 <= len(pids) <= 3  # a pool of workers, not a process per task
+    assert pids and len(pids) <= 3  # a pool of workers, not a process per task
 
 
 def test_large_args_and_results_go_through_shared_memory(rt):

@@ -62,8 +62,7 @@ class _Queue:
     resources: dict[str, float]
     placement: tuple[str, int] | None
     pending: deque[TaskSpec] = field(default_factory=deque)
-    idle: list[_Lease] = field(default_factory=list)
-    requesting: int = 0
+    requesting: int = 0  # lease requests sent and not answered yet
 
 
 class TaskSubmitterMixin(ObjectTableMixin):
@@ -106,8 +105,7 @@ class TaskSubmitterMixin(ObjectTableMixin):
         self._pump(q)
 
     def _pump(self, q: _Queue) -> None:
-        while q.pending and q.idle:
-            self._push(q, q.idle.pop(), q.pending.popleft())
+        """Ask for leases for the queued tasks (a lease with nothing to run goes back)."""
         if not q.pending:
             return
         cap = max(2, int(self.cluster_resources.get("CPU", 1)) * 2)
