@@ -147,7 +147,10 @@ def _resources(options: dict[str, Any], default_cpus: float) -> dict[str, float]
 
 def _check_feasible(core: CoreWorker, resources: dict[str, float],
                     strategy: Any, what: str) -> None:
-    """Fail at the call site if no node (or the chosen bundle) can ever hold the request."""
+    """Fail at the call site if no node (or the chosen bundle) can ever hold the request.
+
+    ``what`` names the task or actor; messages are only formatted on failure.
+    """
     if isinstance(strategy, PlacementGroupSchedulingStrategy):
         bundles = strategy.placement_group.bundle_specs
         idx = strategy.placement_group_bundle_index
@@ -155,7 +158,7 @@ def _check_feasible(core: CoreWorker, resources: dict[str, float],
         if any(all(b.get(k, 0.0) >= v for k, v in resources.items()) for b in candidates):
             return
         raise InfeasibleError(
-            f"{what} needs {resources}, but its placement group bundle"
+            f"{what!r} needs {resources}, but its placement group bundle"
             f"{'s' if idx == -1 else f' {idx}'} only reserve "
             f"{candidates if idx == -1 else candidates[0]}; ask for less or make the "
             "bundle larger")
@@ -164,7 +167,7 @@ def _check_feasible(core: CoreWorker, resources: dict[str, float],
     if short:
         have = {k: total.get(k, 0.0) for k in short}
         raise InfeasibleError(
-            f"{what} needs {resources}, but the cluster has only {have} of "
+            f"{what!r} needs {resources}, but the cluster has only {have} of "
             f"{'that' if len(short) == 1 else 'those'} in total, so it could never run; "
             f"lower the request or start trainkit with more (init(num_cpus=..., "
             f"num_gpus=..., resources=...))")
@@ -182,6 +185,7 @@ class RemoteFunction:
         self._fn = fn
         self._options = options
         self._name = options.get("name") or fn.__qualname__
+        self._arg_what = f"an argument of {self._name}"  # for serialization errors
         # [fn_id, pickled function]: shared by every .options() copy, pickled once.
         self._shared: list[Any] = shared if shared is not None else [new_id(), None]
         self._resources = _resources(options, 1.0)
@@ -204,11 +208,10 @@ class RemoteFunction:
     def remote(self, *args: Any, **kwargs: Any) -> ObjectRef:
         core = _core()
         _check_feasible(core, self._resources, self._options.get("scheduling_strategy"),
-                        f"task {self._name}")
+                        self._name)
         if self._shared[1] is None:
             self._shared[1] = dumps_function(self._fn)
-        payload, arg_refs, nested = core.encode_args(args, kwargs,
-                                                        f"an argument of {self._name}")
+        payload, arg_refs, nested = core.encode_args(args, kwargs, self._arg_what)
         return_id = core.new_owned(None)
         ref = ObjectRef(return_id, core.ctl_addr)
         spec = TaskSpec(new_id(), self._name, self._shared[0], self._shared[1], payload,
@@ -326,7 +329,7 @@ class ActorClass:
         resources = _resources(opts, 0.0)
         strategy = opts.get("scheduling_strategy")
         label = name or self._cls.__name__
-        _check_feasible(core, resources, strategy, f"actor {label}")
+        _check_feasible(core, resources, strategy, label)
         if self._shared[0] is None:
             self._shared[0] = dumps_function(self._cls)
         payload, arg_refs, nested = core.encode_args(
