@@ -308,6 +308,8 @@ class ActorClass:
         self._shared = shared if shared is not None else [None]
         self._methods = tuple(name for name, _ in inspect.getmembers(cls, callable)
                               if not name.startswith("__"))
+        self._is_async = any(inspect.iscoroutinefunction(m)
+                             for _, m in inspect.getmembers(cls, inspect.isfunction))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(f"actor class {self._cls.__name__} cannot be instantiated directly; "
@@ -335,9 +337,7 @@ class ActorClass:
         payload, arg_refs, nested = core.encode_args(
             args, kwargs, f"an argument of {self._cls.__name__}()")
         descs = core.describe_arg_refs(arg_refs)
-        is_async = any(inspect.iscoroutinefunction(m)
-                       for _, m in inspect.getmembers(self._cls, inspect.isfunction))
-        max_concurrency = opts.get("max_concurrency") or (1000 if is_async else 1)
+        max_concurrency = opts.get("max_concurrency") or (1000 if self._is_async else 1)
         max_restarts = opts.get("max_restarts", 0)
         max_task_retries = opts.get("max_task_retries", 0)
         actor_id = new_id()
