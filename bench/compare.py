@@ -25,10 +25,25 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from workloads import DEADLINE_DEFAULT  # bench/workloads.py imports only the stdlib
+from workloads import DEADLINES
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(HERE)
 RESULTS = os.path.join(HERE, "results")
-WORKLOADS = ("init", "actor_latency", "task_throughput", "object_store", "baseline_zmq")
+WORKLOADS = (
+    "init",
+    "actor_latency",
+    "task_throughput",
+    "object_store",
+    "baseline_zmq",
+    "train_startup",
+    "train_report",
+)
+# Each run gets its workload's watchdog deadline (from bench/workloads.py) plus this much,
+# unless --timeout is given.
+TIMEOUT_SLACK = 35.0
 PYTHONS = {
     "trainkit": os.path.join(REPO_ROOT, ".venv", "bin", "python"),
     "ray": os.path.join(HERE, ".venv-ray", "bin", "python"),
@@ -125,6 +140,25 @@ ROWS = [
     ("task(ref) summing 100 MB, RTT (ms)", "object_store", "task_ref_sum_100MB_ms", None),
     ("bare pyzmq REQ/REP RTT, 31 B, ipc (us)", "baseline_zmq", "zmq_reqrep_rtt_us", None),
     ("bare pyzmq DEALER pipelined (msgs/s)", "baseline_zmq", "zmq_dealer_pipelined_msgs_s", None),
+    ("train: first fit() after init, warm-up (s)", "train_startup", "fit1_fit_s", None),
+    ("**train: warm fit() (s)**", "train_startup", "fit_s", ratio_le(0.25)),
+    (
+        "**train: warm fit() call -> first line of the loop (s)**",
+        "train_startup",
+        "first_line_s",
+        ratio_le(0.25),
+    ),
+    ("train: warm loop, 2 epochs + 2 reports (s)", "train_startup", "loop_s", None),
+    ("train: warm loop end -> fit() returns (s)", "train_startup", "teardown_s", None),
+    ("train: checkpoints persisted per fit", "train_startup", "checkpoints", None),
+    ("report() with a 10 MB checkpoint, rank 0 (ms)", "train_report", "report_ckpt10mb_ms", None),
+    (
+        "report() with a 10 MB checkpoint, first call (ms)",
+        "train_report",
+        "report_ckpt10mb_first_ms",
+        None,
+    ),
+    ("report() metrics only, rank 0 (ms)", "train_report", "report_metrics_ms", None),
 ]
 
 
@@ -354,8 +388,11 @@ def main():
     ap.add_argument(
         "--timeout",
         type=float,
-        default=120.0,
-        help="per workload run (each workload stops itself at 85 s)",
+        default=None,
+        help="per workload run, in seconds (default: the workload's own deadline + "
+        f"{TIMEOUT_SLACK:g}: {DEADLINE_DEFAULT + TIMEOUT_SLACK:g}, "
+        + ", ".join(f"{k} {v + TIMEOUT_SLACK:g}" for k, v in DEADLINES.items())
+        + ")",
     )
     ap.add_argument(
         "--from",
@@ -404,7 +441,10 @@ def main():
                             file=sys.stderr,
                             flush=True,
                         )
-                        line = run_one(wl, be, py, args.timeout, logdir, rnd)
+                        timeout = args.timeout or (
+                            DEADLINES.get(wl, DEADLINE_DEFAULT) + TIMEOUT_SLACK
+                        )
+                        line = run_one(wl, be, py, timeout, logdir, rnd)
                         print(
                             f"    {line.get('run_wall_s')} s"
                             + (f", ERROR: {line['error']}" if line.get("error") else ""),

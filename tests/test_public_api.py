@@ -16,13 +16,15 @@ PUBLIC = {
         "ActorClass", "ActorHandle", "ObjectRef", "PlacementGroup",
         "PlacementGroupSchedulingStrategy", "RemoteFunction", "available_resources", "cancel",
         "cluster_resources", "get", "get_actor", "get_gpu_ids", "init", "is_initialized",
-        "kill", "nodes", "placement_group", "put", "remote", "remove_placement_group",
+        "kill", "nodes", "placement_group", "preload_worker_modules", "put", "remote",
+        "remove_placement_group",
         "shutdown", "wait",
     ],
     "trainkit.exceptions": [
         "ActorDiedError", "GetTimeoutError", "InfeasibleError", "ObjectLostError",
         "OutOfMemoryError", "RuntimeSystemError", "TaskCancelledError", "TaskError",
-        "TrainkitError", "TrainkitInternalError", "TransportClosedError", "WorkerCrashedError",
+        "TrainingFailedError", "TrainkitError", "TrainkitInternalError", "TransportClosedError",
+        "WorkerCrashedError",
     ],
 }
 

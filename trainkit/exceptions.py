@@ -9,6 +9,7 @@ TrainkitError
   GetTimeoutError                (also a builtin TimeoutError)
   InfeasibleError                (also ValueError) a request no node can ever satisfy
   OutOfMemoryError               (also MemoryError) object store full, nothing spillable
+  TrainingFailedError            Trainer.fit() failed and the failure budget is spent
   RuntimeSystemError             the runtime itself failed
     ActorDiedError
     WorkerCrashedError
@@ -33,6 +34,7 @@ __all__ = [
     "RuntimeSystemError",
     "TaskCancelledError",
     "TaskError",
+    "TrainingFailedError",
     "TrainkitError",
     "TrainkitInternalError",
     "TransportClosedError",
@@ -191,3 +193,26 @@ def _rebuild_task_error(
     function_name: str, traceback_str: str, cause: BaseException | None, pid: int
 ) -> TaskError:
     return TaskError(function_name, traceback_str, cause, pid).as_instanceof_cause()
+
+
+class TrainingFailedError(TrainkitError):
+    """``Trainer.fit()`` failed: a worker raised or died, and ``FailureConfig.max_failures``
+    is spent (or a non-retryable error occurred).
+
+    Args:
+        message: what happened, with every rank's error grouped and how to resume.
+        errors: the last attempt's errors by world rank.
+        cause: the first of them (also ``__cause__`` when raised).
+        path: the run's folder (run the script again to resume from its latest checkpoint).
+    """
+
+    def __init__(self, message: str = "", errors: dict[int, BaseException] | None = None,
+                 cause: BaseException | None = None, path: str = "") -> None:
+        super().__init__(message, errors or {}, cause, path)
+        self.message = message
+        self.errors = errors or {}
+        self.cause = cause
+        self.path = path
+
+    def __str__(self) -> str:
+        return self.message

@@ -14,6 +14,7 @@ from trainkit.runtime._api import init
 from trainkit.runtime._api import is_initialized
 from trainkit.runtime._api import kill
 from trainkit.runtime._api import nodes
+from trainkit.runtime._api import preload_worker_modules
 from trainkit.runtime._api import put
 from trainkit.runtime._api import remote
 from trainkit.runtime._api import shutdown
@@ -41,6 +42,7 @@ __all__ = [
     "kill",
     "nodes",
     "placement_group",
+    "preload_worker_modules",
     "put",
     "remote",
     "remove_placement_group",

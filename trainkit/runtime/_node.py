@@ -58,6 +58,7 @@ class _WorkerProc:
     actor_id: bytes | None = None
     tainted: bool = False
     killed_reason: str = ""
+    preloads: int = 0  # how many preload requests the forkserver had seen when forking it
     out_partial: dict[int, bytes] = field(default_factory=dict)
 
 
@@ -144,6 +145,7 @@ class NodeService:
             Msg.CLUSTER_INFO: self.on_cluster_info,
             Msg.KILL_WORKER: self.on_kill_worker,
             Msg.SHUTDOWN: self.on_shutdown,
+            Msg.PRELOAD_MODULES: self.on_preload_modules,
         }
 
     def _worker_env(self) -> dict[str, str]:
@@ -218,6 +220,7 @@ class NodeService:
         theirs.close()
         self.zsock = ours
         self.exit_codes: dict[int, int] = {}
+        self.preloads = 0
         self.forking: deque[_WorkerProc] = deque()
         self.poller.register(ours.fileno(), zmq.POLLIN)
 
@@ -248,7 +251,7 @@ class NodeService:
         socket.send_fds(self.zsock, [spec], [stdin_r, out_w, err_w])
         for fd in (stdin_r, out_w, err_w):
             os.close(fd)
-        w = _WorkerProc(worker_id, 0, -1, stdin_w)
+        w = _WorkerProc(worker_id, 0, -1, stdin_w, preloads=self.preloads)
         self.workers[worker_id] = w
         self.forking.append(w)
         for fd, stream in ((out_r, "stdout"), (err_r, "stderr")):
@@ -256,6 +259,15 @@ class NodeService:
             self.pipes[fd] = (w, stream)
             self.poller.register(fd, zmq.POLLIN)
         return w
+
+    def on_preload_modules(self, modules: list[str]) -> None:
+        """Have the forkserver import ``modules``, so workers forked later start with them."""
+        socket.send_fds(self.zsock, [json.dumps({"preload": modules}).encode()], [])
+        self.preloads += 1
+        stale, self.idle = self.idle, []
+        for w in stale:  # idle workers lack the modules: replace them with fresh forks
+            self.send(w.exec_addr, (Msg.RETIRE,))
+            self.start_worker()
 
     def on_forked(self, w: _WorkerProc, pid: int) -> None:
         w.pid = pid
@@ -293,7 +305,11 @@ class NodeService:
             self.worker_available(w)
 
     def worker_available(self, w: _WorkerProc) -> None:
-        if self.waiting_for_worker:
+        if w.preloads < self.preloads:
+            # Forked before a preload: it lacks the modules. Every waiting lease has a fresh
+            # fork of its own on the way, so this one leaves.
+            self.send(w.exec_addr, (Msg.RETIRE,))
+        elif self.waiting_for_worker:
             self.assign(self.waiting_for_worker.popleft(), w)
         elif len(self.idle) >= self.max_idle:
             # Too many idle workers: ask this one to leave. One that owns objects stays

@@ -46,6 +46,7 @@ class Msg:
     WORKER_TAINTED = 33
     WORKER_BLOCKED = 34
     WORKER_UNBLOCKED = 35
+    PRELOAD_MODULES = 36
     # node service -> core worker
     NODE_READY = 40
     LEASE_GRANTED = 41

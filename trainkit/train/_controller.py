@@ -1,0 +1,280 @@
+"""``TrainController``: drives worker groups through one run, as an explicit state machine.
+
+```text
+INITIALIZING --group up--> RUNNING --all ranks done--> FINISHED
+     |                        |
+     +--------failure---------+--> RESTARTING --budget left--> INITIALIZING (next attempt)
+                                       |
+                                       +--budget spent--> ERRORED
+```
+
+``step()`` does one unit of work and returns a ``StepResult``; ``run()`` steps until a
+terminal state. A failure is any rank raising or dying, the process group not forming, a rank
+silent for longer than ``FailureConfig.report_timeout_s``, or ranks disagreeing on how many
+times they reported. Each restart tears the group down and resumes every rank from the latest
+persisted checkpoint.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from typing import Final
+
+from trainkit.exceptions import TaskError
+from trainkit.exceptions import TrainingFailedError
+from trainkit.train._config import RunConfig
+from trainkit.train._config import ScalingConfig
+from trainkit.train._constants import FAILURE_GRACE_S
+from trainkit.train._failure_policy import FailureDecision
+from trainkit.train._failure_policy import FailurePolicy
+from trainkit.train._recorder import RunRecorder
+from trainkit.train._worker import Report
+from trainkit.train._worker_group import WorkerGroup
+from trainkit.train._worker_group import WorkerGroupError
+
+_TICK_S = 1.0  # how often a running group is checked for silent ranks
+
+
+class ControllerState(enum.Enum):
+    """The life of one run; see the module docstring."""
+
+    INITIALIZING = "initializing"
+    RUNNING = "running"
+    RESTARTING = "restarting"
+    FINISHED = "finished"
+    ERRORED = "errored"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (ControllerState.FINISHED, ControllerState.ERRORED)
+
+
+_TRANSITIONS: Final[Mapping[ControllerState, frozenset[ControllerState]]] = {
+    ControllerState.INITIALIZING: frozenset({ControllerState.RUNNING,
+                                             ControllerState.RESTARTING,
+                                             ControllerState.ERRORED}),
+    ControllerState.RUNNING: frozenset({ControllerState.RESTARTING, ControllerState.FINISHED,
+                                        ControllerState.ERRORED}),
+    ControllerState.RESTARTING: frozenset({ControllerState.INITIALIZING}),
+    ControllerState.FINISHED: frozenset(),
+    ControllerState.ERRORED: frozenset(),
+}
+
+
+class InvalidTransitionError(RuntimeError):
+    def __init__(self, frm: ControllerState, to: ControllerState,
+                 history: list[tuple[ControllerState, ControllerState, str]]) -> None:
+        super().__init__(f"illegal controller transition {frm.name} -> {to.name}; "
+                         f"history: {[(a.name, b.name, r) for a, b, r in history]}")
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    previous_state: ControllerState
+    next_state: ControllerState
+
+
+class _Failure(Exception):
+    def __init__(self, message: str, errors: dict[int, BaseException],
+                 retryable: bool = True) -> None:
+        super().__init__(message)
+        self.message = message
+        self.errors = errors
+        self.retryable = retryable
+
+
+class TrainController:
+    """Runs the loop on successive worker groups until it finishes or the budget is spent."""
+
+    def __init__(self, *, fn_blob: bytes, config: Mapping[str, Any] | None,
+                 scaling: ScalingConfig, run_config: RunConfig, backend: str,
+                 recorder: RunRecorder, name: str, start_checkpoint: str | None,
+                 shards: list[dict[str, Any]]) -> None:
+        self.fn_blob = fn_blob
+        self.config = config
+        self.scaling = scaling
+        self.run_config = run_config
+        self.backend = backend
+        self.recorder = recorder
+        self.name = name
+        self.start_checkpoint = start_checkpoint
+        self.shards = shards
+        self.policy = FailurePolicy(run_config.failure_config)
+        self.state = ControllerState.INITIALIZING
+        self.history: collections.deque[tuple[ControllerState, ControllerState, str]] = \
+            collections.deque(maxlen=100)
+        self.attempt = 0
+        self.failures = 0
+        self.group: WorkerGroup | None = None
+        self.error: TrainingFailedError | None = None
+        self._reset_attempt()
+
+    def _reset_attempt(self) -> None:
+        self.pending: dict[int, collections.deque[Report]] = {
+            r: collections.deque() for r in range(self.scaling.num_workers)}
+        self.last_active = [time.monotonic()] * self.scaling.num_workers
+        self.done_seq = 0
+
+    def _transition(self, to: ControllerState, reason: str) -> None:
+        if to not in _TRANSITIONS[self.state]:
+            raise InvalidTransitionError(self.state, to, list(self.history))
+        self.history.append((self.state, to, reason))
+        self.state = to
+
+    # -- driving -------------------------------------------------------------------------
+    def run(self) -> None:
+        try:
+            while not self.state.is_terminal:
+                self.step()
+        finally:
+            if self.group is not None:
+                self.group.shutdown()
+                self.group = None
+
+    def step(self) -> StepResult:
+        before = self.state
+        try:
+            if self.state is ControllerState.INITIALIZING:
+                self._initialize()
+            elif self.state is ControllerState.RUNNING:
+                self._poll()
+            elif self.state is ControllerState.RESTARTING:
+                self._restart()
+        except _Failure as f:
+            self._fail(f)
+        except WorkerGroupError as e:
+            self._fail(_Failure(e.message, e.errors))
+        return StepResult(before, self.state)
+
+    def _initialize(self) -> None:
+        run_path = self.recorder.run_dir
+        self.group = WorkerGroup(
+            self.scaling, self.run_config.failure_config, attempt=self.attempt,
+            staging_root=self.recorder.checkpoints.staging_dir(""), experiment_name=self.name,
+            run_path=run_path, backend=self.backend)
+        self._reset_attempt()
+        self.group.start()
+        latest = self.recorder.latest_checkpoint
+        checkpoint = latest.path if latest else self.start_checkpoint
+        self.group.run(self.fn_blob, self.config, checkpoint, self.shards)
+        self.last_active = [time.monotonic()] * self.scaling.num_workers
+        self._transition(ControllerState.RUNNING, f"attempt {self.attempt} started")
+
+    def _poll(self) -> None:
+        assert self.group is not None
+        events = self.group.events(_TICK_S)
+        now = time.monotonic()
+        for report in events.reports:
+            self.pending[report.rank].append(report)
+            self.last_active[report.rank] = now
+        if events.errors:
+            errors = dict(events.errors)
+            for rank, e in self.group.more_errors(FAILURE_GRACE_S).items():
+                errors.setdefault(rank, e)
+            raise _Failure("a training worker failed", errors)
+        while all(self.pending.values()):
+            self._complete_iteration()
+        self._check_counts(events.finished)
+        if len(events.finished) == self.scaling.num_workers:
+            self._transition(ControllerState.FINISHED, "every rank finished its loop")
+            self.group.shutdown()
+            self.group = None
+            return
+        self._check_silent(events.finished)
+
+    def _complete_iteration(self) -> None:
+        assert self.group is not None
+        heads = [self.pending[r].popleft() for r in range(self.scaling.num_workers)]
+        seq = heads[0].seq
+        staged = next((h.staged for h in heads if h.staged), None)
+        self.recorder.record(heads[0].metrics, staged)
+        self.done_seq = seq
+        self.group.ack(seq)
+        self.last_active = [time.monotonic()] * self.scaling.num_workers
+
+    def _check_counts(self, finished: frozenset[int]) -> None:
+        waiting = [r for r, q in self.pending.items() if q]
+        if finished and waiting:
+            raise _Failure(
+                f"ranks {sorted(finished)} finished their loop after {self.done_seq} reports, "
+                f"but ranks {waiting} called report() again: every rank must call report() the "
+                "same number of times", {}, retryable=False)
+
+    def _check_silent(self, finished: frozenset[int]) -> None:
+        assert self.group is not None
+        limit = self.run_config.failure_config.report_timeout_s
+        if limit is None:
+            return
+        now = time.monotonic()
+        silent = [r for r in range(self.scaling.num_workers) if r not in finished
+                  and not self.pending[r] and now - self.last_active[r] > limit]
+        if silent:
+            stacks = self.group.dump_stacks()
+            dump = "\n".join(f"--- rank {r} (pid {self.group.pids[r]}) ---\n{s}"
+                             for r, s in sorted(stacks.items()))
+            raise _Failure(f"ranks {silent} did not call report() for {limit} s "
+                           f"(FailureConfig.report_timeout_s); every rank's Python stack:\n"
+                           f"{dump}", {})
+
+    def _fail(self, failure: _Failure) -> None:
+        if self.group is not None:
+            self.group.shutdown()
+            self.group = None
+        self.failures += 1
+        decision, why = self.policy.decide(self.failures)
+        if not failure.retryable:
+            decision, why = FailureDecision.RAISE, "this error is not retryable"
+        summary = describe_errors(failure.message, failure.errors)
+        if decision is FailureDecision.RESTART:
+            self.recorder.progress.say(f"{self.name}: attempt {self.attempt} failed ({why}); "
+                                       f"restarting from the latest checkpoint.\n{summary}")
+            for cb in self.run_config.callbacks:
+                if hasattr(cb, "on_restart"):
+                    cb.on_restart(self.attempt, failure.errors)
+            self._transition(ControllerState.RESTARTING, why)
+            return
+        self.error = self._training_failed(failure, why, summary)
+        self._transition(ControllerState.ERRORED, why)
+
+    def _restart(self) -> None:
+        self.attempt += 1
+        self._transition(ControllerState.INITIALIZING, f"attempt {self.attempt}")
+
+    def _training_failed(self, failure: _Failure, why: str, summary: str) -> TrainingFailedError:
+        latest = self.recorder.latest_checkpoint
+        run_dir = self.recorder.run_dir
+        resume = (f"The latest checkpoint is {latest.path}; run the script again with the same "
+                  f"RunConfig(name={self.name!r}, storage_path=...) to resume from it."
+                  if latest else "No checkpoint was persisted, so a rerun starts from scratch.")
+        message = (f"Training failed after {self.attempt + 1} attempt(s) ({why}).\n{summary}\n"
+                   f"{resume}\nRun folder: {run_dir}")
+        cause = next(iter(failure.errors.values()), None)
+        return TrainingFailedError(message, failure.errors, cause, run_dir)
+
+
+def _headline(error: BaseException) -> str:
+    if isinstance(error, TaskError) and error.cause is not None:
+        return f"{type(error.cause).__name__}: {error.cause}"
+    return f"{type(error).__name__}: {error}"
+
+
+def describe_errors(message: str, errors: Mapping[int, BaseException]) -> str:
+    """``message``, then the ranks grouped by error, then the first error's traceback."""
+    if not errors:
+        return message
+    groups: dict[str, list[int]] = {}
+    for rank, error in sorted(errors.items()):
+        groups.setdefault(_headline(error), []).append(rank)
+    lines = [message + ":"]
+    for headline, ranks in groups.items():
+        who = f"rank {ranks[0]}" if len(ranks) == 1 else f"ranks {', '.join(map(str, ranks))}"
+        lines.append(f"  {who}: {headline}")
+    first = next(iter(errors.values()))
+    if isinstance(first, TaskError) and first.traceback_str:
+        lines.append("First error's traceback:\n" + first.traceback_str.rstrip())
+    return "\n".join(lines)

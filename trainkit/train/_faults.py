@@ -1,0 +1,38 @@
+"""Fault points: places where a test can make a training process die, raise or hang.
+
+``TRAINKIT_TEST_FAULTS`` holds comma-separated rules ``point@rank:attempt=action``; ``rank``
+and ``attempt`` may be ``*``; ``action`` is ``kill`` (SIGKILL this process), ``raise`` (a
+RuntimeError) or ``hang`` (sleep for an hour). Rank -1 is the driver. Points:
+``rendezvous`` (a rank is about to join the process group), ``checkpoint_upload`` (a rank has
+copied its checkpoint into staging, not yet reported), ``checkpoint_commit`` (the driver has
+renamed a checkpoint into place, not yet written the index). The variable is only for tests;
+without it every point costs one dictionary lookup.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+ENV = "TRAINKIT_TEST_FAULTS"
+
+
+def maybe(point: str, *, rank: int, attempt: int = 0) -> None:
+    """Fail here if a rule in ``TRAINKIT_TEST_FAULTS`` names this point, rank and attempt."""
+    rules = os.environ.get(ENV)
+    if not rules:
+        return
+    for rule in rules.split(","):
+        where, _, action = rule.strip().partition("=")
+        name, _, scope = where.partition("@")
+        want_rank, _, want_attempt = scope.partition(":")
+        if name != point or want_rank not in ("*", "", str(rank)) or \
+                want_attempt not in ("*", "", str(attempt)):
+            continue
+        if action == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        elif action == "raise":
+            raise RuntimeError(f"injected fault at {point} (rank {rank}, attempt {attempt})")
+        elif action == "hang":
+            time.sleep(3600)

@@ -1,0 +1,110 @@
+"""What a training loop calls: ``report``, ``get_checkpoint``, ``get_context``,
+``get_dataset_shard``. Each works inside a loop run by ``Trainer.fit()``, in a worker or, in
+local mode, in the driver itself."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from trainkit.train._checkpoint import Checkpoint
+
+
+@dataclass(frozen=True, slots=True)
+class TrainContext:
+    """Where this rank stands in the worker group (``train.get_context()``)."""
+
+    world_size: int
+    world_rank: int
+    local_rank: int
+    local_world_size: int
+    node_rank: int
+    experiment_name: str
+    run_path: str
+
+    def get_world_size(self) -> int:
+        return self.world_size
+
+    def get_world_rank(self) -> int:
+        return self.world_rank
+
+    def get_local_rank(self) -> int:
+        return self.local_rank
+
+    def get_local_world_size(self) -> int:
+        return self.local_world_size
+
+    def get_node_rank(self) -> int:
+        return self.node_rank
+
+    def get_experiment_name(self) -> str:
+        return self.experiment_name
+
+    def get_storage_path(self) -> str:
+        """The run's folder, where checkpoints and results are written."""
+        return self.run_path
+
+
+Reporter = Callable[[dict[str, Any], "Checkpoint | None"], None]
+
+
+@dataclass(slots=True)
+class Session:
+    """One rank's view of the run while its loop executes."""
+
+    context: TrainContext
+    checkpoint: Checkpoint | None
+    dataset_shards: Mapping[str, Any]
+    reporter: Reporter
+
+
+_current: Session | None = None
+
+
+def set_session(session: Session | None) -> None:
+    global _current
+    _current = session
+
+
+def _session(fn: str) -> Session:
+    if _current is None:
+        raise RuntimeError(f"train.{fn}() was called outside a training loop: call it inside "
+                           "the function passed to Trainer(...) while fit() runs it")
+    return _current
+
+
+def report(metrics: Mapping[str, Any], *, checkpoint: Checkpoint | None = None) -> None:
+    """Report this iteration's metrics, and optionally a checkpoint folder.
+
+    Every rank must call it the same number of times: it waits until all ranks have reported
+    this iteration and the checkpoint is persisted. Rank 0's metrics are recorded; the
+    checkpoint folders of all ranks are merged into one persisted checkpoint, so the folder
+    passed here may be deleted as soon as ``report`` returns.
+    """
+    session = _session("report")
+    if not isinstance(metrics, Mapping):
+        raise TypeError(f"train.report() takes a dict of metrics, got {type(metrics).__name__}")
+    if checkpoint is not None and not isinstance(checkpoint, Checkpoint):
+        raise TypeError("train.report(checkpoint=...) takes a Checkpoint "
+                        f"(Checkpoint.from_directory(path)), got {type(checkpoint).__name__}")
+    session.reporter(dict(metrics), checkpoint)
+
+
+def get_checkpoint() -> Checkpoint | None:
+    """The checkpoint to resume from (latest persisted, or ``resume_from_checkpoint``)."""
+    return _session("get_checkpoint").checkpoint
+
+
+def get_context() -> TrainContext:
+    return _session("get_context").context
+
+
+def get_dataset_shard(name: str = "train") -> Any:
+    """This rank's part of ``Trainer(datasets={name: ...})``."""
+    shards = _session("get_dataset_shard").dataset_shards
+    if name not in shards:
+        raise KeyError(f"no dataset named {name!r}: Trainer(datasets=...) has "
+                       f"{sorted(shards) or 'none'}")
+    return shards[name]

@@ -1,0 +1,292 @@
+"""``Trainer`` and ``Result``: the user-facing entry point of Train."""
+
+from __future__ import annotations
+
+import datetime
+import inspect
+import os
+import pickle
+import shutil
+from collections.abc import Callable
+from collections.abc import Mapping
+from collections.abc import Sequence
+from dataclasses import dataclass
+from dataclasses import field
+from typing import TYPE_CHECKING
+from typing import Any
+
+import cloudpickle  # type: ignore[import-untyped]
+
+import trainkit.runtime as rt
+from trainkit._result_log import read_results
+from trainkit.exceptions import InfeasibleError
+from trainkit.exceptions import TrainingFailedError
+from trainkit.train._checkpoint import Checkpoint
+from trainkit.train._config import RunConfig
+from trainkit.train._config import ScalingConfig
+from trainkit.train._controller import TrainController
+from trainkit.train._recorder import RunRecorder
+from trainkit.train._session import Session
+from trainkit.train._session import TrainContext
+from trainkit.train._session import set_session
+
+if TYPE_CHECKING:
+    import pandas  # type: ignore[import-untyped]
+
+_BACKENDS = ("gloo", "nccl")
+# Imported once in the runtime's worker forkserver, so each training worker starts with
+# them loaded: importing torch costs about 2 s per process, and DistributedDataParallel's
+# first construction imports torch._dynamo (800 modules, 2 s more).
+_WORKER_MODULES = ("torch", "torch.distributed", "torch.nn.parallel.distributed",
+                   "torch._dynamo", "trainkit.train._worker", "trainkit.train.torch")
+
+
+@dataclass(frozen=True)
+class Result:
+    """What ``Trainer.fit()`` returns.
+
+    Attributes:
+        metrics: rank 0's last reported metrics.
+        checkpoint: the latest persisted checkpoint (None if none was reported).
+        best_checkpoints: every kept checkpoint with its metrics, oldest first.
+        path: the run's folder.
+        error: the failure, when the run failed (``fit()`` raises it as well).
+    """
+
+    metrics: dict[str, Any]
+    checkpoint: Checkpoint | None
+    path: str
+    best_checkpoints: list[tuple[Checkpoint, dict[str, Any]]] = field(default_factory=list)
+    error: BaseException | None = None
+
+    @property
+    def metrics_dataframe(self) -> pandas.DataFrame:
+        """One row per ``report()`` of rank 0, read from the run's ``result.json``."""
+        return read_results(self.path)
+
+
+class Trainer:
+    """Runs ``train_loop_per_worker`` on a gang-scheduled group of workers with DDP.
+
+    Args:
+        train_loop_per_worker: the per-rank loop; takes ``config`` (``train_loop_config``)
+            or no argument.
+        train_loop_config: passed to the loop on every rank.
+        scaling_config: workers, GPUs and resources (default: 1 CPU worker).
+        run_config: name, storage, checkpoints and failures.
+        datasets: name -> dataset; each rank gets its shard via ``get_dataset_shard``. A
+            ``trainkit.data`` dataset is streamed; a list is split by rank.
+        resume_from_checkpoint: start a new run from this checkpoint.
+        backend: "gloo" or "nccl" (default: nccl with GPUs, gloo without).
+    """
+
+    def __init__(self, train_loop_per_worker: Callable[..., Any], *,
+                 train_loop_config: Mapping[str, Any] | None = None,
+                 scaling_config: ScalingConfig | None = None,
+                 run_config: RunConfig | None = None,
+                 datasets: Mapping[str, Any] | None = None,
+                 resume_from_checkpoint: Checkpoint | None = None,
+                 backend: str | None = None) -> None:
+        self.scaling = scaling_config or ScalingConfig()
+        self.run_config = run_config or RunConfig()
+        if not isinstance(self.scaling, ScalingConfig):
+            raise TypeError(f"scaling_config is {scaling_config!r}; pass a ScalingConfig")
+        if not isinstance(self.run_config, RunConfig):
+            raise TypeError(f"run_config is {run_config!r}; pass a RunConfig")
+        self.takes_config = _check_loop(train_loop_per_worker, train_loop_config)
+        self.fn = train_loop_per_worker
+        # What the loop is called with: the config (``{}`` if none was given), or nothing.
+        self.config = dict(train_loop_config or {}) if self.takes_config else None
+        self.fn_blob = _pickle_loop(train_loop_per_worker)
+        _check_picklable("train_loop_config", self.config)
+        if resume_from_checkpoint is not None and not isinstance(resume_from_checkpoint,
+                                                                 Checkpoint):
+            raise TypeError(f"resume_from_checkpoint is {resume_from_checkpoint!r}; pass a "
+                            "Checkpoint (Checkpoint.from_directory(path))")
+        self.resume_from_checkpoint = resume_from_checkpoint
+        self.backend = backend or ("nccl" if self.scaling.uses_gpu else "gloo")
+        if self.backend not in _BACKENDS:
+            raise ValueError(f"backend is {backend!r}, but must be one of {_BACKENDS}")
+        self.datasets = dict(datasets or {})
+        for name, ds in self.datasets.items():
+            if not hasattr(ds, "streaming_split") and not isinstance(ds, Sequence):
+                raise TypeError(f"datasets[{name!r}] is a {type(ds).__name__}; pass a "
+                                "trainkit.data Dataset or a list (split by rank)")
+
+    def fit(self) -> Result:
+        """Run the loop to the end; raise ``TrainingFailedError`` when it fails for good."""
+        name = self.run_config.name or \
+            f"Trainer_{datetime.datetime.now():%Y-%m-%d_%H-%M-%S}"
+        run_dir = os.path.join(self.run_config.resolved_storage_path, name)
+        _check_writable(run_dir)
+        n = self.scaling.num_workers
+        if n > 0:
+            if not rt.is_initialized():
+                rt.init()
+            rt.preload_worker_modules(*_WORKER_MODULES)
+            _check_fits(self.scaling)
+        recorder = RunRecorder(run_dir, self.run_config, name)
+        start = self.resume_from_checkpoint.path if self.resume_from_checkpoint else None
+        latest = recorder.latest_checkpoint
+        if latest is not None:
+            recorder.progress.say(f"resuming run {name!r} from {latest.path}")
+        elif start is not None:
+            recorder.progress.say(f"run {name!r} starts from checkpoint {start}")
+        try:
+            if n == 0:
+                _run_local(self, recorder, name, latest.path if latest else start)
+                error: TrainingFailedError | None = None
+            else:
+                controller = TrainController(
+                    fn_blob=self.fn_blob, config=self.config, scaling=self.scaling,
+                    run_config=self.run_config, backend=self.backend, recorder=recorder,
+                    name=name, start_checkpoint=start, shards=self._shards(n))
+                controller.run()
+                error = controller.error
+        finally:
+            recorder.close()
+        result = Result(metrics=recorder.metrics, checkpoint=recorder.latest_checkpoint,
+                        path=run_dir, best_checkpoints=recorder.checkpoints.best_checkpoints(),
+                        error=error)
+        for cb in self.run_config.callbacks:
+            if hasattr(cb, "on_end"):
+                cb.on_end(result)
+        if error is not None:
+            recorder.progress.say(f"{name}: failed")
+            raise error
+        recorder.progress.say(f"{name}: finished {recorder.iteration} iterations; {run_dir}")
+        return result
+
+    def _shards(self, n: int) -> list[dict[str, Any]]:
+        shards: list[dict[str, Any]] = [{} for _ in range(n)]
+        for name, ds in self.datasets.items():
+            parts = ds.streaming_split(n) if hasattr(ds, "streaming_split") else \
+                [list(ds[r::n]) for r in range(n)]
+            for rank in range(n):
+                shards[rank][name] = parts[rank]
+        return shards
+
+
+def _run_local(trainer: Trainer, recorder: RunRecorder, name: str,
+               checkpoint: str | None) -> None:
+    """Local mode (``num_workers=0``): the loop runs here, in this thread, so pdb works."""
+    seq = 0
+
+    def reporter(metrics: dict[str, Any], ckpt: Checkpoint | None) -> None:
+        nonlocal seq
+        seq += 1
+        staged = None
+        if ckpt is not None:
+            staged = recorder.checkpoints.staging_dir(f"local-{seq:06d}")
+            shutil.copytree(ckpt.path, staged, dirs_exist_ok=True)
+        recorder.record(metrics, staged)
+
+    context = TrainContext(world_size=1, world_rank=0, local_rank=0, local_world_size=1,
+                           node_rank=0, experiment_name=name, run_path=recorder.run_dir)
+    set_session(Session(context, Checkpoint(checkpoint) if checkpoint else None,
+                        trainer._shards(1)[0], reporter))
+    try:
+        if trainer.config is not None:
+            trainer.fn(dict(trainer.config))
+        else:
+            trainer.fn()
+    except Exception as e:
+        raise TrainingFailedError(f"the training loop raised {type(e).__name__}: {e} "
+                                  "(local mode, num_workers=0)", {0: e}, e,
+                                  recorder.run_dir) from e
+    finally:
+        set_session(None)
+
+
+def _check_loop(fn: Any, config: Mapping[str, Any] | None) -> bool:
+    """Whether the loop takes ``config``; a clear error if it cannot be called as one."""
+    if not callable(fn):
+        raise TypeError(f"train_loop_per_worker is {fn!r}; pass a function")
+    if config is not None and not isinstance(config, Mapping):
+        raise TypeError(f"train_loop_config is {config!r}; pass a dict")
+    name = getattr(fn, "__name__", repr(fn))
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):  # no signature (a builtin): trust the caller
+        return config is not None
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    required = [p for p in params if p.kind in positional and p.default is p.empty]
+    accepts = any(p.kind in (*positional, inspect.Parameter.VAR_POSITIONAL) for p in params)
+    if len(required) > 1:
+        raise TypeError(f"train_loop_per_worker {name} takes {len(required)} arguments; it "
+                        "must take one (config) or none")
+    if config is not None and not accepts:
+        raise TypeError(f"train_loop_config was given but {name}() takes no argument: add a "
+                        "`config` parameter")
+    return accepts
+
+
+def _pickle_loop(fn: Callable[..., Any]) -> bytes:
+    try:
+        return bytes(cloudpickle.dumps(fn))
+    except Exception as e:
+        culprit = _unpicklable_capture(fn)
+        where = f"; it captures {culprit}" if culprit else ""
+        raise TypeError(f"train_loop_per_worker {getattr(fn, '__name__', fn)!r} cannot be "
+                        f"pickled to send to the workers{where}: {e}. Create that object "
+                        "inside the function instead") from e
+
+
+def _unpicklable_capture(fn: Any) -> str | None:
+    """Name the closure variable or global of ``fn`` that cannot be pickled."""
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return None
+    cells = dict(zip(code.co_freevars, fn.__closure__ or (), strict=False))
+    candidates = [(n, "variable", c.cell_contents) for n, c in cells.items()]
+    candidates += [(n, "global", fn.__globals__[n]) for n in code.co_names
+                   if n in fn.__globals__ and not inspect.ismodule(fn.__globals__[n])]
+    for name, kind, value in candidates:
+        try:
+            cloudpickle.dumps(value)
+        except Exception:
+            return f"the {kind} {name!r} ({type(value).__name__})"
+    return None
+
+
+def _check_picklable(what: str, value: Any) -> None:
+    try:
+        cloudpickle.dumps(value)
+    except (pickle.PicklingError, TypeError, AttributeError) as e:
+        bad = [k for k, v in (value or {}).items() if not _picklable(v)]
+        raise TypeError(f"{what} cannot be pickled to send to the workers (keys {bad}): "
+                        f"{e}") from e
+
+
+def _picklable(value: Any) -> bool:
+    try:
+        cloudpickle.dumps(value)
+        return True
+    except Exception:
+        return False
+
+
+def _check_writable(run_dir: str) -> None:
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+        probe = os.path.join(run_dir, ".write_probe")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise PermissionError(f"the run folder {run_dir} cannot be written ({e}); pass "
+                              "RunConfig(storage_path=...) a folder you can write") from e
+
+
+def _check_fits(scaling: ScalingConfig) -> None:
+    """Fail before anything starts if the cluster can never hold the workers."""
+    total = rt.cluster_resources()
+    n = scaling.num_workers
+    for key, per_worker in scaling.worker_resources.items():
+        need = per_worker * n
+        have = total.get(key, 0.0)
+        if need > have:
+            raise InfeasibleError(
+                f"ScalingConfig(num_workers={n}, ...) needs {need:g} {key} ({per_worker:g} per "
+                f"worker) but the cluster has {have:g}; lower num_workers or the resources "
+                "per worker" + (", or set use_gpu=False" if key == "GPU" else ""))

@@ -1,0 +1,138 @@
+"""``TrainWorker``: the actor that runs one rank of the training loop.
+
+It is a threaded actor: ``run`` executes the user's loop in one thread, while the driver's
+``poll`` (a long poll for reports), ``joined_ranks`` and ``dump_stacks`` are answered from
+others. ``report()`` in the loop copies the checkpoint folder into the run's staging folder,
+queues the report for ``poll`` and waits until the driver has seen every rank's report of
+this iteration and persisted the checkpoint (the driver's next ``poll`` carries that ack).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import threading
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import cloudpickle  # type: ignore[import-untyped]
+
+from trainkit.train import _faults
+from trainkit.train._checkpoint import Checkpoint
+from trainkit.train._ddp import Rendezvous
+from trainkit.train._ddp import free_port
+from trainkit.train._ddp import node_ip
+from trainkit.train._ddp import set_torchrun_env
+from trainkit.train._session import Session
+from trainkit.train._session import TrainContext
+from trainkit.train._session import set_session
+
+MAX_CONCURRENCY = 4  # run + poll + joined_ranks/dump_stacks, with one to spare
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """One ``report()`` of one rank, as the driver receives it."""
+
+    seq: int  # 1, 2, ... within this attempt
+    rank: int
+    metrics: dict[str, Any]
+    staged: str | None  # the staging folder the rank copied its checkpoint into
+
+
+def staging_key(attempt: int, seq: int) -> str:
+    return f"a{attempt:04d}-{seq:06d}"
+
+
+class TrainWorker:
+    def __init__(self, rank: int, attempt: int, staging_root: str) -> None:
+        self.rank = rank
+        self.attempt = attempt
+        self.staging_root = staging_root
+        self.rendezvous = Rendezvous()
+        self.cv = threading.Condition()
+        self.outbox: list[Report] = []
+        self.seq = 0
+        self.acked = 0
+
+    # -- called by the driver --------------------------------------------------------------
+    def node_info(self) -> dict[str, Any]:
+        import trainkit
+
+        return {"ip": node_ip(), "hostname": os.uname().nodename, "pid": os.getpid(),
+                "port": free_port() if self.rank == 0 else 0, "gpu_ids": trainkit.get_gpu_ids()}
+
+    def setup(self, context: TrainContext, master_addr: str, master_port: int, backend: str,
+              rendezvous_timeout_s: float, num_threads: int, use_gpu: bool) -> None:
+        """Set the torchrun environment, pick the device and join the process group."""
+        import torch
+
+        set_torchrun_env(rank=context.world_rank, local_rank=context.local_rank,
+                         world_size=context.world_size,
+                         local_world_size=context.local_world_size,
+                         node_rank=context.node_rank, master_addr=master_addr,
+                         master_port=master_port)
+        os.environ["OMP_NUM_THREADS"] = str(num_threads)
+        torch.set_num_threads(num_threads)
+        if use_gpu:
+            torch.cuda.set_device(0)  # CUDA_VISIBLE_DEVICES holds exactly this rank's GPU
+        self.context = context
+        if context.world_size > 1:
+            self.rendezvous.join(rank=context.world_rank, world_size=context.world_size,
+                                 master_addr=master_addr, master_port=master_port,
+                                 backend=backend, rendezvous_timeout_s=rendezvous_timeout_s,
+                                 attempt=self.attempt)
+
+    def joined_ranks(self) -> list[int]:
+        return self.rendezvous.joined_ranks()
+
+    def run(self, fn_blob: bytes, config: Mapping[str, Any] | None, checkpoint: str | None,
+            shards: Mapping[str, Any]) -> None:
+        fn = cloudpickle.loads(fn_blob)
+        set_session(Session(self.context, Checkpoint(checkpoint) if checkpoint else None,
+                            shards, self._report))
+        try:
+            fn(dict(config)) if config is not None else fn()
+        finally:
+            set_session(None)
+            self.rendezvous.leave()
+
+    def poll(self, ack: int, wait_s: float) -> list[Report]:
+        """Acknowledge reports up to ``ack``; return newer ones, waiting up to ``wait_s``."""
+        with self.cv:
+            if ack > self.acked:
+                self.acked = ack
+                self.cv.notify_all()
+            self.cv.wait_for(lambda: bool(self.outbox), wait_s)
+            out, self.outbox = self.outbox, []
+            return out
+
+    def dump_stacks(self) -> str:
+        """Every thread's Python stack in this process."""
+        names = {t.ident: t.name for t in threading.enumerate()}
+        parts = []
+        for ident, frame in sys._current_frames().items():
+            if ident == threading.get_ident():
+                continue
+            stack = "".join(traceback.format_stack(frame))
+            parts.append(f"thread {names.get(ident, ident)}:\n{stack}")
+        return "\n".join(parts)
+
+    # -- called by the loop, through train.report() ------------------------------------------
+    def _report(self, metrics: dict[str, Any], checkpoint: Checkpoint | None) -> None:
+        seq = self.seq + 1
+        staged = None
+        if checkpoint is not None:
+            staged = os.path.join(self.staging_root, staging_key(self.attempt, seq))
+            shutil.copytree(checkpoint.path, staged, dirs_exist_ok=True)
+            _faults.maybe("checkpoint_upload", rank=self.rank, attempt=self.attempt)
+        with self.cv:
+            self.seq = seq
+            self.outbox.append(Report(seq, self.rank, metrics, staged))
+            self.cv.notify_all()
+            while self.acked < seq:
+                self.cv.wait(1.0)
+

@@ -1,0 +1,102 @@
+"""PyTorch helpers for the training loop: the model and data loader on this rank's device,
+wrapped for DDP when the group has more than one rank."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+from torch.utils.data import DistributedSampler
+from torch.utils.data import RandomSampler
+
+__all__ = ["get_device", "prepare_data_loader", "prepare_model"]
+
+
+def get_device() -> torch.device:
+    """This rank's device: its own GPU (``cuda:0``, the only one it sees) or the CPU."""
+    if torch.cuda.is_available() and torch.cuda.device_count() > 0:
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def prepare_model(model: torch.nn.Module, *, move_to_device: bool = True,
+                  parallel_strategy: str | None = "ddp",
+                  parallel_strategy_kwargs: dict[str, Any] | None = None) -> torch.nn.Module:
+    """Move ``model`` to this rank's device and wrap it in DistributedDataParallel (when the
+    group has more than one rank and ``parallel_strategy="ddp"``)."""
+    if parallel_strategy not in ("ddp", None):
+        raise ValueError(f"parallel_strategy is {parallel_strategy!r}; use 'ddp' or None")
+    device = get_device()
+    if move_to_device:
+        model = model.to(device)
+    if parallel_strategy == "ddp" and _world_size() > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [device.index] if device.type == "cuda" else None
+        model = DistributedDataParallel(model, device_ids=ids,
+                                        **(parallel_strategy_kwargs or {}))
+    return model
+
+
+class _DeviceLoader:
+    """A DataLoader whose batches arrive on this rank's device; each new pass over it moves
+    its DistributedSampler to the next epoch unless the loop set the epoch itself."""
+
+    def __init__(self, loader: DataLoader[Any], device: torch.device | None) -> None:
+        self.loader = loader
+        self.device = device
+        self.sampler = loader.sampler
+        self.batch_size = loader.batch_size
+        self.dataset = loader.dataset
+        self._passes = 0
+        self._last_epoch: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Any:
+        sampler = self.sampler
+        if isinstance(sampler, DistributedSampler):
+            if self._passes and sampler.epoch == self._last_epoch:
+                sampler.set_epoch(sampler.epoch + 1)
+            self._last_epoch = sampler.epoch
+        self._passes += 1
+        for batch in self.loader:
+            yield _to_device(batch, self.device) if self.device is not None else batch
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+def prepare_data_loader(data_loader: DataLoader[Any], *, add_dist_sampler: bool = True,
+                        move_to_device: bool = True) -> Any:
+    """Give each rank its own part of the data (a DistributedSampler, shuffled if the
+    loader shuffled) and deliver batches on this rank's device."""
+    loader = data_loader
+    if add_dist_sampler and _world_size() > 1 and \
+            not isinstance(loader.sampler, DistributedSampler):
+        shuffle = isinstance(loader.sampler, RandomSampler)
+        loader = DataLoader(
+            loader.dataset, batch_size=loader.batch_size,
+            sampler=DistributedSampler(loader.dataset, shuffle=shuffle),
+            num_workers=loader.num_workers, collate_fn=loader.collate_fn,
+            pin_memory=loader.pin_memory, drop_last=loader.drop_last,
+            timeout=loader.timeout, worker_init_fn=loader.worker_init_fn,
+            persistent_workers=loader.persistent_workers)
+    device = get_device() if move_to_device else None
+    if device is not None and device.type == "cpu":
+        device = None  # batches are on the CPU already
+    return _DeviceLoader(loader, device)
