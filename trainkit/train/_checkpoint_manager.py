@@ -3,7 +3,7 @@
 Layout of a run folder::
 
     checkpoint_000001/ ...          committed checkpoints (the index says which are live)
-    checkpoint_index.json           the index: written atomically, after the data
+    checkpoints.json           the index: written atomically, after the data
     .staging/<key>/                 where workers copy a checkpoint before it is committed
 
 A commit renames a complete staging folder to ``checkpoint_NNNNNN`` (atomic on one file
@@ -26,7 +26,7 @@ from trainkit.train import _faults
 from trainkit.train._checkpoint import Checkpoint
 from trainkit.train._config import CheckpointConfig
 
-INDEX_FILE = "checkpoint_index.json"
+INDEX_FILE = "checkpoints.json"
 STAGING_DIR = ".staging"
 _PREFIX = "checkpoint_"
 
@@ -78,12 +78,21 @@ class CheckpointManager:
     def _remove_uncommitted(self) -> None:
         live = {os.path.basename(r.path) for r in self.records}
         for name in os.listdir(self.run_dir) if os.path.isdir(self.run_dir) else ():
-            if name.startswith(_PREFIX) and name not in live:
-                shutil.rmtree(os.path.join(self.run_dir, name), ignore_errors=True)
-        shutil.rmtree(os.path.join(self.run_dir, STAGING_DIR), ignore_errors=True)
+            path = os.path.join(self.run_dir, name)
+            if name.startswith(_PREFIX) and name not in live and os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+        self.clear_staging()
+
+    @property
+    def staging_root(self) -> str:
+        return os.path.join(self.run_dir, STAGING_DIR)
 
     def staging_dir(self, key: str) -> str:
-        return os.path.join(self.run_dir, STAGING_DIR, key)
+        return os.path.join(self.staging_root, key)
+
+    def clear_staging(self) -> None:
+        """Drop what a failed attempt staged but never committed."""
+        shutil.rmtree(self.staging_root, ignore_errors=True)
 
     @property
     def latest(self) -> CheckpointRecord | None:

@@ -152,11 +152,12 @@ class TrainController:
         return StepResult(before, self.state)
 
     def _initialize(self) -> None:
-        run_path = self.recorder.run_dir
+        checkpoints = self.recorder.checkpoints
+        checkpoints.clear_staging()
         self.group = WorkerGroup(
             self.scaling, self.run_config.failure_config, attempt=self.attempt,
-            staging_root=self.recorder.checkpoints.staging_dir(""), experiment_name=self.name,
-            run_path=run_path, backend=self.backend)
+            staging_root=checkpoints.staging_root, experiment_name=self.name,
+            run_path=self.recorder.run_dir, backend=self.backend)
         self._reset_attempt()
         self.group.start()
         latest = self.recorder.latest_checkpoint

@@ -64,7 +64,14 @@ class Rendezvous:
                               timeout=timeout, wait_for_workers=False)
         _faults.maybe("rendezvous", rank=rank, attempt=attempt)
         self.store.set(f"joined/{rank}", "1")
-        self.store.wait([f"joined/{r}" for r in range(world_size)], timeout)
+        try:
+            self.store.wait([f"joined/{r}" for r in range(world_size)], timeout)
+        except Exception as e:  # DistStoreError; its message names keys, not ranks
+            missing = [r for r in range(world_size) if not self.store.check([f"joined/{r}"])]
+            raise TimeoutError(
+                f"ranks {missing} never joined the process group within {rendezvous_timeout_s} "
+                f"s (FailureConfig.rendezvous_timeout_s); rendezvous at {master_addr}:"
+                f"{master_port}") from e
         dist.init_process_group(backend, store=PrefixStore("pg", self.store), rank=rank,
                                 world_size=world_size)
 

@@ -5,8 +5,9 @@ and ``attempt`` may be ``*``; ``action`` is ``kill`` (SIGKILL this process), ``r
 RuntimeError) or ``hang`` (sleep for an hour). Rank -1 is the driver. Points:
 ``rendezvous`` (a rank is about to join the process group), ``checkpoint_upload`` (a rank has
 copied its checkpoint into staging, not yet reported), ``checkpoint_commit`` (the driver has
-renamed a checkpoint into place, not yet written the index). The variable is only for tests;
-without it every point costs one dictionary lookup.
+renamed a checkpoint into place, not yet written the index). The variable is only for tests:
+the driver reads it when ``fit()`` starts and hands it to its workers (``install``), so a
+test sets it without restarting the runtime. Without it every point costs one lookup.
 """
 
 from __future__ import annotations
@@ -16,14 +17,26 @@ import signal
 import time
 
 ENV = "TRAINKIT_TEST_FAULTS"
+_installed: str | None = None
+
+
+def rules() -> str:
+    """The fault rules in force in this process ("" for none)."""
+    return _installed if _installed is not None else os.environ.get(ENV, "")
+
+
+def install(fault_rules: str) -> None:
+    """Use ``fault_rules`` in this process (a worker gets the driver's)."""
+    global _installed
+    _installed = fault_rules
 
 
 def maybe(point: str, *, rank: int, attempt: int = 0) -> None:
     """Fail here if a rule in ``TRAINKIT_TEST_FAULTS`` names this point, rank and attempt."""
-    rules = os.environ.get(ENV)
-    if not rules:
+    current = rules()
+    if not current:
         return
-    for rule in rules.split(","):
+    for rule in current.split(","):
         where, _, action = rule.strip().partition("=")
         name, _, scope = where.partition("@")
         want_rank, _, want_attempt = scope.partition(":")

@@ -48,7 +48,8 @@ def staging_key(attempt: int, seq: int) -> str:
 
 
 class TrainWorker:
-    def __init__(self, rank: int, attempt: int, staging_root: str) -> None:
+    def __init__(self, rank: int, attempt: int, staging_root: str, fault_rules: str) -> None:
+        _faults.install(fault_rules)
         self.rank = rank
         self.attempt = attempt
         self.staging_root = staging_root

@@ -17,6 +17,7 @@ from typing import Any
 import trainkit.runtime as rt
 from trainkit.exceptions import GetTimeoutError
 from trainkit.exceptions import TrainkitError
+from trainkit.train import _faults
 from trainkit.train._config import FailureConfig
 from trainkit.train._config import ScalingConfig
 from trainkit.train._constants import PLACEMENT_TIMEOUT_S
@@ -89,7 +90,7 @@ class WorkerGroup:
             self.workers.append(actor_cls.options(
                 num_cpus=bundle.get("CPU", 0), num_gpus=bundle.get("GPU", 0), resources=custom,
                 max_concurrency=MAX_CONCURRENCY, scheduling_strategy=strategy,
-            ).remote(rank, self.attempt, self.staging_root))
+            ).remote(rank, self.attempt, self.staging_root, _faults.rules()))
         infos = self._gather([w.node_info.remote() for w in self.workers], _QUICK_S + 60,
                              "starting the training workers")
         self.pids = [i["pid"] for i in infos]
