@@ -344,7 +344,8 @@ def render(lines, source=""):
             and not isinstance(tk, bool)
             and ray
         ):
-            ratio = f"{tk / ray:.2f}x"
+            r = tk / ray
+            ratio = f"{r:.2f}x" if abs(r) >= 0.01 else f"{r:.2g}x"
         if target is None:
             ttext, verdict = "", ""
         else:

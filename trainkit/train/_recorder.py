@@ -101,6 +101,7 @@ class RunRecorder:
 
     def close(self) -> None:
         self.log.close()
+        self.checkpoints.clear_staging()
 
 
 def _count_lines(path: str) -> int:
