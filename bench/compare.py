@@ -28,19 +28,11 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from workloads import DEADLINE_DEFAULT  # bench/workloads.py imports only the stdlib
 from workloads import DEADLINES
+from workloads import WORKLOADS
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(HERE)
 RESULTS = os.path.join(HERE, "results")
-WORKLOADS = (
-    "init",
-    "actor_latency",
-    "task_throughput",
-    "object_store",
-    "baseline_zmq",
-    "train_startup",
-    "train_report",
-)
 # Each run gets its workload's watchdog deadline (from bench/workloads.py) plus this much,
 # unless --timeout is given.
 TIMEOUT_SLACK = 35.0

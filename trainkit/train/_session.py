@@ -58,9 +58,14 @@ class Session:
     checkpoint: Checkpoint | None
     dataset_shards: Mapping[str, Any]
     reporter: Reporter
+    use_gpu: bool = False  # whether this rank trains on a GPU (ScalingConfig.use_gpu)
 
 
 _current: Session | None = None
+
+
+def current_session() -> Session | None:
+    return _current
 
 
 def set_session(session: Session | None) -> None:

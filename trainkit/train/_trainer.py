@@ -184,7 +184,7 @@ def _run_local(trainer: Trainer, recorder: RunRecorder, name: str,
     context = TrainContext(world_size=1, world_rank=0, local_rank=0, local_world_size=1,
                            node_rank=0, experiment_name=name, run_path=recorder.run_dir)
     set_session(Session(context, Checkpoint(checkpoint) if checkpoint else None,
-                        trainer._shards(1)[0], reporter))
+                        trainer._shards(1)[0], reporter, trainer.scaling.uses_gpu))
     try:
         if trainer.config is not None:
             trainer.fn(dict(trainer.config))

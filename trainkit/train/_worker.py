@@ -81,11 +81,11 @@ class TrainWorker:
         if use_gpu:
             torch.cuda.set_device(0)  # CUDA_VISIBLE_DEVICES holds exactly this rank's GPU
         self.context = context
-        if context.world_size > 1:
-            self.rendezvous.join(rank=context.world_rank, world_size=context.world_size,
-                                 master_addr=master_addr, master_port=master_port,
-                                 backend=backend, rendezvous_timeout_s=rendezvous_timeout_s,
-                                 attempt=self.attempt)
+        self.use_gpu = use_gpu
+        # Even one rank gets a process group: loops that call torch.distributed work as is.
+        self.rendezvous.join(rank=context.world_rank, world_size=context.world_size,
+                             master_addr=master_addr, master_port=master_port, backend=backend,
+                             rendezvous_timeout_s=rendezvous_timeout_s, attempt=self.attempt)
 
     def joined_ranks(self) -> list[int]:
         return self.rendezvous.joined_ranks()
@@ -94,7 +94,7 @@ class TrainWorker:
             shards: Mapping[str, Any]) -> None:
         fn = cloudpickle.loads(fn_blob)
         set_session(Session(self.context, Checkpoint(checkpoint) if checkpoint else None,
-                            shards, self._report))
+                            shards, self._report, self.use_gpu))
         try:
             fn(dict(config)) if config is not None else fn()
         finally:

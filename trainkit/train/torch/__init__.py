@@ -11,12 +11,17 @@ from torch.utils.data import DataLoader
 from torch.utils.data import DistributedSampler
 from torch.utils.data import RandomSampler
 
+from trainkit.train._session import current_session
+
 __all__ = ["get_device", "prepare_data_loader", "prepare_model"]
 
 
 def get_device() -> torch.device:
-    """This rank's device: its own GPU (``cuda:0``, the only one it sees) or the CPU."""
-    if torch.cuda.is_available() and torch.cuda.device_count() > 0:
+    """This rank's device: its own GPU (``cuda:0``, the only one it sees) when the run uses
+    GPUs (``ScalingConfig(use_gpu=True)``), else the CPU, even on a machine with GPUs."""
+    session = current_session()
+    use_gpu = session.use_gpu if session is not None else torch.cuda.is_available()
+    if use_gpu and torch.cuda.is_available():
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
 
