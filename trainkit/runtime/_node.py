@@ -221,6 +221,7 @@ class NodeService:
         self.zsock = ours
         self.exit_codes: dict[int, int] = {}
         self.preloads = 0
+        self.preloaded: set[str] = set()
         self.forking: deque[_WorkerProc] = deque()
         self.poller.register(ours.fileno(), zmq.POLLIN)
 
@@ -262,12 +263,15 @@ class NodeService:
 
     def on_preload_modules(self, modules: list[str]) -> None:
         """Have the forkserver import ``modules``, so workers forked later start with them."""
-        socket.send_fds(self.zsock, [json.dumps({"preload": modules}).encode()], [])
+        new = [m for m in modules if m not in self.preloaded]
+        if not new:
+            return
+        self.preloaded.update(new)
+        socket.send_fds(self.zsock, [json.dumps({"preload": new}).encode()], [])
         self.preloads += 1
         stale, self.idle = self.idle, []
-        for w in stale:  # idle workers lack the modules: replace them with fresh forks
+        for w in stale:  # they lack the modules; new workers are forked when needed
             self.send(w.exec_addr, (Msg.RETIRE,))
-            self.start_worker()
 
     def on_forked(self, w: _WorkerProc, pid: int) -> None:
         w.pid = pid

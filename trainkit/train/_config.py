@@ -96,13 +96,20 @@ class CheckpointConfig:
             latest); None keeps all. The latest checkpoint is always kept, for recovery.
         checkpoint_score_attribute: the reported metric that ranks checkpoints.
         checkpoint_score_order: "max" or "min": which end of that metric is best.
+        checkpoint_frequency: Tune's class trainables: save every this many iterations (0:
+            only when needed: pausing, ``should_checkpoint`` in a result, the end).
+        checkpoint_at_end: Tune's class trainables: save when the trial ends (default: yes).
     """
 
     num_to_keep: int | None = None
     checkpoint_score_attribute: str | None = None
     checkpoint_score_order: Literal["max", "min"] = "max"
+    checkpoint_frequency: int = 0
+    checkpoint_at_end: bool | None = None
 
     def __post_init__(self) -> None:
+        _check_int("checkpoint_frequency", self.checkpoint_frequency, 0,
+                   ">= 0 (0: checkpoint only when needed)")
         if self.num_to_keep is not None:
             _check_int("num_to_keep", self.num_to_keep, 1, ">= 1, or None to keep all")
         if self.checkpoint_score_order not in ("max", "min"):
@@ -151,6 +158,9 @@ class RunConfig:
         callbacks: objects with any of ``on_report(metrics, checkpoint)``,
             ``on_restart(attempt, errors)``, ``on_end(result)``; called in the driver.
         verbose: 0 silent, 1 one progress line (default), 2 a line per report.
+        stop: Tune only: when a trial stops, as a dict ``{"training_iteration": 10}`` (stop
+            once a reported metric reaches the value), a function ``(trial_id, result) ->
+            bool``, or a ``tune.Stopper``.
     """
 
     name: str | None = None
@@ -159,6 +169,7 @@ class RunConfig:
     failure_config: FailureConfig = field(default_factory=FailureConfig)
     callbacks: Sequence[Any] = ()
     verbose: int = 1
+    stop: Any = None
 
     def __post_init__(self) -> None:
         if self.name is not None and (not isinstance(self.name, str) or not self.name

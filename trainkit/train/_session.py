@@ -23,6 +23,8 @@ class TrainContext:
     node_rank: int
     experiment_name: str
     run_path: str
+    trial_id: str | None = None  # set in a Tune trial
+    trial_name: str | None = None
 
     def get_world_size(self) -> int:
         return self.world_size
@@ -44,6 +46,15 @@ class TrainContext:
 
     def get_storage_path(self) -> str:
         """The run's folder, where checkpoints and results are written."""
+        return self.run_path
+
+    def get_trial_id(self) -> str | None:
+        return self.trial_id
+
+    def get_trial_name(self) -> str | None:
+        return self.trial_name
+
+    def get_trial_dir(self) -> str:
         return self.run_path
 
 

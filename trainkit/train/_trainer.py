@@ -18,6 +18,7 @@ from typing import Any
 import cloudpickle  # type: ignore[import-untyped]
 
 import trainkit.runtime as rt
+from trainkit._pickling import unpicklable_capture
 from trainkit._result_log import read_results
 from trainkit.exceptions import InfeasibleError
 from trainkit.exceptions import TrainingFailedError
@@ -225,28 +226,11 @@ def _pickle_loop(fn: Callable[..., Any]) -> bytes:
     try:
         return bytes(cloudpickle.dumps(fn))
     except Exception as e:
-        culprit = _unpicklable_capture(fn)
+        culprit = unpicklable_capture(fn)
         where = f"; it captures {culprit}" if culprit else ""
         raise TypeError(f"train_loop_per_worker {getattr(fn, '__name__', fn)!r} cannot be "
                         f"pickled to send to the workers{where}: {e}. Create that object "
                         "inside the function instead") from e
-
-
-def _unpicklable_capture(fn: Any) -> str | None:
-    """Name the closure variable or global of ``fn`` that cannot be pickled."""
-    code = getattr(fn, "__code__", None)
-    if code is None:
-        return None
-    cells = dict(zip(code.co_freevars, fn.__closure__ or (), strict=False))
-    candidates = [(n, "variable", c.cell_contents) for n, c in cells.items()]
-    candidates += [(n, "global", fn.__globals__[n]) for n in code.co_names
-                   if n in fn.__globals__ and not inspect.ismodule(fn.__globals__[n])]
-    for name, kind, value in candidates:
-        try:
-            cloudpickle.dumps(value)
-        except Exception:
-            return f"the {kind} {name!r} ({type(value).__name__})"
-    return None
 
 
 def _check_picklable(what: str, value: Any) -> None:

@@ -1,0 +1,392 @@
+"""``TuneRunner``: the only place that knows the searcher, the scheduler and the runtime.
+
+A loop in the driver: start the trials that fit (the scheduler picks among pending and paused
+ones, then the searcher suggests new ones), wait for the next event from any running trial,
+turn it into decisions, and journal every change. Trials run in ``TrialActor``s, reused
+across trials with the same resources; a stopped trial's resources are free as soon as its
+``report()`` returns into the stop.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from dataclasses import field
+from typing import Any
+
+import trainkit.runtime as rt
+from trainkit.exceptions import TrainkitError
+from trainkit.train import RunConfig
+from trainkit.tune._config import TuneConfig
+from trainkit.tune._experiment_state import Journal
+from trainkit.tune._experiment_state import save_search_state
+from trainkit.tune._experiment_state import write_atomic
+from trainkit.tune._progress import TrialTable
+from trainkit.tune._scheduler import Decision
+from trainkit.tune._scheduler import Exploit
+from trainkit.tune._scheduler import TrialScheduler
+from trainkit.tune._searcher import Searcher
+from trainkit.tune._stopper import make_stopper
+from trainkit.tune._trial import TRANSITIONS
+from trainkit.tune._trial import TrialSnapshot
+from trainkit.tune._trial import TrialState
+from trainkit.tune._trial_actor import MAX_CONCURRENCY
+from trainkit.tune._trial_actor import TrialActor
+from trainkit.tune._trial_actor import TrialSpec
+
+POLL_WAIT_S = 5.0
+MAX_PENDING_TRIALS = 16  # created ahead of capacity with the default searcher
+
+
+class TuneError(TrainkitError):
+    """The sweep itself cannot go on (a misconfiguration found while running)."""
+
+
+@dataclass(eq=False)
+class Trial:
+    """The driver's live record of one trial (the journal has its history)."""
+
+    trial_id: str
+    name: str
+    config: dict[str, Any]
+    trial_dir: str
+    resources: dict[str, float]
+    state: TrialState = TrialState.PENDING
+    last_result: dict[str, Any] = field(default_factory=dict)
+    checkpoint: str | None = None
+    error: str | None = None
+    failures: int = 0
+    actor: Any = None
+    ref: Any = None
+    exploit: Exploit | None = None
+    exploits: int = 0
+    stop_requested: bool = False
+
+    @property
+    def iteration(self) -> int:
+        return int(self.last_result.get("training_iteration", 0))
+
+    def snapshot(self) -> TrialSnapshot:
+        return TrialSnapshot(self.trial_id, dict(self.config), self.state, self.iteration,
+                             dict(self.last_result), self.checkpoint is not None)
+
+
+class TuneRunner:
+    def __init__(self, *, blob: bytes, kind: str, trainable_name: str, resources: dict[str, float],
+                 tune_config: TuneConfig, run_config: RunConfig, exp_dir: str, exp_name: str,
+                 searcher: Searcher, scheduler: TrialScheduler, trials: list[Trial],
+                 capacity: int) -> None:
+        self.blob = blob
+        self.kind = kind
+        self.trainable_name = trainable_name
+        self.resources = resources
+        self.tune_config = tune_config
+        self.run_config = run_config
+        self.exp_dir = exp_dir
+        self.exp_name = exp_name
+        self.searcher = searcher
+        self.scheduler = scheduler
+        self.trials: dict[str, Trial] = {t.trial_id: t for t in trials}
+        self.capacity = capacity
+        self.stopper = make_stopper(run_config.stop)
+        self.journal = Journal(exp_dir)
+        self.table = TrialTable(exp_name, run_config.verbose, tune_config.single_metric,
+                                tune_config.single_mode)
+        self.pool: dict[tuple[tuple[str, float], ...], list[Any]] = defaultdict(list)
+        self.by_ref: dict[Any, Trial] = {}
+        self.searcher_done = False
+        self.metric_checked = False
+        self.created = len(trials)
+        self.next_id = max((int(t.trial_id) for t in trials), default=-1) + 1
+        self.deadline = (time.monotonic() + tune_config.time_budget_s
+                         if tune_config.time_budget_s else math.inf)
+        self.stopping_all = False
+
+    # -- the loop ------------------------------------------------------------------------
+    def run(self) -> None:
+        try:
+            while True:
+                if not self.stopping_all:
+                    self._launch()
+                if not self.by_ref:
+                    break  # nothing runs and nothing more could start: no event will come
+                timeout = max(0.0, min(1.0, self.deadline - time.monotonic()))
+                ready, _ = rt.wait(list(self.by_ref), num_returns=1, timeout=timeout)
+                for ref in ready:
+                    self._on_event(self.by_ref.pop(ref), ref)
+                self._apply_pending()
+                if time.monotonic() >= self.deadline and not self.stopping_all:
+                    self._stop_all("time_budget_s is spent")
+                self.table.refresh(self.trials.values())
+        finally:
+            self._shutdown()
+
+    def _may_create(self) -> bool:
+        n = self.tune_config.num_samples
+        from trainkit.tune._basic_variant import BasicVariantGenerator
+
+        limited = not isinstance(self._inner_searcher(), BasicVariantGenerator)
+        return not (limited and n != -1 and self.created >= n)
+
+    def _inner_searcher(self) -> Any:
+        return getattr(self.searcher, "searcher", self.searcher)
+
+    def _running(self) -> int:
+        return sum(1 for t in self.trials.values() if t.state is TrialState.RUNNING)
+
+    def _launch(self) -> None:
+        while self._running() < self.capacity and time.monotonic() < self.deadline:
+            candidates = [t.snapshot() for t in self.trials.values()
+                          if t.state in (TrialState.PENDING, TrialState.PAUSED)]
+            chosen = self.scheduler.choose_trial_to_run(candidates) if candidates else None
+            self._apply_pending()
+            if chosen is not None and self.trials[chosen].state in (TrialState.PENDING,
+                                                                    TrialState.PAUSED):
+                self._start(self.trials[chosen])
+                continue
+            if self.searcher_done or not self._may_create() or self._create() is None:
+                break
+        # With the default searcher, trials are created ahead of capacity (as Ray's pending
+        # trials), so population-based schedulers (PBT, HyperBand) see the whole population.
+        if self._creates_ahead():
+            while self._pending() < MAX_PENDING_TRIALS and not self.searcher_done and \
+                    self._may_create() and self._create() is not None:
+                pass
+
+    def _creates_ahead(self) -> bool:
+        from trainkit.tune._basic_variant import BasicVariantGenerator
+
+        return isinstance(self.searcher, BasicVariantGenerator)
+
+    def _pending(self) -> int:
+        return sum(1 for t in self.trials.values() if t.state is TrialState.PENDING)
+
+    def _apply_pending(self) -> None:
+        """Apply the scheduler's decisions about trials that were not reporting."""
+        for trial_id, decision in self.scheduler.pending_decisions():
+            trial = self.trials.get(trial_id)
+            if trial is None or trial.state.is_terminal:
+                continue
+            if decision.exploit is not None:
+                if trial.state is TrialState.RUNNING:
+                    trial.exploit = decision.exploit  # applied when this run ends
+                else:
+                    self._apply_exploit(trial, decision.exploit)
+            elif decision.decision is Decision.STOP:
+                if trial.state is TrialState.RUNNING:
+                    trial.stop_requested = True  # said at its next result
+                else:
+                    self._set_state(trial, TrialState.TERMINATED)
+                    self.searcher.on_trial_complete(trial.trial_id, trial.last_result or None)
+                    self.scheduler.on_trial_complete(trial.snapshot(), trial.last_result)
+
+    def _create(self) -> Trial | None:
+        trial_id = f"{self.next_id:05d}"
+        config = self.searcher.suggest(trial_id)
+        if config == Searcher.FINISHED:
+            self.searcher_done = True
+            return None
+        if config is None:
+            return None
+        assert isinstance(config, dict)
+        self.next_id += 1
+        self.created += 1
+        name = f"{self.trainable_name}_{trial_id}"
+        trial = Trial(trial_id, name, config, os.path.join(self.exp_dir, name),
+                      dict(self.resources))
+        self.trials[trial_id] = trial
+        os.makedirs(trial.trial_dir, exist_ok=True)
+        write_atomic(os.path.join(trial.trial_dir, "params.json"),
+                     _json_bytes(config))
+        self.journal.append(e="add", id=trial_id, name=name, config=config, dir=trial.trial_dir,
+                            res=trial.resources)
+        self.scheduler.on_trial_add(trial.snapshot())
+        save_search_state(self.exp_dir, self.searcher, self.scheduler)
+        return trial
+
+    def _set_state(self, trial: Trial, to: TrialState, error: str | None = None) -> None:
+        if to is not trial.state and to not in TRANSITIONS[trial.state]:
+            raise TuneError(f"trial {trial.trial_id}: illegal move {trial.state.name} -> "
+                            f"{to.name}")
+        trial.state = to
+        trial.error = error
+        self.journal.append(e="state", id=trial.trial_id, state=to.value, error=error,
+                            failures=trial.failures)
+
+    # -- starting and ending trials ------------------------------------------------------
+    def _pool_key(self, trial: Trial) -> tuple[tuple[str, float], ...]:
+        return tuple(sorted(trial.resources.items()))
+
+    def _start(self, trial: Trial) -> None:
+        if trial.state is TrialState.PAUSED:
+            self._set_state(trial, TrialState.PENDING)
+        trial.stop_requested = False
+        pool = self.pool[self._pool_key(trial)]
+        actor = pool.pop() if pool else self._new_actor(trial.resources)
+        trial.actor = actor
+        spec = TrialSpec(trial.trial_id, trial.name, self.kind, self.blob, dict(trial.config),
+                         trial.trial_dir, self.exp_name, trial.checkpoint,
+                         self.run_config.checkpoint_config,
+                         float(trial.last_result.get("time_total_s", 0.0)))
+        actor.start.remote(spec)
+        self._poll(trial, None)
+        self._set_state(trial, TrialState.RUNNING)
+
+    def _new_actor(self, resources: dict[str, float]) -> Any:
+        custom = {k: v for k, v in resources.items() if k not in ("CPU", "GPU")}
+        return rt.remote(TrialActor).options(
+            num_cpus=resources.get("CPU", 0), num_gpus=resources.get("GPU", 0),
+            resources=custom, max_concurrency=MAX_CONCURRENCY).remote()
+
+    def _poll(self, trial: Trial, decision: str | None) -> None:
+        trial.ref = trial.actor.next.remote(decision, POLL_WAIT_S)
+        self.by_ref[trial.ref] = trial
+
+    def _release(self, trial: Trial, healthy: bool) -> None:
+        actor, trial.actor, trial.ref = trial.actor, None, None
+        if actor is None:
+            return
+        if healthy and self.tune_config.reuse_actors:
+            self.pool[self._pool_key(trial)].append(actor)
+        else:
+            rt.kill(actor)
+
+    # -- events --------------------------------------------------------------------------
+    def _on_event(self, trial: Trial, ref: Any) -> None:
+        try:
+            event = rt.get(ref)
+        except Exception as e:
+            self._on_error(trial, f"{type(e).__name__}: {e}", None, healthy=False)
+            return
+        if event is None:  # an empty long poll: ask again
+            self._poll(trial, None)
+            return
+        kind = event[0]
+        if kind == "result":
+            self._on_result(trial, event[1], event[2])
+        elif kind == "done":
+            if event[2]:
+                trial.checkpoint = event[2]
+            self._on_done(trial, event[1])
+        else:
+            _, error, tb, checkpoint = event
+            if checkpoint:
+                trial.checkpoint = checkpoint
+            self._on_error(trial, f"{type(error).__name__}: {error}\n{tb}", error, healthy=True)
+
+    def _on_result(self, trial: Trial, result: dict[str, Any], checkpoint: str | None) -> None:
+        trial.last_result = result
+        if checkpoint:
+            trial.checkpoint = checkpoint
+        self.journal.append(e="result", id=trial.trial_id, result=result, ckpt=checkpoint)
+        self._check_metric(result)
+        self.searcher.on_trial_result(trial.trial_id, result)
+        decision = self.scheduler.on_trial_result(trial.snapshot(), result)
+        action = decision.decision
+        if decision.exploit is not None:
+            trial.exploit = decision.exploit
+            action = Decision.STOP  # end this run; _on_done restarts it from the donor
+        if action is Decision.CONTINUE and (self.stopper(trial.trial_id, result)
+                                            or result.get("done") or trial.stop_requested):
+            action = Decision.STOP
+        if self.stopper.stop_all():
+            self._stop_all("the stopper said stop_all()")
+            return
+        self._poll(trial, action.value)
+
+    def _check_metric(self, result: dict[str, Any]) -> None:
+        if self.metric_checked:
+            return
+        metrics = self.tune_config.metric
+        for m in metrics if isinstance(metrics, (list, tuple)) else [metrics]:
+            if m is not None and m not in result:
+                reported = sorted(k for k in result if k not in _AUTO_KEYS)
+                raise TuneError(f"TuneConfig(metric={m!r}) is not among the metrics the trials "
+                                f"report: {reported}")
+        self.metric_checked = True
+
+    def _on_done(self, trial: Trial, how: str) -> None:
+        self._release(trial, healthy=True)
+        if trial.exploit is not None and not self.stopping_all:
+            self._apply_exploit(trial, trial.exploit)
+            return
+        if how == "pause":
+            self._set_state(trial, TrialState.PAUSED)
+            return
+        self._set_state(trial, TrialState.TERMINATED)
+        self.searcher.on_trial_complete(trial.trial_id, trial.last_result or None)
+        self.scheduler.on_trial_complete(trial.snapshot(), trial.last_result)
+        save_search_state(self.exp_dir, self.searcher, self.scheduler)
+
+    def _apply_exploit(self, trial: Trial, exploit: Exploit) -> None:
+        """PBT: restart ``trial`` from a copy of the donor's checkpoint, with a new config."""
+        trial.exploit = None
+        donor = self.trials[exploit.donor_id]
+        trial.exploits += 1
+        if donor.checkpoint:
+            target = os.path.join(trial.trial_dir, f"exploit_{trial.exploits:04d}")
+            shutil.copytree(donor.checkpoint, target, dirs_exist_ok=True)
+            old = os.path.join(trial.trial_dir, f"exploit_{trial.exploits - 1:04d}")
+            shutil.rmtree(old, ignore_errors=True)
+            trial.checkpoint = target
+        trial.config = dict(exploit.config)
+        write_atomic(os.path.join(trial.trial_dir, "params.json"), _json_bytes(trial.config))
+        self.journal.append(e="config", id=trial.trial_id, config=trial.config,
+                            ckpt=trial.checkpoint)
+        self._set_state(trial, TrialState.PENDING)
+
+    def _on_error(self, trial: Trial, text: str, error: BaseException | None,
+                  healthy: bool) -> None:
+        self._release(trial, healthy)
+        trial.failures += 1
+        limit = self.run_config.failure_config.max_failures
+        if not self.stopping_all and (limit == -1 or trial.failures <= limit):
+            self.table.say(f"trial {trial.name} failed ({trial.failures} of "
+                           f"{'unlimited' if limit == -1 else limit} retries); retrying from "
+                           f"{trial.checkpoint or 'scratch'}: {text.splitlines()[0]}")
+            self._set_state(trial, TrialState.PENDING)
+            return
+        self._set_state(trial, TrialState.ERRORED, error=text)
+        self.searcher.on_trial_complete(trial.trial_id, trial.last_result or None, error=True)
+        self.scheduler.on_trial_error(trial.snapshot())
+        save_search_state(self.exp_dir, self.searcher, self.scheduler)
+
+    def _stop_all(self, why: str) -> None:
+        """End the sweep now: running trials are killed, the others never start."""
+        self.stopping_all = True
+        self.table.say(f"stopping the sweep: {why}")
+        for trial in self.trials.values():
+            if trial.state is TrialState.RUNNING:
+                self.by_ref.pop(trial.ref, None)
+                self._release(trial, healthy=False)
+                self._set_state(trial, TrialState.TERMINATED)
+                self.scheduler.on_trial_complete(trial.snapshot(), trial.last_result)
+            elif trial.state is TrialState.PAUSED:
+                self._set_state(trial, TrialState.TERMINATED)
+
+    def _shutdown(self) -> None:
+        for trial in list(self.trials.values()):
+            if trial.actor is not None:
+                rt.kill(trial.actor)
+                trial.actor = None
+        for actors in self.pool.values():
+            for actor in actors:
+                rt.kill(actor)
+        self.pool.clear()
+        save_search_state(self.exp_dir, self.searcher, self.scheduler)
+        self.journal.close()
+        self.table.finish(self.trials.values())
+
+
+_AUTO_KEYS = frozenset({"training_iteration", "time_this_iter_s", "time_total_s", "timestamp",
+                        "trial_id", "checkpoint_dir_name", "done"})
+
+
+def _json_bytes(value: Any) -> bytes:
+    import json
+
+    return json.dumps(value, indent=2, default=repr).encode()

@@ -1,0 +1,269 @@
+"""``TrialActor``: the process that runs trials, one at a time, in a thread of its own.
+
+The driver starts a trial with ``start(spec)`` and then long-polls ``next(decision)``: each
+call hands over the decision on the previous result (continue, stop or pause) and returns the
+next event: a result, the end of the trial, or its error. ``report()`` in the trial waits for
+that decision, so a stopped trial stops at the very result the scheduler judged. A finished
+actor is reused for the next trial with the same resources (``reuse_actors``).
+
+The actor owns its trial's folder while the trial runs: it commits checkpoints (function and
+class trainables; a Trainer commits its own) and writes ``result.json``, ``progress.csv`` and
+TensorBoard events.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import shutil
+import threading
+import time
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import cloudpickle  # type: ignore[import-untyped]
+
+from trainkit._result_log import RESULT_FILE
+from trainkit._result_log import ResultLog
+from trainkit.train import Checkpoint
+from trainkit.train import CheckpointConfig
+from trainkit.train._checkpoint_manager import CheckpointManager
+from trainkit.train._session import Session
+from trainkit.train._session import TrainContext
+from trainkit.train._session import set_session
+
+MAX_CONCURRENCY = 3  # the trial thread's next() + one spare
+
+
+@dataclass(frozen=True, slots=True)
+class TrialSpec:
+    trial_id: str
+    trial_name: str
+    kind: str  # "function" | "class" | "trainer"
+    blob: bytes  # the cloudpickled trainable
+    config: dict[str, Any]
+    trial_dir: str
+    experiment_name: str
+    checkpoint: str | None  # resume from here
+    checkpoint_config: CheckpointConfig
+    time_total_s: float  # carried over from earlier runs of this trial
+
+
+class _EndTrial(BaseException):
+    """Raised in the trial thread by ``report()`` when the driver says stop or pause."""
+
+    def __init__(self, decision: str) -> None:
+        super().__init__(decision)
+        self.decision = decision
+
+
+def _count_results(trial_dir: str) -> int:
+    try:
+        with open(os.path.join(trial_dir, RESULT_FILE), "rb") as f:
+            return sum(1 for line in f if line.strip())
+    except FileNotFoundError:
+        return 0
+
+
+class TrialActor:
+    def __init__(self) -> None:
+        self.cv = threading.Condition()
+        self.events: list[tuple[Any, ...]] = []
+        self.decision: str | None = None
+        self.thread: threading.Thread | None = None
+        self.cached: Any = None  # a class trainable's object, kept for reset_config
+
+    # -- called by the driver ------------------------------------------------------------
+    def start(self, spec: TrialSpec) -> None:
+        if self.thread is not None:
+            self.thread.join(timeout=30)
+        self.events, self.decision = [], None
+        self.thread = threading.Thread(target=self._run, args=(spec,), daemon=True,
+                                       name=f"trial-{spec.trial_id}")
+        self.thread.start()
+
+    def next(self, decision: str | None, wait_s: float) -> tuple[Any, ...] | None:
+        """Hand over ``decision`` on the last result; the next event, or None after wait_s."""
+        with self.cv:
+            if decision is not None:
+                self.decision = decision
+                self.cv.notify_all()
+            self.cv.wait_for(lambda: bool(self.events), wait_s)
+            return self.events.pop(0) if self.events else None
+
+    # -- the trial thread ----------------------------------------------------------------
+    def _emit(self, *event: Any) -> None:
+        with self.cv:
+            self.events.append(event)
+            self.cv.notify_all()
+
+    def _await_decision(self) -> str:
+        with self.cv:
+            self.cv.wait_for(lambda: self.decision is not None)
+            decision, self.decision = self.decision, None
+            assert decision is not None
+            return decision
+
+    def _run(self, spec: TrialSpec) -> None:
+        trial = _TrialRun(self, spec)
+        try:
+            trial.run()
+        except _EndTrial as end:
+            self._emit("done", end.decision, trial.latest_checkpoint())
+        except BaseException as e:
+            self._emit("error", _picklable(e), traceback.format_exc(), trial.latest_checkpoint())
+        else:
+            self._emit("done", "finished", trial.latest_checkpoint())
+        finally:
+            trial.close()
+
+
+def _picklable(e: BaseException) -> BaseException:
+    try:
+        cloudpickle.loads(cloudpickle.dumps(e))
+        return e
+    except Exception:
+        return RuntimeError(f"{type(e).__name__}: {e}")
+
+
+class _TrialRun:
+    """One run of one trial inside a TrialActor."""
+
+    def __init__(self, actor: TrialActor, spec: TrialSpec) -> None:
+        self.actor = actor
+        self.spec = spec
+        self.iteration = _count_results(spec.trial_dir)
+        self.started = time.monotonic()
+        self.last_report = self.started
+        self.checkpoints: CheckpointManager | None = None
+        self.log: ResultLog | None = None
+        self.committed: str | None = spec.checkpoint
+
+    def latest_checkpoint(self) -> str | None:
+        return self.committed
+
+    def close(self) -> None:
+        set_session(None)
+        if self.log is not None:
+            self.log.close()
+
+    def run(self) -> None:
+        spec = self.spec
+        trainable = cloudpickle.loads(spec.blob)
+        if spec.kind == "trainer":
+            self._run_trainer(trainable)
+            return
+        os.makedirs(spec.trial_dir, exist_ok=True)
+        self.checkpoints = CheckpointManager(spec.trial_dir, spec.checkpoint_config)
+        self.log = ResultLog(spec.trial_dir)
+        context = TrainContext(world_size=1, world_rank=0, local_rank=0, local_world_size=1,
+                               node_rank=0, experiment_name=spec.experiment_name,
+                               run_path=spec.trial_dir, trial_id=spec.trial_id,
+                               trial_name=spec.trial_name)
+        checkpoint = Checkpoint(spec.checkpoint) if spec.checkpoint else None
+        set_session(Session(context, checkpoint, {}, self._report_copying))
+        if spec.kind == "function":
+            trainable(dict(spec.config))
+        else:
+            self._run_class(trainable)
+
+    # -- reporting -----------------------------------------------------------------------
+    def _report_copying(self, metrics: dict[str, Any], checkpoint: Checkpoint | None) -> None:
+        """``report()`` of a function trainable: commit the checkpoint, log, await decision."""
+        path = None
+        if checkpoint is not None:
+            path = self._commit(lambda d: shutil.copytree(checkpoint.path, d, dirs_exist_ok=True),
+                                metrics)
+        self._report(metrics, path)
+
+    def _commit(self, write: Any, metrics: dict[str, Any]) -> str:
+        assert self.checkpoints is not None
+        staged = self.checkpoints.staging_dir(f"i{self.iteration + 1:06d}")
+        os.makedirs(staged, exist_ok=True)
+        write(staged)
+        self.committed = self.checkpoints.commit(staged, metrics).path
+        return self.committed
+
+    def _report(self, metrics: dict[str, Any], checkpoint_path: str | None) -> None:
+        now = time.monotonic()
+        self.iteration += 1
+        result = {**metrics, "training_iteration": self.iteration,
+                  "time_this_iter_s": now - self.last_report,
+                  "time_total_s": self.spec.time_total_s + now - self.started,
+                  "timestamp": time.time(), "trial_id": self.spec.trial_id}
+        self.last_report = now
+        if checkpoint_path is not None:
+            result["checkpoint_dir_name"] = os.path.basename(checkpoint_path)
+        if self.log is not None:
+            self.log.append(result, step=self.iteration)
+        self.actor._emit("result", result, checkpoint_path)
+        decision = self.actor._await_decision()
+        if decision != "continue":
+            raise _EndTrial(decision)
+
+    # -- class trainables ----------------------------------------------------------------
+    def _run_class(self, cls: Any) -> None:
+        config = dict(self.spec.config)
+        cached: Any = self.actor.cached
+        if type(cached) is cls and cached.reset_config(config):
+            obj = cached
+            obj.config = config
+        else:
+            if cached is not None:
+                cached.cleanup()
+            self.actor.cached = None
+            obj = cls(config)
+        if self.spec.checkpoint:
+            obj.load_checkpoint(self.spec.checkpoint)
+        ckpt_cfg = self.spec.checkpoint_config
+        try:
+            while True:
+                result = dict(obj.step())
+                done = bool(result.pop("done", False))
+                want = bool(result.pop("should_checkpoint", False)) or (
+                    ckpt_cfg.checkpoint_frequency > 0
+                    and (self.iteration + 1) % ckpt_cfg.checkpoint_frequency == 0) or (
+                    done and ckpt_cfg.checkpoint_at_end is not False)
+                path = self._commit(obj.save_checkpoint, result) if want else None
+                try:
+                    self._report(result, path)
+                except _EndTrial as end:
+                    if end.decision == "pause" or ckpt_cfg.checkpoint_at_end is not False:
+                        self._commit(obj.save_checkpoint, result)
+                    raise
+                if done:
+                    break
+        except BaseException:
+            obj.cleanup()
+            raise
+        self.actor.cached = obj  # may be reused by the next trial of this class
+
+    # -- Trainer trainables --------------------------------------------------------------
+    def _run_trainer(self, trainer: Any) -> None:
+        spec = self.spec
+        trainer = copy.copy(trainer)
+        loop_config = dict(trainer.config or {})
+        loop_config.update(spec.config.get("train_loop_config", {}))
+        if trainer.config is not None or loop_config:
+            trainer.config = loop_config
+        run = trainer.run_config
+        trainer.run_config = dataclasses.replace(
+            run, name=os.path.basename(spec.trial_dir),
+            storage_path=os.path.dirname(spec.trial_dir), verbose=0,
+            callbacks=(*run.callbacks, _TrainerReports(self)))
+        trainer.fit()
+
+
+class _TrainerReports:
+    """A Trainer callback that turns the run's reports into the trial's results."""
+
+    def __init__(self, trial: _TrialRun) -> None:
+        self.trial = trial
+
+    def on_report(self, metrics: Mapping[str, Any], checkpoint: Checkpoint | None) -> None:
+        if checkpoint is not None:
+            self.trial.committed = checkpoint.path
+        self.trial._report(dict(metrics), checkpoint.path if checkpoint else None)

@@ -1,0 +1,224 @@
+"""``Tuner``: a hyperparameter sweep, its restore, and the checks made before any trial."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import math
+import os
+import shutil
+from collections.abc import Mapping
+from typing import Any
+
+import cloudpickle  # type: ignore[import-untyped]
+
+import trainkit.runtime as rt
+from trainkit._pickling import unpicklable_capture
+from trainkit.exceptions import InfeasibleError
+from trainkit.train import RunConfig
+from trainkit.tune._config import TuneConfig
+from trainkit.tune._experiment_state import JOURNAL
+from trainkit.tune._experiment_state import TUNER_STATE
+from trainkit.tune._experiment_state import load_search_state
+from trainkit.tune._experiment_state import replay
+from trainkit.tune._experiment_state import write_atomic
+from trainkit.tune._result_grid import ResultGrid
+from trainkit.tune._result_grid import results_of
+from trainkit.tune._runner import Trial
+from trainkit.tune._runner import TuneRunner
+from trainkit.tune._scheduler import TrialScheduler
+from trainkit.tune._searcher import Searcher
+from trainkit.tune._trainable import resources_of
+from trainkit.tune._trainable import trainable_kind
+from trainkit.tune._trial import TrialState
+
+# Imported once in the runtime's worker forkserver, so trial processes start with them.
+_WORKER_MODULES = ("trainkit.tune._trial_actor",)
+_TORCH_MODULES = ("torch", "torch.distributed", "torch.nn.parallel.distributed",
+                  "torch._dynamo", "trainkit.train._worker", "trainkit.train.torch")
+
+
+class Tuner:
+    """Runs trials of ``trainable`` over ``param_space``; see API.md ("Tune").
+
+    Args:
+        trainable: a function of ``config``, a ``tune.Trainable`` subclass, or a
+            ``train.Trainer`` (each trial is then a whole distributed run; put the loop's
+            hyperparameters under ``param_space["train_loop_config"]``).
+        param_space: the search space: sampling domains, ``grid_search`` and constants.
+        tune_config: metric, mode, searcher, scheduler, number of trials.
+        run_config: name, storage, stop criteria, per-trial failures and checkpoints.
+    """
+
+    def __init__(self, trainable: Any, *, param_space: Mapping[str, Any] | None = None,
+                 tune_config: TuneConfig | None = None,
+                 run_config: RunConfig | None = None) -> None:
+        self.trainable = trainable
+        self.kind = trainable_kind(trainable)
+        self.param_space = dict(param_space or {})
+        self.tune_config = tune_config or TuneConfig()
+        self.run_config = run_config or RunConfig()
+        if not isinstance(self.tune_config, TuneConfig):
+            raise TypeError(f"tune_config is {tune_config!r}; pass a tune.TuneConfig")
+        if not isinstance(self.run_config, RunConfig):
+            raise TypeError(f"run_config is {run_config!r}; pass a train.RunConfig")
+        self.blob = _pickle_trainable(trainable)
+        self.searcher = self._make_searcher()
+        self.scheduler = self._make_scheduler()
+        self._restored: dict[str, Any] | None = None
+
+    def _make_searcher(self) -> Searcher:
+        from trainkit.tune._basic_variant import BasicVariantGenerator
+
+        tc = self.tune_config
+        searcher = tc.search_alg if tc.search_alg is not None else \
+            BasicVariantGenerator(random_state=tc.seed)
+        if not isinstance(searcher, Searcher):
+            raise TypeError(f"search_alg is {searcher!r}; pass a tune.search.Searcher")
+        searcher.set_search_properties(tc.metric if isinstance(tc.metric, str) or tc.metric is None
+                                       else list(tc.metric),
+                                       tc.mode if isinstance(tc.mode, str) or tc.mode is None
+                                       else list(tc.mode),
+                                       self.param_space, num_samples=tc.num_samples)
+        return searcher
+
+    def _make_scheduler(self) -> TrialScheduler:
+        from trainkit.tune._schedulers import FIFOScheduler
+
+        tc = self.tune_config
+        scheduler = tc.scheduler if tc.scheduler is not None else FIFOScheduler()
+        if not isinstance(scheduler, TrialScheduler):
+            raise TypeError(f"scheduler is {scheduler!r}; pass a tune.schedulers.TrialScheduler")
+        scheduler.set_search_properties(tc.single_metric, tc.single_mode)
+        return scheduler
+
+    # -- restore ---------------------------------------------------------------------------
+    @classmethod
+    def can_restore(cls, path: str | os.PathLike[str]) -> bool:
+        """Whether ``path`` holds an experiment ``Tuner.restore`` can continue."""
+        p = os.path.expanduser(os.fspath(path))
+        return os.path.exists(os.path.join(p, JOURNAL)) and \
+            os.path.exists(os.path.join(p, TUNER_STATE))
+
+    @classmethod
+    def restore(cls, path: str | os.PathLike[str], trainable: Any, *,
+                resume_errored: bool = False, restart_errored: bool = False,
+                param_space: Mapping[str, Any] | None = None) -> Tuner:
+        """Continue the experiment in ``path``: finished trials are kept, unfinished ones
+        resume from their checkpoints, pending ones start; errored ones stay errored unless
+        ``resume_errored`` (from their checkpoint) or ``restart_errored`` (from scratch)."""
+        exp_dir = os.path.abspath(os.path.expanduser(os.fspath(path)))
+        if not cls.can_restore(exp_dir):
+            raise ValueError(f"{exp_dir} holds no experiment to restore (no {JOURNAL}); check "
+                             "the path, or start a new Tuner")
+        with open(os.path.join(exp_dir, TUNER_STATE), "rb") as f:
+            saved = cloudpickle.load(f)
+        run_config = dataclasses.replace(saved["run_config"], name=os.path.basename(exp_dir),
+                                         storage_path=os.path.dirname(exp_dir))
+        tuner = cls(trainable, param_space=param_space or saved["param_space"],
+                    tune_config=saved["tune_config"], run_config=run_config)
+        tuner._restored = {"resume_errored": resume_errored, "restart_errored": restart_errored}
+        return tuner
+
+    # -- fit -------------------------------------------------------------------------------
+    def fit(self) -> ResultGrid:
+        tc, run = self.tune_config, self.run_config
+        name = run.name or f"{_trainable_name(self.trainable)}_" \
+            f"{datetime.datetime.now():%Y-%m-%d_%H-%M-%S}"
+        exp_dir = os.path.join(run.resolved_storage_path, name)
+        os.makedirs(exp_dir, exist_ok=True)
+        if not rt.is_initialized():
+            rt.init()
+        modules = _WORKER_MODULES + (_TORCH_MODULES if self.kind == "trainer" else ())
+        rt.preload_worker_modules(*modules)
+        resources, need = self._resources()
+        capacity = self._capacity(need)
+        trials: list[Trial] = []
+        if self._restored is not None or self.can_restore(exp_dir):
+            trials = self._load(exp_dir)
+            if run.verbose:
+                done = sum(t.state.is_terminal for t in trials)
+                print(f"[trainkit] resuming experiment {name!r} from {exp_dir}: {len(trials)} "
+                      f"trials, {done} finished", flush=True)
+        else:
+            write_atomic(os.path.join(exp_dir, TUNER_STATE), cloudpickle.dumps({
+                "param_space": self.param_space, "tune_config": self.tune_config,
+                "run_config": self.run_config}))
+        runner = TuneRunner(
+            blob=self.blob, kind=self.kind, trainable_name=_trainable_name(self.trainable),
+            resources=resources, tune_config=tc, run_config=run, exp_dir=exp_dir,
+            exp_name=name, searcher=self.searcher, scheduler=self.scheduler, trials=trials,
+            capacity=capacity)
+        runner.run()
+        # Trials created ahead that never started (the sweep ran out of time) are left out.
+        ran = [t for t in runner.trials.values()
+               if t.last_result or t.state is not TrialState.PENDING]
+        return ResultGrid(results_of(ran), exp_dir, tc.single_metric, tc.single_mode)
+
+    def _load(self, exp_dir: str) -> list[Trial]:
+        opts = self._restored or {}
+        state = load_search_state(exp_dir)
+        if state is not None:
+            searcher_state, scheduler = state
+            self.searcher.set_state(searcher_state)
+            if scheduler is not None:
+                self.scheduler = scheduler
+        trials = []
+        for rec in replay(exp_dir).values():
+            trial = Trial(rec.trial_id, rec.name, rec.config, rec.trial_dir, rec.resources,
+                          last_result=rec.last_result, checkpoint=rec.checkpoint,
+                          error=rec.error, failures=rec.failures)
+            trial.state = {"terminated": TrialState.TERMINATED, "errored": TrialState.ERRORED,
+                           "paused": TrialState.PAUSED}.get(rec.state, TrialState.PENDING)
+            if trial.state is TrialState.ERRORED and opts.get("restart_errored"):
+                shutil.rmtree(trial.trial_dir, ignore_errors=True)
+                os.makedirs(trial.trial_dir)
+                trial.state, trial.checkpoint, trial.last_result = TrialState.PENDING, None, {}
+                trial.error, trial.failures = None, 0
+            elif trial.state is TrialState.ERRORED and opts.get("resume_errored"):
+                trial.state, trial.error, trial.failures = TrialState.PENDING, None, 0
+            trials.append(trial)
+        return trials
+
+    def _resources(self) -> tuple[dict[str, float], dict[str, float]]:
+        """(what a trial's actor reserves, what a whole trial needs of the cluster)."""
+        if self.kind == "trainer":
+            scaling = self.trainable.scaling
+            need = {k: v * max(1, scaling.num_workers)
+                    for k, v in scaling.worker_resources.items()}
+            return ({"CPU": 0.0} if scaling.num_workers > 0 else need), need
+        res = resources_of(self.trainable) or {"CPU": 1.0}
+        return res, res
+
+    def _capacity(self, need: dict[str, float]) -> int:
+        total = rt.cluster_resources()
+        fits = math.inf
+        for key, amount in need.items():
+            if amount <= 0:
+                continue
+            have = total.get(key, 0.0)
+            if amount > have:
+                raise InfeasibleError(
+                    f"each trial needs {amount:g} {key} but the cluster has {have:g}: lower the "
+                    "trial's resources (tune.with_resources, ScalingConfig) or add resources")
+            fits = min(fits, math.floor(have / amount + 1e-9))
+        cap = self.tune_config.max_concurrent_trials
+        limit = int(fits) if fits != math.inf else (cap or 1000)
+        return max(1, min(limit, cap) if cap else limit)
+
+
+def _trainable_name(trainable: Any) -> str:
+    if trainable_kind(trainable) == "trainer":
+        return "Trainer"
+    return str(getattr(trainable, "__name__", type(trainable).__name__))
+
+
+def _pickle_trainable(trainable: Any) -> bytes:
+    try:
+        return bytes(cloudpickle.dumps(trainable))
+    except Exception as e:
+        culprit = unpicklable_capture(getattr(trainable, "__wrapped__", trainable))
+        where = f"; it captures {culprit}" if culprit else ""
+        raise TypeError(f"the trainable cannot be pickled to send to the trials{where}: {e}. "
+                        "Pass large or unpicklable objects with tune.with_parameters(trainable, "
+                        "name=value), or create them inside the trainable") from e
