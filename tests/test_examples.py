@@ -27,3 +27,20 @@ def test_train_ddp_runs_and_resumes(tmp_path: Path) -> None:
     assert again.returncode == 0, again.stderr
     assert "resuming run 'train_ddp_example'" in again.stderr
     assert "final metrics: {'epoch': 2" in again.stdout
+
+
+def test_tune_asha_optuna_runs(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, str(REPO / "examples" / "tune_asha_optuna.py"),
+                           "--storage-path", str(tmp_path), "--num-samples", "6"],
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    assert "best config: {'lr':" in proc.stdout
+
+
+def test_tune_pbt_runs(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, str(REPO / "examples" / "tune_pbt.py"),
+                           "--storage-path", str(tmp_path)],
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    assert "best score:" in proc.stdout
+    assert "exploits: 0" not in proc.stdout

@@ -20,6 +20,25 @@ PUBLIC = {
         "remove_placement_group",
         "shutdown", "wait",
     ],
+    "trainkit.train": [
+        "Checkpoint", "CheckpointConfig", "ControllerState", "FailureConfig", "Result",
+        "RunConfig", "ScalingConfig", "TrainContext", "Trainer", "TrainingFailedError",
+        "get_checkpoint", "get_context", "get_dataset_shard", "report", "torch",
+    ],
+    "trainkit.train.torch": ["get_device", "prepare_data_loader", "prepare_model"],
+    "trainkit.tune": [
+        "Checkpoint", "Result", "ResultGrid", "Stopper", "Trainable", "TrialState", "TuneConfig",
+        "Tuner", "choice", "get_checkpoint", "get_context", "grid_search", "lograndint",
+        "loguniform", "qlograndint", "qloguniform", "qrandint", "qrandn", "quniform", "randint",
+        "randn", "report", "sample_from", "schedulers", "search", "uniform", "with_parameters",
+        "with_resources",
+    ],
+    "trainkit.tune.search": ["BasicVariantGenerator", "ConcurrencyLimiter", "OptunaSearch",
+                             "Searcher"],
+    "trainkit.tune.schedulers": [
+        "ASHAScheduler", "AsyncHyperBandScheduler", "FIFOScheduler", "HyperBandScheduler",
+        "MedianStoppingRule", "PopulationBasedTraining", "TrialScheduler",
+    ],
     "trainkit.exceptions": [
         "ActorDiedError", "GetTimeoutError", "InfeasibleError", "ObjectLostError",
         "OutOfMemoryError", "RuntimeSystemError", "TaskCancelledError", "TaskError",

@@ -418,6 +418,10 @@ class OptunaSearch(Searcher):
         import optuna
 
         sampler = self._sampler or optuna.samplers.TPESampler(seed=self._seed)
+        if optuna.logging.get_verbosity() == optuna.logging.INFO:  # optuna's default
+            # One INFO line per trial duplicates the sweep's own table: stay quiet unless the
+            # user asked optuna for more.
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = optuna.create_study(
             sampler=sampler, pruner=optuna.pruners.NopPruner(), directions=directions
         )

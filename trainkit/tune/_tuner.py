@@ -7,6 +7,7 @@ import datetime
 import math
 import os
 import shutil
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -129,7 +130,9 @@ class Tuner:
         os.makedirs(exp_dir, exist_ok=True)
         if not rt.is_initialized():
             rt.init()
-        modules = _WORKER_MODULES + (_TORCH_MODULES if self.kind == "trainer" else ())
+        # Trials of a script that uses torch will import it too: have the forkserver do it once.
+        uses_torch = self.kind == "trainer" or "torch" in sys.modules
+        modules = _WORKER_MODULES + (_TORCH_MODULES if uses_torch else ())
         rt.preload_worker_modules(*modules)
         resources, need = self._resources()
         capacity = self._capacity(need)
