@@ -46,6 +46,7 @@ if __name__ == "__main__":
     results = tuner.fit()
     best = results.get_best_result()
     print(f"best config: {best.config}")
-    print(f"best loss: {best.metrics['loss']:.4f} after {best.metrics['training_iteration']} epochs")
+    epochs_run = best.metrics["training_iteration"]
+    print(f"best loss: {best.metrics['loss']:.4f} after {epochs_run} epochs")
     epochs = sorted(r.metrics["training_iteration"] for r in results)
     print(f"epochs run per trial: {epochs} (ASHA stopped the others early)")
