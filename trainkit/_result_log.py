@@ -117,6 +117,14 @@ class ResultLog:
             self._events.write(_record(_event(time.time(), step, scalars=scalars)))
             self._events.flush()
 
+    def append_summary(self, summary: bytes, *, step: int) -> None:
+        """Writes one serialized TensorBoard ``Summary`` (plugin data such as HParams) as an
+        event of its own; nothing goes to result.json or progress.csv."""
+        if self._events is not None and not self._closed:
+            event = _event(time.time(), step) + _field_bytes(5, summary)
+            self._events.write(_record(event))
+            self._events.flush()
+
     def close(self) -> None:
         """Closes the files; calling it again does nothing."""
         if self._closed:

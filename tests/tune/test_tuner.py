@@ -248,3 +248,70 @@ def test_time_budget_and_infinite_samples(tmp_path: Path) -> None:
     assert time.monotonic() - start < 10
     assert 1 <= len(grid) <= 2
     assert all(r.metrics["i"] < 100 for r in grid)
+
+
+def test_tensorboard_hparams_per_trial(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import metadata
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    grid = tune.Tuner(quadratic, param_space={"x": tune.grid_search([1, 2]), "opt": "sgd"},
+                      run_config=RunConfig(name="hp", storage_path=tmp_path, verbose=0)).fit()
+    acc = EventAccumulator(grid[0].path)
+    acc.Reload()
+    content = acc.PluginTagToContent(metadata.PLUGIN_NAME)
+    start = plugin_data_pb2.HParamsPluginData.FromString(
+        content[metadata.SESSION_START_INFO_TAG]).session_start_info
+    assert start.hparams["x"].number_value == grid[0].config["x"]
+    assert start.hparams["opt"].string_value == "sgd"
+    assert metadata.SESSION_END_INFO_TAG in content
+    assert acc.Scalars("loss")[-1].step == 5
+
+
+def fails_first_time(config: dict) -> None:
+    marker = Path(config["dir"], "failed")
+    ckpt = tune.get_checkpoint()
+    start = int(Path(ckpt.path, "i").read_text()) if ckpt else 0
+    for i in range(start + 1, 4):
+        if i == 2 and not marker.exists():
+            marker.write_text("")
+            raise RuntimeError("first run fails at 2")
+        with tempfile.TemporaryDirectory() as d:
+            Path(d, "i").write_text(str(i))
+            tune.report({"i": i, "start": start}, checkpoint=Checkpoint.from_directory(d))
+
+
+@pytest.mark.parametrize(("option", "starts"), [("resume_errored", [0, 1, 1]),
+                                                ("restart_errored", [0, 0, 0])])
+def test_restore_errored_trials(tmp_path: Path, option: str, starts: list) -> None:
+    grid = tune.Tuner(fails_first_time, param_space={"dir": str(tmp_path)},
+                      run_config=RunConfig(name="e", storage_path=tmp_path, verbose=0)).fit()
+    assert grid.num_errors == 1
+    again = tune.Tuner.restore(grid.experiment_path, fails_first_time, **{option: True}).fit()
+    assert again.num_errors == 0
+    assert list(again[0].metrics_dataframe["start"]) == starts
+
+
+class StopAfter(tune.Stopper):
+    def __init__(self) -> None:
+        self.results = 0
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        self.results += 1
+        return False
+
+    def stop_all(self) -> bool:
+        return self.results >= 4
+
+
+def test_stoppers(tmp_path: Path) -> None:
+    by_function = tune.Tuner(quadratic, param_space={"x": tune.grid_search([1, 2])},
+                             run_config=RunConfig(name="f", storage_path=tmp_path, verbose=0,
+                                                  stop=lambda tid, r: r["loss"] < 8)).fit()
+    assert all(r.metrics["loss"] < 8 for r in by_function)
+    assert all(r.metrics["training_iteration"] < 5 for r in by_function)
+    stopped = tune.Tuner(quadratic, param_space={"x": 1, "iters": 100},
+                         tune_config=tune.TuneConfig(num_samples=3),
+                         run_config=RunConfig(name="s", storage_path=tmp_path, verbose=0,
+                                              stop=StopAfter())).fit()
+    assert sum(len(r.metrics_dataframe) for r in stopped) <= 6

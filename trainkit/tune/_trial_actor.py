@@ -34,6 +34,8 @@ from trainkit.train._checkpoint_manager import CheckpointManager
 from trainkit.train._session import Session
 from trainkit.train._session import TrainContext
 from trainkit.train._session import set_session
+from trainkit.tune._hparams import write_session_end
+from trainkit.tune._hparams import write_session_start
 
 MAX_CONCURRENCY = 3  # the trial thread's next() + one spare
 
@@ -112,13 +114,14 @@ class TrialActor:
         try:
             trial.run()
         except _EndTrial as end:
+            trial.close(ok=True)
             self._emit("done", end.decision, trial.latest_checkpoint())
-        except BaseException as e:
+        except BaseException as e:  # the trial's error, whatever it is, goes to the driver
+            trial.close(ok=False)
             self._emit("error", _picklable(e), traceback.format_exc(), trial.latest_checkpoint())
         else:
+            trial.close(ok=True)
             self._emit("done", "finished", trial.latest_checkpoint())
-        finally:
-            trial.close()
 
 
 def _picklable(e: BaseException) -> BaseException:
@@ -145,9 +148,10 @@ class _TrialRun:
     def latest_checkpoint(self) -> str | None:
         return self.committed
 
-    def close(self) -> None:
+    def close(self, ok: bool) -> None:
         set_session(None)
         if self.log is not None:
+            write_session_end(self.log, ok)
             self.log.close()
 
     def run(self) -> None:
@@ -159,6 +163,7 @@ class _TrialRun:
         os.makedirs(spec.trial_dir, exist_ok=True)
         self.checkpoints = CheckpointManager(spec.trial_dir, spec.checkpoint_config)
         self.log = ResultLog(spec.trial_dir)
+        write_session_start(self.log, spec.trial_name, spec.config)
         context = TrainContext(world_size=1, world_rank=0, local_rank=0, local_world_size=1,
                                node_rank=0, experiment_name=spec.experiment_name,
                                run_path=spec.trial_dir, trial_id=spec.trial_id,

@@ -34,7 +34,9 @@ from trainkit.tune._trainable import trainable_kind
 from trainkit.tune._trial import TrialState
 
 # Imported once in the runtime's worker forkserver, so trial processes start with them.
-_WORKER_MODULES = ("trainkit.tune._trial_actor",)
+_WORKER_MODULES = ("trainkit.tune._trial_actor", "tensorboard.compat.proto.summary_pb2",
+                   "tensorboard.plugins.hparams.metadata",
+                   "tensorboard.plugins.hparams.plugin_data_pb2")
 _TORCH_MODULES = ("torch", "torch.distributed", "torch.nn.parallel.distributed",
                   "torch._dynamo", "trainkit.train._worker", "trainkit.train.torch")
 
