@@ -72,7 +72,15 @@ WORKLOADS = (
 )
 # watchdog deadline (s) per workload; compare.py allows each run this plus 35 s
 DEADLINE_DEFAULT = 85.0
-DEADLINES = {"train_startup": 160.0, "train_report": 120.0}
+DEADLINES = {
+    "train_startup": 160.0,
+    "train_report": 120.0,
+    # Ray's default Tune (reuse_actors=False) spends ~1 s per trial: ~100 s per 100 trials
+    "tune_overhead": 300.0,
+    "tune_overhead_asha": 300.0,
+    "tune_sleep": 240.0,  # ideal 100 s
+    "tune_memory": 360.0,
+}
 MB = 2**20
 GB = 2**30
 

@@ -142,7 +142,8 @@ class _TrialRun:
         self.started = time.monotonic()
         self.last_report = self.started
         self.checkpoints: CheckpointManager | None = None
-        self.log: ResultLog | None = None
+        self.log: ResultLog | None = None  # result.json & co. (a Trainer writes its own)
+        self.hparams_log: ResultLog | None = None  # a Trainer trial's HParams summaries
         self.committed: str | None = spec.checkpoint
 
     def latest_checkpoint(self) -> str | None:
@@ -150,9 +151,10 @@ class _TrialRun:
 
     def close(self, ok: bool) -> None:
         set_session(None)
-        if self.log is not None:
-            write_session_end(self.log, ok)
-            self.log.close()
+        for log in (self.log, self.hparams_log):
+            if log is not None:
+                write_session_end(log, ok)
+                log.close()
 
     def run(self) -> None:
         spec = self.spec
@@ -259,6 +261,9 @@ class _TrialRun:
             run, name=os.path.basename(spec.trial_dir),
             storage_path=os.path.dirname(spec.trial_dir), verbose=0,
             callbacks=(*run.callbacks, _TrainerReports(self)))
+        # The Trainer writes the trial's metrics; the HParams summaries go to a file of ours.
+        self.hparams_log = ResultLog(spec.trial_dir)
+        write_session_start(self.hparams_log, spec.trial_name, spec.config)
         trainer.fit()
 
 
