@@ -1,0 +1,53 @@
+"""Data: lazy, streaming datasets of Arrow blocks, executed on trainkit's runtime.
+
+``from trainkit import data``; ``data.read_parquet(...)``, ``data.from_numpy(...)``, ... make
+a ``Dataset``; transforms are lazy; iterating runs a streaming executor with bounded memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from trainkit.data import _datasource
+from trainkit.data._dataset import Dataset
+from trainkit.data._plan import Plan
+from trainkit.data._plan import Source
+from trainkit.data._split import DataIterator
+
+__all__ = [
+    "DataIterator",
+    "Dataset",
+    "from_arrow",
+    "from_items",
+    "from_numpy",
+    "from_pandas",
+    "range",
+    "range_tensor",
+    "read_csv",
+    "read_json",
+    "read_numpy",
+    "read_parquet",
+]
+
+
+def _source(make: Callable[..., Any], name: str) -> Callable[..., Dataset]:
+    def build(*args: Any, **kwargs: Any) -> Dataset:
+        tasks = make(*args, **kwargs)
+        return Dataset(Plan(Source(read_tasks=tuple(tasks), name=name)))
+
+    build.__name__ = make.__name__
+    build.__doc__ = make.__doc__
+    return build
+
+
+read_parquet = _source(_datasource.read_parquet, "ReadParquet")
+read_csv = _source(_datasource.read_csv, "ReadCSV")
+read_json = _source(_datasource.read_json, "ReadJSON")
+read_numpy = _source(_datasource.read_numpy, "ReadNumpy")
+from_items = _source(_datasource.from_items, "FromItems")
+from_numpy = _source(_datasource.from_numpy, "FromNumpy")
+from_arrow = _source(_datasource.from_arrow, "FromArrow")
+from_pandas = _source(_datasource.from_pandas, "FromPandas")
+range = _source(_datasource.range, "Range")  # noqa: A001 - Ray's name
+range_tensor = _source(_datasource.range_tensor, "RangeTensor")
