@@ -158,3 +158,17 @@ def test_objects_owned_by_a_dead_worker_are_lost(rt):
     for ref in (big, small):
         with pytest.raises(ObjectLostError):
             tk.get(ref, timeout=20)
+
+
+def test_a_view_released_after_its_ref_frees_the_object(rt) -> None:
+    """The owner drops the ref while a zero-copy view is alive; when the view goes, the
+    store must release the object (it used to stay pinned forever)."""
+    from trainkit.runtime._api import _cluster_info
+
+    for _ in range(3):
+        ref = tk.put(np.ones(1 << 20))  # 8 MiB, stored in the arena
+        view = tk.get(ref)
+        del ref  # freed by the owner while the view pins it
+        del view  # the last reader: the range is released
+    store = _cluster_info()["store"]
+    assert store["num_pinned"] == 0 and store["used_bytes"] == 0

@@ -49,5 +49,5 @@ from_items = _source(_datasource.from_items, "FromItems")
 from_numpy = _source(_datasource.from_numpy, "FromNumpy")
 from_arrow = _source(_datasource.from_arrow, "FromArrow")
 from_pandas = _source(_datasource.from_pandas, "FromPandas")
-range = _source(_datasource.range, "Range")  # noqa: A001 - Ray's name
+range = _source(_datasource.range, "Range")
 range_tensor = _source(_datasource.range_tensor, "RangeTensor")

@@ -76,7 +76,7 @@ class _Iterable:
                            pin_memory: bool = False) -> Iterator[Any]:
         from trainkit.data._torch import iter_torch_batches
 
-        return iter_torch_batches(  # type: ignore[no-any-return]
+        return iter_torch_batches(
             self._blocks(), batch_size=batch_size, dtypes=dtypes, device=device,
             collate_fn=collate_fn, drop_last=drop_last, prefetch_batches=prefetch_batches,
             local_shuffle_buffer_size=local_shuffle_buffer_size,
@@ -284,7 +284,7 @@ class Dataset(_Iterable):
         if isinstance(test_size, float):
             if not 0 < test_size < 1:
                 raise ValueError(f"test_size is {test_size}; a float must be in (0, 1)")
-            n_test = int(round(total * test_size))
+            n_test = round(total * test_size)
         else:
             n_test = int(test_size)
         if not 0 <= n_test <= total:

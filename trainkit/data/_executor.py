@@ -87,7 +87,7 @@ class _PoolWorker:
 def _budget_bytes() -> int:
     try:
         store = rt.cluster_resources().get("object_store_memory", 0.0)
-    except Exception:  # noqa: BLE001 - no runtime info: a modest default
+    except Exception:
         store = 0.0
     return int(store * BUDGET_SHARE) or 512 * 2**20
 

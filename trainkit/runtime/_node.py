@@ -725,8 +725,12 @@ class NodeService:
         self.reply(reply_to, req_id, True, result)
 
     def on_store_unpin(self, oid: bytes) -> None:
-        if self.store.contains(oid):
+        # Also for a freed object whose readers still pinned it (RELEASING): the last unpin
+        # releases its range. `contains()` is False for those, so it must not gate this.
+        try:
             self.store.unpin(oid)
+        except (KeyError, ValueError):
+            pass  # its owner died and the store already dropped it
 
     def on_store_free(self, oids: list[bytes]) -> None:
         for oid in oids:

@@ -1,0 +1,121 @@
+"""Sinks: write blocks as files in a folder, one file per block.
+
+:func:`write_block` is the primitive a remote task runs for one block. A file appears
+atomically: it is written under a hidden temporary name (``.part-000003.parquet.<hex>.tmp``,
+which readers skip) and renamed when complete. Files are named
+``{filename_prefix}{index:06d}.{ext}``; writing again with the same prefix and index replaces
+a file.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterable
+from typing import Literal
+from typing import get_args
+
+import pyarrow as pa  # type: ignore[import-untyped]
+import pyarrow.csv as pcsv  # type: ignore[import-untyped]
+import pyarrow.parquet as pq  # type: ignore[import-untyped]
+
+from trainkit.data._block import to_batch
+
+FileFormat = Literal["parquet", "csv", "json"]
+FILE_FORMATS: tuple[str, ...] = get_args(FileFormat)
+DEFAULT_FILENAME_PREFIX = "part-"
+
+_EXTENSIONS = {"parquet": "parquet", "csv": "csv", "json": "json"}
+
+
+def write_block(
+    block: pa.Table,
+    path: str | os.PathLike[str],
+    fmt: str,
+    index: int,
+    *,
+    filename_prefix: str = DEFAULT_FILENAME_PREFIX,
+) -> str:
+    """Write ``block`` as file number ``index`` of format ``fmt`` into the folder ``path``.
+
+    The folder is created if needed. JSON is JSON lines (one object per row; tensor columns
+    as nested lists). Returns the file's path.
+
+    Raises:
+        ValueError: ``fmt`` is unknown, or (CSV) a column is not a scalar column.
+    """
+    if fmt not in _EXTENSIONS:
+        raise ValueError(f"fmt is {fmt!r}, but must be one of {list(FILE_FORMATS)}")
+    folder = os.fspath(path)
+    os.makedirs(folder, exist_ok=True)
+    name = f"{filename_prefix}{index:06d}.{_EXTENSIONS[fmt]}"
+    final = os.path.join(folder, name)
+    temp = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
+    try:
+        if fmt == "parquet":
+            pq.write_table(block, temp)
+        elif fmt == "csv":
+            _check_csv_columns(block)
+            pcsv.write_csv(block, temp)
+        else:
+            to_batch(block, "pandas").to_json(
+                temp, orient="records", lines=True, date_format="iso"
+            )
+        os.replace(temp, final)
+    finally:
+        if os.path.exists(temp):
+            os.remove(temp)
+    return final
+
+
+def _check_csv_columns(block: pa.Table) -> None:
+    for field in block.schema:
+        t = field.type
+        if pa.types.is_nested(t) or isinstance(t, pa.BaseExtensionType):
+            raise ValueError(
+                f"write_csv: column {field.name!r} has type {t}; CSV holds only scalar "
+                "columns (write Parquet, or JSON lines, instead)"
+            )
+
+
+def _write_all(
+    blocks: Iterable[pa.Table], path: str | os.PathLike[str], fmt: str, filename_prefix: str
+) -> list[str]:
+    written = []
+    index = 0
+    for block in blocks:
+        if block.num_rows == 0:
+            continue
+        written.append(write_block(block, path, fmt, index, filename_prefix=filename_prefix))
+        index += 1
+    return written
+
+
+def write_parquet(
+    blocks: Iterable[pa.Table],
+    path: str | os.PathLike[str],
+    *,
+    filename_prefix: str = DEFAULT_FILENAME_PREFIX,
+) -> list[str]:
+    """Write each non-empty block as a Parquet file into the folder ``path``; return the files."""
+    return _write_all(blocks, path, "parquet", filename_prefix)
+
+
+def write_csv(
+    blocks: Iterable[pa.Table],
+    path: str | os.PathLike[str],
+    *,
+    filename_prefix: str = DEFAULT_FILENAME_PREFIX,
+) -> list[str]:
+    """Write each non-empty block as a CSV file into the folder ``path``; return the files."""
+    return _write_all(blocks, path, "csv", filename_prefix)
+
+
+def write_json(
+    blocks: Iterable[pa.Table],
+    path: str | os.PathLike[str],
+    *,
+    filename_prefix: str = DEFAULT_FILENAME_PREFIX,
+) -> list[str]:
+    """Write each non-empty block as a JSON lines file into ``path``; return the files."""
+    return _write_all(blocks, path, "json", filename_prefix)
