@@ -163,3 +163,17 @@ def test_parquet_round_trip(tmp_path) -> None:
     assert back.count() == 300
     assert sorted(back.take_all(), key=lambda r: r["y"]) == rows
     assert data.read_parquet(str(tmp_path / "out"), columns=["y"]).columns() == ["y"]
+
+
+def test_udf_batches_are_writable_unless_zero_copy() -> None:
+    def inplace(batch: dict) -> dict:
+        batch["id"] += 1
+        return batch
+
+    assert [r["id"] for r in data.range(5).map_batches(inplace).take_all()] == [1, 2, 3, 4, 5]
+
+    def readonly(batch: dict) -> dict:
+        return {"w": np.array([batch["id"].flags.writeable] * len(batch["id"]))}
+
+    rows = data.range(5).map_batches(readonly, zero_copy_batch=True).take_all()
+    assert not any(r["w"] for r in rows)

@@ -16,6 +16,7 @@ from trainkit.data._batcher import iter_batches_from_blocks
 from trainkit.data._batcher import prefetch
 from trainkit.data._block import block_rows
 from trainkit.data._block import block_to_rows
+from trainkit.data._block import compact_block
 from trainkit.data._block import concat_blocks
 from trainkit.data._block import slice_block
 from trainkit.data._block import to_batch
@@ -60,10 +61,10 @@ class _Iterable:
             self._blocks(), batch_size=batch_size, drop_last=drop_last,
             local_shuffle_buffer_size=local_shuffle_buffer_size,
             local_shuffle_seed=local_shuffle_seed)
-        fetched = prefetch(tables, prefetch_batches)
+        # Batches are cut and converted in the prefetch thread, overlapping the consumer.
+        fetched = prefetch((to_batch(t, batch_format) for t in tables), prefetch_batches)
         try:
-            for table in fetched:
-                yield to_batch(table, batch_format)
+            yield from fetched
         finally:
             fetched.close()
             self._wait_stats(fetched.wait_s)
@@ -108,15 +109,16 @@ class Dataset(_Iterable):
                     fn_constructor_args: Sequence[Any] = (),
                     fn_constructor_kwargs: Mapping[str, Any] | None = None,
                     concurrency: int | tuple[int, int] | None = None, num_cpus: float = 1.0,
-                    num_gpus: float = 0.0) -> Dataset:
+                    num_gpus: float = 0.0, zero_copy_batch: bool = False) -> Dataset:
         """Apply ``fn`` to batches. A function runs in tasks; a callable class runs on an
-        actor pool of ``concurrency`` actors (each makes one instance: load a model once)."""
+        actor pool of ``concurrency`` actors (each makes one instance: load a model once).
+        Batches are writable copies unless ``zero_copy_batch=True`` (read-only views)."""
         check_batch_size(batch_size)
         check_batch_format(batch_format)
         name = f"map_batches({_fn_name(fn)})"
         if inspect.isclass(fn):
             transform = MapBatches(name, None, batch_size, batch_format, tuple(fn_args),
-                                   dict(fn_kwargs or {}))
+                                   dict(fn_kwargs or {}), zero_copy_batch)
             spec = pool_spec(concurrency if concurrency is not None else 1, num_cpus, num_gpus,
                              fn_constructor_args, fn_constructor_kwargs)
             return self._then(MapOp(name, transform, spec, fn, num_cpus, num_gpus))
@@ -125,7 +127,7 @@ class Dataset(_Iterable):
         if concurrency is not None and not isinstance(concurrency, int):
             raise ValueError("concurrency=(min, max) is for callable classes (actor pools)")
         transform = MapBatches(name, fn, batch_size, batch_format, tuple(fn_args),
-                               dict(fn_kwargs or {}))
+                               dict(fn_kwargs or {}), zero_copy_batch)
         return self._then(MapOp(name, transform, None, None, num_cpus, num_gpus))
 
     def _rows(self, kind: str, fn: Any, fn_args: Sequence[Any],
@@ -271,7 +273,7 @@ class Dataset(_Iterable):
             start = i * size
             length = max(0, min(size, total - start))
             part = slice_block(table, start, length) if table is not None and length else None
-            refs = (rt.put(part),) if part is not None else ()
+            refs = (rt.put(compact_block(part)),) if part is not None else ()
             rows = (length,) if part is not None else ()
             parts.append(Dataset(Plan(Source(block_refs=refs, block_rows=rows, name="Split"))))
         return parts
@@ -291,10 +293,10 @@ class Dataset(_Iterable):
             raise ValueError(f"test_size is {test_size}; the dataset has {total} rows")
         train, test = slice_block(table, 0, total - n_test), slice_block(table, total - n_test,
                                                                          n_test)
-        return (Dataset(Plan(Source(block_refs=(rt.put(train),), block_rows=(train.num_rows,),
-                                    name="Train"))),
-                Dataset(Plan(Source(block_refs=(rt.put(test),), block_rows=(test.num_rows,),
-                                    name="Test"))))
+        return (Dataset(Plan(Source(block_refs=(rt.put(compact_block(train)),),
+                                    block_rows=(train.num_rows,), name="Train"))),
+                Dataset(Plan(Source(block_refs=(rt.put(compact_block(test)),),
+                                    block_rows=(test.num_rows,), name="Test"))))
 
     def streaming_split(self, n: int, *, equal: bool = True) -> list[Any]:
         """``n`` iterators fed by one coordinator: each row goes to exactly one of them per

@@ -19,6 +19,7 @@ from typing import Any
 import trainkit.runtime as rt
 from trainkit.data._block import block_bytes
 from trainkit.data._block import block_rows
+from trainkit.data._block import compact_block
 from trainkit.data._block import concat_blocks
 from trainkit.data._block import slice_block
 from trainkit.data._datasource import ReadTask
@@ -82,6 +83,22 @@ class _PoolWorker:
 
     def process(self, block: Any) -> Any:
         return self.transform(block, self.instance)
+
+
+WAIT_WARNING_S = 60.0
+
+
+def _get_patiently(ref: Any, what: str) -> Any:
+    """``get`` a task's block, saying so once if it is slow to come: a data task can wait
+    forever for a CPU when trainers (or others) hold them all."""
+    ready, _ = rt.wait([ref], timeout=WAIT_WARNING_S)
+    if not ready:
+        import sys
+
+        print(f"[trainkit] data: a {what} task has waited {WAIT_WARNING_S:.0f} s; if every CPU "
+              f"is reserved (e.g. by training workers: {rt.available_resources()} free), "
+              "data tasks cannot run: leave CPUs for them", file=sys.stderr, flush=True)
+    return rt.get(ref)
 
 
 def _budget_bytes() -> int:
@@ -164,7 +181,7 @@ class Executor:
             if not pending:
                 return
             ref, submitted = pending.popleft()
-            block = rt.get(ref)
+            block = _get_patiently(ref, stats.name)
             stats.wall_s += time.monotonic() - submitted
             nbytes = block_bytes(block)
             stats.blocks += 1
@@ -246,6 +263,7 @@ class Executor:
             stats.blocks += 1
             stats.rows += part.num_rows
             stats.bytes += block_bytes(part)
+            part = compact_block(part)
             yield rt.put(part), part
         stats.wall_s = time.monotonic() - started
 
@@ -257,7 +275,7 @@ class Executor:
                 break
             rows = block_rows(block)
             if rows > left:
-                block = slice_block(block, 0, left)
+                block = compact_block(slice_block(block, 0, left))
                 ref = rt.put(block)
                 rows = left
             left -= rows

@@ -42,6 +42,7 @@ class MapBatches:
     batch_format: str
     fn_args: Sequence[Any] = ()
     fn_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    zero_copy: bool = False
 
     def __call__(self, block: Any, instance: Any = None) -> Any:
         fn = self.fn if instance is None else instance
@@ -50,7 +51,8 @@ class MapBatches:
         size = self.batch_size or max(n, 1)
         outs = []
         for start in range(0, max(n, 1), size):
-            batch = to_batch(slice_block(block, start, min(size, n - start)), self.batch_format)
+            batch = to_batch(slice_block(block, start, min(size, n - start)), self.batch_format,
+                             zero_copy=self.zero_copy)
             out = fn(batch, *self.fn_args, **self.fn_kwargs)
             outs.append(to_block(out, where=self.name))
         return outs[0] if len(outs) == 1 else concat_blocks(outs)

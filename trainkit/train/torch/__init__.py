@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data import DistributedSampler
 from torch.utils.data import RandomSampler
 
+from trainkit.data._torch import set_default_device_resolver
 from trainkit.train._session import current_session
 
 __all__ = ["get_device", "prepare_data_loader", "prepare_model"]
@@ -105,3 +106,7 @@ def prepare_data_loader(data_loader: DataLoader[Any], *, add_dist_sampler: bool 
     if device is not None and device.type == "cpu":
         device = None  # batches are on the CPU already
     return _DeviceLoader(loader, device)
+
+
+# ``iter_torch_batches(device="auto")`` in a training loop puts batches on this rank's device.
+set_default_device_resolver(get_device)
