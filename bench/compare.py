@@ -71,6 +71,15 @@ def floor_le(k, floor_key):
     return f
 
 
+def abs_le(k, unit):
+    """An absolute bound on trainkit's own figure (Ray's is shown, not judged)."""
+
+    def f(tk, ray, floors):
+        return f"<= {k:g}{unit}", (None if tk is None else tk <= k)
+
+    return f
+
+
 def is_true(tk, ray, floors):
     return "true", (None if tk is None else bool(tk))
 
@@ -84,7 +93,9 @@ def get_not_growing(tk, ray, floors):
     return "<= 3x (or < 1 ms)", bool(tk <= 3.0 or g1 < 1000.0)
 
 
-# (label, workload, key, unit, target or None). Rows with a target are the issue's targets.
+# (label, workload, key, target or None). Rows with a target are the issue's targets. key is
+# one metric name, or a pair (trainkit's key, Ray's key) to set one trainkit figure against a
+# different Ray figure (e.g. Tune with Ray's reuse_actors=True).
 ROWS = [
     ("import (s)", "init", "import_s", None),
     ("init(num_cpus=2) (s)", "init", "init_s", None),
@@ -151,6 +162,67 @@ ROWS = [
         None,
     ),
     ("report() metrics only, rank 0 (ms)", "train_report", "report_metrics_ms", None),
+    (
+        "**tune: 100 trials x 10 reports, FIFO (s); Ray default (reuse_actors=False)**",
+        "tune_overhead",
+        "fifo_s",
+        ratio_le(0.1),
+    ),
+    (
+        "**tune: the same; Ray with reuse_actors=True (s)**",
+        "tune_overhead",
+        ("fifo_s", "fifo_reuse_s"),
+        ratio_le(1.0),
+    ),
+    (
+        "tune: 100 trials x 10 reports, ASHA (s); Ray default",
+        "tune_overhead_asha",
+        "asha_s",
+        None,
+    ),
+    (
+        "tune: the same; Ray with reuse_actors=True (s)",
+        "tune_overhead_asha",
+        ("asha_s", "asha_reuse_s"),
+        None,
+    ),
+    (
+        "tune: ASHA, iterations run (of 1,000); Ray default",
+        "tune_overhead_asha",
+        "asha_iterations",
+        None,
+    ),
+    (
+        "tune: 200 trials x sleep(1 s) on 2 CPUs, wall (s); Ray reuse_actors=True",
+        "tune_sleep",
+        "sleep_wall_s",
+        None,
+    ),
+    (
+        "**tune: 200 x sleep(1 s): overhead vs 100 s (%)**",
+        "tune_sleep",
+        "sleep_overhead_pct",
+        abs_le(5.0, " %"),
+    ),
+    (
+        "tune: 2,000 trivial trials, fit() (s); Ray reuse_actors=True",
+        "tune_memory",
+        "mem_fit_s",
+        None,
+    ),
+    ("tune: driver USS before fit() (MB)", "tune_memory", "driver_uss_mb_before", None),
+    (
+        "tune: driver memory growth per trial, USS (KB)",
+        "tune_memory",
+        "mem_growth_kb_per_trial",
+        None,
+    ),
+    (
+        "tune: the same after the ResultGrid is dropped (KB)",
+        "tune_memory",
+        "mem_growth_released_kb_per_trial",
+        None,
+    ),
 ]
 
 
@@ -327,8 +399,9 @@ def render(lines, source=""):
     for label, wl, key, target in ROWS:
         if wl not in present:
             continue
-        tk = aggregate(lines, "trainkit", wl, key)
-        ray = aggregate(lines, "ray", wl, key)
+        tk_key, ray_key = key if isinstance(key, tuple) else (key, key)
+        tk = aggregate(lines, "trainkit", wl, tk_key)
+        ray = aggregate(lines, "ray", wl, ray_key)
         ratio = "—"
         if (
             isinstance(tk, (int, float))
