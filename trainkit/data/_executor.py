@@ -43,10 +43,21 @@ class OpStats:
     rows: int = 0
     bytes: int = 0
     wall_s: float = 0.0
+    cpu_s: float = 0.0
+
+    def add(self, block: Any, submitted: float) -> None:
+        """Count one output block (its task's CPU time rides in its schema metadata)."""
+        self.wall_s += time.monotonic() - submitted
+        self.blocks += 1
+        self.rows += block_rows(block)
+        self.bytes += block_bytes(block)
+        meta = block.schema.metadata or {}
+        self.cpu_s += float(meta.get(_CPU_KEY, b"0") or 0)
 
     def line(self) -> str:
         return (f"{self.name}: {self.tasks} tasks, {self.blocks} blocks, {self.rows} rows, "
-                f"{self.bytes / 2**20:.1f} MiB, {self.wall_s:.2f} s in tasks")
+                f"{self.bytes / 2**20:.1f} MiB, {self.wall_s:.2f} s wall, {self.cpu_s:.2f} s "
+                "CPU in tasks")
 
 
 @dataclass
@@ -61,8 +72,19 @@ class ExecutionStats:
         return "\n".join(lines)
 
 
+_CPU_KEY = b"trainkit.cpu_s"
+
+
+def _with_cpu(block: Any, cpu_s: float) -> Any:
+    """The block, carrying its task's CPU time in its schema metadata (no copy)."""
+    meta = dict(block.schema.metadata or {})
+    meta[_CPU_KEY] = f"{cpu_s:.6f}".encode()
+    return block.replace_schema_metadata(meta)
+
+
 def _run_task(item: Any, transforms: tuple[Any, ...]) -> Any:
     """One fused task: read (or take) a block, then apply every transform in turn."""
+    cpu = time.process_time()
     if isinstance(item, ReadTask):
         blocks = item.read()
         block = concat_blocks(blocks) if len(blocks) != 1 else blocks[0]
@@ -70,7 +92,7 @@ def _run_task(item: Any, transforms: tuple[Any, ...]) -> Any:
         block = item
     for transform in transforms:
         block = transform(block)
-    return block
+    return _with_cpu(block, time.process_time() - cpu)
 
 
 class _PoolWorker:
@@ -82,7 +104,8 @@ class _PoolWorker:
         self.transform = transform
 
     def process(self, block: Any) -> Any:
-        return self.transform(block, self.instance)
+        cpu = time.process_time()
+        return _with_cpu(self.transform(block, self.instance), time.process_time() - cpu)
 
 
 WAIT_WARNING_S = 60.0
@@ -124,6 +147,7 @@ class Executor:
         self.budget = _budget_bytes()
         self.max_tasks = MAX_TASKS_PER_CPU * _cpus()
         self.started = time.monotonic()
+        self.progress = _Progress()
 
     def __iter__(self) -> Iterator[Item]:
         stream: Iterator[Any] = self._source()
@@ -134,17 +158,18 @@ class Executor:
                 pending_maps.append(op)
                 continue
             if pending_maps or raw:
-                stream, pending_maps, raw = self._tasks(stream, pending_maps), [], False
+                stream, pending_maps, raw = self._tasks(stream, pending_maps, raw), [], False
             if isinstance(op, MapOp):
                 stream = self._pool(stream, op)
             else:
                 stream = self._all_to_all(stream, op)
         if pending_maps or raw:
-            stream = self._tasks(stream, pending_maps)
+            stream = self._tasks(stream, pending_maps, raw)
         try:
             yield from stream
         finally:
             self.stats.total_s = time.monotonic() - self.started
+            self.progress.close()
 
     # -- stages ----------------------------------------------------------------------------
     def _source(self) -> Iterator[Any]:
@@ -155,9 +180,10 @@ class Executor:
         else:
             yield from ((ref, rt.get(ref)) for ref in src.block_refs)
 
-    def _tasks(self, upstream: Iterator[Any], ops: list[MapOp]) -> Iterator[Item]:
+    def _tasks(self, upstream: Iterator[Any], ops: list[MapOp], reads: bool) -> Iterator[Item]:
         transforms = tuple(op.transform for op in ops)
-        stats = OpStats("->".join([op.name for op in ops]) or self.plan.source.name)
+        names = ([self.plan.source.name] if reads else []) + [op.name for op in ops]
+        stats = OpStats("->".join(names))
         self.stats.ops.append(stats)
         num_cpus = max([op.num_cpus for op in ops] + [1.0])
         num_gpus = max([op.num_gpus for op in ops] + [0.0])
@@ -182,12 +208,9 @@ class Executor:
                 return
             ref, submitted = pending.popleft()
             block = _get_patiently(ref, stats.name)
-            stats.wall_s += time.monotonic() - submitted
-            nbytes = block_bytes(block)
-            stats.blocks += 1
-            stats.rows += block_rows(block)
-            stats.bytes += nbytes
+            stats.add(block, submitted)
             avg = stats.bytes / stats.blocks
+            self.progress.update(self.stats)
             yield ref, block
 
     def _pool(self, upstream: Iterator[Item], op: MapOp) -> Iterator[Item]:
@@ -223,10 +246,8 @@ class Executor:
                 out, i, submitted = pending.popleft()
                 block = rt.get(out)
                 load[i] -= 1
-                stats.wall_s += time.monotonic() - submitted
-                stats.blocks += 1
-                stats.rows += block_rows(block)
-                stats.bytes += block_bytes(block)
+                stats.add(block, submitted)
+                self.progress.update(self.stats)
                 yield out, block
         finally:
             for actor in actors:
@@ -284,6 +305,40 @@ class Executor:
             yield ref, block
         if hasattr(upstream, "close"):
             upstream.close()
+
+
+class _Progress:
+    """One line per execution on an interactive terminal, rewritten in place, once an
+    execution has run for a few seconds: each operator's blocks and rows so far. Silent when
+    stderr is not a terminal (logs, CI) and for short executions."""
+
+    DELAY_S = 3.0
+    PERIOD_S = 0.5
+
+    def __init__(self) -> None:
+        import sys
+
+        self.stream = sys.stderr
+        self.enabled = self.stream.isatty()
+        self.started = time.monotonic()
+        self.last = 0.0
+        self.shown = False
+
+    def update(self, stats: ExecutionStats) -> None:
+        now = time.monotonic()
+        if not self.enabled or now - self.started < self.DELAY_S or now - self.last < \
+                self.PERIOD_S:
+            return
+        self.last = now
+        parts = [f"{s.name}: {s.blocks} blocks, {s.rows} rows" for s in stats.ops]
+        self.stream.write("\r\x1b[K[trainkit data] " + " | ".join(parts)[:200])
+        self.stream.flush()
+        self.shown = True
+
+    def close(self) -> None:
+        if self.shown:
+            self.stream.write("\n")
+            self.stream.flush()
 
 
 def pool_spec(concurrency: Any, num_cpus: float, num_gpus: float, args: Any,
