@@ -3,6 +3,8 @@ dataset 5x larger than the object store streams through with bounded memory."""
 
 from __future__ import annotations
 
+import json
+import os
 import resource
 
 import numpy as np
@@ -20,25 +22,33 @@ pytestmark = pytest.mark.usefixtures("data_runtime")
 
 def loop(config: dict) -> None:
     shard = train.get_dataset_shard("train")
+    rank = train.get_context().get_world_rank()
     for epoch in range(config["epochs"]):
         ids = []
         for batch in shard.iter_torch_batches(batch_size=32):
             ids += batch["id"].tolist()
+        with open(os.path.join(config["out"], f"e{epoch}-r{rank}.json"), "w") as f:
+            json.dump(ids, f)
         train.report({"epoch": epoch, "ids": ids})
 
 
 def test_trainer_ranks_get_every_row_once_per_epoch(tmp_path) -> None:
     ds = data.range(640, parallelism=8).map(lambda r: {"id": r["id"]})
     # Half a CPU per rank leaves one CPU of the two for the data tasks.
-    result = Trainer(loop, train_loop_config={"epochs": 3}, datasets={"train": ds},
+    out = tmp_path / "ids"
+    out.mkdir()
+    result = Trainer(loop, train_loop_config={"epochs": 3, "out": str(out)},
+                     datasets={"train": ds},
                      scaling_config=ScalingConfig(num_workers=2,
                                                   resources_per_worker={"CPU": 0.5}),
                      run_config=RunConfig(name="ingest", storage_path=tmp_path,
                                           verbose=0)).fit()
     df = result.metrics_dataframe
     assert list(df["epoch"]) == [0, 1, 2]
-    for ids in df["ids"]:  # rank 0's rows: half of them, the same count every epoch
-        assert len(ids) == 320
+    for epoch in range(3):  # every row reached exactly one rank, the ranks equally
+        parts = [json.loads((out / f"e{epoch}-r{r}.json").read_text()) for r in range(2)]
+        assert [len(p) for p in parts] == [320, 320]
+        assert sorted(parts[0] + parts[1]) == list(range(640))
 
 
 def test_five_times_the_object_store_streams_through() -> None:
