@@ -223,6 +223,41 @@ ROWS = [
         "mem_growth_released_kb_per_trial",
         None,
     ),
+    ("data images: from_numpy of 100k 32x32x3 uint8 (s)", "data_images", "create_s", None),
+    ("data images: first pass, incl. warm-up (s)", "data_images", "first_pass_s", None),
+    ("data images: map_batches + iter_torch_batches(256), pass (s)", "data_images", "pass_s", None),
+    ("**data images: rows/s**", "data_images", "rows_s", ratio_ge(2.0)),
+    ("**data images: time to first batch (s)**", "data_images", "first_batch_s", ratio_le(0.2)),
+    ("data images: time to first batch, first pass (s)", "data_images", "first_batch_cold_s", None),
+    (
+        "data images: numpy + torch.from_numpy in one process, floor (rows/s)",
+        "data_images",
+        "numpy_rows_s",
+        None,
+    ),
+    (
+        "data parquet: pyarrow ParquetFile.iter_batches in process, floor (rows/s)",
+        "data_parquet",
+        "pyarrow_rows_s",
+        None,
+    ),
+    ("**data parquet: iter_batches(256) (rows/s)**", "data_parquet", "bs256_rows_s", ratio_ge(2.0)),
+    (
+        "**data parquet: iter_batches(65536) (rows/s)**",
+        "data_parquet",
+        "bs65536_rows_s",
+        ratio_ge(2.0),
+    ),
+    ("data pipeline: work per batch, calibrated (ms)", "data_pipeline", "work_ms", None),
+    ("data pipeline: pass, 1,000 batches (s)", "data_pipeline", "wall_s_pass", None),
+    ("data pipeline: consumer's share of time in next()", "data_pipeline", "wait_share", None),
+    (
+        "data pipeline: the same from the second batch on",
+        "data_pipeline",
+        "wait_share_after_first",
+        None,
+    ),
+    ("data pipeline: time to first batch (s)", "data_pipeline", "first_batch_s", None),
 ]
 
 

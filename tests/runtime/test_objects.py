@@ -172,3 +172,15 @@ def test_a_view_released_after_its_ref_frees_the_object(rt) -> None:
         del view  # the last reader: the range is released
     store = _cluster_info()["store"]
     assert store["num_pinned"] == 0 and store["used_bytes"] == 0
+
+
+def test_a_pin_that_beats_the_seal_waits_for_it(rt) -> None:
+    """A task's owner may hear of its stored result before the worker's seal reaches the
+    node service; the reader's pin must wait for the seal, not fail."""
+
+    @tk.remote
+    def big(i: int) -> np.ndarray:
+        return np.full(1 << 18, i)  # 2 MiB: stored in the arena
+
+    for i in range(30):
+        assert int(tk.get(big.remote(i))[0]) == i

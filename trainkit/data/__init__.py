@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import trainkit.runtime as rt
 from trainkit.data import _datasource
 from trainkit.data._dataset import Dataset
 from trainkit.data._plan import Plan
@@ -41,13 +42,32 @@ def _source(make: Callable[..., Any], name: str) -> Callable[..., Dataset]:
     return build
 
 
+def _in_memory(make: Callable[..., Any], name: str) -> Callable[..., Dataset]:
+    """In-memory data goes into the object store once, when the dataset is made (as Ray
+    does), not into every task of every pass."""
+
+    def build(*args: Any, **kwargs: Any) -> Dataset:
+        if not rt.is_initialized():
+            rt.init()
+        refs, rows = [], []
+        for task in make(*args, **kwargs):
+            for block in task.read():
+                refs.append(rt.put(block))
+                rows.append(int(block.num_rows))
+        return Dataset(Plan(Source(block_refs=tuple(refs), block_rows=tuple(rows), name=name)))
+
+    build.__name__ = make.__name__
+    build.__doc__ = make.__doc__
+    return build
+
+
 read_parquet = _source(_datasource.read_parquet, "ReadParquet")
 read_csv = _source(_datasource.read_csv, "ReadCSV")
 read_json = _source(_datasource.read_json, "ReadJSON")
 read_numpy = _source(_datasource.read_numpy, "ReadNumpy")
-from_items = _source(_datasource.from_items, "FromItems")
-from_numpy = _source(_datasource.from_numpy, "FromNumpy")
-from_arrow = _source(_datasource.from_arrow, "FromArrow")
-from_pandas = _source(_datasource.from_pandas, "FromPandas")
+from_items = _in_memory(_datasource.from_items, "FromItems")
+from_numpy = _in_memory(_datasource.from_numpy, "FromNumpy")
+from_arrow = _in_memory(_datasource.from_arrow, "FromArrow")
+from_pandas = _in_memory(_datasource.from_pandas, "FromPandas")
 range = _source(_datasource.range, "Range")
 range_tensor = _source(_datasource.range_tensor, "RangeTensor")

@@ -222,6 +222,7 @@ class NodeService:
         self.exit_codes: dict[int, int] = {}
         self.preloads = 0
         self.preloaded: set[str] = set()
+        self.early_pins: dict[bytes, list[tuple[int, str]]] = {}
         self.forking: deque[_WorkerProc] = deque()
         self.poller.register(ours.fileno(), zmq.POLLIN)
 
@@ -711,8 +712,15 @@ class NodeService:
     def on_store_seal(self, oid: bytes) -> None:
         if self.store.contains(oid):
             self.store.seal(oid)
+        for req_id, reply_to in self.early_pins.pop(oid, ()):
+            self.on_store_pin(req_id, reply_to, oid)
 
     def on_store_pin(self, req_id: int, reply_to: str, oid: bytes) -> None:
+        if self.store.contains(oid) and not self.store.is_sealed(oid):
+            # The writer's seal and a reader's pin travel on different sockets: a reader told
+            # of the object by its owner can get here first. Answer once the seal arrives.
+            self.early_pins.setdefault(oid, []).append((req_id, reply_to))
+            return
         try:
             result = self.store.pin(oid)
         except KeyError:

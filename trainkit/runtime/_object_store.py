@@ -181,6 +181,11 @@ class SharedMemoryStore:
         )
         return offset
 
+    def is_sealed(self, object_id: bytes) -> bool:
+        """False while the object is still being written (CREATED); True once sealed."""
+        obj = self._objects.get(object_id)
+        return obj is None or obj.state is not ObjectState.CREATED
+
     def seal(self, object_id: bytes) -> None:
         """Mark a written object immutable: from now on it can be read and spilled.
 
