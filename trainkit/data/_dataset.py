@@ -77,11 +77,19 @@ class _Iterable:
                            pin_memory: bool = False) -> Iterator[Any]:
         from trainkit.data._torch import iter_torch_batches
 
-        return iter_torch_batches(
+        fetched = iter_torch_batches(
             self._blocks(), batch_size=batch_size, dtypes=dtypes, device=device,
             collate_fn=collate_fn, drop_last=drop_last, prefetch_batches=prefetch_batches,
             local_shuffle_buffer_size=local_shuffle_buffer_size,
             local_shuffle_seed=local_shuffle_seed, pin_memory=pin_memory)
+        return self._timed(fetched)
+
+    def _timed(self, fetched: Any) -> Iterator[Any]:
+        try:
+            yield from fetched
+        finally:
+            fetched.close()
+            self._wait_stats(fetched.wait_s)
 
     def iter_rows(self) -> Iterator[dict[str, Any]]:
         for block in self._blocks():
