@@ -10,6 +10,7 @@ object store streams through. Outputs come out in input order.
 from __future__ import annotations
 
 import collections
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from dataclasses import field
 from typing import Any
 
 import trainkit.runtime as rt
+from trainkit._display import Text
+from trainkit._display import notebook_handle
 from trainkit.data._block import block_bytes
 from trainkit.data._block import block_rows
 from trainkit.data._block import compact_block
@@ -308,9 +311,9 @@ class Executor:
 
 
 class _Progress:
-    """One line per execution on an interactive terminal, rewritten in place, once an
-    execution has run for a few seconds: each operator's blocks and rows so far. Silent when
-    stderr is not a terminal (logs, CI) and for short executions."""
+    """One line per execution on an interactive terminal (a display updated in place in a
+    notebook), once an execution has run for a few seconds: each operator's blocks and rows
+    so far. Silent elsewhere (logs, CI) and for short executions."""
 
     DELAY_S = 3.0
     PERIOD_S = 0.5
@@ -319,6 +322,7 @@ class _Progress:
         import sys
 
         self.stream = sys.stderr
+        self.notebook: Any = None
         self.enabled = self.stream.isatty()
         self.started = time.monotonic()
         self.last = 0.0
@@ -326,11 +330,19 @@ class _Progress:
 
     def update(self, stats: ExecutionStats) -> None:
         now = time.monotonic()
-        if not self.enabled or now - self.started < self.DELAY_S or now - self.last < \
-                self.PERIOD_S:
+        if now - self.started < self.DELAY_S or now - self.last < self.PERIOD_S:
             return
+        if not self.enabled:
+            if self.shown is False and self.notebook is None and "IPython" in sys.modules:
+                self.notebook = notebook_handle()  # in a notebook: a display updated in place
+                self.enabled = self.notebook is not None
+            if not self.enabled:
+                return
         self.last = now
         parts = [f"{s.name}: {s.blocks} blocks, {s.rows} rows" for s in stats.ops]
+        if self.notebook is not None:
+            self.notebook.update(Text("[trainkit data] " + "\n  ".join(parts)))
+            return
         self.stream.write("\r\x1b[K[trainkit data] " + " | ".join(parts)[:200])
         self.stream.flush()
         self.shown = True

@@ -11,6 +11,8 @@ from collections.abc import Iterable
 from typing import Any
 from typing import TextIO
 
+from trainkit._display import Text
+from trainkit._display import notebook_handle
 from trainkit._result_log import flatten_metrics
 from trainkit.tune._trial import TrialState
 
@@ -33,7 +35,7 @@ class TrialTable:
         self.mode = mode
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
-        self.notebook = _notebook_handle() if verbose else None
+        self.notebook = notebook_handle() if verbose else None
         self.lines_shown = 0
         self.last = 0.0
         self.start = time.monotonic()
@@ -85,7 +87,7 @@ class TrialTable:
         self.last = now
         lines = self.render(trials)
         if self.notebook is not None:
-            self.notebook.update(_Text("\n".join(lines)))
+            self.notebook.update(Text("\n".join(lines)))
         elif self.tty:
             up = f"\x1b[{self.lines_shown}F\x1b[J" if self.lines_shown else ""
             self.stream.write(up + "\n".join(lines) + "\n")
@@ -109,30 +111,3 @@ class TrialTable:
         else:
             self.stream.write("\n".join(self.render(trials)) + "\n")
             self.stream.flush()
-
-
-class _Text:
-    """Shown as plain preformatted text by IPython's display."""
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-
-    def __repr__(self) -> str:
-        return self.text
-
-
-def _notebook_handle() -> Any:
-    """A display handle when running in a Jupyter kernel, else None."""
-    shell = sys.modules.get("IPython")
-    if shell is None:
-        return None
-    try:
-        from IPython import get_ipython  # type: ignore[import-not-found]
-        from IPython.display import display  # type: ignore[import-not-found]
-
-        ip = get_ipython()
-        if ip is None or type(ip).__name__ != "ZMQInteractiveShell":
-            return None
-        return display(_Text(""), display_id=True)
-    except Exception:
-        return None
