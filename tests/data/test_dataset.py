@@ -177,3 +177,11 @@ def test_udf_batches_are_writable_unless_zero_copy() -> None:
 
     rows = data.range(5).map_batches(readonly, zero_copy_batch=True).take_all()
     assert not any(r["w"] for r in rows)
+
+
+def test_a_lagging_consumer_is_named() -> None:
+    fast, _slow = data.range(2000, override_num_blocks=20).streaming_split(
+        2, lag_timeout_s=1.0)
+    with pytest.raises(Exception, match=r"ranks \[1\] have not taken their blocks"):
+        for _ in fast.iter_batches(batch_size=10):
+            pass

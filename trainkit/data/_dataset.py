@@ -306,12 +306,15 @@ class Dataset(_Iterable):
                 Dataset(Plan(Source(block_refs=(rt.put(compact_block(test)),),
                                     block_rows=(test.num_rows,), name="Test"))))
 
-    def streaming_split(self, n: int, *, equal: bool = True) -> list[Any]:
+    def streaming_split(self, n: int, *, equal: bool = True,
+                        lag_timeout_s: float = 600.0) -> list[Any]:
         """``n`` iterators fed by one coordinator: each row goes to exactly one of them per
-        epoch; with ``equal`` every iterator gets the same number of rows."""
+        epoch; with ``equal`` every iterator gets the same number of rows. They must be
+        consumed side by side (the ranks of a Trainer): one that stops taking its blocks holds
+        the others, for at most ``lag_timeout_s``, then they fail naming it."""
         from trainkit.data._split import make_streaming_split
 
-        return make_streaming_split(self._plan, n, equal)
+        return make_streaming_split(self._plan, n, equal, lag_timeout_s)
 
     # -- sinks ---------------------------------------------------------------------------
     def _write(self, path: str, fmt: str) -> list[str]:

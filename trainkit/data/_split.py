@@ -6,7 +6,7 @@ carry into the next block; fewer than n left at the end of an epoch are dropped)
 rank gets the same number of rows and DDP's all-reduce never waits on a rank that ran out.
 The coordinator pulls blocks only while the consumers' queues are short, so memory stays
 bounded; a consumer that stops taking its blocks holds the others back, and after
-``LAG_TIMEOUT_S`` their wait fails with an error that names it.
+``lag_timeout_s`` (default 600 s) their wait fails with an error that names it.
 """
 
 from __future__ import annotations
@@ -45,10 +45,11 @@ class _Epoch:
 class SplitCoordinator:
     """The actor behind a streaming split (threaded: one call per waiting consumer)."""
 
-    def __init__(self, plan: Plan, n: int, equal: bool) -> None:
+    def __init__(self, plan: Plan, n: int, equal: bool, lag_timeout_s: float) -> None:
         self.plan = plan
         self.n = n
         self.equal = equal
+        self.lag_timeout_s = lag_timeout_s
         self.cv = threading.Condition()
         self.epochs: dict[int, _Epoch] = {}
 
@@ -92,7 +93,7 @@ class SplitCoordinator:
 
     def next_block(self, rank: int, epoch: int) -> Any:
         """This rank's next block ref of ``epoch``, or None when its epoch is over."""
-        deadline = time.monotonic() + LAG_TIMEOUT_S
+        deadline = time.monotonic() + self.lag_timeout_s
         with self.cv:
             ep = self.epochs.get(epoch)
             if ep is None:
@@ -118,7 +119,7 @@ class SplitCoordinator:
                     continue
                 if time.monotonic() > deadline:
                     raise TimeoutError(
-                        f"rank {rank} waited {LAG_TIMEOUT_S:.0f} s for data in epoch {epoch}: "
+                        f"rank {rank} waited {self.lag_timeout_s:g} s for data in epoch {epoch}: "
                         f"ranks {full} have not taken their blocks (a rank that lags holds "
                         "every rank back)")
                 self.cv.wait(1.0)
@@ -146,11 +147,14 @@ class DataIterator(_Iterable):
             yield rt.get(ref)
 
 
-def make_streaming_split(plan: Plan, n: int, equal: bool) -> list[DataIterator]:
+def make_streaming_split(plan: Plan, n: int, equal: bool,
+                         lag_timeout_s: float = LAG_TIMEOUT_S) -> list[DataIterator]:
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"streaming_split({n!r}): n must be an int >= 1")
+    if not lag_timeout_s > 0:
+        raise ValueError(f"lag_timeout_s is {lag_timeout_s!r}, but must be > 0 seconds")
     if not rt.is_initialized():
         rt.init()
     coordinator = rt.remote(SplitCoordinator).options(
-        num_cpus=0, max_concurrency=n + 2).remote(plan, n, equal)
+        num_cpus=0, max_concurrency=n + 2).remote(plan, n, equal, lag_timeout_s)
     return [DataIterator(coordinator, rank, n) for rank in range(n)]
