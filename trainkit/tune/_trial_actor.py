@@ -124,6 +124,78 @@ class TrialActor:
             self._emit("done", "finished", trial.latest_checkpoint())
 
 
+def _newest(given: str | None, checkpoints: CheckpointManager) -> str | None:
+    """The checkpoint a trial resumes from: the driver's, unless the trial's own folder holds
+    a newer one (the driver died after the trial committed it, before journaling it). A PBT
+    exploit's copy of a donor's checkpoint (not a ``checkpoint_*`` folder) always wins."""
+    own = checkpoints.latest
+    if own is None:
+        return given
+    if given is None:
+        return own.path
+    name = os.path.basename(given.rstrip(os.sep))
+    if not name.startswith("checkpoint_"):
+        return given
+    try:
+        return own.path if own.number > int(name.rsplit("_", 1)[1]) else given
+    except ValueError:
+        return given
+
+
+def _iteration_of(path: str | None, checkpoints: CheckpointManager) -> int | None:
+    """The iteration a committed checkpoint of this trial was taken at (None: not one of
+    its own, e.g. a PBT exploit's copy of a donor's)."""
+    for record in checkpoints.records:
+        if path is not None and os.path.realpath(record.path) == os.path.realpath(path):
+            value = record.metrics.get("training_iteration")
+            return int(value) if isinstance(value, int) else None
+    return None
+
+
+def _trim_results(trial_dir: str, last: int) -> None:
+    """Drop the rows of result.json and progress.csv after iteration ``last``."""
+    import csv
+    import io
+    import json
+
+    from trainkit._result_log import PROGRESS_FILE
+
+    def keep(it: Any) -> bool:
+        return isinstance(it, int) and it <= last
+
+    path = os.path.join(trial_dir, RESULT_FILE)
+    if os.path.exists(path):
+        kept = []
+        with open(path) as f:
+            for line in f:
+                try:
+                    if keep(json.loads(line).get("training_iteration")):
+                        kept.append(line if line.endswith("\n") else line + "\n")
+                except json.JSONDecodeError:
+                    continue
+        _write_text(path, "".join(kept))
+    path = os.path.join(trial_dir, PROGRESS_FILE)
+    if os.path.exists(path):
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+        if rows and "training_iteration" in rows[0]:
+            col = rows[0].index("training_iteration")
+            out = io.StringIO()
+            writer = csv.writer(out, lineterminator="\n")
+            writer.writerow(rows[0])
+            for row in rows[1:]:
+                if len(row) > col and row[col].isdigit() and int(row[col]) <= last:
+                    writer.writerow(row)
+            _write_text(path, out.getvalue())
+
+
+def _write_text(path: str, text: str) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
 def _picklable(e: BaseException) -> BaseException:
     try:
         cloudpickle.loads(cloudpickle.dumps(e))
@@ -164,13 +236,21 @@ class _TrialRun:
             return
         os.makedirs(spec.trial_dir, exist_ok=True)
         self.checkpoints = CheckpointManager(spec.trial_dir, spec.checkpoint_config)
+        self.committed = _newest(spec.checkpoint, self.checkpoints)
+        resumed = _iteration_of(self.committed, self.checkpoints)
+        if resumed is not None:  # rows logged after that checkpoint are run again
+            _trim_results(spec.trial_dir, resumed)
+            self.iteration = resumed
+        elif self.committed is None:
+            _trim_results(spec.trial_dir, 0)
+            self.iteration = 0
         self.log = ResultLog(spec.trial_dir)
         write_session_start(self.log, spec.trial_name, spec.config)
         context = TrainContext(world_size=1, world_rank=0, local_rank=0, local_world_size=1,
                                node_rank=0, experiment_name=spec.experiment_name,
                                run_path=spec.trial_dir, trial_id=spec.trial_id,
                                trial_name=spec.trial_name)
-        checkpoint = Checkpoint(spec.checkpoint) if spec.checkpoint else None
+        checkpoint = Checkpoint(self.committed) if self.committed else None
         set_session(Session(context, checkpoint, {}, self._report_copying))
         if spec.kind == "function":
             trainable(dict(spec.config))
@@ -179,22 +259,28 @@ class _TrialRun:
 
     # -- reporting -----------------------------------------------------------------------
     def _report_copying(self, metrics: dict[str, Any], checkpoint: Checkpoint | None) -> None:
-        """``report()`` of a function trainable: commit the checkpoint, log, await decision."""
-        path = None
+        """``report()`` of a function trainable: log, commit the checkpoint, await decision."""
+        write = None
         if checkpoint is not None:
-            path = self._commit(lambda d: shutil.copytree(checkpoint.path, d, dirs_exist_ok=True),
-                                metrics)
-        self._report(metrics, path)
+            def write(d: str) -> None:
+                shutil.copytree(checkpoint.path, d, dirs_exist_ok=True)
+        self._report(metrics, None, write)
 
     def _commit(self, write: Any, metrics: dict[str, Any]) -> str:
+        """Commit the checkpoint ``write`` makes, as that of iteration ``self.iteration``."""
         assert self.checkpoints is not None
-        staged = self.checkpoints.staging_dir(f"i{self.iteration + 1:06d}")
+        staged = self.checkpoints.staging_dir(f"i{self.iteration:06d}")
         os.makedirs(staged, exist_ok=True)
         write(staged)
-        self.committed = self.checkpoints.commit(staged, metrics).path
+        record = {**metrics, "training_iteration": self.iteration}
+        self.committed = self.checkpoints.commit(staged, record).path
         return self.committed
 
-    def _report(self, metrics: dict[str, Any], checkpoint_path: str | None) -> None:
+    def _report(self, metrics: dict[str, Any], checkpoint_path: str | None,
+                write: Any = None) -> None:
+        """Log the result, then commit its checkpoint (``write``), then await the decision.
+        In that order a crash leaves either no checkpoint for a logged row (the row is
+        dropped on resume and the iteration runs again) or both."""
         now = time.monotonic()
         self.iteration += 1
         result = {**metrics, "training_iteration": self.iteration,
@@ -202,10 +288,14 @@ class _TrialRun:
                   "time_total_s": self.spec.time_total_s + now - self.started,
                   "timestamp": time.time(), "trial_id": self.spec.trial_id}
         self.last_report = now
-        if checkpoint_path is not None:
+        if write is not None and self.checkpoints is not None:
+            result["checkpoint_dir_name"] = f"checkpoint_{self.checkpoints.next_number:06d}"
+        elif checkpoint_path is not None:
             result["checkpoint_dir_name"] = os.path.basename(checkpoint_path)
         if self.log is not None:
             self.log.append(result, step=self.iteration)
+        if write is not None:
+            checkpoint_path = self._commit(write, metrics)
         self.actor._emit("result", result, checkpoint_path)
         decision = self.actor._await_decision()
         if decision != "continue":
@@ -223,8 +313,8 @@ class _TrialRun:
                 cached.cleanup()
             self.actor.cached = None
             obj = cls(config)
-        if self.spec.checkpoint:
-            obj.load_checkpoint(self.spec.checkpoint)
+        if self.committed:
+            obj.load_checkpoint(self.committed)
         ckpt_cfg = self.spec.checkpoint_config
         try:
             while True:
@@ -234,9 +324,8 @@ class _TrialRun:
                     ckpt_cfg.checkpoint_frequency > 0
                     and (self.iteration + 1) % ckpt_cfg.checkpoint_frequency == 0) or (
                     done and ckpt_cfg.checkpoint_at_end is not False)
-                path = self._commit(obj.save_checkpoint, result) if want else None
                 try:
-                    self._report(result, path)
+                    self._report(result, None, obj.save_checkpoint if want else None)
                 except _EndTrial as end:
                     if end.decision == "pause" or ckpt_cfg.checkpoint_at_end is not False:
                         self._commit(obj.save_checkpoint, result)
