@@ -181,3 +181,19 @@ def test_writing_imports_no_tensorboard_torch_or_pandas(tmp_path: Path) -> None:
     )
     subprocess.run([sys.executable, "-c", script, str(tmp_path)], check=True, timeout=60)
     assert len(_event_files(tmp_path)) == 1
+
+
+def test_trim_results_drops_reports_after_an_iteration(tmp_path: Path) -> None:
+    from trainkit._result_log import count_results
+    from trainkit._result_log import trim_results
+
+    with ResultLog(tmp_path) as log:
+        for i in range(1, 6):
+            log.append({"loss": float(i), "training_iteration": i}, step=i)
+    trim_results(tmp_path, 3)
+    assert count_results(tmp_path) == 3
+    assert list(read_results(tmp_path)["training_iteration"]) == [1, 2, 3]
+    assert (tmp_path / "progress.csv").read_text().count("\n") == 4  # header + 3 rows
+    with ResultLog(tmp_path) as log:  # appending continues after the kept rows
+        log.append({"loss": 9.0, "training_iteration": 4}, step=4)
+    assert list(read_results(tmp_path)["training_iteration"]) == [1, 2, 3, 4]

@@ -34,7 +34,7 @@ from typing import Any
 if TYPE_CHECKING:
     import pandas  # type: ignore[import-untyped]  # no pandas-stubs in the venv
 
-__all__ = ["ResultLog", "flatten_metrics", "read_results"]
+__all__ = ["ResultLog", "count_results", "flatten_metrics", "read_results", "trim_results"]
 
 RESULT_FILE = "result.json"
 PROGRESS_FILE = "progress.csv"
@@ -209,6 +209,42 @@ def read_results(run_dir: str | os.PathLike[str]) -> pandas.DataFrame:
                 raise ValueError(f"{path} line {number} is not valid JSON: {e}") from e
     columns = list(dict.fromkeys(key for row in rows for key in row))
     return pandas.DataFrame(rows, columns=columns)
+
+
+def count_results(run_dir: str | os.PathLike[str]) -> int:
+    """How many reports ``result.json`` in ``run_dir`` holds (0 if there is none)."""
+    try:
+        with open(Path(run_dir) / RESULT_FILE, "rb") as f:
+            return sum(1 for line in f if line.strip())
+    except FileNotFoundError:
+        return 0
+
+
+def trim_results(run_dir: str | os.PathLike[str], last_iteration: int) -> None:
+    """Drop the reports after ``training_iteration == last_iteration`` from ``result.json``
+    and ``progress.csv`` (a run resumed from an earlier checkpoint reports them again).
+    Each file is rewritten through a temporary file."""
+    json_path = Path(run_dir) / RESULT_FILE
+    if json_path.exists():
+        kept = []
+        with open(json_path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    it = json.loads(line).get("training_iteration")
+                except json.JSONDecodeError:
+                    continue  # a line torn by a crash
+                if isinstance(it, int) and it <= last_iteration:
+                    kept.append(line if line.endswith("\n") else line + "\n")
+        tmp = json_path.with_name(json_path.name + ".tmp")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        os.replace(tmp, json_path)
+    csv_path = Path(run_dir) / PROGRESS_FILE
+    if csv_path.exists():
+        header, rows = _read_csv(csv_path)
+        if "training_iteration" in header:
+            col = header.index("training_iteration")
+            _write_csv(csv_path, header, [r for r in rows if len(r) > col and r[col].isdigit()
+                                          and int(r[col]) <= last_iteration])
 
 
 def _to_json(value: Any) -> Any:

@@ -159,6 +159,9 @@ def test_parquet_round_trip(tmp_path) -> None:
     rows = [{"x": rng.random(), "y": i} for i in range(300)]
     files = data.from_items(rows, parallelism=3).write_parquet(str(tmp_path / "out"))
     assert len(files) == 3
+    # Blocks a filter empties make no file.
+    some = data.from_items(rows, parallelism=3).filter(lambda r: r["y"] < 100)
+    assert len(some.write_parquet(str(tmp_path / "some"))) == 1
     back = data.read_parquet(str(tmp_path / "out"))
     assert back.count() == 300
     assert sorted(back.take_all(), key=lambda r: r["y"]) == rows

@@ -246,7 +246,7 @@ def test_time_budget_and_infinite_samples(tmp_path: Path) -> None:
                       run_config=RunConfig(name="budget", storage_path=tmp_path,
                                            verbose=0)).fit()
     assert time.monotonic() - start < 10
-    assert 1 <= len(grid) <= 2
+    assert len(grid) == 2  # both CPUs ran a trial; those created ahead never started
     assert all(r.metrics["i"] < 100 for r in grid)
 
 

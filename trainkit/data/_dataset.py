@@ -324,7 +324,10 @@ class Dataset(_Iterable):
 
         os.makedirs(path, exist_ok=True)
         task = rt.remote(write_block)
-        refs = [task.remote(ref, path, fmt, i) for i, (ref, _) in enumerate(self._execute())]
+        refs: list[Any] = []
+        for ref, block in self._execute():
+            if block_rows(block):  # an empty block makes no file
+                refs.append(task.remote(ref, path, fmt, len(refs)))
         return list(rt.get(refs))
 
     def write_parquet(self, path: str) -> list[str]:

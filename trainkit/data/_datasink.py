@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterable
 from typing import Literal
 from typing import get_args
 
@@ -76,46 +75,3 @@ def _check_csv_columns(block: pa.Table) -> None:
                 f"write_csv: column {field.name!r} has type {t}; CSV holds only scalar "
                 "columns (write Parquet, or JSON lines, instead)"
             )
-
-
-def _write_all(
-    blocks: Iterable[pa.Table], path: str | os.PathLike[str], fmt: str, filename_prefix: str
-) -> list[str]:
-    written = []
-    index = 0
-    for block in blocks:
-        if block.num_rows == 0:
-            continue
-        written.append(write_block(block, path, fmt, index, filename_prefix=filename_prefix))
-        index += 1
-    return written
-
-
-def write_parquet(
-    blocks: Iterable[pa.Table],
-    path: str | os.PathLike[str],
-    *,
-    filename_prefix: str = DEFAULT_FILENAME_PREFIX,
-) -> list[str]:
-    """Write each non-empty block as a Parquet file into the folder ``path``; return the files."""
-    return _write_all(blocks, path, "parquet", filename_prefix)
-
-
-def write_csv(
-    blocks: Iterable[pa.Table],
-    path: str | os.PathLike[str],
-    *,
-    filename_prefix: str = DEFAULT_FILENAME_PREFIX,
-) -> list[str]:
-    """Write each non-empty block as a CSV file into the folder ``path``; return the files."""
-    return _write_all(blocks, path, "csv", filename_prefix)
-
-
-def write_json(
-    blocks: Iterable[pa.Table],
-    path: str | os.PathLike[str],
-    *,
-    filename_prefix: str = DEFAULT_FILENAME_PREFIX,
-) -> list[str]:
-    """Write each non-empty block as a JSON lines file into ``path``; return the files."""
-    return _write_all(blocks, path, "json", filename_prefix)

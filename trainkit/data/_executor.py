@@ -127,18 +127,6 @@ def _get_patiently(ref: Any, what: str) -> Any:
     return rt.get(ref)
 
 
-def _budget_bytes() -> int:
-    try:
-        store = rt.cluster_resources().get("object_store_memory", 0.0)
-    except Exception:
-        store = 0.0
-    return int(store * BUDGET_SHARE) or 512 * 2**20
-
-
-def _cpus() -> int:
-    return max(1, int(rt.cluster_resources().get("CPU", 1)))
-
-
 class Executor:
     """Runs one pass over a plan; iterate it for the output blocks in order."""
 
@@ -147,8 +135,9 @@ class Executor:
             rt.init()
         self.plan = plan
         self.stats = stats or ExecutionStats()
-        self.budget = _budget_bytes()
-        self.max_tasks = MAX_TASKS_PER_CPU * _cpus()
+        total = rt.cluster_resources()  # one request for both limits
+        self.budget = int(total.get("object_store_memory", 0.0) * BUDGET_SHARE) or 512 * 2**20
+        self.max_tasks = MAX_TASKS_PER_CPU * max(1, int(total.get("CPU", 1)))
         self.started = time.monotonic()
         self.progress = _Progress()
 

@@ -22,6 +22,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
+from trainkit._atomic import write_atomic
 from trainkit.train import _faults
 from trainkit.train._checkpoint import Checkpoint
 from trainkit.train._config import CheckpointConfig
@@ -42,16 +43,6 @@ class CheckpointRecord:
     @property
     def checkpoint(self) -> Checkpoint:
         return Checkpoint(self.path)
-
-
-def write_json_atomic(path: str, data: Any) -> None:
-    """Write ``data`` as JSON to ``path`` so that a reader sees the old file or the new one."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, default=repr)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class CheckpointManager:
@@ -114,11 +105,11 @@ class CheckpointManager:
         return record
 
     def _write_index(self) -> None:
-        write_json_atomic(os.path.join(self.run_dir, INDEX_FILE), {
-            "next_number": self.next_number,
-            "checkpoints": [{"number": r.number, "dir": os.path.basename(r.path),
-                             "metrics": r.metrics} for r in self.records],
-        })
+        index = {"next_number": self.next_number,
+                 "checkpoints": [{"number": r.number, "dir": os.path.basename(r.path),
+                                  "metrics": r.metrics} for r in self.records]}
+        write_atomic(os.path.join(self.run_dir, INDEX_FILE),
+                     json.dumps(index, default=repr).encode())
 
     def _score(self, record: CheckpointRecord) -> float:
         attr = self.config.checkpoint_score_attribute

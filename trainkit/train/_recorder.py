@@ -12,8 +12,8 @@ import time
 from typing import Any
 from typing import TextIO
 
-from trainkit._result_log import RESULT_FILE
 from trainkit._result_log import ResultLog
+from trainkit._result_log import count_results
 from trainkit.train._checkpoint import Checkpoint
 from trainkit.train._checkpoint_manager import CheckpointManager
 from trainkit.train._checkpoint_manager import CheckpointRecord
@@ -73,7 +73,7 @@ class RunRecorder:
         self.run_dir = run_dir
         self.callbacks = run_config.callbacks
         self.checkpoints = CheckpointManager(run_dir, run_config.checkpoint_config)
-        self.iteration = _count_lines(os.path.join(run_dir, RESULT_FILE))
+        self.iteration = count_results(run_dir)
         self.log = ResultLog(run_dir)
         self.progress = ProgressLine(name, run_config.verbose)
         self.metrics: dict[str, Any] = {}
@@ -103,10 +103,3 @@ class RunRecorder:
         self.log.close()
         self.checkpoints.clear_staging()
 
-
-def _count_lines(path: str) -> int:
-    try:
-        with open(path, "rb") as f:
-            return sum(1 for line in f if line.strip())
-    except FileNotFoundError:
-        return 0

@@ -18,18 +18,11 @@ from typing import Any
 
 import cloudpickle  # type: ignore[import-untyped]
 
+from trainkit._atomic import write_atomic
+
 JOURNAL = "experiment_state.jsonl"
 SEARCH_STATE = "search_state.pkl"
 TUNER_STATE = "tuner.pkl"
-
-
-def write_atomic(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 @dataclass

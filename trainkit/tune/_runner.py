@@ -19,12 +19,12 @@ from dataclasses import field
 from typing import Any
 
 import trainkit.runtime as rt
+from trainkit._atomic import write_atomic
 from trainkit.exceptions import TrainkitError
 from trainkit.train import RunConfig
 from trainkit.tune._config import TuneConfig
 from trainkit.tune._experiment_state import Journal
 from trainkit.tune._experiment_state import save_search_state
-from trainkit.tune._experiment_state import write_atomic
 from trainkit.tune._progress import TrialTable
 from trainkit.tune._scheduler import Decision
 from trainkit.tune._scheduler import Exploit

@@ -26,8 +26,9 @@ from typing import Any
 
 import cloudpickle  # type: ignore[import-untyped]
 
-from trainkit._result_log import RESULT_FILE
 from trainkit._result_log import ResultLog
+from trainkit._result_log import count_results
+from trainkit._result_log import trim_results
 from trainkit.train import Checkpoint
 from trainkit.train import CheckpointConfig
 from trainkit.train._checkpoint_manager import CheckpointManager
@@ -60,14 +61,6 @@ class _EndTrial(BaseException):
     def __init__(self, decision: str) -> None:
         super().__init__(decision)
         self.decision = decision
-
-
-def _count_results(trial_dir: str) -> int:
-    try:
-        with open(os.path.join(trial_dir, RESULT_FILE), "rb") as f:
-            return sum(1 for line in f if line.strip())
-    except FileNotFoundError:
-        return 0
 
 
 class TrialActor:
@@ -152,50 +145,6 @@ def _iteration_of(path: str | None, checkpoints: CheckpointManager) -> int | Non
     return None
 
 
-def _trim_results(trial_dir: str, last: int) -> None:
-    """Drop the rows of result.json and progress.csv after iteration ``last``."""
-    import csv
-    import io
-    import json
-
-    from trainkit._result_log import PROGRESS_FILE
-
-    def keep(it: Any) -> bool:
-        return isinstance(it, int) and it <= last
-
-    path = os.path.join(trial_dir, RESULT_FILE)
-    if os.path.exists(path):
-        kept = []
-        with open(path) as f:
-            for line in f:
-                try:
-                    if keep(json.loads(line).get("training_iteration")):
-                        kept.append(line if line.endswith("\n") else line + "\n")
-                except json.JSONDecodeError:
-                    continue
-        _write_text(path, "".join(kept))
-    path = os.path.join(trial_dir, PROGRESS_FILE)
-    if os.path.exists(path):
-        with open(path, newline="") as f:
-            rows = list(csv.reader(f))
-        if rows and "training_iteration" in rows[0]:
-            col = rows[0].index("training_iteration")
-            out = io.StringIO()
-            writer = csv.writer(out, lineterminator="\n")
-            writer.writerow(rows[0])
-            for row in rows[1:]:
-                if len(row) > col and row[col].isdigit() and int(row[col]) <= last:
-                    writer.writerow(row)
-            _write_text(path, out.getvalue())
-
-
-def _write_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def _picklable(e: BaseException) -> BaseException:
     try:
         cloudpickle.loads(cloudpickle.dumps(e))
@@ -210,7 +159,7 @@ class _TrialRun:
     def __init__(self, actor: TrialActor, spec: TrialSpec) -> None:
         self.actor = actor
         self.spec = spec
-        self.iteration = _count_results(spec.trial_dir)
+        self.iteration = count_results(spec.trial_dir)
         self.started = time.monotonic()
         self.last_report = self.started
         self.checkpoints: CheckpointManager | None = None
@@ -239,10 +188,10 @@ class _TrialRun:
         self.committed = _newest(spec.checkpoint, self.checkpoints)
         resumed = _iteration_of(self.committed, self.checkpoints)
         if resumed is not None:  # rows logged after that checkpoint are run again
-            _trim_results(spec.trial_dir, resumed)
+            trim_results(spec.trial_dir, resumed)
             self.iteration = resumed
         elif self.committed is None:
-            _trim_results(spec.trial_dir, 0)
+            trim_results(spec.trial_dir, 0)
             self.iteration = 0
         self.log = ResultLog(spec.trial_dir)
         write_session_start(self.log, spec.trial_name, spec.config)

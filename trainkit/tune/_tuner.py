@@ -14,6 +14,7 @@ from typing import Any
 import cloudpickle  # type: ignore[import-untyped]
 
 import trainkit.runtime as rt
+from trainkit._atomic import write_atomic
 from trainkit._pickling import unpicklable_capture
 from trainkit.exceptions import InfeasibleError
 from trainkit.train import RunConfig
@@ -22,7 +23,6 @@ from trainkit.tune._experiment_state import JOURNAL
 from trainkit.tune._experiment_state import TUNER_STATE
 from trainkit.tune._experiment_state import load_search_state
 from trainkit.tune._experiment_state import replay
-from trainkit.tune._experiment_state import write_atomic
 from trainkit.tune._result_grid import ResultGrid
 from trainkit.tune._result_grid import results_of
 from trainkit.tune._runner import Trial
