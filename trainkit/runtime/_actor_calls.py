@@ -62,7 +62,7 @@ class ActorCallerMixin(ObjectTableMixin):
             if client is None:
                 client = self.actors[actor_id] = _ActorClient(actor_id, name, max_task_retries)
                 if subscribe:
-                    self._send_quiet(self.node_addr,
+                    self._send_quiet(self.control_addr,
                                      (Msg.SUBSCRIBE_ACTOR, actor_id, self.ctl_addr))
             return client
 

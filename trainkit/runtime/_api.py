@@ -30,11 +30,12 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
          num_gpus: float | None = None, resources: dict[str, float] | None = None,
          object_store_memory: int | None = None, namespace: str | None = None,
          log_to_driver: bool = True, ignore_reinit_error: bool = False) -> None:
-    """Start the embedded single-node runtime owned by this process.
+    """Start the embedded single-node runtime owned by this process, or join a cluster.
 
     Args:
-        address: None starts an embedded runtime. Cluster addresses ("auto",
-            "host:port") need cluster mode, which is not available yet.
+        address: None starts an embedded runtime. "HOST:PORT" attaches this process as a
+            driver to the cluster whose head listens there ("auto": the cluster that
+            `trainkit start` started on this machine), through a node on this machine.
         num_cpus: CPUs to offer (default: the machine's).
         num_gpus: GPUs to offer (default: the machine's); a number larger than the
             machine has fakes GPUs, for tests.
@@ -48,16 +49,24 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
         >>> tk.init(num_cpus=2)
         >>> tk.shutdown()
     """
-    if address is not None:
-        raise ValueError(
-            f"init(address={address!r}): connecting to a cluster is not available yet "
-            "(cluster mode is a planned feature); call init() without an address to start "
-            "an embedded runtime")
     if _context.core is not None:
         if ignore_reinit_error:
             return
         raise RuntimeError("trainkit is already initialized in this process; call "
                            "trainkit.shutdown() first, or pass ignore_reinit_error=True")
+    if address is not None:
+        if not isinstance(address, str):
+            raise TypeError(f"init(address={address!r}): pass 'auto' or 'HOST:PORT'")
+        given = {k: v for k, v in (("num_cpus", num_cpus), ("num_gpus", num_gpus),
+                                   ("resources", resources),
+                                   ("object_store_memory", object_store_memory)) if v}
+        if given:
+            raise ValueError(
+                f"init(address={address!r}, {', '.join(given)}=...): a cluster's resources "
+                "are set when its nodes start (`trainkit start --num-cpus ...`), not by a "
+                "driver; drop those arguments")
+        _session.connect(address, namespace=namespace, log_to_driver=log_to_driver)
+        return
     _session.start(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
                    object_store_memory=object_store_memory, namespace=namespace,
                    log_to_driver=log_to_driver)
@@ -164,6 +173,9 @@ def _check_feasible(core: CoreWorker, resources: dict[str, float],
             "bundle larger")
     total = core.cluster_resources
     short = {k: v for k, v in resources.items() if total.get(k, 0.0) < v}
+    if short and core.control_addr != core.node_addr:  # a cluster: nodes may have joined
+        total = core.cluster_resources = _cluster_info()["total"]
+        short = {k: v for k, v in resources.items() if total.get(k, 0.0) < v}
     if short:
         have = {k: total.get(k, 0.0) for k in short}
         raise InfeasibleError(
@@ -354,7 +366,7 @@ class ActorClass:
             client.restart_refs = client.creation_refs
         meta = {"name": label, "methods": self._methods, "max_task_retries": max_task_retries}
         try:
-            core.request_node(
+            core.request_control(
                 Msg.CREATE_ACTOR, actor_id, label,
                 (ns, name) if name is not None else None,
                 (self._shared[0], payload, descs, max_concurrency),
@@ -446,7 +458,7 @@ def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
     """Kill an actor at once (its pending calls fail with ActorDiedError)."""
     if not isinstance(actor, ActorHandle):
         raise TypeError(f"kill() takes an ActorHandle, got {type(actor).__name__}")
-    _core().out.send(_core().node_addr, (Msg.KILL_ACTOR, actor._actor_id, no_restart))
+    _core().out.send(_core().control_addr, (Msg.KILL_ACTOR, actor._actor_id, no_restart))
 
 
 def preload_worker_modules(*modules: str) -> None:
@@ -457,7 +469,7 @@ def preload_worker_modules(*modules: str) -> None:
     for m in modules:
         if not isinstance(m, str) or not m:
             raise TypeError(f"preload_worker_modules() takes module names, got {m!r}")
-    _core().out.send(_core().node_addr, (Msg.PRELOAD_MODULES, list(modules)))
+    _core().out.send(_core().control_addr, (Msg.PRELOAD_MODULES, list(modules)))
 
 
 def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
@@ -471,14 +483,14 @@ def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
     """The handle of a live named actor. Raises ValueError if there is none."""
     core = _core()
     ns = namespace or _session.namespace()
-    actor_id, owner, meta = core.request_node(Msg.GET_NAMED_ACTOR, name, ns,
+    actor_id, owner, meta = core.request_control(Msg.GET_NAMED_ACTOR, name, ns,
                                               what=f"looking up actor {name!r}")
     return ActorHandle(actor_id, owner, meta["name"], tuple(meta["methods"]),
                        meta["max_task_retries"])
 
 
 def _cluster_info() -> dict[str, Any]:
-    info: dict[str, Any] = _core().request_node(Msg.CLUSTER_INFO, what="cluster resources")
+    info: dict[str, Any] = _core().request_control(Msg.CLUSTER_INFO, what="cluster resources")
     return info
 
 

@@ -30,6 +30,7 @@ from trainkit.exceptions import ObjectLostError
 from trainkit.exceptions import RuntimeSystemError
 from trainkit.runtime._actor_calls import ActorCallerMixin
 from trainkit.runtime._actor_calls import _ActorClient
+from trainkit.runtime._auth import FrameAuth
 from trainkit.runtime._objects import _Borrowed
 from trainkit.runtime._objects import _Entry
 from trainkit.runtime._objects import _error_repr
@@ -40,6 +41,7 @@ from trainkit.runtime._tasks import _Lease
 from trainkit.runtime._tasks import _Queue
 from trainkit.runtime._transport import Inbox
 from trainkit.runtime._transport import Outbox
+from trainkit.runtime._transport import endpoint
 from trainkit.runtime._transport import make_context
 
 # How long a request to the node service may take before the caller gets an error that
@@ -72,17 +74,23 @@ class CoreWorker(TaskSubmitterMixin, ActorCallerMixin):
         arena_capacity: int,
         name: str,
         cluster_resources: dict[str, float],
+        control_addr: str | None = None,
+        host: str | None = None,
+        auth: FrameAuth | None = None,
     ) -> None:
         self.session_dir = session_dir
         self.node_addr = node_addr
+        # Where leases, actors and placement groups are decided: this node's service in
+        # embedded mode, the head in a cluster.
+        self.control_addr = control_addr or node_addr
         self.node_id = node_id
         self.arena_path = arena_path
         self.arena_capacity = arena_capacity
         self.cluster_resources = dict(cluster_resources)
         self.ctx = make_context()
-        self.ctl_addr = f"ipc://{session_dir}/{name}.ctl"
-        self.inbox = Inbox(self.ctx, self.ctl_addr)
-        self.out = Outbox(self.ctx)
+        self.inbox = Inbox(self.ctx, endpoint(session_dir, f"{name}.ctl", host), auth)
+        self.ctl_addr = self.inbox.address
+        self.out = Outbox(self.ctx, auth)
         self.lock = threading.RLock()
         self.owned: dict[bytes, _Entry] = {}
         self.borrowed: dict[bytes, _Borrowed] = {}
@@ -119,6 +127,7 @@ class CoreWorker(TaskSubmitterMixin, ActorCallerMixin):
             Msg.RELEASE_CONTAINED: self._on_release_contained,
             Msg.OBJECT_VALUE: self._on_object_value,
             Msg.LOG: self._on_log,
+            Msg.NODE_DIED: self._on_node_died,
         }
         self.extra_handlers: dict[int, Callable[..., None]] = {}
 
@@ -196,6 +205,10 @@ class CoreWorker(TaskSubmitterMixin, ActorCallerMixin):
     def request_node(self, kind: int, *fields: Any, what: str,
                      timeout: float | None = NODE_REQUEST_TIMEOUT_S) -> Any:
         return self.request(self.node_addr, kind, *fields, what=what, timeout=timeout)
+
+    def request_control(self, kind: int, *fields: Any, what: str,
+                        timeout: float | None = NODE_REQUEST_TIMEOUT_S) -> Any:
+        return self.request(self.control_addr, kind, *fields, what=what, timeout=timeout)
 
     def request_async(self, target: str, kind: int, *fields: Any, what: str,
                       callback: Callable[[bool, Any], None]) -> None:

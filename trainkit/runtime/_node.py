@@ -1,10 +1,16 @@
-"""The node service: resources, the worker pool, leases, actors, placement groups, the store.
+"""The node service: the worker pool, leases on this node, the store; the control plane too.
 
-``python -m trainkit.runtime._node`` (started by ``trainkit.init()``). One thread runs a
-zmq poller over the control inbox, every worker's pidfd (so a worker's death is seen the
-moment it happens) and output pipes, and the driver's pipe (EOF = the driver died: tear
-everything down). Decisions about resources are made by the pure ``ResourceScheduler``;
-this module only carries them out.
+``python -m trainkit.runtime._node`` (started by ``trainkit.init()``, ``trainkit start`` or
+``trainkit.testing.LocalCluster``). One thread runs a zmq poller over the control inbox,
+every worker's pidfd (so a worker's death is seen the moment it happens) and output pipes,
+and the parent's pipe. Roles (``cfg["role"]``):
+
+- ``embedded``: one node owned by one driver, on ipc sockets; the driver's pipe closing
+  (EOF) means it died: tear everything down.
+- ``head``: the first node of a cluster and its control plane (``_node_control``), on tcp.
+- ``node``: a node that joined a head; it runs what the head assigns to it, answers
+  heartbeats, serves its objects to other nodes (``_transfer``) and exits when the head
+  stops answering.
 """
 
 from __future__ import annotations
@@ -17,150 +23,160 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from dataclasses import field
 from typing import Any
 
 import zmq
 
-from trainkit.exceptions import InfeasibleError
 from trainkit.exceptions import ObjectLostError
 from trainkit.exceptions import RuntimeSystemError
+from trainkit.runtime._auth import FrameAuth
+from trainkit.runtime._node_control import ControlMixin
+from trainkit.runtime._node_control import _Actor
+from trainkit.runtime._node_control import _Lease
+from trainkit.runtime._node_control import _NodeRecord
+from trainkit.runtime._node_control import _WorkerProc
 from trainkit.runtime._object_store import SharedMemoryStore
-from trainkit.runtime._protocol import ActorStatus
 from trainkit.runtime._protocol import Msg
 from trainkit.runtime._protocol import msg_name
 from trainkit.runtime._protocol import new_id
 from trainkit.runtime._scheduler import Grant
-from trainkit.runtime._scheduler import PlacementGroupReady
 from trainkit.runtime._scheduler import RequestId
 from trainkit.runtime._scheduler import ResourceScheduler
+from trainkit.runtime._secret import SECRET_ENV
+from trainkit.runtime._transfer import Puller
+from trainkit.runtime._transfer import TransferServer
 from trainkit.runtime._transport import Inbox
 from trainkit.runtime._transport import Outbox
+from trainkit.runtime._transport import endpoint
 from trainkit.runtime._transport import make_context
 
-
-@dataclass(eq=False)
-class _WorkerProc:
-    worker_id: bytes
-    pid: int
-    pidfd: int
-    stdin_w: int  # its stdin's write end: our exit closes it, and the worker sees EOF
-    exited: bool = False
-    exec_addr: str = ""
-    ctl_addr: str = ""
-    ready: bool = False
-    lease_id: bytes | None = None
-    actor_id: bytes | None = None
-    tainted: bool = False
-    killed_reason: str = ""
-    preloads: int = 0  # how many preload requests the forkserver had seen when forking it
-    out_partial: dict[int, bytes] = field(default_factory=dict)
+HEARTBEAT_S = 1.0
+# A node whose head has not answered for this long exits (and its workers with it).
+HEAD_TIMEOUT_S = 10.0
+REGISTER_TIMEOUT_S = 15.0
 
 
-@dataclass(eq=False)
-class _Lease:
-    lease_id: bytes
-    owner: str
-    actor_id: bytes | None = None
-    worker: _WorkerProc | None = None
-    grant: Grant | None = None
-
-
-@dataclass(eq=False)
-class _Actor:
-    actor_id: bytes
-    owner: str
-    name: str
-    registered_name: tuple[str, str] | None
-    spec: tuple[Any, ...]  # (cls_blob, payload, descs, max_concurrency)
-    resources: dict[str, float]
-    placement: tuple[str, int] | None
-    restarts_left: int
-    meta: dict[str, Any]
-    status: ActorStatus = ActorStatus.PENDING
-    cause: str = ""
-    lease_id: bytes | None = None
-    worker: _WorkerProc | None = None
-    no_restart: bool = False
-    subscribers: set[str] = field(default_factory=set)
-
-
-class NodeService:
-    def __init__(self, cfg: dict[str, Any]) -> None:
+class NodeService(ControlMixin):
+    def __init__(self, cfg: dict[str, Any], secret: bytes | None = None) -> None:
         self.cfg = cfg
+        self.role: str = cfg.get("role", "embedded")
+        self.is_control = self.role != "node"
         self.session_dir: str = cfg["session_dir"]
         self.node_id: str = cfg["node_id"]
+        self.host: str | None = cfg.get("host")
         self.ctx = make_context()
-        self.addr = f"ipc://{self.session_dir}/node.ctl"
-        self.inbox = Inbox(self.ctx, self.addr)
-        self.out = Outbox(self.ctx)
+        self.auth = FrameAuth(secret) if secret else None
+        bind = cfg.get("bind") or endpoint(self.session_dir, "node.ctl", self.host)
+        self.inbox = Inbox(self.ctx, bind, self.auth)
+        self.addr = self.inbox.address
+        self.out = Outbox(self.ctx, self.auth)
+        self.control_addr: str = self.addr if self.is_control else cfg["head_addr"]
         self.scheduler = ResourceScheduler()
-        self.scheduler.add_node(self.node_id, cfg["resources"], cfg["gpu_ids"])
+        if self.is_control:
+            self.scheduler.add_node(self.node_id, cfg["resources"], cfg["gpu_ids"])
         self.store = SharedMemoryStore(cfg["arena_path"], cfg["object_store_memory"],
                                        os.path.join(self.session_dir, "spill"))
-        self.driver: str = cfg["driver_addr"]
+        self.store_lock = threading.Lock()
+        self.driver: str | None = cfg.get("driver_addr")
         self.workers: dict[bytes, _WorkerProc] = {}
+        self.remote_workers: dict[bytes, _WorkerProc] = {}
         self.by_fd: dict[int, _WorkerProc] = {}
         self.pipes: dict[int, tuple[_WorkerProc, str]] = {}
         self.idle: list[_WorkerProc] = []
         self.waiting_for_worker: deque[_Lease] = deque()
         self.leases: dict[RequestId, _Lease] = {}
+        self.local_leases: dict[bytes, _Lease] = {}  # node role: what the head assigned here
         self.actors: dict[bytes, _Actor] = {}
         self.named: dict[tuple[str, str], bytes] = {}
         self.pg_waiters: dict[str, list[tuple[str, int]]] = {}
+        self.cluster_nodes: dict[str, _NodeRecord] = {}
+        self.peers: dict[str, dict[str, Any]] = {}  # node id -> its registered info
+        self.drivers: dict[int, str] = {}  # pidfd -> control address of a driver here
+        self.log_targets: list[str] = [self.driver] if self.driver else []
+        self.copies: set[bytes] = set()  # objects pulled from other nodes
+        self.pulling: dict[bytes, list[tuple[int, str]]] = {}
+        self.running = True
         self.poller = zmq.Poller()
         self.poller.register(self.inbox.socket, zmq.POLLIN)
-        self.poller.register(0, zmq.POLLIN)  # the driver's pipe
-        self.running = True
+        if self.role == "embedded":
+            self.poller.register(0, zmq.POLLIN)  # the driver's pipe
+        self.watch_fd = -1
+        if cfg.get("watch_pid"):  # LocalCluster: stop when the process that started us does
+            try:
+                self.watch_fd = os.pidfd_open(cfg["watch_pid"])
+            except ProcessLookupError:
+                self.running = False
+            else:
+                self.poller.register(self.watch_fd, zmq.POLLIN)
         self.start_failures = 0
-        self.env = self._worker_env()
+        self.transfer: TransferServer | None = None
+        self.puller: Puller | None = None
+        if self.host is not None and secret:
+            self.transfer = TransferServer(self.ctx, self.host, secret, self.store,
+                                           self.store_lock)
+            self.puller = Puller(self.ctx, secret, self.store, self.out, self.addr)
+        self.info = {
+            "node_id": self.node_id, "addr": self.addr, "host": self.host or "127.0.0.1",
+            "transfer_addr": self.transfer.address if self.transfer else "",
+            "machine": cfg.get("machine", ""), "arena_path": cfg["arena_path"],
+            "object_store_memory": cfg["object_store_memory"], "resources": cfg["resources"],
+            "gpu_ids": cfg["gpu_ids"], "session_dir": self.session_dir,
+            "is_head": self.role == "head", "pid": os.getpid(),
+        }
+        self.env = self._worker_env(secret)
         self.max_idle = max(2, int(cfg["resources"].get("CPU", 1)))
+        self.last_ack = time.monotonic()
+        self.next_tick = 0.0
         self.handlers: dict[int, Callable[..., None]] = {
             Msg.REGISTER_WORKER: self.on_register_worker,
-            Msg.REQUEST_LEASE: self.on_request_lease,
-            Msg.RETURN_LEASE: self.on_return_lease,
-            Msg.CREATE_ACTOR: self.on_create_actor,
-            Msg.SUBSCRIBE_ACTOR: self.on_subscribe_actor,
-            Msg.GET_NAMED_ACTOR: self.on_get_named_actor,
-            Msg.KILL_ACTOR: self.on_kill_actor,
-            Msg.ACTOR_READY: self.on_actor_ready,
-            Msg.ACTOR_INIT_FAILED: self.on_actor_init_failed,
-            Msg.ACTOR_EXITING: self.on_actor_exiting,
             Msg.WORKER_TAINTED: self.on_worker_tainted,
-            Msg.WORKER_BLOCKED: self.on_worker_blocked,
-            Msg.WORKER_UNBLOCKED: self.on_worker_unblocked,
-            Msg.CREATE_PG: self.on_create_pg,
-            Msg.REMOVE_PG: self.on_remove_pg,
-            Msg.WAIT_PG: self.on_wait_pg,
             Msg.STORE_ALLOC: self.on_store_alloc,
             Msg.STORE_SEAL: self.on_store_seal,
             Msg.STORE_PIN: self.on_store_pin,
             Msg.STORE_UNPIN: self.on_store_unpin,
             Msg.STORE_FREE: self.on_store_free,
-            Msg.CLUSTER_INFO: self.on_cluster_info,
-            Msg.KILL_WORKER: self.on_kill_worker,
+            Msg.STORE_PULLED: self.on_store_pulled,
             Msg.SHUTDOWN: self.on_shutdown,
             Msg.PRELOAD_MODULES: self.on_preload_modules,
+            Msg.REGISTER_DRIVER: self.on_register_driver,
+            Msg.DRIVER_EXIT: self.on_driver_exit,
+            Msg.NODE_ASSIGN: self.on_node_assign,
+            Msg.NODE_RELEASE: self.on_node_release,
+            Msg.NODE_KILL_WORKER: self.on_node_kill_worker,
+            Msg.NODE_PROCESS_DIED: self.on_node_process_died,
+            Msg.NODE_DIED: self.notify_node_died,
+            Msg.NODE_TABLE: self.on_node_table,
+            Msg.NODE_HEARTBEAT_ACK: self.on_heartbeat_ack,
         }
+        if self.is_control:
+            self.handlers.update(self.control_handlers())
+        if self.role == "head":
+            self.cluster_nodes[self.node_id] = _NodeRecord(self.info, time.monotonic())
+            self.peers[self.node_id] = self.info
 
-    def _worker_env(self) -> dict[str, str]:
+    def _worker_env(self, secret: bytes | None) -> dict[str, str]:
         env = dict(os.environ)
         env.update({
             "TRAINKIT_SESSION_DIR": self.session_dir,
             "TRAINKIT_NODE_ADDR": self.addr,
+            "TRAINKIT_CONTROL_ADDR": self.control_addr,
             "TRAINKIT_NODE_ID": self.node_id,
+            "TRAINKIT_NODE_HOST": self.host or "",
             "TRAINKIT_ARENA_PATH": self.cfg["arena_path"],
             "TRAINKIT_ARENA_CAPACITY": str(self.cfg["object_store_memory"]),
-            "TRAINKIT_CLUSTER_RESOURCES": json.dumps(self.scheduler.total_resources()),
+            "TRAINKIT_CLUSTER_RESOURCES": json.dumps(self.cfg["resources"]),
             "TRAINKIT_SYS_PATH": json.dumps(self.cfg["sys_path"]),
             "PYTHONUNBUFFERED": "1",
         })
         env.pop("CUDA_VISIBLE_DEVICES", None)
+        env.pop(SECRET_ENV, None)
+        if secret:
+            env[SECRET_ENV] = secret.decode()
         return env
 
     # ------------------------------------------------------------------ main loop
@@ -168,10 +184,24 @@ class NodeService:
         self.start_zygote()
         for _ in range(int(self.cfg.get("prestart", 0))):
             self.start_worker()
-        self.out.send(self.driver, (Msg.NODE_READY, self.addr))
+        if self.transfer is not None:
+            self.transfer.start()
+        if self.puller is not None:
+            self.puller.start()
+        if self.role == "node":
+            self.register_with_head()
+        if self.driver:
+            self.out.send(self.driver, (Msg.NODE_READY, self.addr))
+        ready_file = self.cfg.get("ready_file")
+        if ready_file:  # tells whoever started us (CLI, LocalCluster) where we listen
+            tmp = ready_file + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump(self.info, f)
+            os.replace(tmp, ready_file)
         sock = self.inbox.socket
+        timeout = None if self.role == "embedded" else int(HEARTBEAT_S * 500)
         while self.running:
-            for item, _ev in self.poller.poll():
+            for item, _ev in self.poller.poll(timeout):
                 if item is sock:
                     while self.running:
                         msg = self.inbox.recv_nowait()
@@ -185,8 +215,53 @@ class NodeService:
                     self.on_worker_exit(self.by_fd[item])
                 elif item in self.pipes:
                     self.on_pipe(item)  # one read per wake-up keeps the loop fair
+                elif item in self.drivers:
+                    self.driver_gone(item, "the driver process exited")
+                elif item == self.watch_fd:
+                    self.running = False
                 elif item == self.zsock.fileno():
                     self.on_zygote()
+            if timeout is not None and time.monotonic() >= self.next_tick:
+                self.tick()
+
+    def tick(self) -> None:
+        """Cluster roles, about once a second: heartbeats and liveness."""
+        now = time.monotonic()
+        self.next_tick = now + HEARTBEAT_S / 2
+        if self.role == "head":
+            self.check_nodes()
+        elif self.role == "node":
+            self.send(self.control_addr, (Msg.NODE_HEARTBEAT, self.node_id))
+            limit = self.cfg.get("head_timeout_s") or HEAD_TIMEOUT_S
+            if now - self.last_ack > limit:
+                print(f"trainkit node: the head at {self.control_addr} has not answered for "
+                      f"{limit:.0f} s; this node stops", file=sys.stderr)
+                self.running = False
+
+    def register_with_head(self) -> None:
+        """Join the cluster: the head must accept this node within REGISTER_TIMEOUT_S."""
+        req_id = 1
+        self.out.send(self.control_addr, (Msg.REGISTER_NODE, req_id, self.addr, self.info))
+        deadline = time.monotonic() + REGISTER_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if not self.inbox.socket.poll(100):
+                continue
+            msg = self.inbox.recv_nowait()
+            if msg is None:
+                continue
+            if msg[0] == Msg.REPLY and msg[1] == req_id:
+                if not msg[2]:
+                    raise RuntimeSystemError(f"the head refused this node: {msg[3]}")
+                self.last_ack = time.monotonic()
+                return
+            self.dispatch(msg)
+        raise RuntimeSystemError(
+            f"no answer from the trainkit head at {self.control_addr} within "
+            f"{REGISTER_TIMEOUT_S:.0f} s: is it running there, and does this node use the "
+            "same cluster secret (--secret-file or TRAINKIT_CLUSTER_SECRET)?")
+
+    def on_heartbeat_ack(self) -> None:
+        self.last_ack = time.monotonic()
 
     def dispatch(self, msg: tuple[Any, ...]) -> None:
         handler = self.handlers.get(msg[0])
@@ -283,7 +358,7 @@ class NodeService:
         self.by_fd[w.pidfd] = w
         self.poller.register(w.pidfd, zmq.POLLIN)
         if w.killed_reason:
-            self.kill_worker(w, w.killed_reason)
+            self.local_kill_worker(w, w.killed_reason)
 
     def on_zygote(self) -> None:
         while self._zygote_message(0):
@@ -323,7 +398,10 @@ class NodeService:
         else:
             self.idle.append(w)
 
-    def kill_worker(self, w: _WorkerProc, reason: str) -> None:
+    def find_worker(self, worker_id: bytes) -> _WorkerProc | None:
+        return self.workers.get(worker_id) or self.remote_workers.get(worker_id)
+
+    def local_kill_worker(self, w: _WorkerProc, reason: str) -> None:
         if not w.killed_reason:
             w.killed_reason = reason
         if w in self.idle:
@@ -333,6 +411,60 @@ class NodeService:
                 os.kill(w.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+    def local_release(self, w: _WorkerProc) -> None:
+        """A lease on this node ended: its worker goes back to the pool, or away."""
+        w.lease_id = None
+        if w.tainted or w.actor_id is not None:
+            self.local_kill_worker(w, "done")
+        elif not w.exited:
+            self.worker_available(w)
+
+    def on_worker_exit(self, w: _WorkerProc) -> None:
+        self.poller.unregister(w.pidfd)
+        del self.by_fd[w.pidfd]
+        os.close(w.pidfd)
+        for fd in [fd for fd, (pw, _) in self.pipes.items() if pw is w]:
+            self.on_pipe_drain(fd)
+        w.exited = True
+        os.close(w.stdin_w)
+        code = self.exit_code(w.pid)
+        self.workers.pop(w.worker_id, None)
+        if w in self.idle:
+            self.idle.remove(w)
+        cause = w.killed_reason or _describe_exit(code)
+        if w.ctl_addr:
+            self.notify_process_died(w.ctl_addr, cause)
+        if self.is_control:
+            self.worker_gone(w, cause, self.node_id)
+        else:
+            lease = self.local_leases.pop(w.lease_id, None) if w.lease_id else None
+            if lease is not None or w.ctl_addr:
+                self.send(self.control_addr, (Msg.NODE_WORKER_EXIT, self.node_id,
+                                              w.worker_id if lease is not None else None,
+                                              w.ctl_addr, cause))
+        if not w.ready:
+            self.on_worker_start_failed(w, cause)
+        if self.is_control:
+            self.schedule()
+
+    def on_worker_start_failed(self, w: _WorkerProc, cause: str) -> None:
+        self.start_failures += 1
+        if not self.waiting_for_worker:
+            return
+        if self.start_failures < 3:
+            self.start_worker()
+            return
+        err = RuntimeSystemError(
+            f"worker processes fail to start ({cause}); their output above says why. "
+            f"Command: {sys.executable} -m trainkit.runtime._worker")
+        while self.waiting_for_worker:
+            lease = self.waiting_for_worker.popleft()
+            if not self.is_control:
+                self.local_leases.pop(lease.lease_id, None)
+                self.send(self.control_addr, (Msg.NODE_LEASE_FAILED, lease.lease_id, err))
+            else:
+                self.on_node_lease_failed(lease.lease_id, err)
 
     def on_pipe(self, fd: int) -> bool:
         """Forward what a worker wrote; False when nothing more is there to read now."""
@@ -349,67 +481,22 @@ class NodeService:
             os.close(fd)
             rest = w.out_partial.pop(fd, b"")
             if rest:
-                self.send(self.driver, (Msg.LOG, stream, rest.decode(errors="replace") + "\n"))
+                for target in self.log_targets:
+                    self.send(target, (Msg.LOG, stream, rest.decode(errors="replace") + "\n"))
             return False
         data = w.out_partial.pop(fd, b"") + data
         head, sep, tail = data.rpartition(b"\n")
         if tail:
             w.out_partial[fd] = tail
-        if sep and self.cfg.get("log_to_driver", True):
+        if sep and self.log_targets and self.cfg.get("log_to_driver", True):
             text = (head + sep).decode(errors="replace")
             lines = [ln if ln.startswith("(") else f"(pid={w.pid}) {ln}"
                      for ln in text.splitlines()]
-            self.send(self.driver, (Msg.LOG, stream, "\n".join(lines) + "\n"))
+            if self.host is not None:  # cluster mode: say which node it came from
+                lines = [ln.replace(")", f", node={self.host})", 1) for ln in lines]
+            for target in self.log_targets:
+                self.send(target, (Msg.LOG, stream, "\n".join(lines) + "\n"))
         return True
-
-    def on_worker_exit(self, w: _WorkerProc) -> None:
-        self.poller.unregister(w.pidfd)
-        del self.by_fd[w.pidfd]
-        os.close(w.pidfd)
-        for fd in [fd for fd, (pw, _) in self.pipes.items() if pw is w]:
-            self.on_pipe_drain(fd)
-        w.exited = True
-        os.close(w.stdin_w)
-        code = self.exit_code(w.pid)
-        self.workers.pop(w.worker_id, None)
-        if w in self.idle:
-            self.idle.remove(w)
-        cause = w.killed_reason or _describe_exit(code)
-        if w.ctl_addr:
-            self.store.free_owned_by(w.ctl_addr)
-            self.broadcast_death(w.ctl_addr, cause)
-        lease = self.leases.pop(w.lease_id, None) if w.lease_id else None
-        if lease is not None:
-            self.scheduler.release(lease.lease_id)
-            if lease.actor_id is None:
-                self.send(lease.owner, (Msg.WORKER_DIED, lease.lease_id, cause))
-        if w.actor_id is not None:
-            actor = self.actors.get(w.actor_id)
-            if actor is not None and actor.worker is w:
-                self.on_actor_died(actor, cause)
-        if not w.ready:
-            self.on_worker_start_failed(w, cause)
-        self.schedule()
-
-    def on_worker_start_failed(self, w: _WorkerProc, cause: str) -> None:
-        self.start_failures += 1
-        if not self.waiting_for_worker:
-            return
-        if self.start_failures < 3:
-            self.start_worker()
-            return
-        err = RuntimeSystemError(
-            f"worker processes fail to start ({cause}); their output above says why. "
-            f"Command: {sys.executable} -m trainkit.runtime._worker")
-        while self.waiting_for_worker:
-            lease = self.waiting_for_worker.popleft()
-            self.leases.pop(lease.lease_id, None)
-            self.scheduler.release(lease.lease_id)
-            if lease.actor_id is None:
-                self.send(lease.owner, (Msg.LEASE_FAILED, lease.lease_id, err))
-            elif (actor := self.actors.get(lease.actor_id)) is not None:
-                actor.no_restart = True
-                self.set_dead(actor, str(err))
 
     def on_pipe_drain(self, fd: int) -> None:
         # Stops at the first empty read: a child the worker started may still hold the
@@ -417,62 +504,37 @@ class NodeService:
         while fd in self.pipes and self.on_pipe(fd):
             pass
 
-    def broadcast_death(self, addr: str, cause: str) -> None:
+    def notify_process_died(self, addr: str, cause: str) -> None:
+        """A process died (here or elsewhere): free its objects here, tell the locals."""
         self.out.forget(addr)
-        targets = {self.driver} | {w.ctl_addr for w in self.workers.values() if w.ctl_addr}
+        with self.store_lock:
+            self.store.free_owned_by(addr)
+        targets = set(self.drivers.values()) | {w.ctl_addr for w in self.workers.values()
+                                                 if w.ctl_addr}
+        if self.driver:
+            targets.add(self.driver)
         for t in targets:
             if t != addr:
                 self.send(t, (Msg.PROCESS_DIED, addr, cause))
-        # Actors owned by the dead process die with it (fate sharing).
-        for actor in list(self.actors.values()):
-            if actor.owner == addr and actor.status is not ActorStatus.DEAD:
-                self.kill_actor(actor, f"its owner died ({cause})")
+
+    def notify_node_died(self, node_id: str, cause: str) -> None:
+        """Another node died: the processes here drop what lived only there."""
+        self.peers.pop(node_id, None)
+        targets = set(self.drivers.values()) | {w.ctl_addr for w in self.workers.values()
+                                                 if w.ctl_addr}
+        if self.driver:
+            targets.add(self.driver)
+        for t in targets:
+            self.send(t, (Msg.NODE_DIED, node_id, cause))
 
     def on_worker_tainted(self, worker_id: bytes) -> None:
         w = self.workers.get(worker_id)
         if w is not None:
             w.tainted = True
 
-    def on_worker_blocked(self, worker_id: bytes) -> None:
-        w = self.workers.get(worker_id)
-        if w is not None and w.lease_id is not None and self.scheduler.lend_cpus(w.lease_id):
-            self.schedule()
-
-    def on_worker_unblocked(self, worker_id: bytes) -> None:
-        w = self.workers.get(worker_id)
-        if w is not None and w.lease_id is not None:
-            self.scheduler.reclaim_cpus(w.lease_id)
-
-    def on_kill_worker(self, worker_id: bytes) -> None:
-        w = self.workers.get(worker_id)
-        if w is not None:
-            self.kill_worker(w, "killed by cancel(force=True)")
-
-    # ------------------------------------------------------------------ leases
-    def on_request_lease(self, lease_id: bytes, owner: str, resources: dict[str, float],
-                         placement: tuple[str, int] | None) -> None:
-        try:
-            self.scheduler.submit(lease_id, resources, placement)
-        except (InfeasibleError, ValueError) as e:
-            self.send(owner, (Msg.LEASE_FAILED, lease_id, e))
-            return
-        self.leases[lease_id] = _Lease(lease_id, owner)
-        self.schedule()
-
-    def schedule(self) -> None:
-        for ev in self.scheduler.schedule():
-            if isinstance(ev, PlacementGroupReady):
-                for addr, req_id in self.pg_waiters.pop(ev.pg_id, []):
-                    self.reply(addr, req_id, True, True)
-            else:
-                self.on_grant(ev)
-
-    def on_grant(self, grant: Grant) -> None:
-        lease = self.leases.get(grant.request_id)
-        if lease is None:
-            self.scheduler.release(grant.request_id)
-            return
-        lease.grant = grant
+    # ------------------------------------------------------------------ leases on this node
+    def local_assign(self, lease: _Lease) -> None:
+        """Give ``lease`` (granted on this node) a worker: an idle one or a new fork."""
         while self.idle:
             w = self.idle.pop()
             if not w.exited:
@@ -483,246 +545,132 @@ class NodeService:
 
     def assign(self, lease: _Lease, w: _WorkerProc) -> None:
         assert lease.grant is not None
-        lease.worker = w
-        w.lease_id = lease.lease_id
+        if self.is_control:
+            if not self.assigned(lease, w):
+                self.release_lease(lease)
+                return
+        else:
+            lease.worker = w
+            w.lease_id = lease.lease_id
+            w.actor_id = lease.actor_id
+            self.send(self.control_addr, (Msg.NODE_ASSIGNED, self.node_id, lease.lease_id,
+                                          w.worker_id, w.exec_addr, w.ctl_addr))
         gpu_ids = lease.grant.gpu_ids
         if lease.actor_id is None:
             self.send(lease.owner, (Msg.LEASE_GRANTED, lease.lease_id, w.worker_id, w.exec_addr,
                                     w.ctl_addr, gpu_ids))
             return
-        actor = self.actors.get(lease.actor_id)
-        if actor is None or actor.status is ActorStatus.DEAD:
-            self.release_lease(lease)
-            return
-        actor.worker = w
-        w.actor_id = actor.actor_id
-        blob, payload, descs, max_concurrency = actor.spec
-        self.send(w.exec_addr, (Msg.BECOME_ACTOR, actor.actor_id, actor.name, blob, payload,
+        name, blob, payload, descs, max_concurrency = lease.actor_spec
+        self.send(w.exec_addr, (Msg.BECOME_ACTOR, lease.actor_id, name, blob, payload,
                                 descs, gpu_ids, max_concurrency))
 
-    def release_lease(self, lease: _Lease) -> None:
-        self.leases.pop(lease.lease_id, None)
-        self.scheduler.release(lease.lease_id)
-        w = lease.worker
+    def on_node_assign(self, lease_id: bytes, owner: str, actor_id: bytes | None,
+                       actor_spec: tuple[Any, ...], gpu_ids: tuple[int, ...]) -> None:
+        lease = _Lease(lease_id, owner, actor_id=actor_id, actor_spec=actor_spec,
+                       grant=Grant(lease_id, self.node_id, {}, tuple(gpu_ids), None))
+        self.local_leases[lease_id] = lease
+        self.local_assign(lease)
+
+    def on_node_release(self, worker_id: bytes) -> None:
+        w = self.workers.get(worker_id)
+        if w is None:
+            return
+        if w.lease_id is not None:
+            self.local_leases.pop(w.lease_id, None)
+        self.local_release(w)
+
+    def on_node_kill_worker(self, worker_id: bytes, reason: str) -> None:
+        w = self.workers.get(worker_id)
         if w is not None:
-            w.lease_id = None
-            if w.tainted or w.actor_id is not None:
-                self.kill_worker(w, "done")
-            elif not w.exited:
-                self.worker_available(w)
-        self.schedule()
+            self.local_kill_worker(w, reason)
 
-    def on_return_lease(self, lease_id: bytes) -> None:
-        lease = self.leases.get(lease_id)
-        if lease is None:
-            return
-        if lease.grant is None:  # still queued: the owner no longer needs it
-            self.scheduler.cancel(lease_id)
-            self.leases.pop(lease_id, None)
-            return
-        if lease in self.waiting_for_worker:
-            self.waiting_for_worker.remove(lease)
-        self.release_lease(lease)
+    def on_node_process_died(self, addr: str, cause: str) -> None:
+        self.notify_process_died(addr, cause)
 
-    # ------------------------------------------------------------------ actors
-    def on_create_actor(self, req_id: int, reply_to: str, actor_id: bytes, name: str,
-                        registered_name: tuple[str, str] | None, spec: tuple[Any, ...],
-                        resources: dict[str, float], placement: tuple[str, int] | None,
-                        max_restarts: int, meta: dict[str, Any]) -> None:
-        if registered_name is not None and registered_name in self.named:
-            other = self.actors.get(self.named[registered_name])
-            if other is not None and other.status is not ActorStatus.DEAD:
-                self.reply(reply_to, req_id, False, ValueError(
-                    f"an actor named {registered_name[1]!r} already exists in namespace "
-                    f"{registered_name[0]!r}; pick another name or get it with "
-                    f"get_actor({registered_name[1]!r})"))
-                return
-        lease_id = new_id()
+    def on_node_table(self, table: dict[str, Any]) -> None:
+        self.peers = dict(table["nodes"])
+        self.log_targets = list(table["drivers"])
+
+    def node_table(self) -> dict[str, Any]:
+        drivers = sorted({d for n in self.cluster_nodes.values() for d in n.info.get(
+            "drivers", ())})
+        self.peers = {nid: n.info for nid, n in self.cluster_nodes.items()}
+        self.log_targets = drivers
+        return {"nodes": self.peers, "drivers": drivers}
+
+    # ------------------------------------------------------------------ drivers
+    def on_register_driver(self, req_id: int, reply_to: str, pid: int) -> None:
+        """A driver on this machine attached to this node (cluster mode)."""
         try:
-            self.scheduler.submit(lease_id, resources, placement)
-        except (InfeasibleError, ValueError) as e:
-            self.reply(reply_to, req_id, False, e)
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            self.reply(reply_to, req_id, False, RuntimeSystemError("the driver is gone"))
             return
-        actor = _Actor(actor_id, reply_to, name, registered_name, spec, resources, placement,
-                       max_restarts, meta, lease_id=lease_id)
-        actor.subscribers.add(reply_to)
-        self.actors[actor_id] = actor
-        if registered_name is not None:
-            self.named[registered_name] = actor_id
-        self.leases[lease_id] = _Lease(lease_id, reply_to, actor_id=actor_id)
-        self.reply(reply_to, req_id, True, None)
-        self.schedule()
+        self.drivers[pidfd] = reply_to
+        self.poller.register(pidfd, zmq.POLLIN)
+        self.info.setdefault("drivers", []).append(reply_to)
+        self.update_drivers()
+        self.reply(reply_to, req_id, True, self.info)
 
-    def publish(self, actor: _Actor) -> None:
-        addr = actor.worker.exec_addr if actor.worker and actor.status is ActorStatus.ALIVE \
-            else None
-        for sub in actor.subscribers:
-            self.send(sub, (Msg.ACTOR_STATE, actor.actor_id, actor.status.value, addr,
-                            actor.cause))
-
-    def on_subscribe_actor(self, actor_id: bytes, addr: str) -> None:
-        actor = self.actors.get(actor_id)
-        if actor is None:
-            self.send(addr, (Msg.ACTOR_STATE, actor_id, ActorStatus.DEAD.value, None,
-                             "the actor is unknown to this node (its owner may have died)"))
-            return
-        actor.subscribers.add(addr)
-        addr_exec = actor.worker.exec_addr if actor.worker and \
-            actor.status is ActorStatus.ALIVE else None
-        self.send(addr, (Msg.ACTOR_STATE, actor_id, actor.status.value, addr_exec, actor.cause))
-
-    def on_get_named_actor(self, req_id: int, reply_to: str, name: str, namespace: str) -> None:
-        actor_id = self.named.get((namespace, name))
-        actor = self.actors.get(actor_id) if actor_id else None
-        if actor is None or actor.status is ActorStatus.DEAD:
-            self.reply(reply_to, req_id, False, ValueError(
-                f"no live actor named {name!r} in namespace {namespace!r}"))
-            return
-        self.reply(reply_to, req_id, True, (actor.actor_id, actor.owner, actor.meta))
-
-    def on_actor_ready(self, actor_id: bytes, worker_id: bytes) -> None:
-        actor = self.actors.get(actor_id)
-        if actor is None or actor.worker is None or actor.worker.worker_id != worker_id:
-            return
-        if actor.status is ActorStatus.DEAD:
-            self.kill_worker(actor.worker, "the actor was killed")
-            return
-        actor.status = ActorStatus.ALIVE
-        self.publish(actor)
-
-    def on_actor_init_failed(self, actor_id: bytes, error: tuple[Any, ...]) -> None:
-        actor = self.actors.get(actor_id)
-        if actor is None:
-            return
-        from trainkit.runtime._serialization import loads
-
-        try:
-            err = loads(error[1], error[2])
-            cause = f"its constructor raised:\n{err}"
-        except Exception as e:
-            cause = f"its constructor raised an error that could not be loaded: {e}"
-        actor.no_restart = True
-        self.set_dead(actor, cause)
-        if actor.worker is not None:
-            self.kill_worker(actor.worker, cause)
-
-    def on_actor_exiting(self, actor_id: bytes) -> None:
-        actor = self.actors.get(actor_id)
-        if actor is not None:
-            actor.no_restart = True
-            actor.cause = "it went out of scope (every handle to it was deleted)"
-
-    def on_kill_actor(self, actor_id: bytes, no_restart: bool) -> None:
-        actor = self.actors.get(actor_id)
-        if actor is None or actor.status is ActorStatus.DEAD:
-            return
-        if no_restart:
-            self.kill_actor(actor, "it was killed with kill()")
-        elif actor.worker is not None:
-            self.kill_worker(actor.worker, "it was killed with kill(no_restart=False)")
-
-    def kill_actor(self, actor: _Actor, cause: str) -> None:
-        actor.no_restart = True
-        if actor.worker is not None and not actor.worker.exited:
-            actor.cause = cause
-            self.kill_worker(actor.worker, cause)  # on_worker_exit finishes the job
+    def update_drivers(self) -> None:
+        if self.is_control:
+            self.broadcast_node_table()
         else:
-            self.set_dead(actor, cause)
+            self.send(self.control_addr, (Msg.REGISTER_NODE, 0, self.addr, self.info))
 
-    def on_actor_died(self, actor: _Actor, cause: str) -> None:
-        actor.worker = None
-        if actor.status is ActorStatus.DEAD:
-            return
-        if actor.no_restart or actor.restarts_left == 0:
-            self.set_dead(actor, actor.cause or cause)
-            return
-        if actor.restarts_left > 0:
-            actor.restarts_left -= 1
-        actor.status = ActorStatus.RESTARTING
-        actor.cause = cause
-        self.publish(actor)
-        lease_id = new_id()
-        actor.lease_id = lease_id
-        self.scheduler.submit(lease_id, actor.resources, actor.placement)
-        self.leases[lease_id] = _Lease(lease_id, actor.owner, actor_id=actor.actor_id)
+    def on_driver_exit(self, addr: str) -> None:
+        for fd, a in list(self.drivers.items()):
+            if a == addr:
+                self.driver_gone(fd, "the driver called shutdown()")
 
-    def set_dead(self, actor: _Actor, cause: str) -> None:
-        if actor.status is ActorStatus.DEAD:
-            return
-        actor.status = ActorStatus.DEAD
-        actor.cause = cause
-        if actor.lease_id is not None:
-            lease = self.leases.get(actor.lease_id)
-            if lease is not None and lease.grant is None:
-                self.scheduler.cancel(actor.lease_id)
-                self.leases.pop(actor.lease_id, None)
-        if actor.registered_name is not None:
-            self.named.pop(actor.registered_name, None)
-        self.publish(actor)
-        actor.subscribers.clear()
-        actor.spec = ()
-
-    # ------------------------------------------------------------------ placement groups
-    def on_create_pg(self, req_id: int, reply_to: str, pg_id: str,
-                     bundles: list[dict[str, float]], strategy: str, name: str) -> None:
-        try:
-            self.scheduler.create_placement_group(pg_id, bundles, strategy)
-        except (InfeasibleError, ValueError) as e:
-            self.reply(reply_to, req_id, False, e)
-            return
-        self.reply(reply_to, req_id, True, None)
-        self.schedule()
-
-    def on_wait_pg(self, req_id: int, reply_to: str, pg_id: str) -> None:
-        if self.scheduler.is_placement_group_ready(pg_id):
-            self.reply(reply_to, req_id, True, True)
+    def driver_gone(self, pidfd: int, cause: str) -> None:
+        addr = self.drivers.pop(pidfd)
+        self.poller.unregister(pidfd)
+        os.close(pidfd)
+        drivers = self.info.get("drivers", [])
+        if addr in drivers:
+            drivers.remove(addr)
+        self.notify_process_died(addr, cause)
+        if self.is_control:
+            self.process_gone(addr, cause, self.node_id)
         else:
-            self.pg_waiters.setdefault(pg_id, []).append((reply_to, req_id))
-
-    def on_remove_pg(self, req_id: int, reply_to: str, pg_id: str) -> None:
-        for request_id in self.scheduler.remove_placement_group(pg_id):
-            lease = self.leases.get(request_id)
-            if lease is None:
-                continue
-            if lease.actor_id is not None:
-                actor = self.actors.get(lease.actor_id)
-                if actor is not None:
-                    self.kill_actor(actor, "its placement group was removed")
-            elif lease.worker is not None:
-                self.kill_worker(lease.worker, "its placement group was removed")
-            else:
-                self.leases.pop(request_id, None)
-                self.send(lease.owner, (Msg.LEASE_FAILED, request_id, ValueError(
-                    f"placement group {pg_id} was removed")))
-        for addr, wid in self.pg_waiters.pop(pg_id, []):
-            self.reply(addr, wid, False, ValueError(f"placement group {pg_id} was removed"))
-        self.reply(reply_to, req_id, True, None)
-        self.schedule()
+            self.send(self.control_addr, (Msg.NODE_WORKER_EXIT, self.node_id, None, addr, cause))
+        self.update_drivers()
 
     # ------------------------------------------------------------------ object store
     def on_store_alloc(self, req_id: int, reply_to: str, oid: bytes, size: int,
                        owner: str) -> None:
         try:
-            offset = self.store.allocate(oid, size, owner)
+            with self.store_lock:
+                offset = self.store.allocate(oid, size, owner)
         except Exception as e:
             self.reply(reply_to, req_id, False, e)
             return
         self.reply(reply_to, req_id, True, offset)
 
     def on_store_seal(self, oid: bytes) -> None:
-        if self.store.contains(oid):
-            self.store.seal(oid)
+        with self.store_lock:
+            if self.store.contains(oid):
+                self.store.seal(oid)
         for req_id, reply_to in self.early_pins.pop(oid, ()):
             self.on_store_pin(req_id, reply_to, oid)
 
-    def on_store_pin(self, req_id: int, reply_to: str, oid: bytes) -> None:
-        if self.store.contains(oid) and not self.store.is_sealed(oid):
+    def on_store_pin(self, req_id: int, reply_to: str, oid: bytes, node_id: str = "",
+                     size: int = 0) -> None:
+        with self.store_lock:
+            here = self.store.contains(oid)
+            sealed = self.store.is_sealed(oid)
+        if here and not sealed:
             # The writer's seal and a reader's pin travel on different sockets: a reader told
             # of the object by its owner can get here first. Answer once the seal arrives.
             self.early_pins.setdefault(oid, []).append((req_id, reply_to))
             return
+        if not here and node_id and node_id != self.node_id:
+            self.pull(req_id, reply_to, oid, node_id, size)
+            return
         try:
-            result = self.store.pin(oid)
+            with self.store_lock:
+                result = self.store.pin(oid)
         except KeyError:
             self.reply(reply_to, req_id, False, ObjectLostError(
                 oid.hex(), "it is not in the object store (it was freed)"))
@@ -732,35 +680,95 @@ class NodeService:
             return
         self.reply(reply_to, req_id, True, result)
 
+    def pull(self, req_id: int, reply_to: str, oid: bytes, node_id: str, size: int) -> None:
+        """Fetch an object another node holds; the reader's pin is answered when it is here."""
+        waiters = self.pulling.get(oid)
+        if waiters is not None:
+            waiters.append((req_id, reply_to))
+            return
+        peer = self.peers.get(node_id)
+        if peer is None or self.puller is None:
+            self.reply(reply_to, req_id, False, ObjectLostError(
+                oid.hex(), f"it lived on node {node_id[:8]}, which is gone"))
+            return
+        try:
+            with self.store_lock:
+                offset = self.store.allocate(oid, size, "")
+        except Exception as e:
+            self.reply(reply_to, req_id, False, e)
+            return
+        self.pulling[oid] = [(req_id, reply_to)]
+        self.puller.submit(oid, peer["transfer_addr"], offset, size)
+
+    def on_store_pulled(self, oid: bytes, error: str | None) -> None:
+        waiters = self.pulling.pop(oid, [])
+        if error is not None:
+            with self.store_lock:
+                self.store.free(oid)
+            for req_id, reply_to in waiters:
+                self.reply(reply_to, req_id, False, ObjectLostError(
+                    oid.hex(), f"fetching it from another node failed: {error}"))
+            return
+        with self.store_lock:
+            self.store.seal(oid)
+        self.copies.add(oid)
+        for req_id, reply_to in waiters:
+            self.on_store_pin(req_id, reply_to, oid)
+        self.drop_unused_copy(oid)
+
+    def drop_unused_copy(self, oid: bytes) -> None:
+        """A pulled copy lives while readers here pin it; the owner's copy stays the source."""
+        if oid in self.copies:
+            with self.store_lock:
+                if self.store.pin_count(oid) == 0:
+                    self.store.free(oid)
+                    self.copies.discard(oid)
+
     def on_store_unpin(self, oid: bytes) -> None:
         # Also for a freed object whose readers still pinned it (RELEASING): the last unpin
         # releases its range. `contains()` is False for those, so it must not gate this.
         try:
-            self.store.unpin(oid)
+            with self.store_lock:
+                self.store.unpin(oid)
         except (KeyError, ValueError):
             pass  # its owner died and the store already dropped it
+        self.drop_unused_copy(oid)
 
-    def on_store_free(self, oids: list[bytes]) -> None:
-        for oid in oids:
-            self.store.free(oid)
+    def on_store_free(self, oids: list[bytes], node_id: str = "") -> None:
+        if node_id and node_id != self.node_id:
+            peer = self.peers.get(node_id)
+            if peer is not None:
+                self.send(peer["addr"], (Msg.STORE_FREE, oids))
+            return
+        with self.store_lock:
+            for oid in oids:
+                if oid not in self.copies:
+                    self.store.free(oid)
 
-    # ------------------------------------------------------------------ info & shutdown
-    def on_cluster_info(self, req_id: int, reply_to: str) -> None:
-        self.reply(reply_to, req_id, True, {
-            "total": self.scheduler.total_resources(),
-            "available": self.scheduler.available_resources(),
-            "nodes": self.scheduler.nodes(),
-            "store": self.store.stats(),
-            "workers": len(self.workers),
-        })
+    def rejected_frames(self) -> dict[str, int]:
+        """Frames this node's inbox and object server dropped, by reason."""
+        counts = dict(self.inbox.rejected)
+        if self.transfer is not None:
+            for reason, n in self.transfer.auth.rejected.items():
+                counts[reason] = counts.get(reason, 0) + n
+        return counts
 
+    def store_info(self) -> dict[str, Any]:
+        with self.store_lock:
+            stats = self.store.stats()
+        if self.cluster_nodes:
+            stats["capacity"] = sum(int(n.info["object_store_memory"])
+                                    for n in self.cluster_nodes.values())
+        return stats
+
+    # ------------------------------------------------------------------ shutdown
     def on_shutdown(self, req_id: int, reply_to: str) -> None:
         self.running = False
         self.shutdown_reply = (reply_to, req_id)
 
     def cleanup(self) -> None:
         for w in list(self.workers.values()):
-            self.kill_worker(w, "shutdown")
+            self.local_kill_worker(w, "shutdown")
         # Killing the forkserver also kills any worker it forked (their death signal).
         self.zygote.kill()
         self.zygote.wait()
@@ -774,6 +782,12 @@ class NodeService:
             os.close(w.stdin_w)
         for fd in self.pipes:
             os.close(fd)
+        for fd in self.drivers:
+            os.close(fd)
+        if self.transfer is not None:
+            self.transfer.stop()
+        if self.puller is not None:
+            self.puller.stop()
         self.store.close()
         reply = getattr(self, "shutdown_reply", None)
         if reply is not None:
@@ -781,7 +795,8 @@ class NodeService:
         self.out.close()
         self.inbox.close()
         self.ctx.term()
-        if reply is None:  # the driver died: nobody else will clean up after it
+        if reply is None or self.role != "embedded":
+            # The driver died, or a cluster node stops: nobody else will clean up after it.
             shutil.rmtree(self.session_dir, ignore_errors=True)
 
 
@@ -797,11 +812,14 @@ def _describe_exit(code: int | None) -> str:
     return f"the process exited with code {code}"
 
 
+
 def main() -> None:
     cfg = json.loads(sys.argv[1])
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    node = NodeService(cfg)
+    secret = os.environ.get(SECRET_ENV, "").encode() if cfg.get("role", "embedded") != \
+        "embedded" else None
+    node = NodeService(cfg, secret)
     try:
         node.serve()
     finally:

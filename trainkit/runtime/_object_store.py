@@ -279,6 +279,11 @@ class SharedMemoryStore:
             self.free(object_id)
         return ids
 
+    def pin_count(self, object_id: bytes) -> int:
+        """How many readers pin the object now (0 for unknown ids)."""
+        obj = self._objects.get(object_id)
+        return 0 if obj is None else obj.pin_count
+
     def contains(self, object_id: bytes) -> bool:
         """True if the object is in the store (in memory or spilled) and not freed."""
         obj = self._objects.get(object_id)

@@ -97,6 +97,7 @@ class CoreState:
 
     session_dir: str
     node_addr: str
+    control_addr: str
     node_id: str
     arena_path: str
     arena_capacity: int
@@ -119,6 +120,10 @@ class CoreState:
 
     def request_node(self, kind: int, *fields: Any, what: str,
                      timeout: float | None = 60.0) -> Any:
+        raise NotImplementedError
+
+    def request_control(self, kind: int, *fields: Any, what: str,
+                        timeout: float | None = 60.0) -> Any:
         raise NotImplementedError
 
     def wait_event(self, ev: threading.Event, timeout: float | None) -> bool:
@@ -198,10 +203,24 @@ class ObjectTableMixin(CoreState):
         self._forget_mapping(oid)
         value = entry.value
         if value is not None and value[0] == STORED:
-            self._send_quiet(self.node_addr, (Msg.STORE_FREE, [oid]))
+            self._send_quiet(self.node_addr, (Msg.STORE_FREE, [oid], value[1]))
         if entry.holder is not None:
             self._send_quiet(entry.holder, (Msg.RELEASE_CONTAINED, oid))
         entry.contained = None
+
+    def _on_node_died(self, node_id: str, cause: str) -> None:
+        """Objects whose only copy lived on a node that died are lost."""
+        lost = _error_repr(ObjectLostError("", f"the node that held it died ({cause})"))
+        waiters: list[Callable[[], None]] = []
+        with self.lock:
+            for table in (self.owned, self.borrowed):
+                for item in table.values():
+                    value = item.value
+                    if value is not None and value[0] == STORED and value[1] == node_id:
+                        item.value = lost
+                        waiters.extend(item.waiters)
+                        item.waiters = []
+        self._fire(waiters)
 
     def _on_log(self, stream: str, text: str) -> None:
         sink = self.log_sink
@@ -265,22 +284,24 @@ class ObjectTableMixin(CoreState):
         if kind == ERROR:
             err = loads(value[1], value[2])
             raise err
-        return self._load_stored(oid)
+        return self._load_stored(oid, value[1], value[2])
 
-    def _load_stored(self, oid: bytes) -> Any:
+    def _load_stored(self, oid: bytes, node_id: str, size: int) -> Any:
         with self.lock:
             mm = self._mapped.get(oid)
             if mm is not None:
                 self._mapped.move_to_end(oid)
         if mm is None:
-            mm = self._pin_and_map(oid)
+            mm = self._pin_and_map(oid, node_id, size)
         meta, buffers = read_object(memoryview(mm).cast("B").toreadonly())
         return loads(meta, buffers)
 
-    def _pin_and_map(self, oid: bytes) -> Any:
+    def _pin_and_map(self, oid: bytes, node_id: str, size: int) -> Any:
         """Pin a stored object and view it; small enough views stay cached (and pinned)
-        while this process holds refs to the object, so repeated gets skip the node."""
-        offset, size = self.request_node(Msg.STORE_PIN, oid, what=f"object {oid.hex()}")
+        while this process holds refs to the object, so repeated gets skip the node. An
+        object another node holds is copied here first (the node pulls it)."""
+        offset, size = self.request_node(Msg.STORE_PIN, oid, node_id, size,
+                                         what=f"object {oid.hex()}", timeout=600.0)
         try:
             mm = _block(self._arena_view(), offset, size)
         except BaseException:
@@ -418,7 +439,7 @@ class ObjectTableMixin(CoreState):
             self._blocked_depth += 1 if blocked else -1
             edge = self._blocked_depth == (1 if blocked else 0)
         if edge:
-            self._send_quiet(self.node_addr, self.blocked_msg[0 if blocked else 1])
+            self._send_quiet(self.control_addr, self.blocked_msg[0 if blocked else 1])
 
     def get_one(self, ref: ObjectRef, timeout: float | None) -> Any:
         with self.lock:
@@ -468,7 +489,7 @@ class ObjectTableMixin(CoreState):
                 if holder is not None:
                     self._send_quiet(holder, (Msg.RELEASE_CONTAINED, oid))
                 if value[0] == STORED and entry is None:
-                    self._send_quiet(self.node_addr, (Msg.STORE_FREE, [oid]))
+                    self._send_quiet(self.node_addr, (Msg.STORE_FREE, [oid], value[1]))
                 return
             entry.value = value
             entry.holder = holder

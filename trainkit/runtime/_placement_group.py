@@ -46,7 +46,7 @@ class PlacementGroup:
             else:
                 core.set_result(oid, error_value(payload))
 
-        core.request_async(core.node_addr, Msg.WAIT_PG, self.id,
+        core.request_async(core.control_addr, Msg.WAIT_PG, self.id,
                            what=f"placement group {self.id}", callback=done)
         return ref
 
@@ -91,7 +91,7 @@ def placement_group(bundles: list[dict[str, float]], strategy: str = "PACK",
         raise ValueError(f"lifetime={lifetime!r}: detached placement groups need cluster mode")
     core = _core()
     pg_id = core_id()
-    core.request_node(Msg.CREATE_PG, pg_id, clean, strategy, name,
+    core.request_control(Msg.CREATE_PG, pg_id, clean, strategy, name,
                       what=f"creating placement group {clean}")
     return PlacementGroup(pg_id, clean, strategy, name)
 
@@ -109,4 +109,4 @@ def remove_placement_group(pg: PlacementGroup) -> None:
                         f"{type(pg).__name__}")
     if _context.core is None:
         return
-    _core().request_node(Msg.REMOVE_PG, pg.id, what=f"removing placement group {pg.id}")
+    _core().request_control(Msg.REMOVE_PG, pg.id, what=f"removing placement group {pg.id}")

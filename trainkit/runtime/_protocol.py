@@ -70,6 +70,22 @@ class Msg:
     ACTOR_EXIT = 63
     EXIT = 64
     RETIRE = 65  # exit unless this worker owns objects others may still need
+    # cluster mode: node service <-> head, and node service -> its own inbox
+    REGISTER_NODE = 70
+    NODE_HEARTBEAT = 71
+    NODE_HEARTBEAT_ACK = 72
+    NODE_ASSIGN = 73
+    NODE_ASSIGNED = 74
+    NODE_RELEASE = 75
+    NODE_KILL_WORKER = 76
+    NODE_WORKER_EXIT = 77
+    NODE_PROCESS_DIED = 78
+    NODE_TABLE = 79
+    STORE_PULLED = 80
+    CLUSTER_NODES = 81
+    DRIVER_EXIT = 82
+    NODE_LEASE_FAILED = 83
+    NODE_DIED = 84  # also node service -> core worker
 
 
 def msg_name(kind: int) -> str:

@@ -13,6 +13,7 @@ import tempfile
 import threading
 from typing import Any
 
+from trainkit.exceptions import GetTimeoutError
 from trainkit.exceptions import RuntimeSystemError
 from trainkit.runtime import _context
 from trainkit.runtime._core import CoreWorker
@@ -20,8 +21,10 @@ from trainkit.runtime._protocol import Msg
 from trainkit.runtime._scheduler import make_resource_request
 
 NODE_START_TIMEOUT_S = 30.0
+CONNECT_TIMEOUT_S = 10.0
 _lock = threading.RLock()
 _node_proc: subprocess.Popen[bytes] | None = None
+_cluster_driver = False
 _namespace = "default"
 
 
@@ -36,7 +39,7 @@ def _detect_gpus() -> list[int]:
     return list(range(len(glob.glob("/proc/driver/nvidia/gpus/*"))))
 
 
-def _default_store_bytes() -> int:
+def default_store_bytes() -> int:
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     want = int(total * 0.3)
     try:
@@ -71,7 +74,7 @@ def start(*, num_cpus: float | None, num_gpus: float | None,
         resources=resources, default_cpus=cpus)
     node_resources.setdefault("CPU", 0.0)
     node_resources.setdefault("GPU", 0.0)
-    store_bytes = int(object_store_memory) if object_store_memory else _default_store_bytes()
+    store_bytes = int(object_store_memory) if object_store_memory else default_store_bytes()
     if store_bytes < 1 << 20:
         raise ValueError(f"init(object_store_memory={object_store_memory!r}): must be at "
                          "least 1 MiB")
@@ -118,6 +121,82 @@ def start(*, num_cpus: float | None, num_gpus: float | None,
     _context.core = core
 
 
+def connect(address: str, *, namespace: str | None, log_to_driver: bool) -> None:
+    """Attach this process, as a driver, to a running cluster through a node on this machine.
+
+    ``address`` is "auto" (the cluster `trainkit start` started here) or "HOST:PORT" of the
+    head. The secret comes from TRAINKIT_CLUSTER_SECRET or ~/.trainkit/cluster_secret.
+    """
+    global _namespace, _cluster_driver
+    from trainkit.runtime._auth import FrameAuth
+    from trainkit.runtime._cluster import machine_key
+    from trainkit.runtime._cluster import parse_address
+    from trainkit.runtime._cluster import route_ip
+    from trainkit.runtime._secret import load_secret
+
+    if address == "auto":
+        address = _auto_address()
+    host, port = parse_address(address)
+    auth = FrameAuth(load_secret())
+    head_addr = f"tcp://{host}:{port}"
+    session_dir = tempfile.mkdtemp(prefix=f"trainkit-{os.getpid()}-driver-", dir="/tmp")
+    core = CoreWorker(session_dir=session_dir, node_addr=head_addr, node_id="",
+                      arena_path="", arena_capacity=1 << 20, name="driver",
+                      cluster_resources={}, control_addr=head_addr, host=route_ip(host),
+                      auth=auth)
+    core.log_sink = _print_log if log_to_driver else None
+    core.start()
+    try:
+        try:
+            nodes = core.request_control(Msg.CLUSTER_NODES, what="the cluster's nodes",
+                                         timeout=CONNECT_TIMEOUT_S)
+        except GetTimeoutError:
+            raise ConnectionError(
+                f"no answer from a trainkit head at {address} within {CONNECT_TIMEOUT_S:.0f} "
+                "s: is the cluster running there (`trainkit status`), and does this process "
+                "have the cluster's secret (TRAINKIT_CLUSTER_SECRET or "
+                "~/.trainkit/cluster_secret)? Frames signed with another secret are dropped "
+                "unanswered.") from None
+        here = machine_key()
+        local = sorted((n for n in nodes if n["machine"] == here),
+                       key=lambda n: not n["is_head"])
+        if not local:
+            raise ConnectionError(
+                f"the cluster at {address} has no node on this machine; start one here with "
+                f"`trainkit start --address {address}` and connect again")
+        node = local[0]
+        core.node_addr, core.node_id = node["addr"], node["node_id"]
+        core.arena_path = node["arena_path"]
+        core.arena_capacity = int(node["object_store_memory"])
+        core._mapped_cap = core.arena_capacity // 20
+        core.request_node(Msg.REGISTER_DRIVER, os.getpid(), what="attaching to the node",
+                          timeout=CONNECT_TIMEOUT_S)
+        core.cluster_resources = core.request_control(
+            Msg.CLUSTER_INFO, what="cluster resources")["total"]
+    except BaseException:
+        core.close()
+        shutil.rmtree(session_dir, ignore_errors=True)
+        raise
+    _cluster_driver = True
+    _namespace = namespace or "default"
+    _context.core = core
+
+
+def _auto_address() -> str:
+    from trainkit.runtime._secret import default_secret_path
+
+    state = default_secret_path().parent / "cluster.json"
+    try:
+        with open(state) as f:
+            address: str = json.load(f)["address"]
+    except (OSError, ValueError, KeyError):
+        raise ConnectionError(
+            f"init(address='auto'): no cluster was started on this machine ({state} is "
+            "missing); start one with `trainkit start --head`, or pass "
+            "address='HOST:PORT'") from None
+    return address
+
+
 def _print_log(stream: str, text: str) -> None:
     out = sys.stderr if stream == "stderr" else sys.stdout
     try:
@@ -136,6 +215,7 @@ def _unlink(path: str) -> None:
 
 def stop() -> None:
     global _node_proc
+    global _cluster_driver
     with _lock:
         core = _context.core
         proc = _node_proc
@@ -143,6 +223,15 @@ def stop() -> None:
             return
         _context.core = None
         _node_proc = None
+        if _cluster_driver:
+            _cluster_driver = False
+            try:  # what this driver owns is freed and its actors stop, as at its exit
+                core.out.send(core.node_addr, (Msg.DRIVER_EXIT, core.ctl_addr))
+            except Exception:
+                pass
+            core.close()
+            shutil.rmtree(core.session_dir, ignore_errors=True)
+            return
         try:
             core.request_node(Msg.SHUTDOWN, what="node service shutdown", timeout=10)
         except Exception:

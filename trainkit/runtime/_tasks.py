@@ -113,7 +113,7 @@ class TaskSubmitterMixin(ObjectTableMixin):
             q.requesting += 1
             lease_id = new_id()
             self.leases[lease_id] = (q, None)
-            self._send_quiet(self.node_addr, (Msg.REQUEST_LEASE, lease_id, self.ctl_addr,
+            self._send_quiet(self.control_addr, (Msg.REQUEST_LEASE, lease_id, self.ctl_addr,
                                               q.resources, q.placement))
 
     def _push(self, q: _Queue, lease: _Lease, spec: TaskSpec) -> None:
@@ -132,7 +132,7 @@ class TaskSubmitterMixin(ObjectTableMixin):
         with self.lock:
             q, _ = self.leases.get(lease_id, (None, None))
             if q is None:
-                self._send_quiet(self.node_addr, (Msg.RETURN_LEASE, lease_id))
+                self._send_quiet(self.control_addr, (Msg.RETURN_LEASE, lease_id))
                 return
             q.requesting -= 1
             lease = _Lease(lease_id, worker_id, exec_addr, ctl_addr, tuple(gpu_ids))
@@ -144,7 +144,7 @@ class TaskSubmitterMixin(ObjectTableMixin):
 
     def _return_lease(self, lease: _Lease) -> None:
         self.leases.pop(lease.lease_id, None)
-        self._send_quiet(self.node_addr, (Msg.RETURN_LEASE, lease.lease_id))
+        self._send_quiet(self.control_addr, (Msg.RETURN_LEASE, lease.lease_id))
 
     def _on_lease_failed(self, lease_id: bytes, error: BaseException) -> None:
         with self.lock:
@@ -250,7 +250,7 @@ class TaskSubmitterMixin(ObjectTableMixin):
                 if running is not None and running.return_id == ref.id:
                     running.cancelled = True
                     if force:
-                        self._send_quiet(self.node_addr, (Msg.KILL_WORKER, lease.worker_id))
+                        self._send_quiet(self.control_addr, (Msg.KILL_WORKER, lease.worker_id))
                     else:
                         self._send_quiet(lease.ctl_addr, (Msg.CANCEL_TASK, task_id))
                     return

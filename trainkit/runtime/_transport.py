@@ -5,8 +5,15 @@ created with an unlimited high-water mark (a ROUTER past its HWM silently drops
 messages, and a PUSH past it blocks) and zero linger, so neither a slow peer nor a dead
 one can make a sender hang or lose a message it still can deliver.
 
+Embedded mode binds ipc:// paths and sends bare pickles. Cluster mode binds tcp:// on the
+node's address and signs every frame (:class:`~trainkit.runtime._auth.FrameAuth`): an inbox
+verifies a frame before a single byte of it is unpickled, drops what fails and counts it
+(``rejected``), and refuses frames over the size limit without allocating them
+(``ZMQ_MAXMSGSIZE``).
+
 Threading: an inbox is read by one thread. ``Outbox.send`` may be called from any
-thread; each peer socket is guarded by its own lock.
+thread; each peer socket is guarded by its own lock (frames to one peer are signed and
+sent under it, so their counters arrive in order).
 """
 
 from __future__ import annotations
@@ -17,6 +24,9 @@ from typing import Any
 
 import zmq
 
+from trainkit.runtime._auth import AuthError
+from trainkit.runtime._auth import FrameAuth
+
 
 def make_context() -> zmq.Context[Any]:
     ctx: zmq.Context[Any] = zmq.Context(io_threads=1)
@@ -24,27 +34,67 @@ def make_context() -> zmq.Context[Any]:
     return ctx
 
 
-class Inbox:
-    """A bound PULL socket. Read by exactly one thread."""
+def port_of(address: str) -> int:
+    """The port of a tcp:// address; 0 for ipc:// ones."""
+    if not address.startswith("tcp://"):
+        return 0
+    return int(address.rsplit(":", 1)[1])
 
-    def __init__(self, ctx: zmq.Context[Any], address: str) -> None:
-        self.address = address
+
+def endpoint(session_dir: str, name: str, host: str | None) -> str:
+    """Where to bind an inbox: an ipc path in embedded mode, a free tcp port on ``host``."""
+    return f"ipc://{session_dir}/{name}" if host is None else f"tcp://{host}:*"
+
+
+class Inbox:
+    """A bound PULL socket. Read by exactly one thread.
+
+    ``address`` is what peers connect to (for ``tcp://host:*``, the port the OS picked).
+    """
+
+    def __init__(self, ctx: zmq.Context[Any], address: str,
+                 auth: FrameAuth | None = None) -> None:
         self.socket = ctx.socket(zmq.PULL)
         self.socket.setsockopt(zmq.RCVHWM, 0)
         self.socket.setsockopt(zmq.LINGER, 0)
+        self.auth = auth
+        if auth is not None:
+            self.socket.setsockopt(zmq.MAXMSGSIZE, auth.max_frame_bytes)
         self.socket.bind(address)
+        self.address = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.port = port_of(self.address)
+
+    def _decode(self, flags: int) -> tuple[Any, ...] | None:
+        if self.auth is None:
+            msg: tuple[Any, ...] = pickle.loads(self.socket.recv(flags, copy=True))
+            return msg
+        frames = self.socket.recv_multipart(flags, copy=False)
+        try:
+            payload = self.auth.verify(frames, self.port)
+        except AuthError:
+            return None  # dropped and counted in auth.rejected
+        msg = pickle.loads(payload)
+        return msg
 
     def recv(self) -> tuple[Any, ...]:
-        msg: tuple[Any, ...] = pickle.loads(self.socket.recv(copy=True))
-        return msg
+        while True:
+            msg = self._decode(0)
+            if msg is not None:
+                return msg
 
     def recv_nowait(self) -> tuple[Any, ...] | None:
-        try:
-            data = self.socket.recv(zmq.NOBLOCK, copy=True)
-        except zmq.Again:
-            return None
-        msg: tuple[Any, ...] = pickle.loads(data)
-        return msg
+        """The next message, or None if none is waiting (a rejected frame is skipped)."""
+        while True:
+            try:
+                msg = self._decode(zmq.NOBLOCK)
+            except zmq.Again:
+                return None
+            if msg is not None:
+                return msg
+
+    @property
+    def rejected(self) -> dict[str, int]:
+        return dict(self.auth.rejected) if self.auth is not None else {}
 
     def close(self) -> None:
         self.socket.close(0)
@@ -53,13 +103,14 @@ class Inbox:
 class Outbox:
     """PUSH sockets to peers, created on first use and cached."""
 
-    def __init__(self, ctx: zmq.Context[Any]) -> None:
+    def __init__(self, ctx: zmq.Context[Any], auth: FrameAuth | None = None) -> None:
         self._ctx = ctx
-        self._peers: dict[str, tuple[zmq.Socket[Any], threading.Lock]] = {}
+        self._auth = auth
+        self._peers: dict[str, tuple[zmq.Socket[Any], threading.Lock, int]] = {}
         self._lock = threading.Lock()
         self._closed = False
 
-    def _peer(self, address: str) -> tuple[zmq.Socket[Any], threading.Lock]:
+    def _peer(self, address: str) -> tuple[zmq.Socket[Any], threading.Lock, int]:
         peer = self._peers.get(address)
         if peer is None:
             with self._lock:
@@ -72,7 +123,7 @@ class Outbox:
                     sock.setsockopt(zmq.LINGER, 0)
                     sock.setsockopt(zmq.IMMEDIATE, 0)
                     sock.connect(address)
-                    peer = (sock, threading.Lock())
+                    peer = (sock, threading.Lock(), port_of(address))
                     self._peers[address] = peer
         return peer
 
@@ -81,9 +132,19 @@ class Outbox:
 
     def send(self, address: str, msg: tuple[Any, ...]) -> None:
         data = pickle.dumps(msg, protocol=5)
-        sock, lock = self._peer(address)
+        sock, lock, port = self._peer(address)
+        auth = self._auth
+        if auth is None:
+            with lock:
+                sock.send(data, copy=True)
+            return
+        if len(data) > auth.max_frame_bytes:
+            raise ValueError(
+                f"a {len(data)}-byte message to {address} is over the cluster's frame limit "
+                f"({auth.max_frame_bytes} bytes); pass large values through the object store "
+                "(put) instead of inside a function or its arguments")
         with lock:
-            sock.send(data, copy=True)
+            sock.send_multipart(auth.sign(data, port), copy=True)
 
     def forget(self, address: str) -> None:
         """Close the socket to a peer that is gone."""
@@ -98,6 +159,6 @@ class Outbox:
             self._closed = True
             peers = list(self._peers.values())
             self._peers.clear()
-        for sock, lock in peers:
+        for sock, lock, _port in peers:
             with lock:
                 sock.close(0)

@@ -22,12 +22,15 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from trainkit.runtime import _context
+from trainkit.runtime._auth import FrameAuth
 from trainkit.runtime._core import CoreWorker
 from trainkit.runtime._objects import task_error_value
 from trainkit.runtime._protocol import Msg
+from trainkit.runtime._secret import SECRET_ENV
 from trainkit.runtime._serialization import dumps
 from trainkit.runtime._serialization import loads
 from trainkit.runtime._transport import Inbox
+from trainkit.runtime._transport import endpoint
 
 
 def die_with_parent() -> None:
@@ -197,7 +200,7 @@ class Worker:
             args, kwargs = self.core.resolve_args(payload, descs)
             self.actor = cls(*args, **kwargs)
         except BaseException as e:
-            self.core.out.send(self.core.node_addr,
+            self.core.out.send(self.core.control_addr,
                                (Msg.ACTOR_INIT_FAILED, actor_id, task_error_value(
                                    f"{name}.__init__", e)))
             return
@@ -210,7 +213,7 @@ class Worker:
                              daemon=True).start()
         elif max_concurrency > 1:
             self.pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="trainkit-actor")
-        self.core.out.send(self.core.node_addr, (Msg.ACTOR_READY, actor_id, self.worker_id))
+        self.core.out.send(self.core.control_addr, (Msg.ACTOR_READY, actor_id, self.worker_id))
 
     def _run_loop(self, limit: int) -> None:
         assert self.loop is not None
@@ -269,7 +272,7 @@ class Worker:
     def actor_exit(self) -> None:
         if self.pool is not None:
             self.pool.shutdown(wait=True)
-        self.core.out.send(self.core.node_addr, (Msg.ACTOR_EXITING, self.actor_id))
+        self.core.out.send(self.core.control_addr, (Msg.ACTOR_EXITING, self.actor_id))
         _flush_and_exit(0)
 
 
@@ -319,6 +322,9 @@ def main() -> None:
             sys.path.insert(0, p)
     worker_id = bytes.fromhex(env["TRAINKIT_WORKER_ID"])
     session_dir = env["TRAINKIT_SESSION_DIR"]
+    host = env.get("TRAINKIT_NODE_HOST") or None
+    secret = env.get(SECRET_ENV)
+    auth = FrameAuth(secret.encode()) if host is not None and secret else None
     core = CoreWorker(
         session_dir=session_dir,
         node_addr=env["TRAINKIT_NODE_ADDR"],
@@ -327,9 +333,12 @@ def main() -> None:
         arena_capacity=int(env["TRAINKIT_ARENA_CAPACITY"]),
         name=f"w{worker_id.hex()}",
         cluster_resources=json.loads(env["TRAINKIT_CLUSTER_RESOURCES"]),
+        control_addr=env.get("TRAINKIT_CONTROL_ADDR"),
+        host=host,
+        auth=auth,
     )
     _context.core = core
-    exec_inbox = Inbox(core.ctx, f"ipc://{session_dir}/w{worker_id.hex()}.exec")
+    exec_inbox = Inbox(core.ctx, endpoint(session_dir, f"w{worker_id.hex()}.exec", host), auth)
     worker = Worker(core, worker_id, exec_inbox)
     core.blocked_msg = ((Msg.WORKER_BLOCKED, worker_id), (Msg.WORKER_UNBLOCKED, worker_id))
     sys.stdout = _PrefixedStream(sys.__stdout__, worker.label)

@@ -1,0 +1,597 @@
+"""The control plane: resources, leases, actors, placement groups and the node table.
+
+Part of the node service (see ``_node.NodeService``, which combines it with the node's own
+worker pool and store). It runs in exactly one process: the embedded node service, or the
+head of a cluster. Decisions about resources are made by the pure ``ResourceScheduler``
+over every node; a grant on this node is carried out here, a grant on another node is sent
+to that node's service (NODE_ASSIGN), which reports the worker it used (NODE_ASSIGNED) and
+its exit (NODE_WORKER_EXIT). Workers on other nodes appear here as proxies
+(``_WorkerProc`` with ``node_id`` set). The head is off the hot path: a task's owner asks
+it for a lease once, then pushes tasks straight to the leased worker; actor calls never
+pass through it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from dataclasses import field
+from typing import Any
+
+from trainkit.exceptions import InfeasibleError
+from trainkit.runtime._protocol import ActorStatus
+from trainkit.runtime._protocol import Msg
+from trainkit.runtime._protocol import new_id
+from trainkit.runtime._scheduler import Grant
+from trainkit.runtime._scheduler import PlacementGroupReady
+from trainkit.runtime._scheduler import RequestId
+from trainkit.runtime._scheduler import ResourceScheduler
+
+# A node silent for this long is declared dead (it sends a heartbeat every second).
+NODE_DEATH_TIMEOUT_S = 5.0
+
+
+@dataclass(eq=False)
+class _WorkerProc:
+    """A worker process: local to this node (``node_id == ""``) or a proxy for a remote one."""
+
+    worker_id: bytes
+    pid: int
+    pidfd: int
+    stdin_w: int  # its stdin's write end: our exit closes it, and the worker sees EOF
+    exited: bool = False
+    exec_addr: str = ""
+    ctl_addr: str = ""
+    ready: bool = False
+    lease_id: bytes | None = None
+    actor_id: bytes | None = None
+    tainted: bool = False
+    killed_reason: str = ""
+    preloads: int = 0  # how many preload requests the forkserver had seen when forking it
+    node_id: str = ""
+    out_partial: dict[int, bytes] = field(default_factory=dict)
+
+
+@dataclass(eq=False)
+class _Lease:
+    lease_id: bytes
+    owner: str
+    actor_id: bytes | None = None
+    worker: _WorkerProc | None = None
+    grant: Grant | None = None
+    actor_spec: tuple[Any, ...] = ()  # (name, blob, payload, descs, max_concurrency)
+    returned: bool = False  # the owner gave it back before its remote worker was known
+
+
+@dataclass(eq=False)
+class _Actor:
+    actor_id: bytes
+    owner: str
+    name: str
+    registered_name: tuple[str, str] | None
+    spec: tuple[Any, ...]  # (cls_blob, payload, descs, max_concurrency)
+    resources: dict[str, float]
+    placement: tuple[str, int] | None
+    restarts_left: int
+    meta: dict[str, Any]
+    status: ActorStatus = ActorStatus.PENDING
+    cause: str = ""
+    lease_id: bytes | None = None
+    worker: _WorkerProc | None = None
+    no_restart: bool = False
+    subscribers: set[str] = field(default_factory=set)
+
+
+@dataclass(eq=False)
+class _NodeRecord:
+    info: dict[str, Any]  # what the node registered: addr, transfer_addr, host, resources...
+    last_seen: float
+
+
+class ControlMixin:
+    """Resource control over every node; see the module docstring."""
+
+    # Defined by NodeService.
+    node_id: str
+    addr: str
+    scheduler: ResourceScheduler
+    leases: dict[RequestId, _Lease]
+    actors: dict[bytes, _Actor]
+    named: dict[tuple[str, str], bytes]
+    pg_waiters: dict[str, list[tuple[str, int]]]
+    remote_workers: dict[bytes, _WorkerProc]
+    cluster_nodes: dict[str, _NodeRecord]
+    waiting_for_worker: Any
+    idle: list[_WorkerProc]
+    running: bool
+
+    def send(self, addr: str, msg: tuple[Any, ...]) -> None:
+        raise NotImplementedError
+
+    def reply(self, addr: str, req_id: int, ok: bool, payload: Any) -> None:
+        raise NotImplementedError
+
+    def local_assign(self, lease: _Lease) -> None:
+        raise NotImplementedError
+
+    def local_kill_worker(self, w: _WorkerProc, reason: str) -> None:
+        raise NotImplementedError
+
+    def local_release(self, w: _WorkerProc) -> None:
+        raise NotImplementedError
+
+    def notify_process_died(self, addr: str, cause: str) -> None:
+        raise NotImplementedError
+
+    def notify_node_died(self, node_id: str, cause: str) -> None:
+        raise NotImplementedError
+
+    def store_info(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def rejected_frames(self) -> dict[str, int]:
+        raise NotImplementedError
+
+    def node_table(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def control_handlers(self) -> dict[int, Any]:
+        return {
+            Msg.REQUEST_LEASE: self.on_request_lease,
+            Msg.RETURN_LEASE: self.on_return_lease,
+            Msg.CREATE_ACTOR: self.on_create_actor,
+            Msg.SUBSCRIBE_ACTOR: self.on_subscribe_actor,
+            Msg.GET_NAMED_ACTOR: self.on_get_named_actor,
+            Msg.KILL_ACTOR: self.on_kill_actor,
+            Msg.ACTOR_READY: self.on_actor_ready,
+            Msg.ACTOR_INIT_FAILED: self.on_actor_init_failed,
+            Msg.ACTOR_EXITING: self.on_actor_exiting,
+            Msg.WORKER_BLOCKED: self.on_worker_blocked,
+            Msg.WORKER_UNBLOCKED: self.on_worker_unblocked,
+            Msg.KILL_WORKER: self.on_kill_worker,
+            Msg.CREATE_PG: self.on_create_pg,
+            Msg.REMOVE_PG: self.on_remove_pg,
+            Msg.WAIT_PG: self.on_wait_pg,
+            Msg.CLUSTER_INFO: self.on_cluster_info,
+            Msg.REGISTER_NODE: self.on_register_node,
+            Msg.NODE_HEARTBEAT: self.on_node_heartbeat,
+            Msg.NODE_ASSIGNED: self.on_node_assigned,
+            Msg.NODE_WORKER_EXIT: self.on_node_worker_exit,
+            Msg.NODE_LEASE_FAILED: self.on_node_lease_failed,
+            Msg.CLUSTER_NODES: self.on_cluster_nodes,
+        }
+
+    # ------------------------------------------------------------------ workers
+    def find_worker(self, worker_id: bytes) -> _WorkerProc | None:
+        raise NotImplementedError
+
+    def kill_worker(self, w: _WorkerProc, reason: str) -> None:
+        if w.node_id and w.node_id != self.node_id:
+            w.killed_reason = w.killed_reason or reason
+            node = self.cluster_nodes.get(w.node_id)
+            if node is not None:
+                self.send(node.info["addr"], (Msg.NODE_KILL_WORKER, w.worker_id, reason))
+            return
+        self.local_kill_worker(w, reason)
+
+    def worker_gone(self, w: _WorkerProc, cause: str, origin: str) -> None:
+        """A worker exited (``origin``: the node it ran on): settle its lease and actor."""
+        if w.ctl_addr:
+            self.process_gone(w.ctl_addr, cause, origin)
+        lease = self.leases.pop(w.lease_id, None) if w.lease_id else None
+        if lease is not None:
+            self.scheduler.release(lease.lease_id)
+            if lease.actor_id is None:
+                self.send(lease.owner, (Msg.WORKER_DIED, lease.lease_id, cause))
+        if w.actor_id is not None:
+            actor = self.actors.get(w.actor_id)
+            if actor is not None and actor.worker is w:
+                self.on_actor_died(actor, cause)
+
+    def process_gone(self, addr: str, cause: str, origin: str) -> None:
+        """A driver or worker process is gone: tell every other node; its actors die."""
+        for node_id, node in self.cluster_nodes.items():
+            if node_id != origin and node_id != self.node_id:
+                self.send(node.info["addr"], (Msg.NODE_PROCESS_DIED, addr, cause))
+        if origin != self.node_id:
+            self.notify_process_died(addr, cause)
+        # Actors owned by the dead process die with it (fate sharing).
+        for actor in list(self.actors.values()):
+            if actor.owner == addr and actor.status is not ActorStatus.DEAD:
+                self.kill_actor(actor, f"its owner died ({cause})")
+
+    def on_worker_blocked(self, worker_id: bytes) -> None:
+        w = self.find_worker(worker_id)
+        if w is not None and w.lease_id is not None and self.scheduler.lend_cpus(w.lease_id):
+            self.schedule()
+
+    def on_worker_unblocked(self, worker_id: bytes) -> None:
+        w = self.find_worker(worker_id)
+        if w is not None and w.lease_id is not None:
+            self.scheduler.reclaim_cpus(w.lease_id)
+
+    def on_kill_worker(self, worker_id: bytes) -> None:
+        w = self.find_worker(worker_id)
+        if w is not None:
+            self.kill_worker(w, "killed by cancel(force=True)")
+
+    # ------------------------------------------------------------------ leases
+    def on_request_lease(self, lease_id: bytes, owner: str, resources: dict[str, float],
+                         placement: tuple[str, int] | None) -> None:
+        try:
+            self.scheduler.submit(lease_id, resources, placement)
+        except (InfeasibleError, ValueError) as e:
+            self.send(owner, (Msg.LEASE_FAILED, lease_id, e))
+            return
+        self.leases[lease_id] = _Lease(lease_id, owner)
+        self.schedule()
+
+    def schedule(self) -> None:
+        for ev in self.scheduler.schedule():
+            if isinstance(ev, PlacementGroupReady):
+                for addr, req_id in self.pg_waiters.pop(ev.pg_id, []):
+                    self.reply(addr, req_id, True, True)
+            else:
+                self.on_grant(ev)
+
+    def on_grant(self, grant: Grant) -> None:
+        lease = self.leases.get(grant.request_id)
+        if lease is None:
+            self.scheduler.release(grant.request_id)
+            return
+        lease.grant = grant
+        if lease.actor_id is not None:
+            actor = self.actors.get(lease.actor_id)
+            if actor is None or actor.status is ActorStatus.DEAD:
+                self.release_lease(lease)
+                return
+            blob, payload, descs, max_concurrency = actor.spec
+            lease.actor_spec = (actor.name, blob, payload, descs, max_concurrency)
+        if grant.node_id == self.node_id:
+            self.local_assign(lease)
+            return
+        node = self.cluster_nodes[grant.node_id]
+        self.send(node.info["addr"], (Msg.NODE_ASSIGN, lease.lease_id, lease.owner,
+                                      lease.actor_id, lease.actor_spec, grant.gpu_ids))
+
+    def assigned(self, lease: _Lease, w: _WorkerProc) -> bool:
+        """A worker took ``lease``; False if the lease's actor is no longer wanted."""
+        lease.worker = w
+        w.lease_id = lease.lease_id
+        if lease.actor_id is None:
+            return True
+        actor = self.actors.get(lease.actor_id)
+        if actor is None or actor.status is ActorStatus.DEAD:
+            return False
+        actor.worker = w
+        w.actor_id = actor.actor_id
+        return True
+
+    def on_node_assigned(self, node_id: str, lease_id: bytes, worker_id: bytes, exec_addr: str,
+                         ctl_addr: str) -> None:
+        w = _WorkerProc(worker_id, 0, -1, -1, exec_addr=exec_addr, ctl_addr=ctl_addr,
+                        ready=True, node_id=node_id)
+        self.remote_workers[worker_id] = w
+        lease = self.leases.get(lease_id)
+        if lease is None:
+            self.kill_worker(w, "its lease was dropped")
+            return
+        if not self.assigned(lease, w) or lease.returned:
+            self.release_lease(lease)
+
+    def on_node_lease_failed(self, lease_id: bytes, error: BaseException) -> None:
+        lease = self.leases.pop(lease_id, None)
+        if lease is None:
+            return
+        self.scheduler.release(lease_id)
+        if lease.actor_id is None:
+            self.send(lease.owner, (Msg.LEASE_FAILED, lease_id, error))
+        elif (actor := self.actors.get(lease.actor_id)) is not None:
+            actor.no_restart = True
+            self.set_dead(actor, str(error))
+        self.schedule()
+
+    def release_lease(self, lease: _Lease) -> None:
+        self.leases.pop(lease.lease_id, None)
+        self.scheduler.release(lease.lease_id)
+        w = lease.worker
+        if w is not None:
+            w.lease_id = None
+            if w.node_id and w.node_id != self.node_id:
+                self.remote_workers.pop(w.worker_id, None)
+                node = self.cluster_nodes.get(w.node_id)
+                if node is not None:
+                    self.send(node.info["addr"], (Msg.NODE_RELEASE, w.worker_id))
+            else:
+                self.local_release(w)
+        self.schedule()
+
+    def on_return_lease(self, lease_id: bytes) -> None:
+        lease = self.leases.get(lease_id)
+        if lease is None:
+            return
+        if lease.grant is None:  # still queued: the owner no longer needs it
+            self.scheduler.cancel(lease_id)
+            self.leases.pop(lease_id, None)
+            return
+        if lease.worker is None and lease.grant.node_id != self.node_id:
+            lease.returned = True  # released when its node says which worker took it
+            return
+        if lease in self.waiting_for_worker:
+            self.waiting_for_worker.remove(lease)
+        self.release_lease(lease)
+
+    # ------------------------------------------------------------------ actors
+    def on_create_actor(self, req_id: int, reply_to: str, actor_id: bytes, name: str,
+                        registered_name: tuple[str, str] | None, spec: tuple[Any, ...],
+                        resources: dict[str, float], placement: tuple[str, int] | None,
+                        max_restarts: int, meta: dict[str, Any]) -> None:
+        if registered_name is not None and registered_name in self.named:
+            other = self.actors.get(self.named[registered_name])
+            if other is not None and other.status is not ActorStatus.DEAD:
+                self.reply(reply_to, req_id, False, ValueError(
+                    f"an actor named {registered_name[1]!r} already exists in namespace "
+                    f"{registered_name[0]!r}; pick another name or get it with "
+                    f"get_actor({registered_name[1]!r})"))
+                return
+        lease_id = new_id()
+        try:
+            self.scheduler.submit(lease_id, resources, placement)
+        except (InfeasibleError, ValueError) as e:
+            self.reply(reply_to, req_id, False, e)
+            return
+        actor = _Actor(actor_id, reply_to, name, registered_name, spec, resources, placement,
+                       max_restarts, meta, lease_id=lease_id)
+        actor.subscribers.add(reply_to)
+        self.actors[actor_id] = actor
+        if registered_name is not None:
+            self.named[registered_name] = actor_id
+        self.leases[lease_id] = _Lease(lease_id, reply_to, actor_id=actor_id)
+        self.reply(reply_to, req_id, True, None)
+        self.schedule()
+
+    def publish(self, actor: _Actor) -> None:
+        addr = actor.worker.exec_addr if actor.worker and actor.status is ActorStatus.ALIVE \
+            else None
+        for sub in actor.subscribers:
+            self.send(sub, (Msg.ACTOR_STATE, actor.actor_id, actor.status.value, addr,
+                            actor.cause))
+
+    def on_subscribe_actor(self, actor_id: bytes, addr: str) -> None:
+        actor = self.actors.get(actor_id)
+        if actor is None:
+            self.send(addr, (Msg.ACTOR_STATE, actor_id, ActorStatus.DEAD.value, None,
+                             "the actor is unknown to this node (its owner may have died)"))
+            return
+        actor.subscribers.add(addr)
+        addr_exec = actor.worker.exec_addr if actor.worker and \
+            actor.status is ActorStatus.ALIVE else None
+        self.send(addr, (Msg.ACTOR_STATE, actor_id, actor.status.value, addr_exec, actor.cause))
+
+    def on_get_named_actor(self, req_id: int, reply_to: str, name: str, namespace: str) -> None:
+        actor_id = self.named.get((namespace, name))
+        actor = self.actors.get(actor_id) if actor_id else None
+        if actor is None or actor.status is ActorStatus.DEAD:
+            self.reply(reply_to, req_id, False, ValueError(
+                f"no live actor named {name!r} in namespace {namespace!r}"))
+            return
+        self.reply(reply_to, req_id, True, (actor.actor_id, actor.owner, actor.meta))
+
+    def on_actor_ready(self, actor_id: bytes, worker_id: bytes) -> None:
+        actor = self.actors.get(actor_id)
+        if actor is None or actor.worker is None or actor.worker.worker_id != worker_id:
+            return
+        if actor.status is ActorStatus.DEAD:
+            self.kill_worker(actor.worker, "the actor was killed")
+            return
+        actor.status = ActorStatus.ALIVE
+        self.publish(actor)
+
+    def on_actor_init_failed(self, actor_id: bytes, error: tuple[Any, ...]) -> None:
+        actor = self.actors.get(actor_id)
+        if actor is None:
+            return
+        from trainkit.runtime._serialization import loads
+
+        try:
+            err = loads(error[1], error[2])
+            cause = f"its constructor raised:\n{err}"
+        except Exception as e:
+            cause = f"its constructor raised an error that could not be loaded: {e}"
+        actor.no_restart = True
+        self.set_dead(actor, cause)
+        if actor.worker is not None:
+            self.kill_worker(actor.worker, cause)
+
+    def on_actor_exiting(self, actor_id: bytes) -> None:
+        actor = self.actors.get(actor_id)
+        if actor is not None:
+            actor.no_restart = True
+            actor.cause = "it went out of scope (every handle to it was deleted)"
+
+    def on_kill_actor(self, actor_id: bytes, no_restart: bool) -> None:
+        actor = self.actors.get(actor_id)
+        if actor is None or actor.status is ActorStatus.DEAD:
+            return
+        if no_restart:
+            self.kill_actor(actor, "it was killed with kill()")
+        elif actor.worker is not None:
+            self.kill_worker(actor.worker, "it was killed with kill(no_restart=False)")
+
+    def kill_actor(self, actor: _Actor, cause: str) -> None:
+        actor.no_restart = True
+        if actor.worker is not None and not actor.worker.exited:
+            actor.cause = cause
+            self.kill_worker(actor.worker, cause)  # its exit finishes the job
+        else:
+            self.set_dead(actor, cause)
+
+    def on_actor_died(self, actor: _Actor, cause: str) -> None:
+        actor.worker = None
+        if actor.status is ActorStatus.DEAD:
+            return
+        if actor.no_restart or actor.restarts_left == 0:
+            self.set_dead(actor, actor.cause or cause)
+            return
+        if actor.restarts_left > 0:
+            actor.restarts_left -= 1
+        actor.status = ActorStatus.RESTARTING
+        actor.cause = cause
+        self.publish(actor)
+        lease_id = new_id()
+        actor.lease_id = lease_id
+        self.scheduler.submit(lease_id, actor.resources, actor.placement)
+        self.leases[lease_id] = _Lease(lease_id, actor.owner, actor_id=actor.actor_id)
+
+    def set_dead(self, actor: _Actor, cause: str) -> None:
+        if actor.status is ActorStatus.DEAD:
+            return
+        actor.status = ActorStatus.DEAD
+        actor.cause = cause
+        if actor.lease_id is not None:
+            lease = self.leases.get(actor.lease_id)
+            if lease is not None and lease.grant is None:
+                self.scheduler.cancel(actor.lease_id)
+                self.leases.pop(actor.lease_id, None)
+        if actor.registered_name is not None:
+            self.named.pop(actor.registered_name, None)
+        self.publish(actor)
+        actor.subscribers.clear()
+        actor.spec = ()
+
+    # ------------------------------------------------------------------ placement groups
+    def on_create_pg(self, req_id: int, reply_to: str, pg_id: str,
+                     bundles: list[dict[str, float]], strategy: str, name: str) -> None:
+        try:
+            self.scheduler.create_placement_group(pg_id, bundles, strategy)
+        except (InfeasibleError, ValueError) as e:
+            self.reply(reply_to, req_id, False, e)
+            return
+        self.reply(reply_to, req_id, True, None)
+        self.schedule()
+
+    def on_wait_pg(self, req_id: int, reply_to: str, pg_id: str) -> None:
+        if self.scheduler.is_placement_group_ready(pg_id):
+            self.reply(reply_to, req_id, True, True)
+        else:
+            self.pg_waiters.setdefault(pg_id, []).append((reply_to, req_id))
+
+    def on_remove_pg(self, req_id: int, reply_to: str, pg_id: str) -> None:
+        for request_id in self.scheduler.remove_placement_group(pg_id):
+            self.drop_grant(request_id, f"its placement group {pg_id} was removed")
+        for addr, wid in self.pg_waiters.pop(pg_id, []):
+            self.reply(addr, wid, False, ValueError(f"placement group {pg_id} was removed"))
+        self.reply(reply_to, req_id, True, None)
+        self.schedule()
+
+    def drop_grant(self, request_id: RequestId, cause: str) -> None:
+        """The scheduler took back a grant: stop whatever holds it."""
+        lease = self.leases.get(request_id)
+        if lease is None:
+            return
+        if lease.actor_id is not None:
+            actor = self.actors.get(lease.actor_id)
+            if actor is not None and lease.worker is not None:
+                self.kill_worker(lease.worker, cause)  # it restarts if it may
+            elif actor is not None:
+                self.kill_actor(actor, cause)
+        elif lease.worker is not None:
+            self.kill_worker(lease.worker, cause)
+        else:
+            self.leases.pop(request_id, None)
+            self.send(lease.owner, (Msg.LEASE_FAILED, request_id, ValueError(cause)))
+
+    # ------------------------------------------------------------------ nodes
+    def on_register_node(self, req_id: int, reply_to: str, info: dict[str, Any]) -> None:
+        node_id = info["node_id"]
+        known = self.cluster_nodes.get(node_id)
+        if known is not None:  # an update (its drivers changed)
+            known.info = info
+            self.broadcast_node_table()
+            return
+        try:
+            self.scheduler.add_node(node_id, info["resources"], info["gpu_ids"])
+        except ValueError as e:
+            self.reply(reply_to, req_id, False, e)
+            return
+        self.cluster_nodes[node_id] = _NodeRecord(info, time.monotonic())
+        self.reply(reply_to, req_id, True, None)
+        self.broadcast_node_table()
+        self.schedule()
+
+    def on_node_heartbeat(self, node_id: str) -> None:
+        node = self.cluster_nodes.get(node_id)
+        if node is None:
+            return
+        node.last_seen = time.monotonic()
+        self.send(node.info["addr"], (Msg.NODE_HEARTBEAT_ACK,))
+
+    def check_nodes(self) -> None:
+        now = time.monotonic()
+        for node_id, node in list(self.cluster_nodes.items()):
+            if node_id != self.node_id and now - node.last_seen > NODE_DEATH_TIMEOUT_S:
+                self.on_node_died(node_id, f"node {node.info['host']} ({node_id[:8]}) stopped "
+                                           f"answering for {NODE_DEATH_TIMEOUT_S:.0f} s")
+
+    def on_node_died(self, node_id: str, cause: str) -> None:
+        if self.cluster_nodes.pop(node_id, None) is None:
+            return
+        lost = self.scheduler.remove_node(node_id)
+        for w in [w for w in self.remote_workers.values() if w.node_id == node_id]:
+            del self.remote_workers[w.worker_id]
+            w.exited = True
+            self.worker_gone(w, cause, node_id)
+        for lease in [ls for ls in self.leases.values()
+                      if ls.worker is None and ls.grant is not None
+                      and ls.grant.node_id == node_id]:
+            del self.leases[lease.lease_id]
+            if lease.actor_id is None:
+                self.send(lease.owner, (Msg.WORKER_DIED, lease.lease_id, cause))
+            elif (actor := self.actors.get(lease.actor_id)) is not None:
+                self.on_actor_died(actor, cause)
+        for request_id in lost:  # grants elsewhere in placement groups that lost a bundle
+            self.drop_grant(request_id, f"its placement group lost a node ({cause})")
+        for other in list(self.cluster_nodes.values()):
+            if other.info["node_id"] != self.node_id:
+                self.send(other.info["addr"], (Msg.NODE_DIED, node_id, cause))
+        self.notify_node_died(node_id, cause)
+        self.broadcast_node_table()
+        self.schedule()
+
+    def on_node_worker_exit(self, node_id: str, worker_id: bytes | None, ctl_addr: str,
+                            cause: str) -> None:
+        """A process on another node exited (a worker; a driver when worker_id is None)."""
+        w = self.remote_workers.pop(worker_id, None) if worker_id is not None else None
+        if w is None:
+            if ctl_addr:
+                self.process_gone(ctl_addr, cause, node_id)
+            return
+        w.exited = True
+        self.worker_gone(w, cause, node_id)
+        self.schedule()
+
+    def broadcast_node_table(self) -> None:
+        table = self.node_table()
+        for node_id, node in self.cluster_nodes.items():
+            if node_id != self.node_id:
+                self.send(node.info["addr"], (Msg.NODE_TABLE, table))
+
+    def on_cluster_nodes(self, req_id: int, reply_to: str) -> None:
+        self.reply(reply_to, req_id, True, [n.info for n in self.cluster_nodes.values()])
+
+    # ------------------------------------------------------------------ info
+    def on_cluster_info(self, req_id: int, reply_to: str) -> None:
+        nodes = self.scheduler.nodes()
+        for n in nodes:
+            rec = self.cluster_nodes.get(n["node_id"])
+            n["address"] = rec.info["host"] if rec is not None else "127.0.0.1"
+        self.reply(reply_to, req_id, True, {
+            "total": self.scheduler.total_resources(),
+            "available": self.scheduler.available_resources(),
+            "nodes": nodes,
+            "store": self.store_info(),
+            "workers": len(self.remote_workers),
+            "queued": len(self.scheduler.queued_requests()),
+            "queued_groups": self.scheduler.queued_placement_groups(),
+            "rejected_frames": self.rejected_frames(),
+        })
