@@ -505,7 +505,8 @@ def available_resources() -> dict[str, float]:
 
 
 def nodes() -> list[dict[str, Any]]:
-    return [{"NodeID": n["node_id"], "Alive": True, "NodeManagerAddress": "127.0.0.1",
+    return [{"NodeID": n["node_id"], "Alive": True,
+             "NodeManagerAddress": n.get("address", "127.0.0.1"),
              "Resources": n["resources_total"], "Available": n["resources_available"],
              "GPUIds": list(n.get("gpu_ids", []))} for n in _cluster_info()["nodes"]]
 

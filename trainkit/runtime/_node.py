@@ -231,7 +231,9 @@ class NodeService(ControlMixin):
         if self.role == "head":
             self.check_nodes()
         elif self.role == "node":
-            self.send(self.control_addr, (Msg.NODE_HEARTBEAT, self.node_id))
+            with self.store_lock:
+                used = self.store.stats()["used_bytes"]
+            self.send(self.control_addr, (Msg.NODE_HEARTBEAT, self.node_id, {"store_used": used}))
             limit = self.cfg.get("head_timeout_s") or HEAD_TIMEOUT_S
             if now - self.last_ack > limit:
                 print(f"trainkit node: the head at {self.control_addr} has not answered for "

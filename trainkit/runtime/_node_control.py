@@ -86,6 +86,7 @@ class _Actor:
 class _NodeRecord:
     info: dict[str, Any]  # what the node registered: addr, transfer_addr, host, resources...
     last_seen: float
+    stats: dict[str, Any] = field(default_factory=dict)  # from its last heartbeat
 
 
 class ControlMixin:
@@ -519,11 +520,12 @@ class ControlMixin:
         self.broadcast_node_table()
         self.schedule()
 
-    def on_node_heartbeat(self, node_id: str) -> None:
+    def on_node_heartbeat(self, node_id: str, stats: dict[str, Any]) -> None:
         node = self.cluster_nodes.get(node_id)
         if node is None:
             return
         node.last_seen = time.monotonic()
+        node.stats = stats
         self.send(node.info["addr"], (Msg.NODE_HEARTBEAT_ACK,))
 
     def check_nodes(self) -> None:
@@ -582,9 +584,12 @@ class ControlMixin:
     # ------------------------------------------------------------------ info
     def on_cluster_info(self, req_id: int, reply_to: str) -> None:
         nodes = self.scheduler.nodes()
+        store = self.store_info()
         for n in nodes:
             rec = self.cluster_nodes.get(n["node_id"])
             n["address"] = rec.info["host"] if rec is not None else "127.0.0.1"
+            n["store_used"] = store["used_bytes"] if n["node_id"] == self.node_id else (
+                rec.stats.get("store_used", 0) if rec is not None else 0)
         self.reply(reply_to, req_id, True, {
             "total": self.scheduler.total_resources(),
             "available": self.scheduler.available_resources(),

@@ -24,6 +24,7 @@ from typing import Any
 
 import zmq
 
+from trainkit.runtime._auth import FRAME_OVERHEAD_BYTES
 from trainkit.runtime._auth import AuthError
 from trainkit.runtime._auth import FrameAuth
 
@@ -138,7 +139,7 @@ class Outbox:
             with lock:
                 sock.send(data, copy=True)
             return
-        if len(data) > auth.max_frame_bytes:
+        if len(data) + FRAME_OVERHEAD_BYTES > auth.max_frame_bytes:
             raise ValueError(
                 f"a {len(data)}-byte message to {address} is over the cluster's frame limit "
                 f"({auth.max_frame_bytes} bytes); pass large values through the object store "

@@ -102,20 +102,26 @@ class LocalCluster:
         self._connected = True
         trainkit.init(address=self.address, **init_kwargs)
 
+    def disconnect(self) -> None:
+        """``trainkit.shutdown()`` of the driver that :meth:`connect` attached."""
+        from trainkit.runtime._secret import SECRET_ENV
+
+        if not self._connected:
+            return
+        import trainkit
+
+        trainkit.shutdown()
+        self._connected = False
+        if self._env_before is None:
+            os.environ.pop(SECRET_ENV, None)
+        else:
+            os.environ[SECRET_ENV] = self._env_before
+
     def shutdown(self) -> None:
         """Disconnect the driver and stop every node and the head."""
         from trainkit.runtime._cluster import cleanup_node_files
-        from trainkit.runtime._secret import SECRET_ENV
 
-        if self._connected:
-            import trainkit
-
-            trainkit.shutdown()
-            self._connected = False
-            if self._env_before is None:
-                os.environ.pop(SECRET_ENV, None)
-            else:
-                os.environ[SECRET_ENV] = self._env_before
+        self.disconnect()
         procs = list(self._procs.values())
         self._procs.clear()
         for proc, _ in procs:
