@@ -253,21 +253,29 @@ def _write_state(state: dict[str, Any]) -> None:
     write_atomic(str(_state_path()), (json.dumps(state, indent=2) + "\n").encode())
 
 
+def _exists(pid: int) -> bool:
+    """Whether process ``pid`` exists and has not exited (a zombie has)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            # The state follows the command name, which is in parentheses and may hold spaces.
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
 def _is_running(proc: dict[str, Any]) -> bool:
     """Whether the recorded node service still runs (not a later process with its pid)."""
     pid = proc.get("pid")
     if not isinstance(pid, int) or pid <= 0:
         return False
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            # The state follows the command name, which is in parentheses and may hold spaces.
-            state = f.read().rsplit(")", 1)[1].split()[0]
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             cmdline = f.read().decode(errors="replace")
-    except (OSError, IndexError):
+    except OSError:
         return False
-    return state not in ("Z", "X") and _NODE_MODULE in cmdline \
-        and str(proc.get("node_id", "")) in cmdline
+    # An exiting process shows an empty command line: it no longer counts as running.
+    return _exists(pid) and _NODE_MODULE in cmdline and str(proc.get("node_id", "")) in cmdline
 
 
 def _same_address(a: str, b: str) -> bool:
@@ -383,8 +391,7 @@ def _start_head(args: argparse.Namespace) -> int:
     with _state_lock():
         state = _read_state()
         live = _live_processes(state)
-        if live:
-            assert state is not None
+        if live and state is not None:
             pids = ", ".join(str(p["pid"]) for p in live)
             raise _CliError(
                 f"a trainkit cluster started on this machine still runs (address "
@@ -478,6 +485,11 @@ def _query_head(address: str, secret: bytes,
     from trainkit.runtime._protocol import Msg
 
     host, port = parse_address(address)
+    try:
+        socket.gethostbyname(host)
+    except OSError as e:
+        raise _CliError(f"cannot resolve the head's host {host!r} ({e.strerror}); check the "
+                        "address, or give the head's IP") from None
     head_addr = f"tcp://{host}:{port}"
     session_dir = tempfile.mkdtemp(prefix=f"trainkit-{os.getpid()}-cli-", dir="/tmp")
     try:
@@ -565,6 +577,12 @@ def _status(args: argparse.Namespace) -> int:
 # --- stop -------------------------------------------------------------------------------------
 
 
+def _wait_gone(procs: list[dict[str, Any]]) -> None:
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    while any(_exists(p["pid"]) for p in procs) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def _stop(args: argparse.Namespace) -> int:
     del args
     with _state_lock():
@@ -579,19 +597,18 @@ def _stop(args: argparse.Namespace) -> int:
                 os.kill(proc["pid"], signal.SIGTERM)
             except ProcessLookupError:
                 pass
-        deadline = time.monotonic() + STOP_TIMEOUT_S
-        while any(_is_running(p) for p in live) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        killed = [p for p in live if _is_running(p)]
+        # From here on the pids are known to be ours: wait for the processes to be gone, even
+        # while an exiting one no longer shows its command line.
+        _wait_gone(live)
+        killed = [p for p in live if _exists(p["pid"])]
         for proc in killed:
-            try:
-                os.kill(proc["pid"], signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + STOP_TIMEOUT_S
-        while any(_is_running(p) for p in killed) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        survivors = [p for p in killed if _is_running(p)]
+            if _is_running(proc):
+                try:
+                    os.kill(proc["pid"], signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        _wait_gone(killed)
+        survivors = [p for p in killed if _exists(p["pid"])]
         for proc in procs:
             if proc not in survivors:
                 child = _started.pop(proc.get("pid", 0), None)

@@ -78,6 +78,7 @@ def start_node_process(*, role: str, host: str, secret: bytes, port: int = 0,
                        object_store_memory: int | None = None, prefix: str = "",
                        watch_pid: int | None = None, detach: bool = False,
                        log_path: str | None = None, head_timeout_s: float | None = None,
+                       register_timeout_s: float | None = None,
                        command_prefix: tuple[str, ...] = ()
                        ) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
     """Start a head (``role="head"``, listening on ``host:port``) or a node joining
@@ -100,8 +101,9 @@ def start_node_process(*, role: str, host: str, secret: bytes, port: int = 0,
         "role": role, "session_dir": session_dir, "node_id": node_id, "host": host,
         "arena_path": arena_path, "object_store_memory": store_bytes,
         "resources": res, "gpu_ids": gpu_ids, "sys_path": [p or os.getcwd() for p in sys.path],
-        "cwd": os.getcwd(), "prestart": 0, "log_to_driver": True, "machine": machine_key(),
+        "cwd": os.getcwd(), "prestart": 0, "log_to_driver": True,
         "ready_file": ready_file, "watch_pid": watch_pid, "head_timeout_s": head_timeout_s,
+        "register_timeout_s": register_timeout_s,
     }
     if role == "head":
         cfg["bind"] = f"tcp://{host}:{port}"
@@ -131,11 +133,15 @@ def start_node_process(*, role: str, host: str, secret: bytes, port: int = 0,
     if proc.poll() is None:
         proc.kill()
     proc.wait()
+    try:
+        with open(session_dir + ".error") as f:
+            why = f": {f.read()}"
+        os.unlink(session_dir + ".error")
+    except OSError:
+        why = f" (its log: {log_path})" if log_path else " (its error output is above)"
     cleanup_node_files(session_dir, arena_path)
-    where = f" (its log: {log_path})" if log_path else " (its error output is above)"
     raise RuntimeSystemError(
-        f"the trainkit {role} service did not start within {NODE_START_TIMEOUT_S:.0f} s "
-        f"(exit code {proc.returncode}){where}")
+        f"the trainkit {role} service did not start (exit code {proc.returncode}){why}")
 
 
 def cleanup_node_files(session_dir: str, arena_path: str) -> None:

@@ -35,6 +35,7 @@ import zmq
 from trainkit.exceptions import ObjectLostError
 from trainkit.exceptions import RuntimeSystemError
 from trainkit.runtime._auth import FrameAuth
+from trainkit.runtime._cluster import machine_key
 from trainkit.runtime._node_control import ControlMixin
 from trainkit.runtime._node_control import _Actor
 from trainkit.runtime._node_control import _Lease
@@ -123,7 +124,7 @@ class NodeService(ControlMixin):
         self.info = {
             "node_id": self.node_id, "addr": self.addr, "host": self.host or "127.0.0.1",
             "transfer_addr": self.transfer.address if self.transfer else "",
-            "machine": cfg.get("machine", ""), "arena_path": cfg["arena_path"],
+            "machine": machine_key(), "arena_path": cfg["arena_path"],
             "object_store_memory": cfg["object_store_memory"], "resources": cfg["resources"],
             "gpu_ids": cfg["gpu_ids"], "session_dir": self.session_dir,
             "is_head": self.role == "head", "pid": os.getpid(),
@@ -244,7 +245,8 @@ class NodeService(ControlMixin):
         """Join the cluster: the head must accept this node within REGISTER_TIMEOUT_S."""
         req_id = 1
         self.out.send(self.control_addr, (Msg.REGISTER_NODE, req_id, self.addr, self.info))
-        deadline = time.monotonic() + REGISTER_TIMEOUT_S
+        limit = self.cfg.get("register_timeout_s") or REGISTER_TIMEOUT_S
+        deadline = time.monotonic() + limit
         while time.monotonic() < deadline:
             if not self.inbox.socket.poll(100):
                 continue
@@ -259,7 +261,7 @@ class NodeService(ControlMixin):
             self.dispatch(msg)
         raise RuntimeSystemError(
             f"no answer from the trainkit head at {self.control_addr} within "
-            f"{REGISTER_TIMEOUT_S:.0f} s: is it running there, and does this node use the "
+            f"{limit:.0f} s: is it running there, and does this node use the "
             "same cluster secret (--secret-file or TRAINKIT_CLUSTER_SECRET)?")
 
     def on_heartbeat_ack(self) -> None:
@@ -824,6 +826,12 @@ def main() -> None:
     node = NodeService(cfg, secret)
     try:
         node.serve()
+    except RuntimeSystemError as e:  # e.g. the head refused or never answered: say why
+        print(f"trainkit node: {e}", file=sys.stderr)
+        if cfg.get("ready_file"):  # beside the session folder, which cleanup removes
+            with open(cfg["session_dir"] + ".error", "w") as f:
+                f.write(str(e))
+        sys.exit(1)
     finally:
         node.cleanup()
 

@@ -81,6 +81,7 @@ class TransferServer(threading.Thread):
 
     def handle(self, frames: list[zmq.Frame]) -> None:
         if len(frames) != 4:
+            self.auth.rejected["malformed"] += 1
             return
         ident = frames[0].bytes
         try:

@@ -111,7 +111,11 @@ class Worker:
                 msg = self.inbox.recv()
                 if msg[0] == Msg.EXIT:
                     return
-                handlers[msg[0]](*msg[1:])
+                handler = handlers.get(msg[0])
+                if handler is None:
+                    print(f"trainkit: ignoring unknown message {msg[0]!r}", file=sys.stderr)
+                    continue
+                handler(*msg[1:])
             except KeyboardInterrupt:
                 continue  # a cancel that arrived just after its task finished
 

@@ -1,0 +1,195 @@
+"""Cluster security: nothing that is not signed with the cluster's secret is ever unpickled.
+
+Every listening port of a running cluster gets pickles that would create a canary file:
+raw over tcp, as unsigned ZeroMQ frames, signed with a wrong secret, as a tampered copy of a
+valid frame and as a replay (an old counter) of a valid sender. The canary must never
+appear, and the cluster must keep serving.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import socket
+import time
+from typing import Any
+
+import psutil
+import pytest
+import zmq
+
+import trainkit as tk
+from trainkit.exceptions import RuntimeSystemError
+from trainkit.runtime import _session
+from trainkit.runtime._auth import FrameAuth
+from trainkit.runtime._cluster import start_node_process
+from trainkit.runtime._protocol import Msg
+from trainkit.runtime._secret import SECRET_ENV
+from trainkit.testing import LocalCluster
+
+pytestmark = pytest.mark.leaking("processes")  # idle pool workers; the fixture checks the end
+
+
+class _Canary:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (exec, (f"open({self.path!r}, 'w').close()",))
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    before = set(psutil.Process().children(recursive=True))
+    with LocalCluster(num_cpus=1) as c:
+        c.add_node(num_cpus=1, resources={"b": 1})
+        c.connect()
+        yield c
+    deadline = time.monotonic() + 10
+    while (left := set(psutil.Process().children(recursive=True)) - before) \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not left
+
+
+def _cluster_processes(c: LocalCluster) -> list[psutil.Process]:
+    procs = [psutil.Process(pid) for pid in c.node_pids().values()]
+    return procs + [ch for p in procs for ch in p.children(recursive=True)]
+
+
+def _listening(c: LocalCluster) -> list[tuple[str, int]]:
+    out = []
+    for p in _cluster_processes(c):
+        try:
+            conns = p.net_connections(kind="inet")
+        except psutil.Error:
+            continue
+        out += [(cn.laddr.ip, cn.laddr.port) for cn in conns if cn.status == psutil.CONN_LISTEN]
+    return sorted(set(out))
+
+
+def _spawn_workers_everywhere() -> None:
+    @tk.remote(num_cpus=0, resources={"b": 0.1})
+    class OnB:
+        def ping(self) -> int:
+            return 1
+
+    @tk.remote(num_cpus=0)
+    def on_head() -> int:
+        return 1
+
+    actor = OnB.remote()
+    assert tk.get([actor.ping.remote(), on_head.remote()]) == [1, 1]
+    return actor
+
+
+def test_cluster_listens_on_the_given_address_only(cluster):
+    keep = _spawn_workers_everywhere()
+    ports = _listening(cluster)
+    assert ports, "nothing listens?"
+    assert {ip for ip, _ in ports} == {"127.0.0.1"}
+    del keep
+
+
+def _attacks(port: int, canary: str, secret: bytes) -> None:
+    """Every way in that must fail, against one port (a PULL inbox or a ROUTER)."""
+    evil = pickle.dumps(_Canary(canary), protocol=5)
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as s:  # not even ZMTP
+        try:
+            s.sendall(evil)
+        except OSError:
+            pass
+    ctx = zmq.Context()
+    try:
+        wrong = FrameAuth(os.urandom(32).hex().encode())
+        right = FrameAuth(secret)
+        old = right.sign(evil, port)  # counter 1: valid, but older than what follows
+        harmless = pickle.dumps((Msg.NODE_HEARTBEAT_ACK,), protocol=5)
+        fresh = right.sign(harmless, port)  # counter 2
+        tampered = [fresh[0], evil, fresh[2]]
+        for kind in (zmq.PUSH, zmq.DEALER):
+            sock = ctx.socket(kind)
+            sock.setsockopt(zmq.LINGER, 500)
+            sock.connect(f"tcp://127.0.0.1:{port}")
+            sock.send(evil)  # unsigned
+            sock.send_multipart(wrong.sign(evil, port))  # wrong secret
+            sock.send_multipart(tampered)  # a valid header and mac around another payload
+            sock.send_multipart([bytes(f) for f in fresh])  # valid: accepted once
+            sock.send_multipart([bytes(f) for f in fresh])  # replayed as is
+            sock.send_multipart([bytes(f) for f in old])  # an older counter of that sender
+            sock.close()
+    finally:
+        ctx.term()
+
+
+def test_no_unauthenticated_tampered_or_replayed_frame_is_unpickled(cluster, tmp_path):
+    keep = _spawn_workers_everywhere()
+    canary = str(tmp_path / "canary")
+    ports = [port for _, port in _listening(cluster)]
+    assert len(ports) >= 6  # head and node inboxes, object servers, workers
+    for port in ports:
+        _attacks(port, canary, cluster.secret)
+    time.sleep(1.0)
+    assert not os.path.exists(canary)
+    keep2 = _spawn_workers_everywhere()  # every node still serves
+    from trainkit.runtime._api import _cluster_info
+
+    rejected = _cluster_info()["rejected_frames"]
+    # The head's inbox and object server each dropped: the unsigned frame (malformed), the
+    # wrong-secret and tampered ones (bad_mac), the replay and the older counter (replay).
+    assert rejected == {"malformed": 2, "bad_mac": 4, "replay": 4, "stale": 0, "oversize": 0}
+    del keep, keep2
+
+
+def test_oversize_frames_are_dropped_before_they_are_allocated(cluster):
+    head = psutil.Process(cluster.node_pids()[cluster.head_node_id])
+    port = int(cluster.address.rsplit(":", 1)[1])
+    rss_before = head.memory_info().rss
+    ctx = zmq.Context()
+    try:
+        sock = ctx.socket(zmq.PUSH)
+        sock.setsockopt(zmq.LINGER, 2000)
+        sock.connect(f"tcp://127.0.0.1:{port}")
+        sock.send(bytes(300 << 20))  # over the 256 MiB frame limit
+        sock.close()
+    finally:
+        ctx.term()
+    time.sleep(0.5)
+    assert head.memory_info().rss - rss_before < 64 << 20
+    assert tk.get(tk.put(b"still serving")) == b"still serving"
+
+
+def test_a_node_with_the_wrong_secret_cannot_join(cluster):
+    wrong = os.urandom(32).hex().encode()
+    started = time.monotonic()
+    with pytest.raises(RuntimeSystemError, match="secret") as info:
+        start_node_process(role="node", host="127.0.0.1", secret=wrong,
+                           head_addr=f"tcp://{cluster.address}", num_cpus=1,
+                           object_store_memory=64 << 20, watch_pid=os.getpid(),
+                           register_timeout_s=2)
+    assert time.monotonic() - started < 15
+    assert wrong.decode() not in str(info.value)
+    assert cluster.secret.decode() not in str(info.value)
+    assert len(tk.nodes()) == 2
+
+
+def test_the_secret_is_never_in_a_command_line(cluster):
+    secret = cluster.secret.decode()
+    for p in _cluster_processes(cluster):
+        try:
+            assert secret not in " ".join(p.cmdline())
+        except psutil.Error:
+            continue
+
+
+def test_a_driver_with_the_wrong_secret_is_refused_clearly(cluster, monkeypatch):
+    # Last in this module: it stops the module's driver to try a new one.
+    tk.shutdown()
+    monkeypatch.setattr(_session, "CONNECT_TIMEOUT_S", 2.0)
+    monkeypatch.setenv(SECRET_ENV, os.urandom(32).hex())
+    try:
+        with pytest.raises(ConnectionError, match="TRAINKIT_CLUSTER_SECRET"):
+            tk.init(address=cluster.address)
+        assert not tk.is_initialized()
+    finally:
+        monkeypatch.setenv(SECRET_ENV, cluster.secret.decode())
