@@ -253,15 +253,23 @@ def _write_state(state: dict[str, Any]) -> None:
     write_atomic(str(_state_path()), (json.dumps(state, indent=2) + "\n").encode())
 
 
-def _exists(pid: int) -> bool:
-    """Whether process ``pid`` exists and has not exited (a zombie has)."""
+def _stat(pid: int) -> tuple[str, str] | None:
+    """(state, start time) of process ``pid``; None if there is no such process."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            # The state follows the command name, which is in parentheses and may hold spaces.
-            state = f.read().rsplit(")", 1)[1].split()[0]
+            # The fields after the command name, which is in parentheses and may hold spaces:
+            # the state is field 3, the start time field 22.
+            fields = f.read().rsplit(")", 1)[1].split()
+        return fields[0], fields[19]
     except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
+        return None
+
+
+def _exists(pid: int, started: str | None = None) -> bool:
+    """Whether process ``pid`` (started at ``started``, if given) is there and has not exited
+    (a zombie has)."""
+    stat = _stat(pid)
+    return stat is not None and stat[0] not in ("Z", "X") and started in (None, stat[1])
 
 
 def _is_running(proc: dict[str, Any]) -> bool:
@@ -520,12 +528,38 @@ def _num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else f"{x:.2f}".rstrip("0")
 
 
+def _size(n: Any) -> str:
+    """Bytes for people: "12 MiB", "4.9 GiB"; "?" when unknown."""
+    if not isinstance(n, (int, float)):
+        return "?"
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{round(n / 2**20)} MiB"
+
+
 def _used_total(total: dict[str, float], free: dict[str, float], name: str) -> str:
     t = float(total.get(name, 0.0))
     used = t - float(free.get(name, t))
     if name == "memory":
-        return f"{used / 2**30:.1f}/{t / 2**30:.1f}"
+        return f"{_size(used)}/{_size(t)}"
     return f"{_num(used)}/{_num(t)}"
+
+
+def _resource_cells(total: dict[str, float], free: dict[str, float], store: str) -> list[str]:
+    """CPU, GPU, memory, object store and custom resources as "used/total" cells."""
+    other = ", ".join(f"{k} {_used_total(total, free, k)}" for k in sorted(total)
+                      if k not in ("CPU", "GPU", "memory"))
+    return [*(_used_total(total, free, k) for k in ("CPU", "GPU", "memory")), store, other]
+
+
+def _nonzero_counts(counts: dict[str, Any], where: str = "") -> list[tuple[str, int]]:
+    """``{reason: n}``, or ``{where: {reason: n}}``, as [("where bad_mac", n)...] for n > 0."""
+    found: list[tuple[str, int]] = []
+    for key, value in sorted(counts.items()):
+        name = f"{where} {key}".strip()
+        if isinstance(value, dict):
+            found += _nonzero_counts(value, name)
+        elif isinstance(value, int) and value:
+            found.append((name, value))
+    return found
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -541,22 +575,21 @@ def _status(args: argparse.Namespace) -> int:
     secret = load_secret(args.secret_file, create=False)
     info, nodes = _query_head(address, secret, args.secret_file)
     by_id = {n["node_id"]: n for n in nodes}
-    rows = [["NODE", "ADDRESS", "ROLE", "CPU", "GPU", "MEMORY GiB", "OTHER"]]
+    rows = [["NODE", "ADDRESS", "ROLE", "CPU", "GPU", "MEMORY", "OBJECT STORE", "OTHER"]]
+    store_used = store_capacity = 0
     for node in sorted(info["nodes"], key=lambda n: not by_id.get(n["node_id"], {})
                        .get("is_head", False)):
         registered = by_id.get(node["node_id"], {})
-        total, free = node["resources_total"], node["resources_available"]
-        other = ", ".join(f"{k} {_used_total(total, free, k)}" for k in sorted(total)
-                          if k not in ("CPU", "GPU", "memory"))
         addr = str(registered.get("addr", node.get("address", "?"))).removeprefix("tcp://")
-        rows.append([node["node_id"][:8], addr,
-                     "head" if registered.get("is_head") else "node",
-                     *(_used_total(total, free, k) for k in ("CPU", "GPU", "memory")), other])
-    total, free = info["total"], info["available"]
-    rows.append(["total", "", "", *(_used_total(total, free, k) for k in ("CPU", "GPU",
-                                                                        "memory")),
-                 ", ".join(f"{k} {_used_total(total, free, k)}" for k in sorted(total)
-                           if k not in ("CPU", "GPU", "memory"))])
+        used, capacity = node.get("store_used"), registered.get("object_store_memory")
+        store = f"{_size(used)}/{_size(capacity)}"
+        store_used += int(used or 0)
+        store_capacity += int(capacity or 0)
+        rows.append([node["node_id"][:8], addr, "head" if registered.get("is_head") else "node",
+                     *_resource_cells(node["resources_total"], node["resources_available"],
+                                      store)])
+    rows.append(["total", "", "", *_resource_cells(
+        info["total"], info["available"], f"{_size(store_used)}/{_size(store_capacity)}")])
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     count = len(info["nodes"])
     lines = [f"trainkit cluster at {address}: {count} node{'s' if count != 1 else ''} "
@@ -565,9 +598,9 @@ def _status(args: argparse.Namespace) -> int:
                .rstrip() for row in rows]
     lines += ["", f"waiting lease requests: {info['queued']}",
               f"placement groups waiting: {len(info['queued_groups'])}"]
-    rejected = {k: v for k, v in info.get("rejected_frames", {}).items() if v}
+    rejected = _nonzero_counts(info.get("rejected_frames", {}))
     if rejected:
-        counts = ", ".join(f"{k} {v}" for k, v in sorted(rejected.items()))
+        counts = ", ".join(f"{k} {v}" for k, v in rejected)
         lines.append(f"frames the head rejected: {counts} (a peer with another secret, or "
                      "traffic that is not trainkit's)")
     print("\n".join(lines))
@@ -577,9 +610,10 @@ def _status(args: argparse.Namespace) -> int:
 # --- stop -------------------------------------------------------------------------------------
 
 
-def _wait_gone(procs: list[dict[str, Any]]) -> None:
+def _wait_gone(procs: list[dict[str, Any]], starts: dict[int, str]) -> None:
     deadline = time.monotonic() + STOP_TIMEOUT_S
-    while any(_exists(p["pid"]) for p in procs) and time.monotonic() < deadline:
+    while any(_exists(p["pid"], starts[p["pid"]]) for p in procs) \
+            and time.monotonic() < deadline:
         time.sleep(0.05)
 
 
@@ -592,23 +626,23 @@ def _stop(args: argparse.Namespace) -> int:
             return 0
         procs: list[dict[str, Any]] = state.get("processes", [])
         live = [p for p in procs if _is_running(p)]
+        # From here on a pid counts as ours while its start time is the same, even while the
+        # process exits and its command line is already empty.
+        starts = {p["pid"]: (_stat(p["pid"]) or ("", ""))[1] for p in live}
         for proc in live:
             try:
                 os.kill(proc["pid"], signal.SIGTERM)
             except ProcessLookupError:
                 pass
-        # From here on the pids are known to be ours: wait for the processes to be gone, even
-        # while an exiting one no longer shows its command line.
-        _wait_gone(live)
-        killed = [p for p in live if _exists(p["pid"])]
+        _wait_gone(live, starts)
+        killed = [p for p in live if _exists(p["pid"], starts[p["pid"]])]
         for proc in killed:
-            if _is_running(proc):
-                try:
-                    os.kill(proc["pid"], signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-        _wait_gone(killed)
-        survivors = [p for p in killed if _exists(p["pid"])]
+            try:
+                os.kill(proc["pid"], signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        _wait_gone(killed, starts)
+        survivors = [p for p in killed if _exists(p["pid"], starts[p["pid"]])]
         for proc in procs:
             if proc not in survivors:
                 child = _started.pop(proc.get("pid", 0), None)

@@ -142,7 +142,9 @@ class TaskError(TrainkitError):
         cause: BaseException | None = None,
         pid: int = 0,
     ) -> None:
-        super().__init__(function_name, traceback_str, cause, pid)
+        # Not super(): in a dual class (see as_instanceof_cause) the next __init__ in the
+        # MRO is the cause's, whose signature is its own.
+        Exception.__init__(self, function_name, traceback_str, cause, pid)
         self.function_name = function_name
         self.traceback_str = traceback_str
         self.cause = cause

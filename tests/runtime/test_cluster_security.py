@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import pickle
 import socket
+import struct
 import time
 from typing import Any
 
@@ -91,53 +92,91 @@ def test_cluster_listens_on_the_given_address_only(cluster):
     del keep
 
 
-def _attacks(port: int, canary: str, secret: bytes) -> None:
-    """Every way in that must fail, against one port (a PULL inbox or a ROUTER)."""
-    evil = pickle.dumps(_Canary(canary), protocol=5)
-    with socket.create_connection(("127.0.0.1", port), timeout=2) as s:  # not even ZMTP
+def _raw_pickle(port: int, evil: bytes) -> None:
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
         try:
             s.sendall(evil)
+            s.recv(1)  # until the peer drops us
         except OSError:
             pass
+
+
+def _zmq_attacks(port: int, evil: bytes, secret: bytes) -> None:
+    """Against a ZeroMQ inbox: unsigned, wrong secret, tampered, replayed, older counter."""
     ctx = zmq.Context()
     try:
-        wrong = FrameAuth(os.urandom(32).hex().encode())
         right = FrameAuth(secret)
         old = right.sign(evil, port)  # counter 1: valid, but older than what follows
-        harmless = pickle.dumps((Msg.NODE_HEARTBEAT_ACK,), protocol=5)
-        fresh = right.sign(harmless, port)  # counter 2
-        tampered = [fresh[0], evil, fresh[2]]
-        for kind in (zmq.PUSH, zmq.DEALER):
+        fresh = right.sign(pickle.dumps((Msg.NODE_HEARTBEAT_ACK,), protocol=5), port)
+        for kind in (zmq.PUSH, zmq.DEALER):  # a DEALER cannot even talk to a PULL inbox
             sock = ctx.socket(kind)
-            sock.setsockopt(zmq.LINGER, 500)
+            sock.setsockopt(zmq.LINGER, 1000)
             sock.connect(f"tcp://127.0.0.1:{port}")
-            sock.send(evil)  # unsigned
-            sock.send_multipart(wrong.sign(evil, port))  # wrong secret
-            sock.send_multipart(tampered)  # a valid header and mac around another payload
+            sock.send(evil)
+            sock.send_multipart(FrameAuth(os.urandom(32).hex().encode()).sign(evil, port))
+            sock.send_multipart([fresh[0], evil, fresh[2]])  # tampered
             sock.send_multipart([bytes(f) for f in fresh])  # valid: accepted once
-            sock.send_multipart([bytes(f) for f in fresh])  # replayed as is
-            sock.send_multipart([bytes(f) for f in old])  # an older counter of that sender
+            sock.send_multipart([bytes(f) for f in fresh])  # replayed
+            sock.send_multipart([bytes(f) for f in old])
             sock.close()
     finally:
         ctx.term()
 
 
+def _framed(frames: list[Any]) -> bytes:
+    header, payload, mac = (bytes(f) for f in frames)
+    return struct.pack("!I", len(header) + len(mac) + len(payload)) + header + mac + payload
+
+
+def _object_server_attacks(port: int, evil: bytes, secret: bytes) -> None:
+    """Against an object server, in its own framing: the same set, one connection each."""
+    right = FrameAuth(secret)
+    old = right.sign(evil, port)
+    fresh = right.sign(pickle.dumps(("get", b"no-such-object")), port)
+    attempts = [
+        _framed([bytes(37), evil, bytes(32)]),  # unsigned
+        _framed(FrameAuth(os.urandom(32).hex().encode()).sign(evil, port)),
+        _framed([fresh[0], evil, fresh[2]]),  # tampered
+        _framed(fresh),  # valid: answered with an error (no such object)
+        _framed(fresh),  # replayed, on a new connection
+        _framed(old),
+    ]
+    for data in attempts:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+            s.sendall(data)
+            try:
+                s.recv(1 << 16)
+            except OSError:
+                pass
+
+
 def test_no_unauthenticated_tampered_or_replayed_frame_is_unpickled(cluster, tmp_path):
+    from trainkit.runtime._api import _cluster_info
+    from trainkit.runtime._core import NODE_REQUEST_TIMEOUT_S
+
     keep = _spawn_workers_everywhere()
     canary = str(tmp_path / "canary")
+    evil = pickle.dumps(_Canary(canary), protocol=5)
+    nodes = tk.runtime._context.core.request_control(  # type: ignore[union-attr]
+        Msg.CLUSTER_NODES, what="nodes", timeout=NODE_REQUEST_TIMEOUT_S)
+    object_ports = {int(n["transfer_addr"].rsplit(":", 1)[1]) for n in nodes}
     ports = [port for _, port in _listening(cluster)]
-    assert len(ports) >= 6  # head and node inboxes, object servers, workers
+    assert len(ports) >= 6 and object_ports <= set(ports)  # inboxes, object servers, workers
     for port in ports:
-        _attacks(port, canary, cluster.secret)
+        _raw_pickle(port, evil)
+        if port in object_ports:
+            _object_server_attacks(port, evil, cluster.secret)
+        else:
+            _zmq_attacks(port, evil, cluster.secret)
     time.sleep(1.0)
     assert not os.path.exists(canary)
     keep2 = _spawn_workers_everywhere()  # every node still serves
-    from trainkit.runtime._api import _cluster_info
-
-    rejected = _cluster_info()["rejected_frames"]
-    # The head's inbox and object server each dropped: the unsigned frame (malformed), the
-    # wrong-secret and tampered ones (bad_mac), the replay and the older counter (replay).
-    assert rejected == {"malformed": 2, "bad_mac": 4, "replay": 4, "stale": 0, "oversize": 0}
+    rejected = _cluster_info()["rejected_frames"]  # the head's own counts
+    assert rejected == {
+        "inbox": {"malformed": 1, "bad_mac": 2, "replay": 2, "stale": 0, "oversize": 0},
+        # the raw pickle's first bytes read as a length over the limit
+        "objects": {"malformed": 1, "bad_mac": 2, "replay": 2, "stale": 0, "oversize": 1},
+    }
     del keep, keep2
 
 

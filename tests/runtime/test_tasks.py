@@ -11,6 +11,7 @@ import pytest
 import trainkit as tk
 from trainkit.exceptions import GetTimeoutError
 from trainkit.exceptions import InfeasibleError
+from trainkit.exceptions import ObjectLostError
 from trainkit.exceptions import TaskCancelledError
 from trainkit.exceptions import TaskError
 
@@ -54,6 +55,19 @@ def test_task_error_is_users_class_with_remote_traceback(rt):
     err = info.value
     assert isinstance(err, TaskError)
     assert "fail" in str(err) and "Traceback" in err.traceback_str
+
+
+@pytest.mark.parametrize("error", [ObjectLostError("ab12", "its node died"),
+                                   GetTimeoutError("get() timed out")])
+def test_runtime_errors_raised_in_a_task_reach_the_caller_as_their_own_class(rt, error):
+    @tk.remote(max_retries=0)
+    def fails() -> None:
+        raise error
+
+    with pytest.raises(type(error)) as info:
+        tk.get(fails.remote())
+    assert isinstance(info.value, TaskError)
+    assert str(error) in str(info.value)
 
 
 def test_error_propagates_through_dependent_task(rt):

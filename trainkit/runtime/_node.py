@@ -118,9 +118,8 @@ class NodeService(ControlMixin):
         self.transfer: TransferServer | None = None
         self.puller: Puller | None = None
         if self.host is not None and secret:
-            self.transfer = TransferServer(self.ctx, self.host, secret, self.store,
-                                           self.store_lock)
-            self.puller = Puller(self.ctx, secret, self.store, self.out, self.addr)
+            self.transfer = TransferServer(self.host, secret, self.store, self.store_lock)
+            self.puller = Puller(secret, self.store, self.out, self.addr)
         self.info = {
             "node_id": self.node_id, "addr": self.addr, "host": self.host or "127.0.0.1",
             "transfer_addr": self.transfer.address if self.transfer else "",
@@ -749,13 +748,10 @@ class NodeService(ControlMixin):
                 if oid not in self.copies:
                     self.store.free(oid)
 
-    def rejected_frames(self) -> dict[str, int]:
-        """Frames this node's inbox and object server dropped, by reason."""
-        counts = dict(self.inbox.rejected)
-        if self.transfer is not None:
-            for reason, n in self.transfer.auth.rejected.items():
-                counts[reason] = counts.get(reason, 0) + n
-        return counts
+    def rejected_frames(self) -> dict[str, dict[str, int]]:
+        """Frames this node's inbox and its object server dropped, by reason."""
+        return {"inbox": self.inbox.rejected,
+                "objects": dict(self.transfer.auth.rejected) if self.transfer else {}}
 
     def store_info(self) -> dict[str, Any]:
         with self.store_lock:

@@ -130,7 +130,7 @@ class ControlMixin:
     def store_info(self) -> dict[str, Any]:
         raise NotImplementedError
 
-    def rejected_frames(self) -> dict[str, int]:
+    def rejected_frames(self) -> dict[str, dict[str, int]]:
         raise NotImplementedError
 
     def node_table(self) -> dict[str, Any]:

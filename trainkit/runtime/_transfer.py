@@ -1,24 +1,28 @@
 """Moving objects between nodes: each node serves its objects, readers' nodes pull them.
 
 A node that needs an object held by another node allocates room for it in its own store and
-hands the job to its :class:`Puller`. The puller asks the holder's :class:`TransferServer` to
-pin the object, fetches it in chunks (a few in flight, written straight into the arena) and
-unpins it; the node then seals the copy and answers the readers that wait for it, who read
-it zero-copy like any local object. Every frame both ways is signed and verified
-(:mod:`trainkit.runtime._auth`) before it is used; chunk payloads are raw bytes, never
-unpickled.
+hands the job to its :class:`Puller`. The puller asks the holder's :class:`TransferServer`
+for the object over a plain TCP connection; the server pins it, streams it in signed chunks
+and unpins it. Chunks are received straight into the arena (no intermediate buffer) and
+verified there before the copy is sealed, so a tampered chunk is never read; the node then
+answers the readers waiting for it, who read it zero-copy like any local object.
+
+Wire format, both ways: ``u32 length | header | mac | payload``, signed as in
+:mod:`trainkit.runtime._auth`. Requests are small pickles, verified before they are
+unpickled; a request longer than 64 KiB, or one that fails verification, closes the
+connection. Chunk payloads are raw bytes.
 """
 
 from __future__ import annotations
 
 import pickle
 import queue
+import socket
+import struct
 import threading
-import time
-from typing import Any
 
-import zmq
-
+from trainkit.runtime._auth import FRAME_OVERHEAD_BYTES
+from trainkit.runtime._auth import MAC_BYTES
 from trainkit.runtime._auth import AuthError
 from trainkit.runtime._auth import FrameAuth
 from trainkit.runtime._object_store import SharedMemoryStore
@@ -27,116 +31,146 @@ from trainkit.runtime._transport import Outbox
 from trainkit.runtime._transport import port_of
 
 CHUNK_BYTES = 8 << 20
-WINDOW = 4  # chunks in flight per pull
-REPLY_TIMEOUT_S = 30.0
-# A pin held for a puller that has sent nothing for this long is dropped (it died).
-STALE_PIN_S = 120.0
-_REQUEST_LIMIT = 1 << 16
+REQUEST_LIMIT = 1 << 16
+IO_TIMEOUT_S = 30.0
+MAX_CONNECTIONS = 64
+_LEN = struct.Struct("!I")
+_HEADER_BYTES = FRAME_OVERHEAD_BYTES - MAC_BYTES
+
+
+class TransferError(Exception):
+    pass
+
+
+def _recv_exact(sock: socket.socket, view: memoryview) -> None:
+    while view:
+        n = sock.recv_into(view)
+        if n == 0:
+            raise TransferError("the connection closed mid-message")
+        view = view[n:]
+
+
+def _send(sock: socket.socket, auth: FrameAuth, payload: bytes | memoryview, port: int) -> None:
+    header, _, mac = auth.sign(payload, port)
+    sock.sendall(_LEN.pack(len(header) + len(mac) + len(payload)) + bytes(header) + bytes(mac))
+    sock.sendall(payload)
+
+
+def _recv(sock: socket.socket, auth: FrameAuth, port: int, limit: int,
+          into: memoryview | None = None, lock: threading.Lock | None = None) -> memoryview:
+    """One signed message: verified, or AuthError / TransferError. ``into`` receives the
+    payload in place (it must have exactly the payload's size)."""
+    head = bytearray(_LEN.size + _HEADER_BYTES + MAC_BYTES)
+    _recv_exact(sock, memoryview(head)[:_LEN.size])
+    (length,) = _LEN.unpack_from(head)
+    if length < FRAME_OVERHEAD_BYTES or length - FRAME_OVERHEAD_BYTES > limit:
+        reason = "oversize" if length >= FRAME_OVERHEAD_BYTES else "malformed"
+        if lock is None:
+            auth.rejected[reason] += 1
+        else:
+            with lock:
+                auth.rejected[reason] += 1
+        raise TransferError(f"a {length}-byte message is over the limit")
+    _recv_exact(sock, memoryview(head)[_LEN.size:])
+    size = length - FRAME_OVERHEAD_BYTES
+    if into is None:
+        into = memoryview(bytearray(size))
+    elif len(into) != size:
+        raise TransferError(f"a chunk of {size} bytes came, {len(into)} expected")
+    _recv_exact(sock, into)
+    header = bytes(head[_LEN.size:_LEN.size + _HEADER_BYTES])
+    mac = bytes(head[_LEN.size + _HEADER_BYTES:])
+    if lock is None:
+        return auth.verify([header, into, mac], port)
+    with lock:
+        return auth.verify([header, into, mac], port)
 
 
 class TransferServer(threading.Thread):
-    """Serves this node's sealed objects to other nodes' pullers (ROUTER, signed frames)."""
+    """Serves this node's sealed objects to other nodes' pullers, one thread per peer."""
 
-    def __init__(self, ctx: zmq.Context[Any], host: str, secret: bytes,
-                 store: SharedMemoryStore, store_lock: threading.Lock) -> None:
+    def __init__(self, host: str, secret: bytes, store: SharedMemoryStore,
+                 store_lock: threading.Lock) -> None:
         super().__init__(name="trainkit-transfer", daemon=True)
-        # Its own signer and replay state: frames on different sockets are not ordered.
-        self.auth = FrameAuth(secret)
+        self.secret = secret
         self.store = store
         self.store_lock = store_lock
-        self.sock = ctx.socket(zmq.ROUTER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.SNDHWM, 0)
-        self.sock.setsockopt(zmq.MAXMSGSIZE, _REQUEST_LIMIT)
-        self.sock.bind(f"tcp://{host}:*")
-        self.address = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.port = port_of(self.address)
-        # (peer identity, object id) -> (offset, size, pins, last request time)
-        self.pins: dict[tuple[bytes, bytes], list[Any]] = {}
+        self.listener = socket.create_server((host, 0))
+        self.listener.settimeout(0.2)
+        self.port = self.listener.getsockname()[1]
+        self.address = f"tcp://{host}:{self.port}"
+        # One verifier for every connection, so a frame replayed on a new connection is
+        # caught too (each puller connection signs with its own sender id, in order).
+        self.auth = FrameAuth(secret)
+        self._auth_lock = threading.Lock()
+        self._connections: set[socket.socket] = set()
+        self._lock = threading.Lock()
         self._halt = threading.Event()
 
     def stop(self) -> None:
         self._halt.set()
         self.join(timeout=5)
-        with self.store_lock:
-            for (_, oid), pin in self.pins.items():
-                for _ in range(pin[2]):
-                    self._unpin(oid)
-        self.pins.clear()
-        self.sock.close(0)
+        with self._lock:
+            for conn in self._connections:
+                conn.close()
+        self.listener.close()
 
     def run(self) -> None:
-        last_sweep = time.monotonic()
         while not self._halt.is_set():
-            if self.sock.poll(200):
-                frames = self.sock.recv_multipart(copy=False)
-                try:
-                    self.handle(frames)
-                except Exception as e:  # a bad request must not stop the server
-                    self._reply(frames[0].bytes, pickle.dumps(("err", repr(e))))
-            now = time.monotonic()
-            if now - last_sweep > 10:
-                last_sweep = now
-                self._sweep(now)
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with self._lock:
+                if len(self._connections) >= MAX_CONNECTIONS:
+                    conn.close()
+                    continue
+                self._connections.add(conn)
+            threading.Thread(target=self._serve, args=(conn,), name="trainkit-transfer-conn",
+                             daemon=True).start()
 
-    def handle(self, frames: list[zmq.Frame]) -> None:
-        if len(frames) != 4:
-            self.auth.rejected["malformed"] += 1
-            return
-        ident = frames[0].bytes
+    def _serve(self, conn: socket.socket) -> None:
+        auth = self.auth
+        conn.settimeout(IO_TIMEOUT_S)
         try:
-            payload = self.auth.verify(frames[1:], self.port)
-        except AuthError:
-            return  # dropped and counted
-        request = pickle.loads(payload)
-        kind, oid = request[0], request[1]
-        key = (ident, oid)
-        if kind == "pin":
+            while not self._halt.is_set():
+                try:
+                    request = pickle.loads(_recv(conn, auth, self.port, REQUEST_LIMIT,
+                                                 lock=self._auth_lock))
+                except (AuthError, TransferError, OSError, pickle.UnpicklingError):
+                    return
+                if request[0] != "get":
+                    return
+                try:
+                    self._stream(conn, auth, request[1])
+                except OSError:
+                    return  # the puller went away
+        finally:
+            with self._lock:
+                self._connections.discard(conn)
+            conn.close()
+
+    def _stream(self, conn: socket.socket, auth: FrameAuth, oid: bytes) -> None:
+        try:
             with self.store_lock:
                 offset, size = self.store.pin(oid)
-            pin = self.pins.setdefault(key, [offset, size, 0, 0.0])
-            pin[2] += 1
-            pin[3] = time.monotonic()
-            self._reply(ident, pickle.dumps(("ok", offset, size)))
-        elif kind == "chunk":
-            start, length = request[2], request[3]
-            found = self.pins.get(key)
-            if found is None or start < 0 or length < 0 or start + length > found[1]:
-                self._reply(ident, pickle.dumps(("err", "chunk outside a pinned object")))
-                return
-            found[3] = time.monotonic()
-            offset = found[0] + start
-            self._reply(ident, self.store._arena[offset:offset + length])
-        elif kind == "unpin":
-            held = self.pins.get(key)
-            if held is not None:
-                held[2] -= 1
-                if held[2] <= 0:
-                    del self.pins[key]
-                with self.store_lock:
-                    self._unpin(oid)
-            self._reply(ident, pickle.dumps(("ok",)))
-
-    def _reply(self, ident: bytes, payload: bytes | memoryview) -> None:
-        self.sock.send_multipart([ident, *self.auth.sign(payload, 0)], copy=False)
-
-    def _unpin(self, oid: bytes) -> None:
+        except Exception as e:
+            _send(conn, auth, pickle.dumps(("err", str(e) or type(e).__name__)), 0)
+            return
         try:
-            self.store.unpin(oid)
-        except (KeyError, ValueError):
-            pass
-
-    def _sweep(self, now: float) -> None:
-        for key, pin in list(self.pins.items()):
-            if now - pin[3] > STALE_PIN_S:
-                del self.pins[key]
-                with self.store_lock:
-                    for _ in range(pin[2]):
-                        self._unpin(key[1])
-
-
-class PullError(Exception):
-    pass
+            _send(conn, auth, pickle.dumps(("ok", size)), 0)
+            arena = self.store._arena
+            for start in range(0, size, CHUNK_BYTES):
+                end = min(size, start + CHUNK_BYTES)
+                _send(conn, auth, arena[offset + start:offset + end], 0)
+        finally:
+            with self.store_lock:
+                try:
+                    self.store.unpin(oid)
+                except (KeyError, ValueError):
+                    pass
 
 
 class Puller:
@@ -146,10 +180,8 @@ class Puller:
     ``(STORE_PULLED, oid, None | error text)``.
     """
 
-    def __init__(self, ctx: zmq.Context[Any], secret: bytes,
-                 store: SharedMemoryStore, out: Outbox, node_addr: str,
+    def __init__(self, secret: bytes, store: SharedMemoryStore, out: Outbox, node_addr: str,
                  threads: int = 2) -> None:
-        self.ctx = ctx
         self.secret = secret
         self.store = store
         self.out = out
@@ -172,79 +204,44 @@ class Puller:
         self.jobs.put((oid, source, offset, size))
 
     def _run(self) -> None:
-        auth = FrameAuth(self.secret)  # one per thread: each has its own sockets
-        sockets: dict[str, zmq.Socket[Any]] = {}
+        conns: dict[str, tuple[socket.socket, FrameAuth]] = {}
         try:
             while True:
                 job = self.jobs.get()
                 if job is None:
                     return
                 oid, source, offset, size = job
-                sock = sockets.get(source)
-                if sock is None:
-                    sock = sockets[source] = self._connect(source)
                 error: str | None = None
                 try:
-                    self._pull(auth, sock, source, oid, offset, size)
-                except (PullError, AuthError, zmq.ZMQError) as e:
+                    if source not in conns:
+                        host, port = source[len("tcp://"):].rsplit(":", 1)
+                        conn = socket.create_connection((host, int(port)), timeout=IO_TIMEOUT_S)
+                        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                        conns[source] = (conn, FrameAuth(self.secret))
+                    conn, auth = conns[source]
+                    self._pull(conn, auth, source, oid, offset, size)
+                except (TransferError, AuthError, OSError) as e:
                     error = str(e) or type(e).__name__
-                    sockets.pop(source).close(0)  # drop replies that may still come
+                    dropped = conns.pop(source, None)
+                    if dropped is not None:
+                        dropped[0].close()
                 try:
                     self.out.send(self.node_addr, (Msg.STORE_PULLED, oid, error))
                 except Exception:
                     return  # shutting down
         finally:
-            for s in sockets.values():
-                s.close(0)
+            for conn, _ in conns.values():
+                conn.close()
 
-    def _connect(self, source: str) -> zmq.Socket[Any]:
-        sock: zmq.Socket[Any] = self.ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, 0)
-        sock.setsockopt(zmq.RCVHWM, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, CHUNK_BYTES + (1 << 16))
-        sock.connect(source)
-        return sock
-
-    @staticmethod
-    def _request(auth: FrameAuth, sock: zmq.Socket[Any], source: str,
-                 request: tuple[Any, ...]) -> None:
-        sock.send_multipart(auth.sign(pickle.dumps(request), port_of(source)), copy=True)
-
-    @staticmethod
-    def _recv(auth: FrameAuth, sock: zmq.Socket[Any], source: str) -> memoryview:
-        if not sock.poll(int(REPLY_TIMEOUT_S * 1000)):
-            raise PullError(f"no answer from {source} within {REPLY_TIMEOUT_S:.0f} s")
-        return auth.verify(sock.recv_multipart(copy=False), 0)
-
-    def _answer(self, auth: FrameAuth, sock: zmq.Socket[Any], source: str
-                ) -> tuple[Any, ...]:
-        answer: tuple[Any, ...] = pickle.loads(self._recv(auth, sock, source))
-        if answer[0] != "ok":
-            raise PullError(f"{source} refused: {answer[1]}")
-        return answer
-
-    def _pull(self, auth: FrameAuth, sock: zmq.Socket[Any], source: str, oid: bytes,
+    def _pull(self, conn: socket.socket, auth: FrameAuth, source: str, oid: bytes,
               offset: int, size: int) -> None:
-        self._request(auth, sock, source, ("pin", oid))
-        _, _, remote_size = self._answer(auth, sock, source)
-        if remote_size != size:
-            self._request(auth, sock, source, ("unpin", oid))
-            self._answer(auth, sock, source)
-            raise PullError(f"size mismatch ({remote_size} there, {size} expected)")
+        _send(conn, auth, pickle.dumps(("get", oid)), port_of(source))
+        answer = pickle.loads(_recv(conn, auth, 0, REQUEST_LIMIT))
+        if answer[0] != "ok":
+            raise TransferError(f"{source} could not send it: {answer[1]}")
+        if answer[1] != size:
+            raise TransferError(f"size mismatch ({answer[1]} there, {size} expected)")
         arena = self.store._arena
-        starts = list(range(0, size, CHUNK_BYTES))
-        sent = 0
-        for i, start in enumerate(starts):
-            while sent < len(starts) and sent < i + WINDOW:
-                s = starts[sent]
-                self._request(auth, sock, source,
-                              ("chunk", oid, s, min(CHUNK_BYTES, size - s)))
-                sent += 1
-            data = self._recv(auth, sock, source)
-            length = min(CHUNK_BYTES, size - start)
-            if len(data) != length:
-                raise PullError(f"a chunk of {len(data)} bytes came, {length} expected")
-            arena[offset + start:offset + start + length] = data
-        self._request(auth, sock, source, ("unpin", oid))
-        self._answer(auth, sock, source)
+        for start in range(0, size, CHUNK_BYTES):
+            end = min(size, start + CHUNK_BYTES)
+            _recv(conn, auth, 0, CHUNK_BYTES, into=arena[offset + start:offset + end])
