@@ -9,13 +9,14 @@ import pytest
 PUBLIC = {
     "trainkit": [
         "ObjectRef", "__version__", "available_resources", "cancel", "cluster_resources",
-        "exceptions", "get", "get_actor", "get_gpu_ids", "init", "is_initialized", "kill",
-        "nodes", "put", "remote", "shutdown", "wait",
+        "exceptions", "get", "get_actor", "get_gpu_ids", "get_node_ip_address", "init",
+        "is_initialized", "kill", "nodes", "put", "remote", "shutdown", "wait",
     ],
     "trainkit.runtime": [
         "ActorClass", "ActorHandle", "ObjectRef", "PlacementGroup",
         "PlacementGroupSchedulingStrategy", "RemoteFunction", "available_resources", "cancel",
-        "cluster_resources", "get", "get_actor", "get_gpu_ids", "init", "is_initialized",
+        "cluster_resources", "get", "get_actor", "get_gpu_ids", "get_node_ip_address", "init",
+        "is_initialized",
         "kill", "nodes", "placement_group", "preload_worker_modules", "put", "remote",
         "remove_placement_group",
         "shutdown", "wait",

@@ -8,6 +8,7 @@ from trainkit.runtime import cluster_resources
 from trainkit.runtime import get
 from trainkit.runtime import get_actor
 from trainkit.runtime import get_gpu_ids
+from trainkit.runtime import get_node_ip_address
 from trainkit.runtime import init
 from trainkit.runtime import is_initialized
 from trainkit.runtime import kill
@@ -29,6 +30,7 @@ __all__ = [
     "get",
     "get_actor",
     "get_gpu_ids",
+    "get_node_ip_address",
     "init",
     "is_initialized",
     "kill",

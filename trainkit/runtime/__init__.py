@@ -10,6 +10,7 @@ from trainkit.runtime._api import cluster_resources
 from trainkit.runtime._api import get
 from trainkit.runtime._api import get_actor
 from trainkit.runtime._api import get_gpu_ids
+from trainkit.runtime._api import get_node_ip_address
 from trainkit.runtime._api import init
 from trainkit.runtime._api import is_initialized
 from trainkit.runtime._api import kill
@@ -37,6 +38,7 @@ __all__ = [
     "get",
     "get_actor",
     "get_gpu_ids",
+    "get_node_ip_address",
     "init",
     "is_initialized",
     "kill",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import os
 from collections.abc import Callable
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -509,6 +510,20 @@ def nodes() -> list[dict[str, Any]]:
              "NodeManagerAddress": n.get("address", "127.0.0.1"),
              "Resources": n["resources_total"], "Available": n["resources_available"],
              "GPUIds": list(n.get("gpu_ids", []))} for n in _cluster_info()["nodes"]]
+
+
+def get_node_ip_address() -> str:
+    """The address other nodes reach this process's node at: the node's cluster address in
+    cluster mode, else this host's outbound address (as Ray's ``get_node_ip_address``)."""
+    host = os.environ.get("TRAINKIT_NODE_HOST")
+    if host:
+        return host
+    core = _context.core
+    if core is not None and core.ctl_addr.startswith("tcp://"):
+        return core.ctl_addr[len("tcp://"):].rsplit(":", 1)[0]
+    from trainkit.runtime._cluster import route_ip
+
+    return route_ip("10.254.254.254")
 
 
 def get_gpu_ids() -> list[int]:

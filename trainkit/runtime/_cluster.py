@@ -61,15 +61,19 @@ def parse_address(address: str) -> tuple[str, int]:
 
 def node_resources(num_cpus: float | None, num_gpus: int | None,
                    resources: dict[str, float] | None) -> tuple[dict[str, float], list[int]]:
+    from trainkit.runtime._session import _detect_gpus
+
     cpus = float(num_cpus if num_cpus is not None else (os.cpu_count() or 1))
-    gpus = int(num_gpus or 0)
+    detected = _detect_gpus()  # the devices CUDA_VISIBLE_DEVICES allows, by their real ids
+    gpus = len(detected) if num_gpus is None else int(num_gpus)
+    gpu_ids = detected[:gpus] if len(detected) >= gpus else list(range(gpus))  # fakes
     total_mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     res = make_resource_request(num_cpus=cpus, num_gpus=float(gpus),
                                 memory=float(int(total_mem * 0.7)), resources=resources,
                                 default_cpus=cpus)
     res.setdefault("CPU", 0.0)
     res.setdefault("GPU", 0.0)
-    return res, list(range(gpus))
+    return res, gpu_ids
 
 
 def start_node_process(*, role: str, host: str, secret: bytes, port: int = 0,
@@ -122,14 +126,20 @@ def start_node_process(*, role: str, host: str, secret: bytes, port: int = 0,
         if out is not None:
             out.close()
     deadline = time.monotonic() + NODE_START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if os.path.exists(ready_file):
-            with open(ready_file) as f:
-                info: dict[str, Any] = json.load(f)
-            return proc, info
-        if proc.poll() is not None:
-            break
-        time.sleep(0.02)
+    try:
+        while time.monotonic() < deadline:
+            if os.path.exists(ready_file):
+                with open(ready_file) as f:
+                    info: dict[str, Any] = json.load(f)
+                return proc, info
+            if proc.poll() is not None:
+                break
+            time.sleep(0.02)
+    except BaseException:  # Ctrl-C while waiting: leave nothing running behind
+        proc.kill()
+        proc.wait()
+        cleanup_node_files(session_dir, arena_path)
+        raise
     if proc.poll() is None:
         proc.kill()
     proc.wait()

@@ -256,6 +256,8 @@ class NodeService(ControlMixin):
                 if not msg[2]:
                     raise RuntimeSystemError(f"the head refused this node: {msg[3]}")
                 self.last_ack = time.monotonic()
+                if msg[3]:
+                    self.on_preload_modules(list(msg[3]))
                 return
             self.dispatch(msg)
         raise RuntimeSystemError(
@@ -346,6 +348,10 @@ class NodeService(ControlMixin):
         if not new:
             return
         self.preloaded.update(new)
+        if self.role == "head":  # every node's forkserver, and those that join later
+            for node_id, node in self.cluster_nodes.items():
+                if node_id != self.node_id:
+                    self.send(node.info["addr"], (Msg.PRELOAD_MODULES, new))
         socket.send_fds(self.zsock, [json.dumps({"preload": new}).encode()], [])
         self.preloads += 1
         stale, self.idle = self.idle, []

@@ -103,6 +103,7 @@ class ControlMixin:
     remote_workers: dict[bytes, _WorkerProc]
     cluster_nodes: dict[str, _NodeRecord]
     waiting_for_worker: Any
+    preloaded: set[str]
     idle: list[_WorkerProc]
     running: bool
 
@@ -516,7 +517,7 @@ class ControlMixin:
             self.reply(reply_to, req_id, False, e)
             return
         self.cluster_nodes[node_id] = _NodeRecord(info, time.monotonic())
-        self.reply(reply_to, req_id, True, None)
+        self.reply(reply_to, req_id, True, sorted(self.preloaded))
         self.broadcast_node_table()
         self.schedule()
 

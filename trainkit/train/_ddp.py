@@ -25,17 +25,6 @@ def free_port() -> int:
         return port
 
 
-def node_ip() -> str:
-    """This host's address as other hosts reach it (no packet is sent)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.connect(("10.254.254.254", 1))
-            ip: str = s.getsockname()[0]
-            return ip
-        except OSError:
-            return "127.0.0.1"
-
-
 def set_torchrun_env(*, rank: int, local_rank: int, world_size: int, local_world_size: int,
                      node_rank: int, master_addr: str, master_port: int) -> None:
     os.environ.update({

@@ -24,7 +24,6 @@ from trainkit.train import _faults
 from trainkit.train._checkpoint import Checkpoint
 from trainkit.train._ddp import Rendezvous
 from trainkit.train._ddp import free_port
-from trainkit.train._ddp import node_ip
 from trainkit.train._ddp import set_torchrun_env
 from trainkit.train._session import Session
 from trainkit.train._session import TrainContext
@@ -63,7 +62,8 @@ class TrainWorker:
     def node_info(self) -> dict[str, Any]:
         import trainkit
 
-        return {"ip": node_ip(), "hostname": os.uname().nodename, "pid": os.getpid(),
+        return {"ip": trainkit.get_node_ip_address(), "hostname": os.uname().nodename,
+                "pid": os.getpid(),
                 "port": free_port() if self.rank == 0 else 0, "gpu_ids": trainkit.get_gpu_ids()}
 
     def setup(self, context: TrainContext, master_addr: str, master_port: int, backend: str,
