@@ -258,6 +258,47 @@ ROWS = [
         None,
     ),
     ("data pipeline: time to first batch (s)", "data_pipeline", "first_batch_s", None),
+    ("cluster: head node start (s)", "cluster", "head_start_s", None),
+    ("cluster: first add_node() returns (s)", "cluster", "first_add_node_s", None),
+    (
+        "**cluster: add_node() -> first task on the new node returned (s)**",
+        "cluster",
+        "join_s",
+        ratio_le(0.5),
+    ),
+    ("cluster: of which add_node() (s)", "cluster", "join_add_node_s", None),
+    ("cluster: remove_node() (s)", "cluster", "join_remove_node_s", None),
+    (
+        "**cluster: sync actor call RTT to the other node, median (ms)**",
+        "cluster",
+        "actor_rtt_ms",
+        ratio_le(0.5),
+    ),
+    ("cluster: the same, p99 (ms)", "cluster", "actor_rtt_p99_ms", None),
+    (
+        "**cluster: 1 GiB head -> node_b, put + task(ref) (MB/s)**",
+        "cluster",
+        "transfer_1gb_to_node_mbps",
+        ratio_ge(1.0),
+    ),
+    (
+        "**cluster: 1 GiB node_b -> head, task return + get (MB/s)**",
+        "cluster",
+        "transfer_1gb_from_node_mbps",
+        ratio_ge(1.0),
+    ),
+    (
+        "cluster: making the 1 GiB on node_b, subtracted (s)",
+        "cluster",
+        "transfer_1gb_from_node_create_s",
+        None,
+    ),
+    ("cluster: first 1 GiB head -> node_b (s)", "cluster", "transfer_1gb_to_node_first_s", None),
+    ("cluster: first 1 GiB node_b -> head (s)", "cluster", "transfer_1gb_from_node_first_s", None),
+    ("cluster: 1 GiB transfers bit-exact (sampled)", "cluster", "transfer_1gb_exact", None),
+    ("cluster: processes on the head node", "cluster", "procs_head", None),
+    ("cluster: processes on node_b", "cluster", "procs_node_b", None),
+    ("cluster: processes left 2 s after shutdown", "cluster", "leftover_procs_2s", None),
 ]
 
 

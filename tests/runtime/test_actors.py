@@ -206,3 +206,19 @@ def test_kill_without_no_restart_restarts(rt):
         time.sleep(0.02)
     assert new_pid != pid
     assert tk.get(c.incr.remote()) == 8  # the constructor ran again
+
+
+def test_a_handle_inside_task_arguments_keeps_its_actor_alive(rt):
+    @tk.remote
+    class Answer:
+        def get(self) -> int:
+            return 42
+
+    @tk.remote
+    def ask(box: list) -> int:
+        import time
+
+        time.sleep(0.3)  # the caller's temporary handle is long gone by now
+        return tk.get(box[0].get.remote())
+
+    assert tk.get(ask.remote([Answer.remote()])) == 42

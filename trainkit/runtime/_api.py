@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import os
+import sys
 from collections.abc import Callable
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from trainkit.runtime._protocol import Msg
 from trainkit.runtime._protocol import new_id
 from trainkit.runtime._refs import ObjectRef
 from trainkit.runtime._scheduler import make_resource_request
+from trainkit.runtime._serialization import collect_ref
 from trainkit.runtime._serialization import dumps_function
 from trainkit.runtime._tasks import TaskSpec
 
@@ -30,7 +32,8 @@ from trainkit.runtime._tasks import TaskSpec
 def init(address: str | None = None, *, num_cpus: float | None = None,
          num_gpus: float | None = None, resources: dict[str, float] | None = None,
          object_store_memory: int | None = None, namespace: str | None = None,
-         log_to_driver: bool = True, ignore_reinit_error: bool = False) -> None:
+         log_to_driver: bool = True, ignore_reinit_error: bool = False,
+         backend: str = "builtin") -> None:
     """Start the embedded single-node runtime owned by this process, or join a cluster.
 
     Args:
@@ -44,17 +47,31 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
         object_store_memory: bytes of shared memory for large objects (default 30 % of RAM).
         namespace: namespace of named actors.
         log_to_driver: print the workers' output here, prefixed with task and pid.
+        backend: "builtin" (trainkit's own runtime) or "ray": every runtime call goes to
+            Ray Core (``address`` as Ray takes it: None starts a local Ray, "auto",
+            "ray://host:10001"); needs ``pip install 'trainkit[ray]'``.
 
     Example:
         >>> import trainkit as tk
         >>> tk.init(num_cpus=2)
         >>> tk.shutdown()
     """
-    if _context.core is not None:
+    if _context.core is not None or _context.ray_backend is not None:
         if ignore_reinit_error:
             return
         raise RuntimeError("trainkit is already initialized in this process; call "
                            "trainkit.shutdown() first, or pass ignore_reinit_error=True")
+    if backend not in ("builtin", "ray"):
+        raise ValueError(f"init(backend={backend!r}): use 'builtin' (trainkit's runtime) or "
+                         "'ray' (run on Ray Core)")
+    if backend == "ray":
+        from trainkit.runtime._ray_backend import RayBackend
+
+        _context.ray_backend = RayBackend.start(
+            address, num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
+            object_store_memory=object_store_memory, namespace=namespace,
+            log_to_driver=log_to_driver)
+        return
     if address is not None:
         if not isinstance(address, str):
             raise TypeError(f"init(address={address!r}): pass 'auto' or 'HOST:PORT'")
@@ -75,11 +92,30 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
 
 def shutdown() -> None:
     """Stop the runtime: every worker and actor exits and shared memory is released."""
+    rb, _context.ray_backend = _context.ray_backend, None
+    if rb is not None:
+        rb.shutdown()
+        return
     _session.stop()
 
 
 def is_initialized() -> bool:
-    return _context.core is not None
+    rb = _ray()
+    return rb.is_initialized() if rb is not None else _context.core is not None
+
+
+def _ray() -> Any:
+    """The Ray backend if it carries the API here: after init(backend="ray"), or in a Ray
+    worker (Ray is initialized there, trainkit's runtime is not). None otherwise."""
+    rb = _context.ray_backend
+    if rb is not None or _context.core is not None:
+        return rb
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        from trainkit.runtime._ray_backend import RayBackend
+
+        rb = _context.ray_backend = RayBackend(owns=False)
+    return rb
 
 
 def _core() -> CoreWorker:
@@ -114,8 +150,8 @@ def _check_options(options: dict[str, Any], valid: frozenset[str], what: str) ->
                          "tuple and index it instead")
     lt = options.get("lifetime")
     if lt is not None:
-        raise ValueError(f"lifetime={lt!r}: detached actors need cluster mode, which is "
-                         "not available yet; leave lifetime unset")
+        raise ValueError(f"lifetime={lt!r}: detached actors are not supported; keep a "
+                         "handle (or a named actor's creator) alive instead")
 
 
 @dataclass(frozen=True)
@@ -199,8 +235,9 @@ class RemoteFunction:
         self._options = options
         self._name = options.get("name") or fn.__qualname__
         self._arg_what = f"an argument of {self._name}"  # for serialization errors
-        # [fn_id, pickled function]: shared by every .options() copy, pickled once.
-        self._shared: list[Any] = shared if shared is not None else [new_id(), None]
+        # [fn_id, pickled function, Ray's remote function]: shared by every .options()
+        # copy, pickled once.
+        self._shared: list[Any] = shared if shared is not None else [new_id(), None, None]
         self._resources = _resources(options, 1.0)
         self._placement = _placement(options.get("scheduling_strategy"))
         self._key = (tuple(sorted(self._resources.items())), self._placement)
@@ -219,6 +256,11 @@ class RemoteFunction:
         return RemoteFunction(self._fn, {**self._options, **options}, self._shared)
 
     def remote(self, *args: Any, **kwargs: Any) -> ObjectRef:
+        rb = _ray()
+        if rb is not None:
+            result: ObjectRef = rb.submit_task(self._fn, self._shared[2:], self._options,
+                                               self._resources, self._name, args, kwargs)
+            return result
         core = _core()
         _check_feasible(core, self._resources, self._options.get("scheduling_strategy"),
                         self._name)
@@ -306,6 +348,9 @@ class ActorHandle:
                 pass
 
     def __reduce__(self) -> tuple[Any, ...]:
+        # Like an ObjectRef: the serializing process keeps this handle (so the actor) alive
+        # while the copy may still be read (a task's arguments until the task ends).
+        collect_ref(self)
         return (ActorHandle, (self._actor_id, self._owner, self._name, self._methods,
                               self._max_task_retries))
 
@@ -318,7 +363,7 @@ class ActorClass:
         _check_options(options, ACTOR_OPTIONS, f"actor class {cls.__qualname__}")
         self._cls = cls
         self._options = options
-        self._shared = shared if shared is not None else [None]
+        self._shared = shared if shared is not None else [None, [None]]  # pickled, Ray's
         self._methods = tuple(name for name, _ in inspect.getmembers(cls, callable)
                               if not name.startswith("__"))
         self._is_async = any(inspect.iscoroutinefunction(m)
@@ -332,6 +377,12 @@ class ActorClass:
         return ActorClass(self._cls, {**self._options, **options}, self._shared)
 
     def remote(self, *args: Any, **kwargs: Any) -> ActorHandle:
+        rb = _ray()
+        if rb is not None:
+            handle: ActorHandle = rb.create_actor(
+                self._cls, self._shared[1], self._options, _resources(self._options, 0.0),
+                self._options.get("name") or self._cls.__name__, args, kwargs)
+            return handle
         core = _core()
         opts = self._options
         name = opts.get("name")
@@ -422,9 +473,12 @@ def get(refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None = None) 
     Raises:
         GetTimeoutError: not ready within ``timeout`` seconds.
     """
-    core = _core()
     if timeout is not None and timeout < 0:
         raise ValueError(f"timeout={timeout!r}: must be >= 0 or None")
+    rb = _ray()
+    if rb is not None:
+        return rb.get(refs, timeout)
+    core = _core()
     if isinstance(refs, ObjectRef):
         return core.get_one(refs, timeout)
     return core.get(_as_refs(refs, "get"), timeout)
@@ -434,12 +488,19 @@ def put(value: Any) -> ObjectRef:
     """Store a value in the runtime; large values go to shared memory once."""
     if isinstance(value, ObjectRef):
         raise TypeError("put() of an ObjectRef is not allowed; pass the ref itself around")
+    rb = _ray()
+    if rb is not None:
+        result: ObjectRef = rb.put(value)
+        return result
     return _core().put(value)
 
 
 def wait(refs: Sequence[ObjectRef], *, num_returns: int = 1, timeout: float | None = None,
          fetch_local: bool = True) -> tuple[list[ObjectRef], list[ObjectRef]]:
     """Return (ready, not_ready) once ``num_returns`` refs are ready or ``timeout`` passes."""
+    rb = _ray()
+    if rb is not None:
+        return rb.wait(list(refs), num_returns, timeout, fetch_local)  # type: ignore[no-any-return]
     core = _core()
     refs = _as_refs(refs, "wait")
     if len(set(refs)) != len(refs):
@@ -457,6 +518,10 @@ def wait(refs: Sequence[ObjectRef], *, num_returns: int = 1, timeout: float | No
 
 def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
     """Kill an actor at once (its pending calls fail with ActorDiedError)."""
+    rb = _ray()
+    if rb is not None:
+        rb.kill(actor, no_restart)
+        return
     if not isinstance(actor, ActorHandle):
         raise TypeError(f"kill() takes an ActorHandle, got {type(actor).__name__}")
     _core().out.send(_core().control_addr, (Msg.KILL_ACTOR, actor._actor_id, no_restart))
@@ -470,11 +535,17 @@ def preload_worker_modules(*modules: str) -> None:
     for m in modules:
         if not isinstance(m, str) or not m:
             raise TypeError(f"preload_worker_modules() takes module names, got {m!r}")
+    if _ray() is not None:
+        return  # Ray starts its own workers
     _core().out.send(_core().control_addr, (Msg.PRELOAD_MODULES, list(modules)))
 
 
 def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
     """Cancel a task: dropped if queued, interrupted (or with force, killed) if running."""
+    rb = _ray()
+    if rb is not None:
+        rb.cancel(ref, force, recursive)
+        return
     if not isinstance(ref, ObjectRef):
         raise TypeError(f"cancel() takes an ObjectRef, got {type(ref).__name__}")
     _core().cancel(ref, force)
@@ -482,6 +553,10 @@ def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> No
 
 def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
     """The handle of a live named actor. Raises ValueError if there is none."""
+    rb = _ray()
+    if rb is not None:
+        named: ActorHandle = rb.get_actor(name, namespace)
+        return named
     core = _core()
     ns = namespace or _session.namespace()
     actor_id, owner, meta = core.request_control(Msg.GET_NAMED_ACTOR, name, ns,
@@ -497,15 +572,24 @@ def _cluster_info() -> dict[str, Any]:
 
 def cluster_resources() -> dict[str, float]:
     """Total resources, plus ``object_store_memory`` (bytes), as Ray reports them."""
+    rb = _ray()
+    if rb is not None:
+        return rb.cluster_resources()  # type: ignore[no-any-return]
     info = _cluster_info()
     return {**info["total"], "object_store_memory": float(info["store"]["capacity"])}
 
 
 def available_resources() -> dict[str, float]:
+    rb = _ray()
+    if rb is not None:
+        return rb.available_resources()  # type: ignore[no-any-return]
     return {k: v for k, v in _cluster_info()["available"].items() if v > 0}
 
 
 def nodes() -> list[dict[str, Any]]:
+    rb = _ray()
+    if rb is not None:
+        return rb.nodes()  # type: ignore[no-any-return]
     return [{"NodeID": n["node_id"], "Alive": True,
              "NodeManagerAddress": n.get("address", "127.0.0.1"),
              "Resources": n["resources_total"], "Available": n["resources_available"],
@@ -515,6 +599,9 @@ def nodes() -> list[dict[str, Any]]:
 def get_node_ip_address() -> str:
     """The address other nodes reach this process's node at: the node's cluster address in
     cluster mode, else this host's outbound address (as Ray's ``get_node_ip_address``)."""
+    rb = _ray()
+    if rb is not None:
+        return rb.get_node_ip_address()  # type: ignore[no-any-return]
     host = os.environ.get("TRAINKIT_NODE_HOST")
     if host:
         return host
@@ -528,4 +615,7 @@ def get_node_ip_address() -> str:
 
 def get_gpu_ids() -> list[int]:
     """GPU ids assigned to the current task or actor ([] in the driver)."""
+    rb = _ray()
+    if rb is not None:
+        return rb.get_gpu_ids()  # type: ignore[no-any-return]
     return _context.current_gpu_ids()

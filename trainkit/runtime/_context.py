@@ -10,6 +10,8 @@ if TYPE_CHECKING:
     from trainkit.runtime._core import CoreWorker
 
 core: CoreWorker | None = None
+# The Ray backend (trainkit.runtime._ray_backend.RayBackend) when it carries the API instead.
+ray_backend: Any = None
 
 # Per-thread context of the task or actor call being executed (worker processes only).
 task_local = threading.local()

@@ -210,14 +210,14 @@ class ObjectTableMixin(CoreState):
 
     def _on_node_died(self, node_id: str, cause: str) -> None:
         """Objects whose only copy lived on a node that died are lost."""
-        lost = _error_repr(ObjectLostError("", f"the node that held it died ({cause})"))
         waiters: list[Callable[[], None]] = []
         with self.lock:
             for table in (self.owned, self.borrowed):
-                for item in table.values():
+                for oid, item in table.items():
                     value = item.value
                     if value is not None and value[0] == STORED and value[1] == node_id:
-                        item.value = lost
+                        item.value = _error_repr(ObjectLostError(
+                            oid.hex(), f"the node that held it died ({cause})"))
                         waiters.extend(item.waiters)
                         item.waiters = []
         self._fire(waiters)

@@ -88,7 +88,14 @@ def placement_group(bundles: list[dict[str, float]], strategy: str = "PACK",
                              "{'CPU': 1}")
         clean.append({str(k): float(v) for k, v in b.items()})
     if lifetime is not None:
-        raise ValueError(f"lifetime={lifetime!r}: detached placement groups need cluster mode")
+        raise ValueError(f"lifetime={lifetime!r}: detached placement groups are not "
+                         "supported; remove the group when you are done with it")
+    from trainkit.runtime._api import _ray
+
+    rb = _ray()
+    if rb is not None:
+        ray_pg: PlacementGroup = rb.placement_group(clean, strategy, name)
+        return ray_pg
     core = _core()
     pg_id = core_id()
     core.request_control(Msg.CREATE_PG, pg_id, clean, strategy, name,
@@ -104,6 +111,12 @@ def core_id() -> str:
 
 def remove_placement_group(pg: PlacementGroup) -> None:
     """Release the group's resources; tasks and actors running in it are killed."""
+    from trainkit.runtime._api import _ray
+
+    rb = _ray()
+    if rb is not None:
+        rb.remove_placement_group(pg)
+        return
     if not isinstance(pg, PlacementGroup):
         raise TypeError(f"remove_placement_group() takes a PlacementGroup, got "
                         f"{type(pg).__name__}")
