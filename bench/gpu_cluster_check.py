@@ -21,14 +21,14 @@ from torch import nn
 
 import trainkit as tk
 from trainkit import train
-
-# On a machine without CUDA it runs the same paths with one faked GPU (a smoke test).
-CUDA = torch.cuda.is_available()
-DEVICE = "cuda" if CUDA else "cpu"
 from trainkit.testing import LocalCluster
 from trainkit.train import RunConfig
 from trainkit.train import ScalingConfig
 from trainkit.train import Trainer
+
+# On a machine without CUDA it runs the same paths with one faked GPU (a smoke test).
+CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if CUDA else "cpu"
 
 
 @tk.remote(num_gpus=1)
