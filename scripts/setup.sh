@@ -28,11 +28,13 @@ fi
 
 # Re-install only when pyproject.toml or this script changed, or the venv cannot import
 # trainkit from outside the checkout (so the editable install is missing or stale).
-want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)"
+# Extras: "test" by default; scripts/test.sh adds "ray" (the Ray backend's tests).
+extras="${TRAINKIT_EXTRAS:-test}"
+want="$( (cat pyproject.toml scripts/setup.sh; echo "$extras") | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] \
   || ! (cd / && "$py" -c 'import trainkit.cli' 2>/dev/null); then
-  echo "setup: installing trainkit (editable) with test extras" >&2
-  "$py" -m pip install -q -e ".[test]"
+  echo "setup: installing trainkit (editable) with extras [$extras]" >&2
+  "$py" -m pip install -q -e ".[$extras]"
   echo "$want" > "$stamp"
 fi
 echo "setup: $venv ready" >&2

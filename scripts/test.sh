@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-bash scripts/setup.sh
+TRAINKIT_EXTRAS=test,ray bash scripts/setup.sh
 bin=.venv/bin
 
 echo "== ruff check" >&2

@@ -19,6 +19,7 @@ A test that leaks on purpose says which kinds, and that check is skipped for it:
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -204,3 +205,73 @@ def _check_env(before: dict[str, str]) -> list[str]:
             del os.environ[key]
         problems.append(f"environment variable {key} {how}, restored")
     return problems
+
+
+# --- backends ---------------------------------------------------------------------------------
+# Layer fixtures (train_runtime, tune_runtime, data_runtime, backend) take the runtime backend
+# as a parameter. Every test runs on trainkit's own runtime; tests marked `on_ray` run on Ray
+# Core too (init(backend="ray")), when Ray is installed.
+
+HAS_RAY = importlib.util.find_spec("ray") is not None
+BACKENDS = [
+    "builtin",
+    pytest.param("ray", marks=pytest.mark.skipif(
+        not HAS_RAY, reason="Ray is not installed (pip install 'trainkit[ray]')")),
+]
+
+
+@contextlib.contextmanager
+def backend_runtime(backend: str, **init_kwargs: object) -> Iterator[None]:
+    """init() on ``backend``; at the end shutdown(), then check that every process it started
+    is gone (a module's runtime outlives its tests, so the leak police cannot judge them)."""
+    import trainkit as tk
+
+    before = set(_children())
+    env = dict(os.environ)
+    tk.init(backend=backend, **init_kwargs)  # type: ignore[arg-type]
+    try:
+        yield
+    finally:
+        tk.shutdown()
+        deadline = time.monotonic() + 20
+        while (left := [p for p in set(_children()) - before if _alive(p)]) \
+                and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if backend == "ray":  # Ray sets variables of its own in the driver
+            os.environ.clear()
+            os.environ.update(env)
+        assert not left, f"{backend}: processes left after shutdown: {[_describe(p) for p in left]}"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    deselected = []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        on_ray = callspec is not None and "ray" in (
+            callspec.params.get(name) for name in _BACKEND_FIXTURES)
+        if not on_ray:
+            continue
+        if item.get_closest_marker("on_ray") is None:
+            deselected.append(item)
+        else:
+            # Ray's own threads and processes live across tests (see backend_runtime).
+            item.add_marker(pytest.mark.leaking("processes", "threads", "env"))
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [i for i in items if i not in deselected]
+
+
+_BACKEND_FIXTURES = ("runtime_backend",)
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def runtime_backend(request: pytest.FixtureRequest) -> str:
+    """The backend a module's runtime fixture starts: "builtin", and "ray" for on_ray tests."""
+    backend: str = request.param
+    return backend
+
+
+@pytest.fixture(scope="session")
+def start_backend() -> object:
+    """``with start_backend(backend, **init_kwargs): ...`` (see backend_runtime)."""
+    return backend_runtime

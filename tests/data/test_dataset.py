@@ -25,6 +25,7 @@ def _sorted(rows: list[dict]) -> list[dict]:
     return sorted(rows, key=lambda r: (r["a"], r.get("k", 0)))
 
 
+@pytest.mark.on_ray
 def test_transforms_match_python() -> None:
     def double(batch: dict) -> dict:
         return {"a": batch["a"] * 2, "b": batch["b"]}
@@ -112,6 +113,7 @@ def test_actor_pool_gets_distinct_gpus() -> None:
     assert sorted(g for gpus in by_pid.values() for g in gpus) == [0, 1]
 
 
+@pytest.mark.on_ray
 def test_streaming_split_delivers_each_row_once_per_epoch() -> None:
     from concurrent.futures import ThreadPoolExecutor
 

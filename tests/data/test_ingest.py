@@ -32,6 +32,7 @@ def loop(config: dict) -> None:
         train.report({"epoch": epoch, "ids": ids})
 
 
+@pytest.mark.on_ray
 def test_trainer_ranks_get_every_row_once_per_epoch(tmp_path) -> None:
     ds = data.range(640, parallelism=8).map(lambda r: {"id": r["id"]})
     # Half a CPU per rank leaves one CPU of the two for the data tasks.

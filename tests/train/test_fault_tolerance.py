@@ -77,6 +77,7 @@ class Restarts:
         self.attempts.append(attempt)
 
 
+@pytest.mark.on_ray
 def test_sigkilled_rank_resumes_to_the_same_parameters(tmp_path) -> None:
     def fit(name: str, kill_at: list[int], callbacks=()) -> object:
         folder = tmp_path / name

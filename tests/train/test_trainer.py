@@ -50,6 +50,7 @@ def ddp_loop(config: dict) -> None:
                                                   "LOCAL_WORLD_SIZE", "MASTER_ADDR")]})
 
 
+@pytest.mark.on_ray
 def test_ddp_averages_gradients(tmp_path) -> None:
     out = tmp_path / "out"
     out.mkdir()

@@ -29,6 +29,7 @@ def quadratic(config: dict) -> None:
         tune.report({"loss": (config["x"] - 3) ** 2 + 10.0 / i, "x": config["x"]})
 
 
+@pytest.mark.on_ray
 def test_grid_and_samples_with_per_trial_files(tmp_path: Path) -> None:
     tuner = tune.Tuner(
         quadratic, param_space={"x": tune.grid_search([1, 3, 5]), "y": tune.uniform(0, 1)},
@@ -112,6 +113,7 @@ def flaky(config: dict) -> None:
             tune.report({"i": i, "start": start}, checkpoint=Checkpoint.from_directory(d))
 
 
+@pytest.mark.on_ray
 def test_a_failed_trial_retries_from_its_checkpoint(tmp_path: Path) -> None:
     tuner = tune.Tuner(flaky, param_space={"dir": str(tmp_path)},
                        run_config=RunConfig(name="retry", storage_path=tmp_path, verbose=0,
@@ -170,6 +172,7 @@ def test_with_parameters_and_resources(tmp_path: Path) -> None:
     assert [r.metrics["n"] for r in grid] == [100_000, 100_000]
 
 
+@pytest.mark.on_ray
 def test_rerun_with_the_same_name_resumes(tmp_path: Path, capsys) -> None:
     def make() -> tune.Tuner:
         return tune.Tuner(quadratic, param_space={"x": tune.grid_search([1, 2])},

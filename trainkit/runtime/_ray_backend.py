@@ -19,6 +19,8 @@ device with a 0.5 request of another job, as in Ray), ``preload_worker_modules``
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any
 
 from trainkit.exceptions import ActorDiedError
@@ -61,8 +63,12 @@ class RayBackend:
                                   "log_to_driver": log_to_driver,
                                   "include_dashboard": False, "configure_logging": False}
         if address is None or address == "local":
+            # A local Ray's workers import what this process can, as trainkit's own do
+            # (functions of the script's modules travel by reference).
+            path = os.pathsep.join(p or os.getcwd() for p in sys.path)
             kwargs.update(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
-                          object_store_memory=object_store_memory)
+                          object_store_memory=object_store_memory,
+                          runtime_env={"env_vars": {"PYTHONPATH": path}})
         elif any(v is not None for v in (num_cpus, num_gpus, resources, object_store_memory)):
             raise ValueError("init(backend='ray', address=...): a running Ray cluster's "
                              "resources are its own; drop num_cpus/num_gpus/resources/"
@@ -237,5 +243,10 @@ def translate(e: BaseException) -> BaseException:
             return cause  # already a trainkit error (e.g. a nested TaskError): keep it
         if isinstance(cause, rex.RayError):
             return translate(cause)
-        return TaskError(e.function_name, e.traceback_str, cause, e.pid).as_instanceof_cause()
+        # Ray's dual exception (RayTaskError + the user's class) forwards unknown attributes
+        # to the cause, so read its own fields from __dict__.
+        own = vars(e)
+        return TaskError(own.get("function_name") or "a Ray task",
+                         own.get("traceback_str") or str(e), cause,
+                         own.get("pid") or 0).as_instanceof_cause()
     return e
