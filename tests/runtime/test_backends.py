@@ -69,12 +69,13 @@ def test_get_timeout_and_wait(backend):
         time.sleep(s)
         return s
 
-    pending = slow.remote(3)
+    pending = slow.remote(20)
     with pytest.raises(GetTimeoutError):
         tk.get(pending, timeout=0.2)
     fast = slow.remote(0)
-    ready, rest = tk.wait([pending, fast], num_returns=1, timeout=2)
+    ready, rest = tk.wait([pending, fast], num_returns=1, timeout=15)
     assert (ready, rest) == ([fast], [pending])
+    tk.cancel(pending, force=True)
 
 
 def test_put_get_large_array(backend):

@@ -121,6 +121,19 @@ class ActorCallerMixin(ObjectTableMixin):
             for call in failed:
                 self.set_result(call.return_id, _error_repr(ActorDiedError(client.name, cause)))
 
+    def mark_killed(self, client: _ActorClient) -> None:
+        """kill() was called here: calls made from now on fail at once, as queued ones do.
+        (Calls already in flight fail when the control plane confirms the death.)"""
+        cause = "it was killed with kill()"
+        with self.lock:
+            if client.status is ActorStatus.DEAD:
+                return
+            client.status, client.cause = ActorStatus.DEAD, cause
+            failed = list(client.queued)
+            client.queued.clear()
+            for call in failed:
+                self.set_result(call.return_id, _error_repr(ActorDiedError(client.name, cause)))
+
     def _on_actor_out_of_scope(self, actor_id: bytes) -> None:
         """The last handle of an actor this process created went away: let it exit
         once the calls already submitted to it are done."""

@@ -524,7 +524,10 @@ def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
         return
     if not isinstance(actor, ActorHandle):
         raise TypeError(f"kill() takes an ActorHandle, got {type(actor).__name__}")
-    _core().out.send(_core().control_addr, (Msg.KILL_ACTOR, actor._actor_id, no_restart))
+    core = _core()
+    core.out.send(core.control_addr, (Msg.KILL_ACTOR, actor._actor_id, no_restart))
+    if no_restart:
+        core.mark_killed(actor._client)
 
 
 def preload_worker_modules(*modules: str) -> None:
