@@ -286,6 +286,7 @@ def fails_first_time(config: dict) -> None:
 
 @pytest.mark.parametrize(("option", "starts"), [("resume_errored", [0, 1, 1]),
                                                 ("restart_errored", [0, 0, 0])])
+@pytest.mark.on_ray
 def test_restore_errored_trials(tmp_path: Path, option: str, starts: list) -> None:
     grid = tune.Tuner(fails_first_time, param_space={"dir": str(tmp_path)},
                       run_config=RunConfig(name="e", storage_path=tmp_path, verbose=0)).fit()
