@@ -18,6 +18,7 @@ import os
 import select
 import signal
 import socket
+import warnings
 
 from trainkit.runtime import _protocol
 from trainkit.runtime import _worker
@@ -69,6 +70,12 @@ def _reap(sock: socket.socket) -> None:
 
 def main() -> None:
     _worker.die_with_parent()
+    # Python 3.12+ warns at every fork once a preloaded module (torch) has started native
+    # threads; it would reach the user's console on every worker start. The risk it names
+    # (a lock held by such a thread at fork time) has not shown up in the DDP, data and GPU
+    # runs that fork torch workers this way; it is noted in the cluster issue's report.
+    warnings.filterwarnings("ignore", message=r".*use of fork\(\) may lead to deadlocks",
+                            category=DeprecationWarning)
     sock = socket.socket(fileno=int(os.environ.pop("TRAINKIT_ZYGOTE_FD")))
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
