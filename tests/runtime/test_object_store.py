@@ -588,3 +588,16 @@ def test_acceptance_800_mib_through_a_75_mib_store(
         assert store.stats()["used_bytes"] == 0
         del arena
         arena_map.close()
+
+
+@pytest.mark.parametrize("cpus", [2, 8])
+def test_large_buffers_are_copied_exactly_by_one_or_several_threads(monkeypatch, cpus):
+    from trainkit.runtime import _object_layout
+
+    monkeypatch.setattr(_object_layout.os, "cpu_count", lambda: cpus)
+    data = np.random.default_rng(cpus).integers(0, 255, 9 * 2**20 + 12345, dtype=np.uint8)
+    meta, buffers = b"meta", [memoryview(data)]
+    dest = memoryview(bytearray(layout_size(meta, buffers)))
+    write_object(dest, meta, buffers)
+    got_meta, got = read_object(dest)
+    assert bytes(got_meta) == b"meta" and bytes(got[0]) == data.tobytes()

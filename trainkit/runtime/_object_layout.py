@@ -146,15 +146,17 @@ def write_object(dest: memoryview, meta: bytes | memoryview, buffers: Sequence[m
         _copy(dest[offset : offset + view.nbytes], view)
 
 
-# Above this size a copy is split across threads: one core cannot saturate memory
-# bandwidth, and numpy releases the GIL while it copies. The threads live only for the copy
+# Above this size a copy is split across threads (on machines with 4+ cores): one core
+# cannot saturate memory bandwidth, and numpy releases the GIL while it copies. The threads live only for the copy
 # (starting one costs ~0.1 ms, a copy this large takes milliseconds).
 PARALLEL_COPY_BYTES = 8 << 20
 
 
 def _copy(dst: memoryview, src: memoryview) -> None:
     n = src.nbytes
-    workers = min(4, os.cpu_count() or 1)
+    # Half the cores at most: on a 2-core machine a second copy thread only competes with
+    # the reader and the node service (measured slower there, never faster).
+    workers = min(4, (os.cpu_count() or 1) // 2)
     if n < PARALLEL_COPY_BYTES or workers < 2:
         dst[:] = src
         return
