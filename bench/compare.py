@@ -5,13 +5,20 @@ markdown table: metric, trainkit, Ray, ratio (trainkit/Ray), target, pass/fail.
     .venv/bin/python bench/compare.py                 # all workloads, 1 round
     .venv/bin/python bench/compare.py --rounds 3 actor_latency task_throughput
     .venv/bin/python bench/compare.py --from bench/results/compare-XXXX.jsonl   # re-render
+    # trainkit's Train/Tune/Data layers on Ray's engine against Ray's own layers:
+    .venv/bin/python bench/compare.py --backends trainkit-ray,ray --rounds 3 \
+        train_startup train_report tune_overhead data_images data_parquet
 
-trainkit runs under .venv/bin/python and Ray under bench/.venv-ray/bin/python, each workload
-in its own fresh process. Rounds are interleaved (round 1 of every workload, then round 2, ...)
-and the backend that goes first alternates between rounds; with several rounds the table shows
-the median over rounds. The raw result lines go to bench/results/compare-<time>.jsonl, the
-table to bench/results/compare-<time>.md and each run's stdout+stderr to
-bench/results/logs/<time>/.
+trainkit and trainkit-ray (trainkit with init(backend="ray")) run under .venv/bin/python and Ray
+under bench/.venv-ray/bin/python, each workload in its own fresh process. The table sets each
+backend other than Ray against Ray (one table per such backend): trainkit vs Ray with the
+runtime issue's targets (ROWS), trainkit-ray vs Ray with "not slower than Ray's own layers on
+Ray's engine" (ratio <= 1.0 for times, >= 1.0 for throughputs) on the headline figures of the
+train/tune/data workloads (ON_RAY_TARGETS) and no target elsewhere. Rounds are interleaved
+(round 1 of every workload, then round 2, ...) and the backend order reverses between rounds;
+with several rounds the table shows the median over rounds. The raw result lines go to
+bench/results/compare-<time>.jsonl, the table to bench/results/compare-<time>.md and each run's
+stdout+stderr to bench/results/logs/<time>/.
 """
 
 from __future__ import annotations
@@ -26,8 +33,11 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from workloads import BACKENDS
 from workloads import DEADLINE_DEFAULT  # bench/workloads.py imports only the stdlib
 from workloads import DEADLINES
+from workloads import TK_ON_RAY
+from workloads import TK_ON_RAY_WORKLOADS
 from workloads import WORKLOADS
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -39,7 +49,11 @@ TIMEOUT_SLACK = 35.0
 PYTHONS = {
     "trainkit": os.path.join(REPO_ROOT, ".venv", "bin", "python"),
     "ray": os.path.join(HERE, ".venv-ray", "bin", "python"),
+    TK_ON_RAY: os.path.join(REPO_ROOT, ".venv", "bin", "python"),  # trainkit + Ray 2.60
 }
+# how a backend is named in the table's header and its ratio column
+NAMES = {"trainkit": "trainkit", "ray": "Ray", TK_ON_RAY: "trainkit on Ray"}
+SHORT = {"trainkit": "tk", "ray": "Ray", TK_ON_RAY: "tk-on-Ray"}
 ZMQ_FLOOR = ("baseline_zmq", "zmq_reqrep_rtt_us")
 
 
@@ -301,6 +315,47 @@ ROWS = [
     ("cluster: processes left 2 s after shutdown", "cluster", "leftover_procs_2s", None),
 ]
 
+# trainkit-ray vs Ray: trainkit's Train/Tune/Data layers on Ray's engine must not be slower than
+# Ray's own (ratio <= 1.0 for times, >= 1.0 for throughputs). (workload, key as in ROWS) ->
+# target. Every other row of ROWS is shown without a target (memory, counts, floors, and the
+# runtime workloads, whose targets are the built-in runtime's).
+ON_RAY_TARGETS = {
+    ("train_startup", "fit_s"): ratio_le(1.0),
+    ("train_startup", "first_line_s"): ratio_le(1.0),
+    ("train_report", "report_ckpt10mb_ms"): ratio_le(1.0),
+    ("train_report", "report_metrics_ms"): ratio_le(1.0),
+    ("tune_overhead", "fifo_s"): ratio_le(1.0),
+    ("tune_overhead", ("fifo_s", "fifo_reuse_s")): ratio_le(1.0),
+    ("tune_overhead_asha", "asha_s"): ratio_le(1.0),
+    ("tune_overhead_asha", ("asha_s", "asha_reuse_s")): ratio_le(1.0),
+    ("tune_sleep", "sleep_overhead_pct"): ratio_le(1.0),
+    ("data_images", "rows_s"): ratio_ge(1.0),
+    ("data_images", "first_batch_s"): ratio_le(1.0),
+    ("data_parquet", "bs256_rows_s"): ratio_ge(1.0),
+    ("data_parquet", "bs65536_rows_s"): ratio_ge(1.0),
+    ("data_pipeline", "wall_s_pass"): ratio_le(1.0),
+}
+
+
+def _plain(label):
+    return label.replace("**", "")
+
+
+def rows_for(pair):
+    """The rows of the table of pair = (backend, the one it is set against)."""
+    if pair == ("trainkit", "ray"):
+        return ROWS
+    if pair == (TK_ON_RAY, "ray"):
+        out = []
+        for label, wl, key, _target in ROWS:
+            target = ON_RAY_TARGETS.get((wl, key))
+            label = _plain(label)
+            out.append((f"**{label}**" if target else label, wl, key, target))
+        return out
+    # any other pair (e.g. trainkit vs trainkit-ray): the figures and ratios, no targets; the
+    # rows that set a trainkit figure against a different Ray figure are left out
+    return [(_plain(label), wl, key, None) for label, wl, key, _t in ROWS if isinstance(key, str)]
+
 
 # ---------------------------------------------------------------- running ----
 def parse_line(stdout):
@@ -455,7 +510,9 @@ def aggregate(lines, backend, workload, key):
     return vals[-1]
 
 
-def render(lines, source=""):
+def render(lines, source="", pair=("trainkit", "ray")):
+    """The markdown table of pair = (left, right): left's figures, right's, left / right."""
+    left, right = pair
     floors = {
         ZMQ_FLOOR: aggregate(lines, "trainkit", *ZMQ_FLOOR) or aggregate(lines, "ray", *ZMQ_FLOOR),
         "tk_get_1GB_us": aggregate(lines, "trainkit", "object_store", "get_1GB_us"),
@@ -464,20 +521,23 @@ def render(lines, source=""):
     rounds = sorted({ln.get("round") for ln in lines if ln.get("round") is not None})
     out = []
     out.append(
-        f"Benchmarks: trainkit vs Ray ({len(rounds) or 1} round(s), median over rounds; "
-        f"{platform.node()}, {os.cpu_count()} CPUs){source}"
+        f"Benchmarks: {NAMES[left]} vs {NAMES[right]} ({len(rounds) or 1} round(s), median "
+        f"over rounds; {platform.node()}, {os.cpu_count()} CPUs){source}"
     )
     out.append("")
-    out.append("| metric | trainkit | Ray | ratio (tk/Ray) | target | pass |")
+    out.append(
+        f"| metric | {NAMES[left]} | {NAMES[right]} | ratio ({SHORT[left]}/{SHORT[right]}) "
+        "| target | pass |"
+    )
     out.append("| --- | ---: | ---: | ---: | --- | --- |")
     n_pass = n_fail = 0
     present = {ln.get("bench") for ln in lines}
-    for label, wl, key, target in ROWS:
+    for label, wl, key, target in rows_for(pair):
         if wl not in present:
             continue
         tk_key, ray_key = key if isinstance(key, tuple) else (key, key)
-        tk = aggregate(lines, "trainkit", wl, tk_key)
-        ray = aggregate(lines, "ray", wl, ray_key)
+        tk = aggregate(lines, left, wl, tk_key)
+        ray = aggregate(lines, right, wl, ray_key)
         ratio = "—"
         if (
             isinstance(tk, (int, float))
@@ -497,6 +557,10 @@ def render(lines, source=""):
         out.append(f"| {label} | {fmt_num(tk)} | {fmt_num(ray)} | {ratio} | {ttext} | {verdict} |")
     out.append("")
     out.append(f"Targets: {n_pass} pass, {n_fail} fail.")
+    lines = [ln for ln in lines if ln.get("backend") in pair]
+    for ln in lines:
+        if ln.get("skipped"):
+            out.append(f"- skipped: {ln.get('bench')} / {ln.get('backend')}: {ln['skipped']}")
     for ln in lines:
         if ln.get("leftover_after_run"):
             out.append(
@@ -513,6 +577,21 @@ def render(lines, source=""):
     return "\n".join(out)
 
 
+def table_pairs(backends):
+    """The tables to print: each backend other than Ray against Ray; two backends without Ray,
+    the first against the second; one alone, against Ray (its column then empty)."""
+    others = [b for b in backends if b != "ray"]
+    if "ray" in backends and others:
+        return [(b, "ray") for b in others]
+    if len(others) >= 2:
+        return [(others[0], others[1])]
+    return [(others[0] if others else "trainkit", "ray")]
+
+
+def render_all(lines, source, backends):
+    return "\n\n".join(render(lines, source, pair) for pair in table_pairs(backends))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
@@ -523,9 +602,15 @@ def main():
     )
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument(
-        "--backends", default="trainkit,ray", help="comma-separated subset of trainkit,ray"
+        "--backends",
+        default=None,
+        help=f"comma-separated, of {','.join(BACKENDS)} (default: trainkit,ray; with --from: "
+        f"those in the file). {TK_ON_RAY} is trainkit's layers with init(backend='ray'); each "
+        "backend other than ray gets a table against ray",
     )
-    ap.add_argument("--tk-python", default=PYTHONS["trainkit"])
+    ap.add_argument(
+        "--tk-python", default=PYTHONS["trainkit"], help=f"for trainkit and {TK_ON_RAY}"
+    )
     ap.add_argument("--ray-python", default=PYTHONS["ray"])
     ap.add_argument(
         "--timeout",
@@ -544,18 +629,31 @@ def main():
     )
     args = ap.parse_args()
 
+    backends = None
+    if args.backends is not None:
+        backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+        bad = [b for b in backends if b not in BACKENDS]
+        if bad or not backends or len(set(backends)) != len(backends):
+            ap.error(
+                f"--backends {args.backends!r}: a comma-separated list of distinct "
+                f"backends from {', '.join(BACKENDS)}"
+            )
+
     if args.from_file:
         with open(args.from_file) as f:
             lines = [json.loads(ln) for ln in f if ln.strip()]
-        print(render(lines, f"; from {args.from_file}"))
+        if backends is None:
+            seen = {ln.get("backend") for ln in lines}
+            backends = [b for b in BACKENDS if b in seen] or ["trainkit", "ray"]
+        print(render_all(lines, f"; from {args.from_file}", backends))
         return 0
 
     bad = [w for w in args.workloads if w not in WORKLOADS]
     if bad:
         ap.error(f"unknown workload(s) {bad}; choose from {', '.join(WORKLOADS)}")
     workloads = args.workloads or list(WORKLOADS)
-    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    pythons = {"trainkit": args.tk_python, "ray": args.ray_python}
+    backends = backends or ["trainkit", "ray"]
+    pythons = {"trainkit": args.tk_python, "ray": args.ray_python, TK_ON_RAY: args.tk_python}
     stamp = time.strftime("%Y%m%d-%H%M%S")
     os.makedirs(RESULTS, exist_ok=True)
     logdir = os.path.join(RESULTS, "logs", stamp)
@@ -569,7 +667,14 @@ def main():
             for wl in workloads:
                 for be in order:
                     py = pythons[be]
-                    if not os.path.exists(py):
+                    if be == TK_ON_RAY and wl not in TK_ON_RAY_WORKLOADS:
+                        line = {
+                            "bench": wl,
+                            "backend": be,
+                            "round": rnd,
+                            "skipped": f"{wl} does not run on {TK_ON_RAY} (see workloads.py)",
+                        }
+                    elif not os.path.exists(py):
                         line = {
                             "bench": wl,
                             "backend": be,
@@ -597,7 +702,7 @@ def main():
                     fout.write(json.dumps(line, default=str) + "\n")
                     fout.flush()
 
-    table = render(lines, f"; raw: {os.path.relpath(jsonl, REPO_ROOT)}")
+    table = render_all(lines, f"; raw: {os.path.relpath(jsonl, REPO_ROOT)}", backends)
     with open(jsonl[: -len(".jsonl")] + ".md", "w") as f:
         f.write(table + "\n")
     print(table)

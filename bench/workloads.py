@@ -1,10 +1,14 @@
 """Backend-neutral runtime benchmarks: the same code runs on trainkit and on Ray.
 
-    python bench/workloads.py <workload> --backend {trainkit,ray}
+    python bench/workloads.py <workload> --backend {trainkit,ray,trainkit-ray}
 
 The backend module is imported as ``rt`` (``import trainkit as rt`` or ``import ray as rt``)
 and only the API names the two share are used: init(num_cpus=2), shutdown, remote, get, put,
-wait, cluster_resources. The last stdout line is one JSON object
+wait, cluster_resources. The third backend, ``trainkit-ray``, is trainkit's own code path
+(trainkit.train / tune / data, the trainkit branch everywhere) with its runtime on Ray's engine:
+``rt`` is trainkit behind a thin wrapper whose init() always passes backend="ray" (see
+TrainkitOnRay). It runs under the interpreter that has trainkit and Ray (.venv/bin/python).
+The last stdout line is one JSON object
 
     {"bench": <workload>, "backend": <backend>, <metric>: <value>, ...}
 
@@ -74,7 +78,10 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(HERE)
-BACKENDS = ("trainkit", "ray")
+BACKENDS = ("trainkit", "ray", "trainkit-ray")
+# trainkit's layers (Train, Tune, Data) on Ray's engine: the trainkit code path throughout, with
+# the runtime started by trainkit.init(..., backend="ray")
+TK_ON_RAY = "trainkit-ray"
 WORKLOADS = (
     "init",
     "actor_latency",
@@ -92,6 +99,10 @@ WORKLOADS = (
     "data_pipeline",
     "cluster",
 )
+# what runs on trainkit-ray: all but `cluster`, which drives trainkit.testing.LocalCluster (nodes
+# of the built-in runtime). The runtime workloads (init ... object_store) then measure trainkit's
+# runtime API carried out by Ray Core; the train/tune/data workloads, trainkit's layers on it.
+TK_ON_RAY_WORKLOADS = tuple(w for w in WORKLOADS if w != "cluster")
 # watchdog deadline (s) per workload; compare.py allows each run this plus 35 s
 DEADLINE_DEFAULT = 85.0
 DEADLINES = {
@@ -162,10 +173,40 @@ def versions() -> dict:
     return out
 
 
+def is_trainkit(backend: str) -> bool:
+    """Whether a backend runs trainkit's code (its Train/Tune/Data layers): trainkit and
+    trainkit-ray. Only the runtime under them differs."""
+    return backend in ("trainkit", TK_ON_RAY)
+
+
+class TrainkitOnRay:
+    """The trainkit module, except that init() starts the runtime on Ray's engine: every
+    init(...) call gets backend="ray" (a different backend is refused). All other names
+    (remote, get, put, shutdown, ...) are trainkit's own."""
+
+    def __init__(self, tk):
+        self._tk = tk
+
+    def __getattr__(self, name):
+        return getattr(self._tk, name)
+
+    def init(self, *args, **kwargs):
+        backend = kwargs.setdefault("backend", "ray")
+        if backend != "ray":
+            raise ValueError(f"{TK_ON_RAY}: init(backend={backend!r}); it must be 'ray'")
+        out = self._tk.init(*args, **kwargs)
+        ray = sys.modules.get("ray")
+        if ray is None or not ray.is_initialized():
+            raise RuntimeError(f"{TK_ON_RAY}: trainkit.init(backend='ray') did not start Ray")
+        return out
+
+
 def import_backend(backend: str):
-    if backend == "trainkit" and REPO_ROOT not in sys.path:
+    if is_trainkit(backend) and REPO_ROOT not in sys.path:
         # run as `python bench/workloads.py`, sys.path[0] is bench/: make the repo importable
         sys.path.insert(1, REPO_ROOT)
+    if backend == TK_ON_RAY:
+        return TrainkitOnRay(importlib.import_module("trainkit"))
     return importlib.import_module(backend)
 
 
@@ -307,9 +348,10 @@ def runtime_memory(marker: str | None = None) -> dict:
 
 
 def session_marker(rt, backend):
-    if backend == "ray":
+    if backend in ("ray", TK_ON_RAY):  # trainkit-ray: the session of the Ray it started
         try:
-            return os.path.basename(rt._private.worker.global_worker.node.get_session_dir_path())
+            ray = sys.modules["ray"]
+            return os.path.basename(ray._private.worker.global_worker.node.get_session_dir_path())
         except Exception:
             return None
     return None
@@ -1261,7 +1303,7 @@ def _tune_overhead(args, line, asha):
     that scale)."""
     p = "asha" if asha else "fifo"
     space = {"n_reports": TUNE_REPORTS}
-    variants = [("", None)] if args.backend == "trainkit" else [("_reuse", True), ("", None)]
+    variants = [("", None)] if is_trainkit(args.backend) else [("_reuse", True), ("", None)]
 
     def body(storage):
         for suffix, reuse in variants:
@@ -1832,6 +1874,11 @@ def wl_cluster(args, line):
     other node, 1 GiB transfers both ways (see bench/README.md, "Cluster")."""
     import numpy as np
 
+    if args.backend == TK_ON_RAY:
+        raise RuntimeError(
+            f"cluster does not run on {TK_ON_RAY}: it drives trainkit.testing.LocalCluster, "
+            "which starts nodes of the built-in runtime"
+        )
     rt = import_backend(args.backend)
     node_args = {
         "num_cpus": 1,

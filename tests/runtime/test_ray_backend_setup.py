@@ -36,10 +36,12 @@ def test_an_unknown_backend_is_refused():
 def test_joins_an_existing_ray_cluster(monkeypatch):
     """The point of the backend: a Ray cluster someone else started (`ray start --head`)."""
     import shutil
+    import signal
     import socket
     import subprocess
     import sys
     import tempfile
+    import time
 
     ray_cli = shutil.which("ray", path=os.path.dirname(sys.executable))
     assert ray_cli is not None
@@ -51,11 +53,19 @@ def test_joins_an_existing_ray_cluster(monkeypatch):
     # cluster (its own temp dir) runs without it.
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    # --block: the cluster lives as long as this process, so stopping it stops only this
+    # cluster (`ray stop` would stop every Ray on the machine).
+    head = subprocess.Popen(
+        [ray_cli, "start", "--head", "--block", f"--port={port}", "--num-cpus=1",
+         "--node-ip-address=127.0.0.1", '--resources={"ext": 1}', "--include-dashboard=false",
+         f"--temp-dir={temp}"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, start_new_session=True)
     try:
-        subprocess.run([ray_cli, "start", "--head", f"--port={port}", "--num-cpus=1",
-                        "--node-ip-address=127.0.0.1", '--resources={"ext": 1}',
-                        "--include-dashboard=false", f"--temp-dir={temp}"],
-                       check=True, capture_output=True, timeout=120, env=env)
+        deadline = time.monotonic() + 120
+        assert head.stdout is not None
+        for line in head.stdout:
+            if "Ray runtime started" in line or time.monotonic() > deadline:
+                break
         tk.init(backend="ray", address=f"127.0.0.1:{port}")
         try:
             assert tk.cluster_resources()["ext"] == 1.0
@@ -65,5 +75,10 @@ def test_joins_an_existing_ray_cluster(monkeypatch):
         finally:
             tk.shutdown()
     finally:
-        subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=120, env=env)
+        head.terminate()
+        try:
+            head.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
         shutil.rmtree(temp, ignore_errors=True)

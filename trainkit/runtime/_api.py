@@ -235,9 +235,9 @@ class RemoteFunction:
         self._options = options
         self._name = options.get("name") or fn.__qualname__
         self._arg_what = f"an argument of {self._name}"  # for serialization errors
-        # [fn_id, pickled function, Ray's remote function]: shared by every .options()
-        # copy, pickled once.
-        self._shared: list[Any] = shared if shared is not None else [new_id(), None, None]
+        # [fn_id, pickled function, [Ray's remote function]]: shared by every .options()
+        # copy, pickled (or registered with Ray) once.
+        self._shared: list[Any] = shared if shared is not None else [new_id(), None, [None]]
         self._resources = _resources(options, 1.0)
         self._placement = _placement(options.get("scheduling_strategy"))
         self._key = (tuple(sorted(self._resources.items())), self._placement)
@@ -258,7 +258,7 @@ class RemoteFunction:
     def remote(self, *args: Any, **kwargs: Any) -> ObjectRef:
         rb = _ray()
         if rb is not None:
-            result: ObjectRef = rb.submit_task(self._fn, self._shared[2:], self._options,
+            result: ObjectRef = rb.submit_task(self._fn, self._shared[2], self._options,
                                                self._resources, self._name, args, kwargs)
             return result
         core = _core()

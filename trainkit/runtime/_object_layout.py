@@ -147,8 +147,8 @@ def write_object(dest: memoryview, meta: bytes | memoryview, buffers: Sequence[m
 
 
 # Above this size a copy is split across threads (on machines with 4+ cores): one core
-# cannot saturate memory bandwidth, and numpy releases the GIL while it copies. The threads live only for the copy
-# (starting one costs ~0.1 ms, a copy this large takes milliseconds).
+# cannot saturate memory bandwidth, and numpy releases the GIL while it copies. The threads
+# live only for the copy (starting one costs ~0.1 ms, a copy this large takes milliseconds).
 PARALLEL_COPY_BYTES = 8 << 20
 
 
