@@ -610,6 +610,14 @@ def _status(args: argparse.Namespace) -> int:
 # --- stop -------------------------------------------------------------------------------------
 
 
+def _signal_all(procs: list[dict[str, Any]], sig: int) -> None:
+    for proc in procs:
+        try:
+            os.kill(proc["pid"], sig)
+        except ProcessLookupError:
+            pass
+
+
 def _wait_gone(procs: list[dict[str, Any]], starts: dict[int, str]) -> None:
     deadline = time.monotonic() + STOP_TIMEOUT_S
     while any(_exists(p["pid"], starts[p["pid"]]) for p in procs) \
@@ -629,18 +637,10 @@ def _stop(args: argparse.Namespace) -> int:
         # From here on a pid counts as ours while its start time is the same, even while the
         # process exits and its command line is already empty.
         starts = {p["pid"]: (_stat(p["pid"]) or ("", ""))[1] for p in live}
-        for proc in live:
-            try:
-                os.kill(proc["pid"], signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+        _signal_all(live, signal.SIGTERM)
         _wait_gone(live, starts)
         killed = [p for p in live if _exists(p["pid"], starts[p["pid"]])]
-        for proc in killed:
-            try:
-                os.kill(proc["pid"], signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        _signal_all(killed, signal.SIGKILL)
         _wait_gone(killed, starts)
         survivors = [p for p in killed if _exists(p["pid"], starts[p["pid"]])]
         for proc in procs:
