@@ -7,6 +7,7 @@ import mmap
 import os
 import pickle
 import random
+import threading
 import time
 import uuid
 import zlib
@@ -590,14 +591,25 @@ def test_acceptance_800_mib_through_a_75_mib_store(
         arena_map.close()
 
 
-@pytest.mark.parametrize("cpus", [2, 8])
+@pytest.mark.parametrize("cpus", [1, 2, 8])
 def test_large_buffers_are_copied_exactly_by_one_or_several_threads(monkeypatch, cpus):
     from trainkit.runtime import _object_layout
 
     monkeypatch.setattr(_object_layout.os, "cpu_count", lambda: cpus)
-    data = np.random.default_rng(cpus).integers(0, 255, 9 * 2**20 + 12345, dtype=np.uint8)
+    started = []
+    real_thread = threading.Thread
+
+    def counting_thread(*args, **kwargs):
+        started.append(kwargs.get("name"))
+        return real_thread(*args, **kwargs)
+
+    monkeypatch.setattr(threading, "Thread", counting_thread)
+    # three whole chunks and a partial one: the threads split it, the tail included
+    size = 3 * _object_layout.COPY_CHUNK_BYTES + 12345
+    data = np.random.default_rng(cpus).integers(0, 255, size, dtype=np.uint8)
     meta, buffers = b"meta", [memoryview(data)]
     dest = memoryview(bytearray(layout_size(meta, buffers)))
     write_object(dest, meta, buffers)
     got_meta, got = read_object(dest)
     assert bytes(got_meta) == b"meta" and bytes(got[0]) == data.tobytes()
+    assert len(started) == min(cpus, 3) - 1

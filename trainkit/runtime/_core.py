@@ -31,6 +31,7 @@ from trainkit.exceptions import RuntimeSystemError
 from trainkit.runtime._actor_calls import ActorCallerMixin
 from trainkit.runtime._actor_calls import _ActorClient
 from trainkit.runtime._auth import FrameAuth
+from trainkit.runtime._local_channel import LocalChannel
 from trainkit.runtime._objects import _Borrowed
 from trainkit.runtime._objects import _Entry
 from trainkit.runtime._objects import _error_repr
@@ -61,6 +62,14 @@ class _Request:
         self.what = what
 
 
+def _reply_value(ok: bool, payload: Any, what: str) -> Any:
+    if ok:
+        return payload
+    if isinstance(payload, BaseException):
+        raise payload
+    raise RuntimeSystemError(f"{what} failed: {payload}")
+
+
 class CoreWorker(TaskSubmitterMixin, ActorCallerMixin):
     """Runtime state of one process (driver or worker)."""
 
@@ -77,6 +86,7 @@ class CoreWorker(TaskSubmitterMixin, ActorCallerMixin):
         control_addr: str | None = None,
         host: str | None = None,
         auth: FrameAuth | None = None,
+        store_socket: str = "",
     ) -> None:
         self.session_dir = session_dir
         self.node_addr = node_addr
@@ -86,6 +96,9 @@ class CoreWorker(TaskSubmitterMixin, ActorCallerMixin):
         self.node_id = node_id
         self.arena_path = arena_path
         self.arena_capacity = arena_capacity
+        # Store requests go to the node over a unix socket when there is one (see
+        # _local_channel); through the node's inbox otherwise.
+        self.store_channel = LocalChannel(store_socket) if store_socket else None
         self.cluster_resources = dict(cluster_resources)
         self.ctx = make_context()
         self.inbox = Inbox(self.ctx, endpoint(session_dir, f"{name}.ctl", host), auth)
@@ -149,6 +162,8 @@ class CoreWorker(TaskSubmitterMixin, ActorCallerMixin):
         self.out.close()
         self.inbox.close()
         self.ctx.term()
+        if self.store_channel is not None:
+            self.store_channel.close()
         with self.lock:
             for req in self.requests.values():
                 req.ok, req.payload = False, RuntimeSystemError("the runtime shut down")
@@ -191,16 +206,45 @@ class CoreWorker(TaskSubmitterMixin, ActorCallerMixin):
         if not req.event.wait(timeout):
             with self.lock:
                 self.requests.pop(req_id, None)
-            raise GetTimeoutError(
-                f"no answer to {what} within {timeout:.0f} s; is the trainkit node service "
-                f"alive? (session folder: {self.session_dir})"
-            )
-        if not req.ok:
-            err = req.payload
-            if isinstance(err, BaseException):
-                raise err
-            raise RuntimeSystemError(f"{what} failed: {err}")
-        return req.payload
+            raise self._no_answer(what, timeout)
+        return _reply_value(req.ok, req.payload, what)
+
+    def _no_answer(self, what: str, timeout: float | None) -> GetTimeoutError:
+        return GetTimeoutError(
+            f"no answer to {what} within {timeout:.0f} s; is the trainkit node service "
+            f"alive? (session folder: {self.session_dir})")
+
+    def request_store(self, kind: int, *fields: Any, what: str,
+                      timeout: float | None = NODE_REQUEST_TIMEOUT_S) -> Any:
+        """A request to this machine's object store, answered on the calling thread."""
+        channel = self.store_channel
+        if channel is None:
+            return self.request_node(kind, *fields, what=what, timeout=timeout)
+        try:
+            reply = channel.request(kind, next(self._req_ids), fields, timeout)
+        except (FileNotFoundError, ConnectionRefusedError):
+            # No store socket to reach (another filesystem view): the inbox works anywhere.
+            self.store_channel = None
+            return self.request_node(kind, *fields, what=what, timeout=timeout)
+        except OSError as e:
+            raise RuntimeSystemError(
+                f"{what} failed: the trainkit node service closed its store connection "
+                f"({e}); it has stopped or crashed (session folder: {self.session_dir})"
+            ) from None
+        if reply is None:
+            raise self._no_answer(what, timeout)
+        return _reply_value(*reply, what)
+
+    def send_store(self, msg: tuple[Any, ...]) -> None:
+        """A one-way store message, on the connection this thread's requests used."""
+        channel = self.store_channel
+        if channel is not None:
+            try:
+                channel.send(msg)
+                return
+            except OSError:
+                pass
+        self.out.send(self.node_addr, msg)
 
     def request_node(self, kind: int, *fields: Any, what: str,
                      timeout: float | None = NODE_REQUEST_TIMEOUT_S) -> Any:

@@ -36,6 +36,9 @@ from trainkit.exceptions import ObjectLostError
 from trainkit.exceptions import RuntimeSystemError
 from trainkit.runtime._auth import FrameAuth
 from trainkit.runtime._cluster import machine_key
+from trainkit.runtime._local_channel import LOCAL_PREFIX
+from trainkit.runtime._local_channel import LocalChannelServer
+from trainkit.runtime._local_channel import store_socket_path
 from trainkit.runtime._node_control import ControlMixin
 from trainkit.runtime._node_control import _Actor
 from trainkit.runtime._node_control import _Lease
@@ -83,6 +86,8 @@ class NodeService(ControlMixin):
         self.store = SharedMemoryStore(cfg["arena_path"], cfg["object_store_memory"],
                                        os.path.join(self.session_dir, "spill"))
         self.store_lock = threading.Lock()
+        # Store requests from processes on this machine (see _local_channel).
+        self.local = LocalChannelServer(store_socket_path(self.session_dir))
         self.driver: str | None = cfg.get("driver_addr")
         self.workers: dict[bytes, _WorkerProc] = {}
         self.remote_workers: dict[bytes, _WorkerProc] = {}
@@ -104,6 +109,7 @@ class NodeService(ControlMixin):
         self.running = True
         self.poller = zmq.Poller()
         self.poller.register(self.inbox.socket, zmq.POLLIN)
+        self.poller.register(self.local.fileno(), zmq.POLLIN)
         if self.role == "embedded":
             self.poller.register(0, zmq.POLLIN)  # the driver's pipe
         self.watch_fd = -1
@@ -126,6 +132,7 @@ class NodeService(ControlMixin):
             "machine": machine_key(), "arena_path": cfg["arena_path"],
             "object_store_memory": cfg["object_store_memory"], "resources": cfg["resources"],
             "gpu_ids": cfg["gpu_ids"], "session_dir": self.session_dir,
+            "store_socket": self.local.path,
             "is_head": self.role == "head", "pid": os.getpid(),
         }
         self.env = self._worker_env(secret)
@@ -208,6 +215,12 @@ class NodeService(ControlMixin):
                         if msg is None:
                             break
                         self.dispatch(msg)
+                elif self.local.owns(item):
+                    self.on_local_request(item)
+                elif item == self.local.fileno():
+                    fd = self.local.accept()
+                    if fd is not None:
+                        self.poller.register(fd, zmq.POLLIN)
                 elif item == 0:
                     if not os.read(0, 4096):
                         self.running = False  # the driver is gone
@@ -283,10 +296,32 @@ class NodeService(ControlMixin):
         self.send(addr, (Msg.REPLY, req_id, ok, payload))
 
     def send(self, addr: str, msg: tuple[Any, ...]) -> None:
+        if addr.startswith(LOCAL_PREFIX):
+            self.local.send(addr, msg)
+            return
         try:
             self.out.send(addr, msg)
         except Exception:
             pass
+
+    # Requests (kind, req_id, <reply address>, ...) and one-way messages allowed on a local
+    # store connection; nothing else is dispatched from there.
+    LOCAL_REQUESTS = frozenset({Msg.STORE_ALLOC, Msg.STORE_PIN})
+    LOCAL_MESSAGES = frozenset({Msg.STORE_SEAL})
+
+    def on_local_request(self, fd: int) -> None:
+        got = self.local.read(fd)
+        if got is None:
+            self.poller.unregister(fd)
+            return
+        addr, msg = got
+        if msg and msg[0] in self.LOCAL_REQUESTS:
+            self.dispatch((msg[0], msg[1], addr, *msg[3:]))
+        elif msg and msg[0] in self.LOCAL_MESSAGES:
+            self.dispatch(msg)
+        elif msg:
+            print(f"trainkit node: {msg_name(msg[0])} is not a local store request",
+                  file=sys.stderr)
 
     # ------------------------------------------------------------------ workers
     def start_zygote(self) -> None:
@@ -794,6 +829,7 @@ class NodeService(ControlMixin):
             self.transfer.stop()
         if self.puller is not None:
             self.puller.stop()
+        self.local.close()
         self.store.close()
         reply = getattr(self, "shutdown_reply", None)
         if reply is not None:

@@ -126,6 +126,13 @@ class CoreState:
                         timeout: float | None = 60.0) -> Any:
         raise NotImplementedError
 
+    def request_store(self, kind: int, *fields: Any, what: str,
+                      timeout: float | None = 60.0) -> Any:
+        raise NotImplementedError
+
+    def send_store(self, msg: tuple[Any, ...]) -> None:
+        raise NotImplementedError
+
     def wait_event(self, ev: threading.Event, timeout: float | None) -> bool:
         return ev.wait(timeout)
 
@@ -264,14 +271,14 @@ class ObjectTableMixin(CoreState):
             return (INLINE, meta, inline_buffers(buffers))
         raws = [b.raw() for b in buffers]
         size = layout_size(meta, raws)
-        offset = self.request_node(Msg.STORE_ALLOC, oid, size, owner or self.ctl_addr,
-                                   what=f"space for a {size}-byte object in the object store")
+        offset = self.request_store(Msg.STORE_ALLOC, oid, size, owner or self.ctl_addr,
+                                    what=f"space for a {size}-byte object in the object store")
         view = memoryview(self._arena_view())
         try:
             write_object(view[offset:offset + size], meta, raws)
         finally:
             view.release()
-        self.out.send(self.node_addr, (Msg.STORE_SEAL, oid))
+        self.send_store((Msg.STORE_SEAL, oid))
         return (STORED, self.node_id, size)
 
     def put(self, value: Any) -> ObjectRef:
@@ -300,8 +307,8 @@ class ObjectTableMixin(CoreState):
         """Pin a stored object and view it; small enough views stay cached (and pinned)
         while this process holds refs to the object, so repeated gets skip the node. An
         object another node holds is copied here first (the node pulls it)."""
-        offset, size = self.request_node(Msg.STORE_PIN, oid, node_id, size,
-                                         what=f"object {oid.hex()}", timeout=600.0)
+        offset, size = self.request_store(Msg.STORE_PIN, oid, node_id, size,
+                                          what=f"object {oid.hex()}", timeout=600.0)
         try:
             mm = _block(self._arena_view(), offset, size)
         except BaseException:

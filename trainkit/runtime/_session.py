@@ -17,6 +17,8 @@ from trainkit.exceptions import GetTimeoutError
 from trainkit.exceptions import RuntimeSystemError
 from trainkit.runtime import _context
 from trainkit.runtime._core import CoreWorker
+from trainkit.runtime._local_channel import LocalChannel
+from trainkit.runtime._local_channel import store_socket_path
 from trainkit.runtime._protocol import Msg
 from trainkit.runtime._scheduler import make_resource_request
 
@@ -85,7 +87,7 @@ def start(*, num_cpus: float | None, num_gpus: float | None,
     core = CoreWorker(
         session_dir=session_dir, node_addr=f"ipc://{session_dir}/node.ctl", node_id=node_id,
         arena_path=arena_path, arena_capacity=store_bytes, name="driver",
-        cluster_resources=node_resources)
+        cluster_resources=node_resources, store_socket=store_socket_path(session_dir))
     ready = threading.Event()
     core.extra_handlers[Msg.NODE_READY] = lambda addr: ready.set()
     core.log_sink = _print_log if log_to_driver else None
@@ -169,6 +171,7 @@ def connect(address: str, *, namespace: str | None, log_to_driver: bool) -> None
         core.arena_path = node["arena_path"]
         core.arena_capacity = int(node["object_store_memory"])
         core._mapped_cap = core.arena_capacity // 20
+        core.store_channel = LocalChannel(node["store_socket"])
         core.request_node(Msg.REGISTER_DRIVER, os.getpid(), what="attaching to the node",
                           timeout=CONNECT_TIMEOUT_S)
         core.cluster_resources = core.request_control(

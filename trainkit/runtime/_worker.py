@@ -24,6 +24,7 @@ from typing import Any
 from trainkit.runtime import _context
 from trainkit.runtime._auth import FrameAuth
 from trainkit.runtime._core import CoreWorker
+from trainkit.runtime._local_channel import store_socket_path
 from trainkit.runtime._objects import task_error_value
 from trainkit.runtime._protocol import Msg
 from trainkit.runtime._secret import SECRET_ENV
@@ -340,6 +341,7 @@ def main() -> None:
         control_addr=env.get("TRAINKIT_CONTROL_ADDR"),
         host=host,
         auth=auth,
+        store_socket=store_socket_path(session_dir),
     )
     _context.core = core
     exec_inbox = Inbox(core.ctx, endpoint(session_dir, f"w{worker_id.hex()}.exec", host), auth)
