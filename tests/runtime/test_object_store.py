@@ -593,23 +593,39 @@ def test_acceptance_800_mib_through_a_75_mib_store(
 
 @pytest.mark.parametrize("cpus", [1, 2, 8])
 def test_large_buffers_are_copied_exactly_by_one_or_several_threads(monkeypatch, cpus):
-    from trainkit.runtime import _object_layout
+    from trainkit.runtime import _copy_pool
 
-    monkeypatch.setattr(_object_layout.os, "cpu_count", lambda: cpus)
-    started = []
-    real_thread = threading.Thread
+    monkeypatch.setattr(_copy_pool.os, "cpu_count", lambda: cpus)
+    pool = _copy_pool.CopyPool()
+    rng = np.random.default_rng(cpus)
+    # whole chunks and a partial one, the tail included; and a small one on the caller
+    sizes = [_copy_pool.PARALLEL_COPY_BYTES + 12345, 3 * _copy_pool.PARALLEL_COPY_BYTES + 1,
+             _copy_pool.PARALLEL_COPY_BYTES - 1]
+    datas = [rng.integers(0, 255, size, dtype=np.uint8) for size in sizes]
+    results: list[bool] = []
 
-    def counting_thread(*args, **kwargs):
-        started.append(kwargs.get("name"))
-        return real_thread(*args, **kwargs)
+    def write_and_check(data: npt.NDArray[np.uint8]) -> None:
+        meta, buffers = b"meta", [memoryview(data)]
+        dest = memoryview(bytearray(layout_size(meta, buffers)))
+        write_object(dest, meta, buffers, pool.copy)
+        got_meta, got = read_object(dest)
+        results.append(bytes(got_meta) == b"meta" and bytes(got[0]) == data.tobytes())
 
-    monkeypatch.setattr(threading, "Thread", counting_thread)
-    # three whole chunks and a partial one: the threads split it, the tail included
-    size = 3 * _object_layout.COPY_CHUNK_BYTES + 12345
-    data = np.random.default_rng(cpus).integers(0, 255, size, dtype=np.uint8)
-    meta, buffers = b"meta", [memoryview(data)]
-    dest = memoryview(bytearray(layout_size(meta, buffers)))
-    write_object(dest, meta, buffers)
-    got_meta, got = read_object(dest)
-    assert bytes(got_meta) == b"meta" and bytes(got[0]) == data.tobytes()
-    assert len(started) == min(cpus, 3) - 1
+    try:
+        for data in datas:
+            write_and_check(data)
+        kept = list(pool._started)
+        assert len(kept) == (_copy_pool.COPY_THREADS - 1 if cpus > 1 else 0)
+        # several callers at once share the same kept threads
+        callers = [threading.Thread(target=write_and_check, args=(d,)) for d in datas * 2]
+        for t in callers:
+            t.start()
+        for t in callers:
+            t.join(30)
+        assert pool._started == kept
+        assert results == [True] * 9
+    finally:
+        pool.close()
+    assert not any(t.is_alive() for t in kept)
+    write_and_check(datas[0])  # closed: the caller copies alone
+    assert results[-1]

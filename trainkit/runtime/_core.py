@@ -31,6 +31,7 @@ from trainkit.exceptions import RuntimeSystemError
 from trainkit.runtime._actor_calls import ActorCallerMixin
 from trainkit.runtime._actor_calls import _ActorClient
 from trainkit.runtime._auth import FrameAuth
+from trainkit.runtime._copy_pool import CopyPool
 from trainkit.runtime._local_channel import LocalChannel
 from trainkit.runtime._objects import _Borrowed
 from trainkit.runtime._objects import _Entry
@@ -121,6 +122,7 @@ class CoreWorker(TaskSubmitterMixin, ActorCallerMixin):
         self.blocked_msg: tuple[tuple[Any, ...], tuple[Any, ...]] | None = None
         self._blocked_depth = 0
         self._arena: mmap.mmap | None = None
+        self.copy_pool = CopyPool()
         self._mapped: OrderedDict[bytes, Any] = OrderedDict()
         self._mapped_bytes = 0
         self._mapped_cap = arena_capacity // 20
@@ -164,6 +166,7 @@ class CoreWorker(TaskSubmitterMixin, ActorCallerMixin):
         self.ctx.term()
         if self.store_channel is not None:
             self.store_channel.close()
+        self.copy_pool.close()
         with self.lock:
             for req in self.requests.values():
                 req.ok, req.payload = False, RuntimeSystemError("the runtime shut down")

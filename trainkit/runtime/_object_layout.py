@@ -1,9 +1,9 @@
 """How one serialized object is laid out inside its range of the shared-memory arena.
 
 An object is a pickle-protocol-5 payload (``meta``) plus its out-of-band buffers (the raw
-memory of numpy arrays, Arrow buffers, ...). Writers copy each buffer once, with a single
-slice assignment (a memcpy); readers get zero-copy slices of the mapping, so
-``pickle.loads(meta, buffers=buffers)`` rebuilds arrays that *are* views of shared memory.
+memory of numpy arrays, Arrow buffers, ...). Writers copy each buffer once (a memcpy, that
+threads share for large buffers: ``_copy_pool``); readers get zero-copy slices of the mapping,
+so ``pickle.loads(meta, buffers=buffers)`` rebuilds arrays that *are* views of shared memory.
 
 ```text
 offset 0   header   magic u32 | version u16 | reserved u16 | meta length u64 | buffer count u64
@@ -21,6 +21,7 @@ from __future__ import annotations
 import mmap
 import os
 import struct
+from collections.abc import Callable
 from collections.abc import Sequence
 from typing import Final
 
@@ -104,15 +105,22 @@ def layout_size(meta: bytes | memoryview, buffers: Sequence[memoryview]) -> int:
                            [_page_phase(v) for v in views])[1]
 
 
-def write_object(dest: memoryview, meta: bytes | memoryview, buffers: Sequence[memoryview]) -> None:
+def _assign(dst: memoryview, src: memoryview) -> None:
+    dst[:] = src
+
+
+def write_object(dest: memoryview, meta: bytes | memoryview, buffers: Sequence[memoryview],
+                 copy: Callable[[memoryview, memoryview], None] = _assign) -> None:
     """Write ``meta`` and ``buffers`` into ``dest`` (the object's range of the arena).
 
-    Each buffer is copied exactly once, by one slice assignment.
+    Each buffer is copied exactly once, by ``copy(destination, buffer)`` (a slice
+    assignment unless told otherwise; the runtime passes its threaded ``CopyPool.copy``).
 
     Args:
         dest: a writable view of at least :func:`layout_size` bytes.
         meta: the pickle-protocol-5 payload.
         buffers: its out-of-band buffers (C-contiguous; cast to bytes here if needed).
+        copy: copies one byte view into another of the same length.
 
     Raises:
         ValueError: ``dest`` is too small or read-only.
@@ -143,46 +151,7 @@ def write_object(dest: memoryview, meta: bytes | memoryview, buffers: Sequence[m
         pos += _ENTRY.size
     dest[pos : pos + meta_view.nbytes] = meta_view
     for offset, view in zip(offsets, views, strict=True):
-        _copy(dest[offset : offset + view.nbytes], view)
-
-
-# Above this size a copy is shared by several threads: one core does not saturate memory
-# bandwidth (here, 2 cores: 100 MB in ~14 ms with two threads, ~18 ms with one), and numpy
-# releases the GIL while it copies. The threads take fixed-size chunks in turn, so a thread
-# the OS preempts (workers, the node service share the cores) delays the copy by one chunk,
-# not by half of it. They live only for the copy: starting one costs ~0.1 ms.
-PARALLEL_COPY_BYTES = 8 << 20
-COPY_CHUNK_BYTES = 8 << 20
-
-
-def _copy(dst: memoryview, src: memoryview) -> None:
-    n = src.nbytes
-    workers = min(4, os.cpu_count() or 1, n // COPY_CHUNK_BYTES)
-    if n < PARALLEL_COPY_BYTES or workers < 2:
-        dst[:] = src
-        return
-    import itertools
-    import threading
-
-    import numpy as np
-
-    d = np.frombuffer(dst, dtype=np.uint8)
-    s = np.frombuffer(src, dtype=np.uint8)
-    chunks = itertools.count(0, COPY_CHUNK_BYTES)  # next() is atomic under the GIL
-
-    def copy_chunks() -> None:
-        for i in chunks:
-            if i >= n:
-                return
-            np.copyto(d[i : i + COPY_CHUNK_BYTES], s[i : i + COPY_CHUNK_BYTES])
-
-    threads = [threading.Thread(target=copy_chunks, name="trainkit-copy")
-               for _ in range(workers - 1)]
-    for t in threads:
-        t.start()
-    copy_chunks()
-    for t in threads:
-        t.join()
+        copy(dest[offset : offset + view.nbytes], view)
 
 
 def read_object(src: memoryview) -> tuple[memoryview, list[memoryview]]:

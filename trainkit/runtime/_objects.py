@@ -25,6 +25,7 @@ from trainkit.exceptions import GetTimeoutError
 from trainkit.exceptions import ObjectLostError
 from trainkit.exceptions import RuntimeSystemError
 from trainkit.exceptions import TaskError
+from trainkit.runtime._copy_pool import CopyPool
 from trainkit.runtime._object_layout import layout_size
 from trainkit.runtime._object_layout import read_object
 from trainkit.runtime._object_layout import write_object
@@ -113,6 +114,7 @@ class CoreState:
     blocked_msg: tuple[tuple[Any, ...], tuple[Any, ...]] | None
     _blocked_depth: int
     _arena: mmap.mmap | None
+    copy_pool: CopyPool
     _mapped: OrderedDict[bytes, Any]
     _mapped_bytes: int
     _mapped_cap: int
@@ -275,7 +277,7 @@ class ObjectTableMixin(CoreState):
                                     what=f"space for a {size}-byte object in the object store")
         view = memoryview(self._arena_view())
         try:
-            write_object(view[offset:offset + size], meta, raws)
+            write_object(view[offset:offset + size], meta, raws, self.copy_pool.copy)
         finally:
             view.release()
         self.send_store((Msg.STORE_SEAL, oid))
