@@ -5,9 +5,9 @@ taking fixed-size chunks in turn: one the OS preempts (workers and the node serv
 the cores) delays the copy by a chunk, not by its share. More threads than cores still pay
 on small machines: 100 MB into the arena on a 2-core VM, medians of 30 interleaved copies:
 1 thread ~17 ms, 2 threads ~15 ms, 3-8 threads with 2 MiB chunks ~13 ms. The threads are
-started on the first large copy and kept (starting one costs ~0.1 ms, a third of a 100 MB
-put's overhead), and they copy with ``ctypes.memmove`` on raw addresses, which releases the
-GIL and holds no buffer export that would outlive the copy.
+kept for the process's runtime (``start`` ... ``close``): starting one per copy cost ~0.1
+ms each, a third of a 100 MB put's overhead. They copy with ``ctypes.memmove`` on raw
+addresses, which releases the GIL and holds no buffer export that would outlive the copy.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ class CopyPool:
         """Copy ``src`` into ``dst`` (byte views of the same length); returns when done."""
         n = src.nbytes
         helpers = min(self.threads, n // COPY_CHUNK_BYTES) - 1
-        if n < PARALLEL_COPY_BYTES or helpers < 1 or not self._start():
+        if n < PARALLEL_COPY_BYTES or helpers < 1 or not self.start():
             dst[:] = src
             return
         job = _CopyJob(_address(dst), _address(src), n)
@@ -89,8 +89,10 @@ class CopyPool:
         job()
         job.done.wait()
 
-    def _start(self) -> bool:
-        """Start the kept threads in this process (again after a fork); False once closed."""
+    def start(self) -> bool:
+        """Start the kept threads in this process, if not yet (again after a fork); False
+        once closed. The runtime starts them with the process, so that they belong to its
+        lifetime and not to the first large ``put``."""
         if self._pid == os.getpid():
             return True
         with self._lock:

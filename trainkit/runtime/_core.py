@@ -150,6 +150,7 @@ class CoreWorker(TaskSubmitterMixin, ActorCallerMixin):
     def start(self) -> None:
         self.out.connect(self.ctl_addr)  # connected early: close() wakes the I/O thread
         self._io.start()
+        self.copy_pool.start()
 
     def close(self) -> None:
         if self._closed:
