@@ -6,13 +6,13 @@ the cores) delays the copy by a chunk, not by its share. More threads than cores
 on small machines: 100 MB into the arena on a 2-core VM, medians of 30 interleaved copies:
 1 thread ~17 ms, 2 threads ~15 ms, 3-8 threads with 2 MiB chunks ~13 ms. The threads are
 kept for the process's runtime (``start`` ... ``close``): starting one per copy cost ~0.1
-ms each, a third of a 100 MB put's overhead. They copy with ``ctypes.memmove`` on raw
-addresses, which releases the GIL and holds no buffer export that would outlive the copy.
+ms each, a third of a 100 MB put's overhead. They copy with ``_stream_copy`` (streaming
+stores) on raw addresses, which releases the GIL and holds no buffer export that would
+outlive the copy.
 """
 
 from __future__ import annotations
 
-import ctypes
 import itertools
 import os
 import queue
@@ -21,6 +21,8 @@ import threading
 import traceback
 from collections.abc import Callable
 from typing import Any
+
+from trainkit.runtime._stream_copy import stream_copy
 
 __all__ = ["COPY_CHUNK_BYTES", "COPY_THREADS", "PARALLEL_COPY_BYTES", "CopyPool"]
 
@@ -53,7 +55,7 @@ class _CopyJob:
             if start >= self.n:
                 return
             size = min(COPY_CHUNK_BYTES, self.n - start)
-            ctypes.memmove(self.dst + start, self.src + start, size)
+            stream_copy(self.dst + start, self.src + start, size)
             with self.lock:
                 self.left -= size
                 if self.left == 0:
