@@ -4,11 +4,11 @@ One core does not saturate memory bandwidth, so a large buffer is copied by seve
 taking fixed-size chunks in turn: one the OS preempts (workers and the node service share
 the cores) delays the copy by a chunk, not by its share. More threads than cores still pay
 on small machines: 100 MB into the arena on a 2-core VM, medians of 30 interleaved copies:
-1 thread ~17 ms, 2 threads ~15 ms, 3-8 threads with 2 MiB chunks ~13 ms. The threads are
+1 thread ~17 ms, 2 threads ~15 ms, 3-8 threads with 2 MiB chunks ~13 ms (glibc's memmove;
+~10.5 ms with the streaming copy of ``_stream_copy``, which they use). The threads are
 kept for the process's runtime (``start`` ... ``close``): starting one per copy cost ~0.1
-ms each, a third of a 100 MB put's overhead. They copy with ``_stream_copy`` (streaming
-stores) on raw addresses, which releases the GIL and holds no buffer export that would
-outlive the copy.
+ms each, a third of a 100 MB put's overhead. They copy raw addresses through ctypes, which
+releases the GIL and holds no buffer export that would outlive the copy.
 """
 
 from __future__ import annotations
@@ -66,8 +66,8 @@ class CopyPool:
     """Copies large buffers with the caller's thread and up to ``threads - 1`` kept ones.
 
     Args:
-        threads: threads per copy, the caller's included; 1 (or a 1-core machine) copies
-            on the caller's thread only.
+        threads: threads per copy, the caller's included; 1 (or a 1-core machine, or a
+            closed pool) copies on the caller's thread only.
     """
 
     def __init__(self, threads: int = COPY_THREADS) -> None:
@@ -81,13 +81,13 @@ class CopyPool:
     def copy(self, dst: memoryview, src: memoryview) -> None:
         """Copy ``src`` into ``dst`` (byte views of the same length); returns when done."""
         n = src.nbytes
-        helpers = min(self.threads, n // COPY_CHUNK_BYTES) - 1
-        if n < PARALLEL_COPY_BYTES or helpers < 1 or not self.start():
-            dst[:] = src
+        if n < PARALLEL_COPY_BYTES:
+            dst[:] = src  # cached stores: a small object may well be read soon
             return
         job = _CopyJob(_address(dst), _address(src), n)
-        for _ in range(helpers):
-            self._jobs.put(job)
+        if self.start():
+            for _ in range(min(self.threads, n // COPY_CHUNK_BYTES) - 1):
+                self._jobs.put(job)
         job()
         job.done.wait()
 
