@@ -5,9 +5,10 @@ A ``put`` of a large value asks the node for room in the arena (``STORE_ALLOC``)
 Over zmq such a round trip crosses five threads (the caller, zmq's I/O thread on each side,
 the node's loop, the caller's I/O thread) and, once the processes have gone idle, costs
 ~0.9 ms on this 2-core machine; over a unix socket read by the calling thread itself it
-costs ~0.4 ms (a bare unix-socket round trip between idle processes: ~0.15 ms). So store requests travel here: a ``SOCK_SEQPACKET`` socket in the node's
-session folder (0700, and the node checks the peer's uid), one connection per calling
-thread, pickled tuples as in the rest of the runtime. Everything else stays on zmq.
+costs ~0.4 ms (a bare unix-socket round trip between idle processes: ~0.15 ms). So store
+requests travel here: a ``SOCK_SEQPACKET`` socket in the node's session folder (0700, and
+the node checks the peer's uid), one connection per calling thread, pickled tuples as in the
+rest of the runtime. Everything else stays on zmq.
 
 The node treats a connection like any other reply address (``local:<n>``), so a reply
 it defers (a pin waiting for a seal, or for a copy from another node) still reaches the
