@@ -142,6 +142,26 @@ def test_large_args_and_results_go_through_shared_memory(rt):
     assert out[-1] == 2_999_999 and not out.flags.writeable
 
 
+def test_large_arguments_in_flight_keep_to_the_worker_pool(rt):
+    # A by-value argument over the inline limit is read from the store by the worker. It once
+    # asked the argument's owner first, counting as blocked meanwhile, so its CPU was lent
+    # and, with a few calls in flight, new workers were forked (6-9 for 40 calls on 2 CPUs).
+    @tk.remote
+    def worker_pid(a):
+        return os.getpid(), float(a[-1])
+
+    arr = np.arange(300_000, dtype=np.float64)  # 2.4 MB by value, a copy per call
+    tk.get([worker_pid.remote(arr) for _ in range(2)])
+    results, in_flight = [], []
+    for _ in range(40):
+        in_flight.append(worker_pid.remote(arr))
+        if len(in_flight) == 4:
+            results.append(tk.get(in_flight.pop(0)))
+    results += tk.get(in_flight)
+    assert all(last == 299_999.0 for _, last in results)
+    assert len({p for p, _ in results}) <= 2
+
+
 def test_cancel_queued_and_running(rt, tmp_path):
     @tk.remote
     def sleep(marker, s):

@@ -535,10 +535,15 @@ class ObjectTableMixin(CoreState):
         if len(meta) + buffers_size(buffers) < INLINE_THRESHOLD_BYTES:
             payload: tuple[Any, ...] = (meta, inline_buffers(buffers))
         else:
-            # Large arguments: store once, owned by the caller, freed with the spec.
+            # Large arguments: store once, owned by the caller, freed with the spec. The
+            # payload names the stored copy itself, so the worker reads it straight from the
+            # store: asking the owner would be a round trip during which the worker counts as
+            # blocked and lends its CPU (with a few calls in flight, that started workers).
             ref = self._put_serialized(meta, buffers, nested)
             nested = [ref]
-            payload = (None, ref.id, ref.owner_address)
+            with self.lock:
+                stored = self.owned[ref.id].value
+            payload = (None, ref.id, stored)
         return payload, arg_refs, nested
 
     def _put_serialized(self, meta: bytes, buffers: list[Any], refs: list[Any]) -> ObjectRef:
@@ -566,8 +571,7 @@ class ObjectTableMixin(CoreState):
         """Worker side: rebuild (args, kwargs), fetching the values of ref arguments."""
         meta = payload[0]
         if meta is None:
-            big = ObjectRef(payload[1], payload[2])
-            args, kwargs = self.get_one(big, None)
+            args, kwargs = self.materialize(payload[1], payload[2])
         else:
             args, kwargs = loads(meta, payload[1])
         if not descs:
