@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ctypes
-import platform
+import os
 import sys
 
 import numpy as np
@@ -11,7 +11,7 @@ import pytest
 
 from trainkit.runtime import _stream_copy
 
-X86_64_LINUX = sys.platform == "linux" and platform.machine() in ("x86_64", "AMD64")
+X86_64_LINUX = sys.platform == "linux" and os.uname().machine == "x86_64"
 
 
 @pytest.mark.skipif(not X86_64_LINUX, reason="the streaming loop is x86-64 Linux code")

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import mmap
-import platform
+import os
 import sys
 from collections.abc import Callable
 
@@ -57,7 +57,7 @@ _CopyFn = Callable[[int, int, int], object]
 def _load_kernel(code: bytes = _X86_64_NT_COPY) -> tuple[_CopyFn, mmap.mmap] | None:
     """``code`` as a ctypes function ``(dst, src, n)`` and the page that holds it, or None
     where it cannot run."""
-    if sys.platform != "linux" or platform.machine() not in ("x86_64", "AMD64"):
+    if sys.platform != "linux" or os.uname().machine != "x86_64":
         return None
     try:
         page = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
