@@ -89,7 +89,7 @@ def _echo(server: LocalChannelServer, addr: str, msg: tuple[Any, ...]) -> None:
         server.send(addr, (Msg.REPLY, msg[1], True, msg[3:]))
 
 
-def test_requests_are_answered_on_the_calling_thread(node_factory, tmp_path):
+def test_requests_are_answered_on_the_calling_thread(node_factory):
     node = node_factory(_echo)
     channel = LocalChannel(node.server.path)
     try:
