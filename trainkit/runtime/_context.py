@@ -26,3 +26,10 @@ def current_gpu_ids() -> list[int]:
 
 # GPU ids assigned to this whole process (an actor's), set by the worker.
 process_gpu_ids: tuple[int, ...] = ()
+# The actor this process hosts: actor_id, worker_id, resources, placement (set by the worker).
+process_actor: dict[str, Any] = {}
+
+
+class ActorExit(BaseException):
+    """Raised by ``exit_actor()`` inside an actor method; the worker catches it, answers the
+    call and leaves. A BaseException, so a user's ``except Exception`` does not swallow it."""

@@ -143,6 +143,7 @@ class CoreWorker(TaskSubmitterMixin, ActorCallerMixin):
             Msg.OBJECT_VALUE: self._on_object_value,
             Msg.LOG: self._on_log,
             Msg.NODE_DIED: self._on_node_died,
+            Msg.CANCEL_REF: self._on_cancel_ref,
         }
         self.extra_handlers: dict[int, Callable[..., None]] = {}
 
@@ -279,6 +280,10 @@ class CoreWorker(TaskSubmitterMixin, ActorCallerMixin):
 
     def reply(self, addr: str, req_id: int, ok: bool, payload: Any) -> None:
         self.out.send(addr, (Msg.REPLY, req_id, ok, payload))
+
+    def _on_cancel_ref(self, oid: bytes, force: bool) -> None:
+        """Another process holding a ref to a task of ours asked to cancel it."""
+        self.cancel(ObjectRef(oid, self.ctl_addr, _add_ref=False), force)
 
     def _on_process_died(self, addr: str, cause: str) -> None:
         """Another process died: drop its borrows, fail what we waited for from it."""

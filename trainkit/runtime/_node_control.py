@@ -71,7 +71,7 @@ class _Actor:
     registered_name: tuple[str, str] | None
     spec: tuple[Any, ...]  # (cls_blob, payload, descs, max_concurrency)
     resources: dict[str, float]
-    placement: tuple[str, int] | None
+    placement: tuple[Any, ...] | None
     restarts_left: int
     meta: dict[str, Any]
     status: ActorStatus = ActorStatus.PENDING
@@ -79,6 +79,7 @@ class _Actor:
     lease_id: bytes | None = None
     worker: _WorkerProc | None = None
     no_restart: bool = False
+    detached: bool = False  # lifetime="detached": outlives its owner
     subscribers: set[str] = field(default_factory=set)
 
 
@@ -161,6 +162,8 @@ class ControlMixin:
             Msg.NODE_WORKER_EXIT: self.on_node_worker_exit,
             Msg.NODE_LEASE_FAILED: self.on_node_lease_failed,
             Msg.CLUSTER_NODES: self.on_cluster_nodes,
+            Msg.LIST_NAMED_ACTORS: self.on_list_named_actors,
+            Msg.PG_TABLE: self.on_pg_table,
         }
 
     # ------------------------------------------------------------------ workers
@@ -197,10 +200,30 @@ class ControlMixin:
                 self.send(node.info["addr"], (Msg.NODE_PROCESS_DIED, addr, cause))
         if origin != self.node_id:
             self.notify_process_died(addr, cause)
-        # Actors owned by the dead process die with it (fate sharing).
+        # Actors owned by the dead process die with it (fate sharing), unless detached.
         for actor in list(self.actors.values()):
-            if actor.owner == addr and actor.status is not ActorStatus.DEAD:
+            if actor.owner == addr and actor.status is not ActorStatus.DEAD \
+                    and not actor.detached:
                 self.kill_actor(actor, f"its owner died ({cause})")
+        self.drop_leases_of(addr, f"their owner died ({cause})")
+
+    def drop_leases_of(self, owner: str, cause: str) -> None:
+        """The tasks a dead process submitted are its children: nobody can read their
+        results, so queued requests are cancelled and leased workers killed (their
+        exit returns the resources), within the time it takes to notice the death."""
+        for lease in [ls for ls in self.leases.values()
+                      if ls.owner == owner and ls.actor_id is None]:
+            if lease.grant is None:
+                self.scheduler.cancel(lease.lease_id)
+                self.leases.pop(lease.lease_id, None)
+            elif lease.worker is not None:
+                self.kill_worker(lease.worker, cause)
+            elif lease.grant.node_id != self.node_id:
+                lease.returned = True  # released once its node says which worker took it
+            else:
+                if lease in self.waiting_for_worker:
+                    self.waiting_for_worker.remove(lease)
+                self.release_lease(lease)
 
     def on_worker_blocked(self, worker_id: bytes) -> None:
         w = self.find_worker(worker_id)
@@ -218,10 +241,20 @@ class ControlMixin:
             self.kill_worker(w, "killed by cancel(force=True)")
 
     # ------------------------------------------------------------------ leases
-    def on_request_lease(self, lease_id: bytes, owner: str, resources: dict[str, float],
-                         placement: tuple[str, int] | None) -> None:
-        try:
+    def submit_request(self, lease_id: bytes, resources: dict[str, float],
+                       placement: tuple[Any, ...] | None) -> None:
+        """Queue a request; ``placement`` is a (group id, bundle index) or, for node
+        affinity, ("node", node id, soft)."""
+        if placement is not None and placement[0] == "node":
+            self.scheduler.submit(lease_id, resources, None,
+                                  node_affinity=(placement[1], placement[2]))
+        else:
             self.scheduler.submit(lease_id, resources, placement)
+
+    def on_request_lease(self, lease_id: bytes, owner: str, resources: dict[str, float],
+                         placement: tuple[Any, ...] | None) -> None:
+        try:
+            self.submit_request(lease_id, resources, placement)
         except (InfeasibleError, ValueError) as e:
             self.send(owner, (Msg.LEASE_FAILED, lease_id, e))
             return
@@ -326,7 +359,7 @@ class ControlMixin:
     # ------------------------------------------------------------------ actors
     def on_create_actor(self, req_id: int, reply_to: str, actor_id: bytes, name: str,
                         registered_name: tuple[str, str] | None, spec: tuple[Any, ...],
-                        resources: dict[str, float], placement: tuple[str, int] | None,
+                        resources: dict[str, float], placement: tuple[Any, ...] | None,
                         max_restarts: int, meta: dict[str, Any]) -> None:
         if registered_name is not None and registered_name in self.named:
             other = self.actors.get(self.named[registered_name])
@@ -338,12 +371,13 @@ class ControlMixin:
                 return
         lease_id = new_id()
         try:
-            self.scheduler.submit(lease_id, resources, placement)
+            self.submit_request(lease_id, resources, placement)
         except (InfeasibleError, ValueError) as e:
             self.reply(reply_to, req_id, False, e)
             return
         actor = _Actor(actor_id, reply_to, name, registered_name, spec, resources, placement,
-                       max_restarts, meta, lease_id=lease_id)
+                       max_restarts, meta, lease_id=lease_id,
+                       detached=bool(meta.get("detached")))
         actor.subscribers.add(reply_to)
         self.actors[actor_id] = actor
         if registered_name is not None:
@@ -405,11 +439,29 @@ class ControlMixin:
         if actor.worker is not None:
             self.kill_worker(actor.worker, cause)
 
-    def on_actor_exiting(self, actor_id: bytes) -> None:
+    def on_actor_exiting(self, actor_id: bytes, cause: str | None = None) -> None:
         actor = self.actors.get(actor_id)
         if actor is not None:
             actor.no_restart = True
-            actor.cause = "it went out of scope (every handle to it was deleted)"
+            actor.cause = cause or "it went out of scope (every handle to it was deleted)"
+
+    def on_list_named_actors(self, req_id: int, reply_to: str, namespace: str | None) -> None:
+        """Live named actors: names in ``namespace``, or {name, namespace} rows for all."""
+        live = sorted(key for key, actor_id in self.named.items()
+                      if (a := self.actors.get(actor_id)) is not None
+                      and a.status is not ActorStatus.DEAD)
+        if namespace is None:
+            self.reply(reply_to, req_id, True, [{"name": n, "namespace": ns} for ns, n in live])
+        else:
+            self.reply(reply_to, req_id, True, [n for ns, n in live if ns == namespace])
+
+    def on_pg_table(self, req_id: int, reply_to: str, pg_id: str | None) -> None:
+        try:
+            table = self.scheduler.placement_group_table(pg_id)
+        except ValueError as e:
+            self.reply(reply_to, req_id, False, e)
+            return
+        self.reply(reply_to, req_id, True, table)
 
     def on_kill_actor(self, actor_id: bytes, no_restart: bool) -> None:
         actor = self.actors.get(actor_id)
@@ -442,7 +494,7 @@ class ControlMixin:
         self.publish(actor)
         lease_id = new_id()
         actor.lease_id = lease_id
-        self.scheduler.submit(lease_id, actor.resources, actor.placement)
+        self.submit_request(lease_id, actor.resources, actor.placement)
         self.leases[lease_id] = _Lease(lease_id, actor.owner, actor_id=actor.actor_id)
 
     def set_dead(self, actor: _Actor, cause: str) -> None:

@@ -141,6 +141,15 @@ class CoreState:
     def _on_actor_out_of_scope(self, actor_id: bytes) -> None:
         raise NotImplementedError
 
+    def actor_released(self, actor_id: bytes) -> bool:
+        raise NotImplementedError
+
+    def call_finished(self, client: Any) -> None:
+        raise NotImplementedError
+
+    def actor_reborrowed(self, actor_id: bytes) -> bool:
+        raise NotImplementedError
+
 
 class ObjectTableMixin(CoreState):
     """The objects this process owns or borrows, and reading/writing their values."""
@@ -157,7 +166,7 @@ class ObjectTableMixin(CoreState):
             if b is None:
                 b = self.borrowed[oid] = _Borrowed(owner)
             b.count += 1
-            if b.count == 1:
+            if b.count == 1 and not self.actor_reborrowed(oid):
                 self._send_quiet(owner, (Msg.BORROW, oid, self.ctl_addr))
 
     def remove_ref(self, oid: bytes, owner: str) -> None:
@@ -172,7 +181,7 @@ class ObjectTableMixin(CoreState):
             if b is None:
                 return
             b.count -= 1
-            if b.count <= 0:
+            if b.count <= 0 and self.actor_released(oid):
                 del self.borrowed[oid]
                 self._forget_mapping(oid)
                 self._send_quiet(owner, (Msg.RELEASE, oid, self.ctl_addr))
@@ -491,6 +500,26 @@ class ObjectTableMixin(CoreState):
             out.append(self.materialize(ref.id, value))
         return out
 
+    def set_results(self, return_id: bytes | tuple[bytes, ...], value: Any,
+                    holder: str | None = None) -> None:
+        """A call's result: one value, or for ``num_returns > 1`` a list of values (an
+        error value is the result of every return)."""
+        if not isinstance(return_id, tuple):
+            self.set_result(return_id, value, holder)
+        elif isinstance(value, list):
+            for oid, v in zip(return_id, value, strict=True):
+                self.set_result(oid, v, holder)
+        else:
+            for oid in return_id:
+                self.set_result(oid, value, holder)
+
+    def release_contained(self, holder: str | None,
+                          return_id: bytes | tuple[bytes, ...]) -> None:
+        """Nobody will read a result: its holder may drop the refs it keeps for it."""
+        if holder is not None:
+            for oid in return_ids(return_id):
+                self._send_quiet(holder, (Msg.RELEASE_CONTAINED, oid))
+
     def set_result(self, oid: bytes, value: tuple[Any, ...], holder: str | None = None) -> None:
         with self.lock:
             entry = self.owned.get(oid)
@@ -556,6 +585,15 @@ class ObjectTableMixin(CoreState):
         entry.value = self.store_value(oid, meta, buffers)
         return ObjectRef(oid, self.ctl_addr)
 
+    def failed_arg(self, arg_refs: list[ObjectRef]) -> tuple[Any, ...] | None:
+        """The error value of the first top-level argument owned here that holds one."""
+        with self.lock:
+            for ref in arg_refs:
+                value = self._lookup(ref)
+                if value is not None and value[0] == ERROR:
+                    return value
+        return None
+
     def describe_arg_refs(self, arg_refs: list[ObjectRef]) -> list[tuple[Any, ...]]:
         """For each top-level ref argument: (id, owner, value repr if already known here)."""
         if not arg_refs:
@@ -590,6 +628,10 @@ class ObjectTableMixin(CoreState):
 
 
 _NO_ARGS: tuple[Any, ...] = (pickle.dumps(((), {}), protocol=5), [])
+
+
+def return_ids(return_id: bytes | tuple[bytes, ...]) -> tuple[bytes, ...]:
+    return return_id if isinstance(return_id, tuple) else (return_id,)
 
 
 def _error_repr(err: BaseException) -> tuple[Any, ...]:

@@ -16,8 +16,8 @@ from trainkit.runtime._scheduler import PLACEMENT_STRATEGIES
 from trainkit.runtime._serialization import dumps
 from trainkit.runtime._serialization import inline_buffers
 
-__all__ = ["PlacementGroup", "PlacementGroupSchedulingStrategy", "placement_group",
-           "remove_placement_group"]
+__all__ = ["PlacementGroup", "PlacementGroupSchedulingStrategy", "get_current_placement_group",
+           "placement_group", "placement_group_table", "remove_placement_group"]
 
 
 class PlacementGroup:
@@ -101,6 +101,41 @@ def placement_group(bundles: list[dict[str, float]], strategy: str = "PACK",
     core.request_control(Msg.CREATE_PG, pg_id, clean, strategy, name,
                       what=f"creating placement group {clean}")
     return PlacementGroup(pg_id, clean, strategy, name)
+
+
+def placement_group_table(pg: PlacementGroup | None = None) -> dict[str, Any]:
+    """What Ray's ``placement_group_table`` reports: for ``pg``, its row (id, name,
+    bundles, bundles_to_node_id, strategy, state); with no argument, every group's row
+    by id (removed groups included, as state "REMOVED")."""
+    from trainkit.runtime._api import _ray
+
+    rb = _ray()
+    if rb is not None:
+        return rb.placement_group_table(pg)  # type: ignore[no-any-return]
+    if pg is not None and not isinstance(pg, PlacementGroup):
+        raise TypeError(f"placement_group_table() takes a PlacementGroup or nothing, got "
+                        f"{type(pg).__name__}")
+    table: dict[str, Any] = _core().request_control(
+        Msg.PG_TABLE, pg.id if pg is not None else None, what="the placement group table")
+    return table
+
+
+def get_current_placement_group() -> PlacementGroup | None:
+    """The placement group the calling task or actor runs in; None outside of one (and in
+    the driver)."""
+    from trainkit.runtime._api import _ray
+    from trainkit.runtime._runtime_context import current_placement
+
+    rb = _ray()
+    if rb is not None:
+        current: PlacementGroup | None = rb.current_placement_group()
+        return current
+    placement = current_placement()
+    if placement is None:
+        return None
+    row = placement_group_table(PlacementGroup(placement[0], [], "", ""))
+    bundles = [dict(b) for _, b in sorted(row["bundles"].items())]
+    return PlacementGroup(placement[0], bundles, row["strategy"], row.get("name", ""))
 
 
 def core_id() -> str:

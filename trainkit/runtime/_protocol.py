@@ -63,6 +63,7 @@ class Msg:
     TASK_DONE = 54
     CANCEL_TASK = 55
     OBJECT_VALUE = 56
+    CANCEL_REF = 57  # cancel a task this process owns, for a process holding its ref
     # -> a worker's execution inbox
     EXEC_TASK = 60
     BECOME_ACTOR = 61
@@ -86,6 +87,9 @@ class Msg:
     DRIVER_EXIT = 82
     NODE_LEASE_FAILED = 83
     NODE_DIED = 84  # also node service -> core worker
+    # core worker -> control plane (Ray Core parity)
+    LIST_NAMED_ACTORS = 85
+    PG_TABLE = 86
 
 
 def msg_name(kind: int) -> str:

@@ -139,6 +139,7 @@ def connect(address: str, *, namespace: str | None, log_to_driver: bool) -> None
     if address == "auto":
         address = _auto_address()
     host, port = parse_address(address)
+    _check_listening(address, host, port)
     auth = FrameAuth(load_secret())
     head_addr = f"tcp://{host}:{port}"
     session_dir = tempfile.mkdtemp(prefix=f"trainkit-{os.getpid()}-driver-", dir="/tmp")
@@ -183,6 +184,22 @@ def connect(address: str, *, namespace: str | None, log_to_driver: bool) -> None
     _cluster_driver = True
     _namespace = namespace or "default"
     _context.core = core
+
+
+def _check_listening(address: str, host: str, port: int) -> None:
+    """Fail at once, not after a long wait for an answer, when nothing listens there."""
+    import socket
+
+    try:
+        socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
+    except ConnectionRefusedError:
+        raise ConnectionError(
+            f"init(address={address!r}): nothing listens at {host}:{port} (connection "
+            "refused); is the head running there (`trainkit start --head --port ...`)?"
+        ) from None
+    except OSError as e:
+        raise ConnectionError(f"init(address={address!r}): cannot reach {host}:{port} "
+                              f"({e})") from None
 
 
 def _auto_address() -> str:

@@ -17,6 +17,7 @@ from trainkit.exceptions import TaskCancelledError
 from trainkit.exceptions import WorkerCrashedError
 from trainkit.runtime._objects import ObjectTableMixin
 from trainkit.runtime._objects import _error_repr
+from trainkit.runtime._objects import return_ids
 from trainkit.runtime._protocol import ERROR
 from trainkit.runtime._protocol import Msg
 from trainkit.runtime._protocol import new_id
@@ -35,10 +36,10 @@ class TaskSpec:
     args: tuple[Any, ...]  # (meta, inline buffers) or (None, STORED repr)
     arg_refs: list[ObjectRef]
     held_refs: list[ObjectRef]
-    return_id: bytes
+    return_id: bytes | tuple[bytes, ...]  # a tuple for num_returns > 1
     key: tuple[Any, ...]
     resources: dict[str, float]
-    placement: tuple[str, int] | None
+    placement: tuple[Any, ...] | None
     retries_left: int
     retry_exceptions: bool | tuple[type[BaseException], ...]
     attempt: int = 0
@@ -60,7 +61,7 @@ class _Lease:
 class _Queue:
     key: tuple[Any, ...]
     resources: dict[str, float]
-    placement: tuple[str, int] | None
+    placement: tuple[Any, ...] | None
     pending: deque[TaskSpec] = field(default_factory=deque)
     requesting: int = 0  # lease requests sent and not answered yet
 
@@ -84,13 +85,23 @@ class TaskSubmitterMixin(ObjectTableMixin):
             for r in pending:
                 self.owned[r.id].waiters.append(partial(self._dep_ready, spec))
             if spec.deps == 0:
-                self._enqueue(spec)
+                self._deps_resolved(spec)
 
     def _dep_ready(self, spec: TaskSpec) -> None:
         with self.lock:
             spec.deps -= 1
             if spec.deps == 0:
-                self._enqueue(spec)
+                self._deps_resolved(spec)
+
+    def _deps_resolved(self, spec: TaskSpec) -> None:
+        """Every argument this process owns has its value: run the task, unless one of
+        them is an error (a failed or cancelled task): then that error is the task's
+        result too, without running it, as in Ray."""
+        error = self.failed_arg(spec.arg_refs)
+        if error is not None:
+            self._finish_task(spec, error)
+            return
+        self._enqueue(spec)
 
     def _enqueue(self, spec: TaskSpec, front: bool = False) -> None:
         if spec.cancelled:
@@ -125,7 +136,7 @@ class TaskSubmitterMixin(ObjectTableMixin):
         descs = self.describe_arg_refs(spec.arg_refs)
         self._send_quiet(lease.exec_addr, (
             Msg.EXEC_TASK, spec.task_id, spec.name, spec.fn_id, blob, spec.args, descs,
-            spec.return_id, self.ctl_addr, lease.gpu_ids, spec.attempt))
+            spec.return_id, self.ctl_addr, lease.gpu_ids, spec.attempt, spec.key))
 
     def _on_lease_granted(self, lease_id: bytes, worker_id: bytes, exec_addr: str,
                           ctl_addr: str, gpu_ids: tuple[int, ...]) -> None:
@@ -159,27 +170,27 @@ class TaskSubmitterMixin(ObjectTableMixin):
 
     def _finish_task(self, spec: TaskSpec, value: tuple[Any, ...],
                      holder: str | None = None) -> None:
-        self.set_result(spec.return_id, value, holder)
+        self.set_results(spec.return_id, value, holder)
         spec.arg_refs = []
         spec.held_refs = []
 
-    def _on_task_done(self, task_id: bytes, return_id: bytes, value: tuple[Any, ...],
-                      holder: str | None) -> None:
+    def _on_task_done(self, task_id: bytes, return_id: bytes | tuple[bytes, ...],
+                      value: Any, holder: str | None) -> None:
         with self.lock:
             client = self.call_owner.pop(task_id, None)
             if client is not None:
                 call = client.inflight.pop(task_id, None)
-                if call is not None:
-                    call.arg_refs = []
-                    call.held_refs = []
-                    self.set_result(return_id, value, holder)
-                elif holder is not None:
-                    self._send_quiet(holder, (Msg.RELEASE_CONTAINED, return_id))
+                if call is None:
+                    self.release_contained(holder, return_id)
+                    return
+                call.arg_refs = []
+                call.held_refs = []
+                self.set_results(return_id, value, holder)
+                self.call_finished(client)
                 return
             q, lease = self.running.pop(task_id, (None, None))
             if q is None or lease is None:
-                if holder is not None:
-                    self._send_quiet(holder, (Msg.RELEASE_CONTAINED, return_id))
+                self.release_contained(holder, return_id)
                 return
             spec = lease.task
             lease.task = None
@@ -240,14 +251,14 @@ class TaskSubmitterMixin(ObjectTableMixin):
         with self.lock:
             for q in self.queues.values():
                 for spec in q.pending:
-                    if spec.return_id == ref.id:
+                    if ref.id in return_ids(spec.return_id):
                         q.pending.remove(spec)
                         spec.cancelled = True
                         self._finish_task(spec, _error_repr(TaskCancelledError(spec.name)))
                         return
             for task_id, (_q, lease) in self.running.items():
                 running = lease.task
-                if running is not None and running.return_id == ref.id:
+                if running is not None and ref.id in return_ids(running.return_id):
                     running.cancelled = True
                     if force:
                         self._send_quiet(self.control_addr, (Msg.KILL_WORKER, lease.worker_id))
