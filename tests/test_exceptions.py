@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import enum
 import pickle
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -30,6 +32,8 @@ SAMPLE_ARGS: dict[str, tuple[Any, ...]] = {
     "ObjectLostError": ("0f0f0f0f", "its owner died"),
     "TaskCancelledError": ("step()",),
     "TaskError": ("step", REMOTE_TRACEBACK, ValueError("bad batch"), 4242),
+    "InvalidTransitionError": ("Trial", "trial 00003", "TERMINATED", "move to RUNNING",
+                               ("PENDING -> RUNNING", "RUNNING -> TERMINATED")),
 }
 
 ROUND_TRIPS: dict[str, Callable[[BaseException], BaseException]] = {
@@ -114,3 +118,65 @@ def test_task_error_as_cause_unpickles_in_a_fresh_process() -> None:
         [sys.executable, "-c", code], cwd=REPO, input=payload, capture_output=True, timeout=60
     )
     assert proc.returncode == 0, proc.stderr.decode()
+
+
+def _drawn_tree() -> list[tuple[str, str | None]]:
+    """(name, parent) for every class the module docstring draws, parents by indentation."""
+    doc = exc.__doc__ or ""
+    drawing = doc.split("```text\n", 1)[1].split("```", 1)[0]
+    pairs: list[tuple[str, str | None]] = []
+    stack: list[tuple[int, str]] = []
+    for line in drawing.splitlines():
+        match = re.match(r"( *)([A-Za-z]\w*)", line)
+        if match is None:
+            continue
+        depth, name = len(match.group(1)), match.group(2)
+        while stack and stack[-1][0] >= depth:
+            stack.pop()
+        pairs.append((name, stack[-1][1] if stack else None))
+        stack.append((depth, name))
+    return pairs
+
+
+def test_the_drawn_tree_is_the_class_tree() -> None:
+    drawn = _drawn_tree()
+    assert sorted(name for name, _ in drawn) == sorted(exc.__all__)
+    for name, parent in drawn:
+        cls = getattr(exc, name)
+        if parent is None:
+            assert cls is exc.TrainkitError
+        else:
+            assert getattr(exc, parent) in cls.__bases__, f"{name} is drawn under {parent}"
+
+
+def test_invalid_transition_is_a_bug_report_naming_machine_state_and_event() -> None:
+    class Light(enum.Enum):
+        RED = "red"
+        GREEN = "green"
+
+    err = exc.InvalidTransitionError("TrafficLight", "light 7", Light.RED, "move to BLUE",
+                                     [f"{Light.GREEN.name} -> {Light.RED.name}"])
+
+    assert isinstance(err, exc.TrainkitInternalError)
+    assert not isinstance(err, ValueError | TypeError)  # a bug in trainkit, not the user's
+    assert (err.machine, err.entity, err.state, err.event) == \
+        ("TrafficLight", "light 7", "RED", "move to BLUE")  # enum members kept by name
+    assert err.history == ("GREEN -> RED",)
+    text = str(err)
+    assert "TrafficLight light 7: move to BLUE is not allowed in state RED" in text
+    assert "GREEN -> RED" in text and "bug in trainkit" in text
+
+
+def test_invalid_transition_message_shows_only_the_recent_history() -> None:
+    moves = [f"move {i}" for i in range(25)]
+    err = exc.InvalidTransitionError("Trial", "trial 1", "PAUSED", "move to RUNNING", moves)
+
+    assert err.history == tuple(moves)
+    assert "15 earlier moves; move 15;" in str(err) and "move 14;" not in str(err)
+
+
+def test_tune_error_is_public_in_tune_too() -> None:
+    from trainkit import tune
+
+    assert tune.TuneError is exc.TuneError
+    assert issubclass(exc.TuneError, exc.TrainkitError)

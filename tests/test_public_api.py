@@ -27,12 +27,15 @@ PUBLIC = {
         "get_checkpoint", "get_context", "get_dataset_shard", "report", "torch",
     ],
     "trainkit.train.torch": ["get_device", "prepare_data_loader", "prepare_model"],
+    # The seam for hosts that run a training loop outside a Trainer (Tune's trial actor).
+    "trainkit.train.hosting": ["CheckpointRecord", "ReportSink", "RunCheckpoints", "TrainContext",
+                               "hosted_loop", "run_loop"],
     "trainkit.tune": [
         "Checkpoint", "Result", "ResultGrid", "Stopper", "Trainable", "TrialState", "TuneConfig",
-        "Tuner", "choice", "get_checkpoint", "get_context", "grid_search", "lograndint",
-        "loguniform", "qlograndint", "qloguniform", "qrandint", "qrandn", "quniform", "randint",
-        "randn", "report", "sample_from", "schedulers", "search", "uniform", "with_parameters",
-        "with_resources",
+        "TuneError", "Tuner", "choice", "get_checkpoint", "get_context", "grid_search",
+        "lograndint", "loguniform", "qlograndint", "qloguniform", "qrandint", "qrandn", "quniform",
+        "randint", "randn", "report", "sample_from", "schedulers", "search", "uniform",
+        "with_parameters", "with_resources",
     ],
     "trainkit.tune.search": ["BasicVariantGenerator", "ConcurrencyLimiter", "OptunaSearch",
                              "Searcher"],
@@ -41,10 +44,10 @@ PUBLIC = {
         "MedianStoppingRule", "PopulationBasedTraining", "TrialScheduler",
     ],
     "trainkit.exceptions": [
-        "ActorDiedError", "GetTimeoutError", "InfeasibleError", "ObjectLostError",
-        "OutOfMemoryError", "RuntimeSystemError", "TaskCancelledError", "TaskError",
-        "TrainingFailedError", "TrainkitError", "TrainkitInternalError", "TransportClosedError",
-        "WorkerCrashedError",
+        "ActorDiedError", "GetTimeoutError", "InfeasibleError", "InvalidTransitionError",
+        "ObjectLostError", "OutOfMemoryError", "RuntimeSystemError", "TaskCancelledError",
+        "TaskError", "TrainingFailedError", "TrainkitError", "TrainkitInternalError",
+        "TransportClosedError", "TuneError", "WorkerCrashedError",
     ],
 }
 

@@ -10,6 +10,7 @@ TrainkitError
   InfeasibleError                (also ValueError) a request no node can ever satisfy
   OutOfMemoryError               (also MemoryError) object store full, nothing spillable
   TrainingFailedError            Trainer.fit() failed and the failure budget is spent
+  TuneError                      the sweep itself cannot go on (e.g. a metric no trial reports)
   RuntimeSystemError             the runtime itself failed
     ActorDiedError
     WorkerCrashedError
@@ -17,18 +18,27 @@ TrainkitError
     TaskCancelledError
     TransportClosedError
     TrainkitInternalError        a bug in trainkit: please report it
+      InvalidTransitionError     a state machine was asked for a move its table does not allow
 ```
+
+``InvalidTransitionError`` is the one error of every lifecycle table in trainkit (the Train
+controller's ``ControllerState``, Tune's ``TrialState``, the runtime's actor states): it names
+the machine, the entity, the state it was in and the event it was refused, with the recent
+history, so a report can show how the entity got there.
 """
 
 from __future__ import annotations
 
 import builtins
+import enum
+from collections.abc import Iterable
 from typing import Any
 
 __all__ = [
     "ActorDiedError",
     "GetTimeoutError",
     "InfeasibleError",
+    "InvalidTransitionError",
     "ObjectLostError",
     "OutOfMemoryError",
     "RuntimeSystemError",
@@ -38,6 +48,7 @@ __all__ = [
     "TrainkitError",
     "TrainkitInternalError",
     "TransportClosedError",
+    "TuneError",
     "WorkerCrashedError",
 ]
 
@@ -108,6 +119,59 @@ class TransportClosedError(RuntimeSystemError):
 
 class TrainkitInternalError(RuntimeSystemError):
     """A bug in trainkit itself: please report it with the traceback."""
+
+
+_HISTORY_SHOWN = 10  # the last moves a message shows; the ``history`` field keeps them all
+
+
+class InvalidTransitionError(TrainkitInternalError):
+    """A state machine was asked for a move its transition table does not allow.
+
+    That is always a bug in trainkit (the code that asked for the move), never the user's
+    mistake. States may be given as Enum members; they are kept by name, so the error pickles
+    without the enum's module.
+
+    Args:
+        machine: the state machine, e.g. ``"TrainController"`` or ``"Trial"``.
+        entity: which one of its kind, e.g. ``"run exp"`` or ``"trial 00003"``.
+        state: the state it was in.
+        event: the move it was refused, e.g. ``"move to FINISHED"``.
+        history: its earlier moves, oldest first, e.g. ``("PENDING -> RUNNING",)``.
+
+    Example:
+        >>> err = InvalidTransitionError("Trial", "trial 00003", TrialState.TERMINATED,
+        ...                              "move to RUNNING", ["PENDING -> RUNNING"])
+        >>> str(err)  # doctest: +ELLIPSIS
+        'Trial trial 00003: move to RUNNING is not allowed in state TERMINATED (history: ...'
+    """
+
+    def __init__(self, machine: str = "", entity: str = "", state: object = "",
+                 event: str = "", history: Iterable[object] = ()) -> None:
+        state_name = _state_name(state)
+        moves = tuple(str(move) for move in history)
+        super().__init__(machine, entity, state_name, event, moves)
+        self.machine = machine
+        self.entity = entity
+        self.state = state_name
+        self.event = event
+        self.history = moves
+
+    def __str__(self) -> str:
+        shown = self.history[-_HISTORY_SHOWN:]
+        earlier = len(self.history) - len(shown)
+        story = "; ".join(([f"{earlier} earlier moves"] if earlier else []) + list(shown))
+        return (f"{self.machine} {self.entity}: {self.event} is not allowed in state "
+                f"{self.state} (history: {story or 'none'}). This is a bug in trainkit: "
+                "please report it with this message and the traceback")
+
+
+def _state_name(state: object) -> str:
+    return state.name if isinstance(state, enum.Enum) else str(state)
+
+
+class TuneError(TrainkitError):
+    """The sweep itself cannot go on: a misconfiguration found while it runs, such as a
+    ``TuneConfig(metric=...)`` that no trial reports (a trial's own error is in its result)."""
 
 
 class GetTimeoutError(TrainkitError, builtins.TimeoutError):

@@ -32,6 +32,17 @@ STAGING_DIR = ".staging"
 _PREFIX = "checkpoint_"
 
 
+def checkpoint_dir_name(number: int) -> str:
+    """The folder of committed checkpoint ``number``: ``checkpoint_000001`` for 1."""
+    return f"{_PREFIX}{number:06d}"
+
+
+def checkpoint_number(name: str) -> int | None:
+    """The number in a folder name ``checkpoint_NNNNNN``; None for any other name."""
+    digits = name[len(_PREFIX):]
+    return int(digits) if name.startswith(_PREFIX) and digits.isdigit() else None
+
+
 @dataclass(frozen=True, slots=True)
 class CheckpointRecord:
     """One committed checkpoint and the metrics reported with it."""
@@ -92,7 +103,7 @@ class CheckpointManager:
     def commit(self, staged: str, metrics: dict[str, Any]) -> CheckpointRecord:
         """Make the complete folder ``staged`` the run's newest checkpoint."""
         number = self.next_number
-        path = os.path.join(self.run_dir, f"{_PREFIX}{number:06d}")
+        path = os.path.join(self.run_dir, checkpoint_dir_name(number))
         os.replace(staged, path)
         self.next_number = number + 1
         record = CheckpointRecord(number, path, metrics)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 from typing import Final
 
+from trainkit.exceptions import InvalidTransitionError
 from trainkit.exceptions import TaskError
 from trainkit.exceptions import TrainingFailedError
 from trainkit.train._config import RunConfig
@@ -64,13 +65,6 @@ _TRANSITIONS: Final[Mapping[ControllerState, frozenset[ControllerState]]] = {
     ControllerState.FINISHED: frozenset(),
     ControllerState.ERRORED: frozenset(),
 }
-
-
-class InvalidTransitionError(RuntimeError):
-    def __init__(self, frm: ControllerState, to: ControllerState,
-                 history: list[tuple[ControllerState, ControllerState, str]]) -> None:
-        super().__init__(f"illegal controller transition {frm.name} -> {to.name}; "
-                         f"history: {[(a.name, b.name, r) for a, b, r in history]}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +116,9 @@ class TrainController:
 
     def _transition(self, to: ControllerState, reason: str) -> None:
         if to not in _TRANSITIONS[self.state]:
-            raise InvalidTransitionError(self.state, to, list(self.history))
+            raise InvalidTransitionError(
+                "TrainController", f"run {self.name}", self.state, f"move to {to.name} ({reason})",
+                [f"{a.name} -> {b.name} ({r})" for a, b, r in self.history])
         self.history.append((self.state, to, reason))
         self.state = to
 

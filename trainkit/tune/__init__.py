@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from trainkit.exceptions import TuneError
 from trainkit.train import Checkpoint
 from trainkit.train import get_checkpoint
 from trainkit.train import get_context
@@ -43,6 +44,7 @@ __all__ = [
     "Trainable",
     "TrialState",
     "TuneConfig",
+    "TuneError",
     "Tuner",
     "choice",
     "get_checkpoint",

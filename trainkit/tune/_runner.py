@@ -14,13 +14,15 @@ import os
 import shutil
 import time
 from collections import defaultdict
+from collections import deque
 from dataclasses import dataclass
 from dataclasses import field
 from typing import Any
 
 import trainkit.runtime as rt
 from trainkit._atomic import write_atomic
-from trainkit.exceptions import TrainkitError
+from trainkit.exceptions import InvalidTransitionError
+from trainkit.exceptions import TuneError
 from trainkit.train import RunConfig
 from trainkit.tune._config import TuneConfig
 from trainkit.tune._experiment_state import Journal
@@ -40,10 +42,7 @@ from trainkit.tune._trial_actor import TrialSpec
 
 POLL_WAIT_S = 5.0
 MAX_PENDING_TRIALS = 16  # created ahead of capacity with the default searcher
-
-
-class TuneError(TrainkitError):
-    """The sweep itself cannot go on (a misconfiguration found while running)."""
+HISTORY_LENGTH = 20  # moves a trial remembers for an InvalidTransitionError (the journal has all)
 
 
 @dataclass(eq=False)
@@ -65,6 +64,7 @@ class Trial:
     exploit: Exploit | None = None
     exploits: int = 0
     stop_requested: bool = False
+    history: deque[str] = field(default_factory=lambda: deque(maxlen=HISTORY_LENGTH))
 
     @property
     def iteration(self) -> int:
@@ -210,8 +210,10 @@ class TuneRunner:
 
     def _set_state(self, trial: Trial, to: TrialState, error: str | None = None) -> None:
         if to is not trial.state and to not in TRANSITIONS[trial.state]:
-            raise TuneError(f"trial {trial.trial_id}: illegal move {trial.state.name} -> "
-                            f"{to.name}")
+            raise InvalidTransitionError("Trial", f"trial {trial.trial_id}", trial.state,
+                                         f"move to {to.name}", trial.history)
+        trial.history.append(f"{trial.state.name} -> {to.name}"
+                             + (f" ({error.splitlines()[0]})" if error else ""))
         trial.state = to
         trial.error = error
         self.journal.append(e="state", id=trial.trial_id, state=to.value, error=error,

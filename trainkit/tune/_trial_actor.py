@@ -31,10 +31,9 @@ from trainkit._result_log import count_results
 from trainkit._result_log import trim_results
 from trainkit.train import Checkpoint
 from trainkit.train import CheckpointConfig
-from trainkit.train._checkpoint_manager import CheckpointManager
-from trainkit.train._session import Session
-from trainkit.train._session import TrainContext
-from trainkit.train._session import set_session
+from trainkit.train import TrainContext
+from trainkit.train.hosting import RunCheckpoints
+from trainkit.train.hosting import hosted_loop
 from trainkit.tune._hparams import write_session_end
 from trainkit.tune._hparams import write_session_start
 
@@ -117,7 +116,7 @@ class TrialActor:
             self._emit("done", "finished", trial.latest_checkpoint())
 
 
-def _newest(given: str | None, checkpoints: CheckpointManager) -> str | None:
+def _newest(given: str | None, checkpoints: RunCheckpoints) -> str | None:
     """The checkpoint a trial resumes from: the driver's, unless the trial's own folder holds
     a newer one (the driver died after the trial committed it, before journaling it). A PBT
     exploit's copy of a donor's checkpoint (not a ``checkpoint_*`` folder) always wins."""
@@ -126,16 +125,13 @@ def _newest(given: str | None, checkpoints: CheckpointManager) -> str | None:
         return given
     if given is None:
         return own.path
-    name = os.path.basename(given.rstrip(os.sep))
-    if not name.startswith("checkpoint_"):
+    number = checkpoints.number_of(given)
+    if number is None:
         return given
-    try:
-        return own.path if own.number > int(name.rsplit("_", 1)[1]) else given
-    except ValueError:
-        return given
+    return own.path if own.number > number else given
 
 
-def _iteration_of(path: str | None, checkpoints: CheckpointManager) -> int | None:
+def _iteration_of(path: str | None, checkpoints: RunCheckpoints) -> int | None:
     """The iteration a committed checkpoint of this trial was taken at (None: not one of
     its own, e.g. a PBT exploit's copy of a donor's)."""
     for record in checkpoints.records:
@@ -162,7 +158,7 @@ class _TrialRun:
         self.iteration = count_results(spec.trial_dir)
         self.started = time.monotonic()
         self.last_report = self.started
-        self.checkpoints: CheckpointManager | None = None
+        self.checkpoints: RunCheckpoints | None = None
         self.log: ResultLog | None = None  # result.json & co. (a Trainer writes its own)
         self.hparams_log: ResultLog | None = None  # a Trainer trial's HParams summaries
         self.committed: str | None = spec.checkpoint
@@ -171,7 +167,6 @@ class _TrialRun:
         return self.committed
 
     def close(self, ok: bool) -> None:
-        set_session(None)
         for log in (self.log, self.hparams_log):
             if log is not None:
                 write_session_end(log, ok)
@@ -183,8 +178,7 @@ class _TrialRun:
         if spec.kind == "trainer":
             self._run_trainer(trainable)
             return
-        os.makedirs(spec.trial_dir, exist_ok=True)
-        self.checkpoints = CheckpointManager(spec.trial_dir, spec.checkpoint_config)
+        self.checkpoints = RunCheckpoints(spec.trial_dir, spec.checkpoint_config)
         self.committed = _newest(spec.checkpoint, self.checkpoints)
         resumed = _iteration_of(self.committed, self.checkpoints)
         if resumed is not None:  # rows logged after that checkpoint are run again
@@ -200,11 +194,11 @@ class _TrialRun:
                                run_path=spec.trial_dir, trial_id=spec.trial_id,
                                trial_name=spec.trial_name)
         checkpoint = Checkpoint(self.committed) if self.committed else None
-        set_session(Session(context, checkpoint, {}, self._report_copying))
-        if spec.kind == "function":
-            trainable(dict(spec.config))
-        else:
-            self._run_class(trainable)
+        with hosted_loop(context, on_report=self._report_copying, checkpoint=checkpoint):
+            if spec.kind == "function":
+                trainable(dict(spec.config))
+            else:
+                self._run_class(trainable)
 
     # -- reporting -----------------------------------------------------------------------
     def _report_copying(self, metrics: dict[str, Any], checkpoint: Checkpoint | None) -> None:
@@ -218,11 +212,8 @@ class _TrialRun:
     def _commit(self, write: Any, metrics: dict[str, Any]) -> str:
         """Commit the checkpoint ``write`` makes, as that of iteration ``self.iteration``."""
         assert self.checkpoints is not None
-        staged = self.checkpoints.staging_dir(f"i{self.iteration:06d}")
-        os.makedirs(staged, exist_ok=True)
-        write(staged)
         record = {**metrics, "training_iteration": self.iteration}
-        self.committed = self.checkpoints.commit(staged, record).path
+        self.committed = self.checkpoints.commit(write, record).path
         return self.committed
 
     def _report(self, metrics: dict[str, Any], checkpoint_path: str | None,
@@ -238,7 +229,7 @@ class _TrialRun:
                   "timestamp": time.time(), "trial_id": self.spec.trial_id}
         self.last_report = now
         if write is not None and self.checkpoints is not None:
-            result["checkpoint_dir_name"] = f"checkpoint_{self.checkpoints.next_number:06d}"
+            result["checkpoint_dir_name"] = self.checkpoints.next_dir_name
         elif checkpoint_path is not None:
             result["checkpoint_dir_name"] = os.path.basename(checkpoint_path)
         if self.log is not None:

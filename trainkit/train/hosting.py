@@ -1,0 +1,47 @@
+"""Train's seam for hosts: code that runs a training function outside a Trainer.
+
+Who may use it: trainkit's own higher layers (today Tune's trial actor, which runs a function
+trial as a one-rank training loop), never user code, and nothing else in Train's private
+modules. ``pyproject.toml``'s import-linter contract "tune uses only train's public API and
+its hosting seam" enforces that for Tune.
+
+What it promises (and a change to it is a deliberate diff: its ``__all__`` is checked in
+``tests/test_public_api.py``, its behaviour in ``tests/train/test_hosting.py``):
+
+- ``run_loop(fn, config, context=..., on_report=..., checkpoint=...)`` runs ``fn(config)``
+  here, in this thread; inside it ``train.report`` hands each report to ``on_report``,
+  ``train.get_checkpoint()`` returns ``checkpoint`` and ``train.get_context()`` returns
+  ``context``. ``hosted_loop(...)`` is the same as a context manager, for a host that drives
+  the loop itself (a class trainable's ``step()`` calls). ``ReportSink`` is the type of
+  ``on_report``.
+- ``RunCheckpoints(run_dir, checkpoint_config)`` commits checkpoints into a run folder the
+  way a Trainer does (atomically, retained by ``CheckpointConfig``) and lists them as
+  ``CheckpointRecord``s (``number``, ``path``, ``metrics``, ``checkpoint``).
+- ``TrainContext`` (also in ``trainkit.train``) is what the host describes the rank with.
+
+Example:
+    >>> from trainkit.train.hosting import run_loop
+    >>> reports = []
+    >>> run_loop(lambda config: train.report({"x": config["x"]}), {"x": 1},
+    ...          context=context, on_report=lambda m, c: reports.append(m))
+    >>> reports
+    [{'x': 1}]
+"""
+
+from __future__ import annotations
+
+from trainkit.train._checkpoint_manager import CheckpointRecord
+from trainkit.train._host import ReportSink
+from trainkit.train._host import RunCheckpoints
+from trainkit.train._host import hosted_loop
+from trainkit.train._host import run_loop
+from trainkit.train._session import TrainContext
+
+__all__ = [
+    "CheckpointRecord",
+    "ReportSink",
+    "RunCheckpoints",
+    "TrainContext",
+    "hosted_loop",
+    "run_loop",
+]
