@@ -603,6 +603,10 @@ def _status(args: argparse.Namespace) -> int:
         counts = ", ".join(f"{k} {v}" for k, v in rejected)
         lines.append(f"frames the head rejected: {counts} (a peer with another secret, or "
                      "traffic that is not trainkit's)")
+        if any(k.endswith("bad_message") for k, _ in rejected):
+            lines.append("  bad_message: signed with this cluster's secret, but not a message "
+                         "the head understands (another trainkit version, or a bug; its log "
+                         "names the first one)")
     print("\n".join(lines))
     return 0
 

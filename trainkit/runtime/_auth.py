@@ -37,6 +37,9 @@ from typing import Protocol
 VERSION = 1
 MAC_BYTES = 32
 REASONS = ("malformed", "bad_mac", "replay", "stale", "oversize")
+# Counted by a receiver (``count``) for an authentic frame it still drops: its payload is
+# not a message the receiver understands. Listed in ``rejected`` once one is counted.
+RECEIVER_REASONS = ("bad_message",)
 
 _HEADER = struct.Struct("!B16sQdI")
 FRAME_OVERHEAD_BYTES = _HEADER.size + MAC_BYTES
@@ -80,7 +83,8 @@ class FrameAuth:
     Attributes:
         max_frame_bytes: The ``max_frame_bytes`` argument.
         window_s: The ``window_s`` argument.
-        rejected: Number of frames rejected, per reason in ``REASONS``.
+        rejected: Number of frames rejected, per reason in ``REASONS`` (by ``verify``), and
+            per reason in ``RECEIVER_REASONS`` once the receiver counted one (``count``).
     """
 
     def __init__(
@@ -187,6 +191,14 @@ class FrameAuth:
             if len(self._last_seen) > self._max_senders:
                 self._last_seen.popitem(last=False)
         return payload
+
+    def count(self, reason: str) -> None:
+        """Count a frame dropped for ``reason`` (in ``REASONS`` or ``RECEIVER_REASONS``)."""
+        if reason not in REASONS and reason not in RECEIVER_REASONS:
+            raise ValueError(f"unknown rejection reason {reason!r}; one of "
+                             f"{REASONS + RECEIVER_REASONS}")
+        with self._lock:
+            self.rejected[reason] = self.rejected.get(reason, 0) + 1
 
     def _mac(self, header: bytes | memoryview, payload: bytes | memoryview) -> bytes:
         """HMAC-SHA256 (RFC 2104) of header + payload, equal to ``hmac.new(key, ..., "sha256")``.

@@ -284,11 +284,19 @@ class NodeService(ControlMixin):
     def dispatch(self, msg: tuple[Any, ...]) -> None:
         handler = self.handlers.get(msg[0])
         if handler is None:
-            print(f"trainkit node: unknown message {msg[0]!r}", file=sys.stderr)
+            self.inbox.drop("bad_message", f"a message of unknown kind {msg[0]!r}")
             return
         try:
             handler(*msg[1:])
         except Exception:
+            import inspect
+
+            try:  # only on failure: did the handler run, or do its fields not fit it?
+                inspect.signature(handler).bind(*msg[1:])
+            except TypeError:
+                self.inbox.drop("bad_message", f"a {msg_name(msg[0])} message with "
+                                f"{len(msg) - 1} fields")
+                return
             print("trainkit node: internal error handling", msg_name(msg[0]), file=sys.stderr)
             traceback.print_exc()
 

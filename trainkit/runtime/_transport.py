@@ -9,7 +9,10 @@ Embedded mode binds ipc:// paths and sends bare pickles. Cluster mode binds tcp:
 node's address and signs every frame (:class:`~trainkit.runtime._auth.FrameAuth`): an inbox
 verifies a frame before a single byte of it is unpickled, drops what fails and counts it
 (``rejected``), and refuses frames over the size limit without allocating them
-(``ZMQ_MAXMSGSIZE``).
+(``ZMQ_MAXMSGSIZE``). An authentic frame whose payload is not a ``(kind, ...)`` tuple is
+dropped too and counted as ``bad_message``; so is one its reader cannot dispatch (``drop``).
+A peer that connects and never completes the ZeroMQ handshake is disconnected after
+``HANDSHAKE_S`` (idle raw connections cost a file descriptor each until then, nothing else).
 
 Threading: an inbox is read by one thread. ``Outbox.send`` may be called from any
 thread; each peer socket is guarded by its own lock (frames to one peer are signed and
@@ -19,6 +22,7 @@ sent under it, so their counters arrive in order).
 from __future__ import annotations
 
 import pickle
+import sys
 import threading
 from typing import Any
 
@@ -27,6 +31,10 @@ import zmq
 from trainkit.runtime._auth import FRAME_OVERHEAD_BYTES
 from trainkit.runtime._auth import AuthError
 from trainkit.runtime._auth import FrameAuth
+
+# A tcp peer that has not completed the ZMTP handshake by then is disconnected (libzmq's
+# default is 30 s). Loopback and LAN handshakes take milliseconds, done by zmq's I/O thread.
+HANDSHAKE_S = 10.0
 
 
 def make_context() -> zmq.Context[Any]:
@@ -61,9 +69,12 @@ class Inbox:
         self.auth = auth
         if auth is not None:
             self.socket.setsockopt(zmq.MAXMSGSIZE, auth.max_frame_bytes)
+            self.socket.setsockopt(zmq.HANDSHAKE_IVL, int(HANDSHAKE_S * 1000))
         self.socket.bind(address)
         self.address = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self.port = port_of(self.address)
+        self._dropped: dict[str, int] = {}  # embedded mode: there is no auth to count in
+        self._logged: set[str] = set()
 
     def _decode(self, flags: int) -> tuple[Any, ...] | None:
         if self.auth is None:
@@ -74,8 +85,30 @@ class Inbox:
             payload = self.auth.verify(frames, self.port)
         except AuthError:
             return None  # dropped and counted in auth.rejected
-        msg = pickle.loads(payload)
+        # Authentic, so unpickling it is safe; what it unpickles to is still unchecked.
+        try:
+            msg = pickle.loads(payload)
+        except Exception as e:
+            self.drop("bad_message", f"a payload that does not unpickle ({type(e).__name__})")
+            return None
+        if type(msg) is not tuple or not msg or type(msg[0]) is not int:
+            self.drop("bad_message", f"a payload that unpickles to a {type(msg).__name__}, "
+                      "not a (kind, ...) tuple")
+            return None
         return msg
+
+    def drop(self, reason: str, what: str) -> None:
+        """Count a received message that is dropped for ``reason`` (e.g. "bad_message": its
+        kind or fields are not ones the reader knows). The first one of each reason is
+        logged to stderr; later ones are only counted."""
+        if self.auth is not None:
+            self.auth.count(reason)
+        else:
+            self._dropped[reason] = self._dropped.get(reason, 0) + 1
+        if reason not in self._logged:
+            self._logged.add(reason)
+            print(f"trainkit: dropped {what} received on {self.address} ({reason}); further "
+                  "ones are counted, not logged", file=sys.stderr, flush=True)
 
     def recv(self) -> tuple[Any, ...]:
         while True:
@@ -95,7 +128,7 @@ class Inbox:
 
     @property
     def rejected(self) -> dict[str, int]:
-        return dict(self.auth.rejected) if self.auth is not None else {}
+        return dict(self.auth.rejected) if self.auth is not None else dict(self._dropped)
 
     def close(self) -> None:
         self.socket.close(0)

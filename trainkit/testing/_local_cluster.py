@@ -11,6 +11,8 @@ loopback tcp with a secret of their own, exactly as machines of a real cluster d
         cluster.remove_node(node_id)      # SIGKILL: a node failure
 
 Every process it starts stops when the process that made the cluster exits, however it exits.
+Their output goes to this process's stderr, or with ``log_dir`` to one file per node there
+(:meth:`LocalCluster.log_path`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import os
 import secrets
 import signal
 import subprocess
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -31,14 +34,19 @@ class LocalCluster:
     Args:
         num_cpus, num_gpus, resources, object_store_memory: the head node's resources
             (``object_store_memory`` defaults to 256 MiB per node here).
+        log_dir: A folder for each node's output (``head-0.log``, ``node-1.log``, ...); by
+            default it goes to this process's stderr.
     """
 
     def __init__(self, *, num_cpus: float = 1, num_gpus: int = 0,
                  resources: dict[str, float] | None = None,
                  object_store_memory: int | None = None, host: str = "127.0.0.1",
-                 head_timeout_s: float | None = None) -> None:
+                 head_timeout_s: float | None = None,
+                 log_dir: str | os.PathLike[str] | None = None) -> None:
         self.host = host
         self.head_timeout_s = head_timeout_s
+        self.log_dir = Path(log_dir) if log_dir is not None else None
+        self._logs: dict[str, Path] = {}
         self.secret = secrets.token_hex(32).encode()
         self._procs: dict[str, tuple[subprocess.Popen[bytes], dict[str, Any]]] = {}
         self._connected = False
@@ -53,12 +61,17 @@ class LocalCluster:
         from trainkit.runtime._cluster import start_node_process
 
         head_addr = f"tcp://{self.address}" if role == "node" else ""
+        log = None
+        if self.log_dir is not None:
+            log = self.log_dir / f"{role}-{len(self._logs)}.log"
         proc, info = start_node_process(
             role=role, host=self.host, secret=self.secret, head_addr=head_addr,
             num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
             object_store_memory=object_store_memory or 256 << 20, watch_pid=os.getpid(),
-            head_timeout_s=self.head_timeout_s)
+            head_timeout_s=self.head_timeout_s, log_path=str(log) if log else None)
         self._procs[info["node_id"]] = (proc, info)
+        if log is not None:
+            self._logs[info["node_id"]] = log
         return proc, info
 
     def add_node(self, *, num_cpus: float = 1, num_gpus: int = 0,
@@ -88,6 +101,12 @@ class LocalCluster:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         cleanup_node_files(info["session_dir"], info["arena_path"])
+
+    def log_path(self, node_id: str) -> Path:
+        """The file a node's output goes to (only with ``log_dir``)."""
+        if node_id not in self._logs:
+            raise ValueError(f"no log file for node {node_id!r}: pass log_dir= to LocalCluster")
+        return self._logs[node_id]
 
     def node_pids(self) -> dict[str, int]:
         return {node_id: proc.pid for node_id, (proc, _) in self._procs.items()}
