@@ -9,17 +9,25 @@ import pytest
 PUBLIC = {
     "trainkit": [
         "ObjectRef", "__version__", "available_resources", "cancel", "cluster_resources",
-        "exceptions", "get", "get_actor", "get_gpu_ids", "get_node_ip_address", "init",
-        "is_initialized", "kill", "nodes", "put", "remote", "shutdown", "wait",
+        "exceptions", "exit_actor", "get", "get_actor", "get_gpu_ids", "get_node_ip_address",
+        "get_runtime_context", "init", "is_initialized", "kill", "method", "nodes", "put",
+        "remote", "shutdown", "util", "wait",
+    ],
+    "trainkit.util": [
+        "get_current_placement_group", "list_named_actors", "placement_group",
+        "placement_group_table", "remove_placement_group", "scheduling_strategies",
+    ],
+    "trainkit.util.scheduling_strategies": [
+        "NodeAffinitySchedulingStrategy", "PlacementGroupSchedulingStrategy",
     ],
     "trainkit.runtime": [
-        "ActorClass", "ActorHandle", "ObjectRef", "PlacementGroup",
-        "PlacementGroupSchedulingStrategy", "RemoteFunction", "available_resources", "cancel",
-        "cluster_resources", "get", "get_actor", "get_gpu_ids", "get_node_ip_address", "init",
-        "is_initialized",
-        "kill", "nodes", "placement_group", "preload_worker_modules", "put", "remote",
-        "remove_placement_group",
-        "shutdown", "wait",
+        "ActorClass", "ActorHandle", "NodeAffinitySchedulingStrategy", "ObjectRef",
+        "PlacementGroup", "PlacementGroupSchedulingStrategy", "RemoteFunction",
+        "available_resources", "cancel", "cluster_resources", "exit_actor", "get", "get_actor",
+        "get_current_placement_group", "get_gpu_ids", "get_node_ip_address",
+        "get_runtime_context", "init", "is_initialized", "kill", "list_named_actors", "method",
+        "nodes", "placement_group", "placement_group_table", "preload_worker_modules", "put",
+        "remote", "remove_placement_group", "shutdown", "wait",
     ],
     "trainkit.train": [
         "Checkpoint", "CheckpointConfig", "ControllerState", "FailureConfig", "Result",
