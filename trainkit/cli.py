@@ -12,9 +12,9 @@
 ``start`` runs a node service detached from the terminal and records it in
 ``~/.trainkit/cluster.json`` (the head's address, for ``status`` and ``init(address="auto")``,
 and each process started here, for ``stop``). Its output goes to ``~/.trainkit/logs/``. The
-cluster secret reaches the service through its environment, never its command line, and is
-never printed. Exit codes: 0 done, 1 the cluster failed or cannot be reached, 2 a usage
-error (bad option, no usable secret).
+cluster secret reaches the service on its stdin, never its command line or environment (which
+the tasks it runs would inherit), and is never printed. Exit codes: 0 done, 1 the cluster
+failed or cannot be reached, 2 a usage error (bad option, no usable secret).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Starting cluster node services (head or node) as processes, for the CLI and LocalCluster.
 
 A cluster node service is ``python -m trainkit.runtime._node`` with ``role`` "head" or
-"node". The secret reaches it through its environment, never its command line. It writes
+"node". The secret reaches it on its stdin, never its command line or environment (where
+its workers, the user's tasks and their subprocesses would inherit it). It writes
 its registered info (addresses, resources) to ``ready_file`` once it serves; a node does so
 only after the head accepted it.
 """
@@ -20,6 +21,7 @@ from typing import Any
 from trainkit.exceptions import RuntimeSystemError
 from trainkit.runtime._scheduler import make_resource_request
 from trainkit.runtime._secret import SECRET_ENV
+from trainkit.runtime._secret import hand_secret
 
 NODE_START_TIMEOUT_S = 30.0
 DEFAULT_PORT = 6380
@@ -113,18 +115,20 @@ def start_node_process(*, role: str, host: str, secret: bytes, port: int = 0,
         cfg["bind"] = f"tcp://{host}:{port}"
     else:
         cfg["head_addr"] = head_addr
-    env = dict(os.environ)
-    env[SECRET_ENV] = secret.decode()
+    # A secret the user gave this process through the environment goes no further.
+    env = {k: v for k, v in os.environ.items() if k != SECRET_ENV}
     out = open(log_path, "ab") if log_path else None  # noqa: SIM115 (handed to the child)
     try:
         proc = subprocess.Popen(
             [*command_prefix, sys.executable, "-m", "trainkit.runtime._node", json.dumps(cfg)],
             env=env,
-            stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=detach,
+            stdin=subprocess.PIPE, stdout=out, stderr=out, start_new_session=detach,
             close_fds=True)
     finally:
         if out is not None:
             out.close()
+    assert proc.stdin is not None
+    hand_secret(proc.stdin, secret)
     deadline = time.monotonic() + NODE_START_TIMEOUT_S
     try:
         while time.monotonic() < deadline:

@@ -52,6 +52,8 @@ from trainkit.runtime._scheduler import Grant
 from trainkit.runtime._scheduler import RequestId
 from trainkit.runtime._scheduler import ResourceScheduler
 from trainkit.runtime._secret import SECRET_ENV
+from trainkit.runtime._secret import ClusterSecretError
+from trainkit.runtime._secret import receive_secret
 from trainkit.runtime._transfer import Puller
 from trainkit.runtime._transfer import TransferServer
 from trainkit.runtime._transport import Inbox
@@ -135,7 +137,8 @@ class NodeService(ControlMixin):
             "store_socket": self.local.path,
             "is_head": self.role == "head", "pid": os.getpid(),
         }
-        self.env = self._worker_env(secret)
+        self.env = self._worker_env()
+        self._secret = secret  # for the forkserver, over its socket (never an environment)
         self.max_idle = max(2, int(cfg["resources"].get("CPU", 1)))
         self.last_ack = time.monotonic()
         self.next_tick = 0.0
@@ -166,7 +169,7 @@ class NodeService(ControlMixin):
             self.cluster_nodes[self.node_id] = _NodeRecord(self.info, time.monotonic())
             self.peers[self.node_id] = self.info
 
-    def _worker_env(self, secret: bytes | None) -> dict[str, str]:
+    def _worker_env(self) -> dict[str, str]:
         env = dict(os.environ)
         env.update({
             "TRAINKIT_SESSION_DIR": self.session_dir,
@@ -181,9 +184,7 @@ class NodeService(ControlMixin):
             "PYTHONUNBUFFERED": "1",
         })
         env.pop("CUDA_VISIBLE_DEVICES", None)
-        env.pop(SECRET_ENV, None)
-        if secret:
-            env[SECRET_ENV] = secret.decode()
+        env.pop(SECRET_ENV, None)  # workers get the secret from the forkserver, in memory
         return env
 
     # ------------------------------------------------------------------ main loop
@@ -341,6 +342,8 @@ class NodeService(ControlMixin):
             [sys.executable, "-m", "trainkit.runtime._zygote"], stdin=subprocess.DEVNULL,
             env=env, cwd=self.cfg["cwd"], pass_fds=(theirs.fileno(),))
         theirs.close()
+        if self._secret:  # first on the socket, so before any fork request
+            ours.send(json.dumps({"secret": self._secret.decode()}).encode())
         self.zsock = ours
         self.exit_codes: dict[int, int] = {}
         self.preloads = 0
@@ -867,8 +870,17 @@ def main() -> None:
     cfg = json.loads(sys.argv[1])
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    secret = os.environ.get(SECRET_ENV, "").encode() if cfg.get("role", "embedded") != \
-        "embedded" else None
+    os.environ.pop(SECRET_ENV, None)  # never handed on, whoever started us
+    secret = None
+    if cfg.get("role", "embedded") != "embedded":  # a cluster node: no secret, no service
+        try:
+            secret = receive_secret()  # the launcher writes it to our stdin (_cluster)
+        except ClusterSecretError as e:
+            print(f"trainkit node: {e}", file=sys.stderr)
+            if cfg.get("ready_file"):  # where the launcher looks for why we stopped
+                with open(cfg["session_dir"] + ".error", "w") as f:
+                    f.write(str(e))
+            sys.exit(1)
     node = NodeService(cfg, secret)
     try:
         node.serve()

@@ -5,6 +5,11 @@ variable ``TRAINKIT_CLUSTER_SECRET`` (its value is the secret), or the default f
 ``~/.trainkit/cluster_secret``, which ``trainkit start --head`` creates. A secret file must be
 private to its owner (no group or other permission bits). The secret is the text stripped of
 surrounding whitespace; it needs at least 16 characters. No message here ever contains it.
+
+Inside a cluster the secret never travels through an environment, where every task and
+its subprocesses could read it: a launcher writes it to the node service's stdin
+(``hand_secret``, read back with ``receive_secret``), the node service hands it to its
+worker forkserver over their socket, and a forked worker gets it in memory.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import os
 import secrets
 import stat
 from pathlib import Path
+from typing import IO
 
 SECRET_ENV = "TRAINKIT_CLUSTER_SECRET"
 MIN_SECRET_CHARS = 16
@@ -148,3 +154,36 @@ def _checked(text: str, source: str, fix: str) -> bytes:
             f"at least {MIN_SECRET_CHARS} characters: {fix}"
         )
     return secret.encode()
+
+
+def hand_secret(pipe: IO[bytes], secret: bytes) -> None:
+    """Write ``secret`` to a child's stdin (one line) and close it. A child that already
+    exited is not an error here: the launcher learns that from its exit."""
+    try:
+        pipe.write(secret + b"\n")
+        pipe.close()
+    except BrokenPipeError:
+        pass
+
+
+def receive_secret(fd: int = 0) -> bytes:
+    """The secret ``hand_secret`` wrote to ``fd``; ``fd`` then reads /dev/null.
+
+    Raises:
+        ClusterSecretError: Nothing usable came (the launcher did not hand one over).
+    """
+    data = b""
+    while not data.endswith(b"\n") and len(data) < 4096:
+        chunk = os.read(fd, 4096 - len(data))
+        if not chunk:
+            break
+        data += chunk
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, fd)
+    os.close(null)
+    fix = "start cluster services with `trainkit start`, which hands them the secret"
+    try:
+        text = data.decode()
+    except UnicodeDecodeError:
+        raise ClusterSecretError(f"the secret on stdin is not UTF-8 text; {fix}") from None
+    return _checked(text, "the secret on stdin", fix)

@@ -188,6 +188,17 @@ class Outbox:
             with peer[1]:
                 peer[0].close(0)
 
+    def flush(self, timeout_s: float) -> None:
+        """Close every peer socket, waiting up to ``timeout_s`` for what is queued to go
+        (for a process about to exit: its last replies must not die with it)."""
+        with self._lock:
+            self._closed = True
+            peers = list(self._peers.values())
+            self._peers.clear()
+        for sock, lock, _port in peers:
+            with lock:
+                sock.close(int(timeout_s * 1000))
+
     def close(self) -> None:
         with self._lock:
             self._closed = True

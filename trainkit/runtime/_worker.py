@@ -23,6 +23,7 @@ from typing import Any
 
 from trainkit.runtime import _context
 from trainkit.runtime._auth import FrameAuth
+from trainkit.runtime._context import ActorExit
 from trainkit.runtime._core import CoreWorker
 from trainkit.runtime._local_channel import store_socket_path
 from trainkit.runtime._objects import task_error_value
@@ -96,6 +97,7 @@ class Worker:
         self.pool: ThreadPoolExecutor | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.sem: asyncio.Semaphore | None = None
+        self.exiting = False  # exit_actor() was called: leave after answering this call
         core.extra_handlers[Msg.CANCEL_TASK] = self._on_cancel
 
     # -------------------------------------------------------------- main loop
@@ -146,7 +148,22 @@ class Worker:
             fn = self.functions[fn_id] = loads(blob)
         return fn
 
-    def _result_value(self, return_id: bytes, owner: str, result: Any) -> tuple[Any, str | None]:
+    def _result_value(self, return_id: bytes | tuple[bytes, ...], owner: str, result: Any
+                      ) -> tuple[Any, str | None]:
+        if isinstance(return_id, tuple):  # num_returns > 1: one value per return
+            n = len(return_id)
+            if not isinstance(result, (tuple, list)) or len(result) != n:
+                got = (f"{len(result)} values" if isinstance(result, (tuple, list))
+                       else f"a {type(result).__name__}")
+                raise ValueError(f"num_returns={n}, but the function returned {got}; return "
+                                 f"a tuple of {n} values (or change num_returns)")
+            values = []
+            holder = None
+            for oid, item in zip(return_id, result, strict=True):
+                value, h = self._result_value(oid, owner, item)
+                values.append(value)
+                holder = holder or h
+            return values, holder
         meta, buffers, refs = dumps(result, "the return value")
         value = self.core.store_value(return_id, meta, buffers, owner)
         holder = None
@@ -163,15 +180,19 @@ class Worker:
             args, kwargs = self.core.resolve_args(payload, descs)
             result = fn(*args, **kwargs)
             return self._result_value(return_id, owner, result)
+        except ActorExit:
+            self.exiting = True
+            return self._result_value(return_id, owner, None)
         except BaseException as e:
             return task_error_value(name, e), None
 
     # -------------------------------------------------------------- tasks
     def exec_task(self, task_id: bytes, name: str, fn_id: bytes, blob: bytes | None,
                   payload: Any, descs: Any, return_id: bytes, owner: str,
-                  gpu_ids: tuple[int, ...], attempt: int) -> None:
+                  gpu_ids: tuple[int, ...], attempt: int, key: Any = None) -> None:
         self._set_gpus(gpu_ids)
-        _context.task_local.name = name
+        local = _context.task_local
+        local.name, local.task_id, local.key = name, task_id, key
         self.current_task = task_id
         try:
             try:
@@ -183,7 +204,7 @@ class Worker:
                 value, holder = self._run(name, fn, payload, descs, return_id, owner)
         finally:
             self.current_task = None
-            _context.task_local.name = None
+            local.name = local.task_id = local.key = None
         self.core.out.send(owner, (Msg.TASK_DONE, task_id, return_id, value, holder))
         if gpu_ids and _cuda_initialized():
             # CUDA_VISIBLE_DEVICES cannot change after CUDA starts: never reuse this process.
@@ -191,8 +212,11 @@ class Worker:
 
     # -------------------------------------------------------------- actors
     def become_actor(self, actor_id: bytes, name: str, blob: bytes, payload: Any, descs: Any,
-                     gpu_ids: tuple[int, ...], max_concurrency: int) -> None:
+                     gpu_ids: tuple[int, ...], run_opts: Any) -> None:
+        # run_opts: (max_concurrency, {"resources": ..., "placement": ...}) from the creator
+        max_concurrency, where = run_opts if isinstance(run_opts, tuple) else (run_opts, {})
         self.actor_id = actor_id
+        _context.process_actor.update(where, actor_id=actor_id, worker_id=self.worker_id)
         self.label[0] = name
         _context.process_gpu_ids = tuple(gpu_ids)
         if gpu_ids:
@@ -244,6 +268,7 @@ class Worker:
                    return_id: bytes, caller: str) -> None:
         name = f"{self.label[0]}.{method}"
         _context.task_local.name = self.label[0]
+        _context.task_local.task_id = task_id
         fn = getattr(self.actor, method, None)
         if fn is None:
             value: Any = task_error_value(name, AttributeError(
@@ -252,6 +277,8 @@ class Worker:
         else:
             value, holder = self._run(name, fn, payload, descs, return_id, caller)
         self.core.out.send(caller, (Msg.TASK_DONE, task_id, return_id, value, holder))
+        if self.exiting:
+            self.exit_by_request()
 
     async def _call_async(self, task_id: bytes, method: str, payload: Any, descs: Any,
                           return_id: bytes, caller: str) -> None:
@@ -270,14 +297,27 @@ class Worker:
                 if inspect.isawaitable(result):
                     result = await result
                 value, holder = self._result_value(return_id, caller, result)
+            except ActorExit:
+                self.exiting = True
+                value, holder = self._result_value(return_id, caller, None)
             except BaseException as e:
                 value = task_error_value(name, e)
         self.core.out.send(caller, (Msg.TASK_DONE, task_id, return_id, value, holder))
+        if self.exiting:
+            self.exit_by_request()
 
     def actor_exit(self) -> None:
         if self.pool is not None:
             self.pool.shutdown(wait=True)
         self.core.out.send(self.core.control_addr, (Msg.ACTOR_EXITING, self.actor_id))
+        _flush_and_exit(0)
+
+    def exit_by_request(self) -> None:
+        """exit_actor() was called: the control plane marks the actor dead for good (no
+        restart), the reply just sent is flushed, and the process leaves."""
+        self.core.out.send(self.core.control_addr,
+                           (Msg.ACTOR_EXITING, self.actor_id, "it called exit_actor()"))
+        self.core.out.flush(5.0)
         _flush_and_exit(0)
 
 
@@ -316,7 +356,8 @@ def _watch_parent() -> None:
     os._exit(1)
 
 
-def main() -> None:
+def main(secret: bytes | None = None) -> None:
+    """Run a worker; ``secret``: the cluster's, handed over in memory by the forkserver."""
     die_with_parent()
     # The node service ignores SIGINT, and ignored signals stay ignored across exec; a
     # worker needs it back: cancel() interrupts a running task with it.
@@ -328,8 +369,14 @@ def main() -> None:
     worker_id = bytes.fromhex(env["TRAINKIT_WORKER_ID"])
     session_dir = env["TRAINKIT_SESSION_DIR"]
     host = env.get("TRAINKIT_NODE_HOST") or None
-    secret = env.get(SECRET_ENV)
-    auth = FrameAuth(secret.encode()) if host is not None and secret else None
+    leaked = env.pop(SECRET_ENV, None)  # user code must not see it, whoever put it there
+    if secret is None and leaked:  # started by a launcher that still passes it this way
+        secret = leaked.encode()
+    if host is not None and not secret:  # tcp without the secret would be unauthenticated
+        print("trainkit worker: no cluster secret was handed over; this worker stops",
+              file=sys.stderr)
+        _flush_and_exit(1)
+    auth = FrameAuth(secret) if host is not None and secret else None
     core = CoreWorker(
         session_dir=session_dir,
         node_addr=env["TRAINKIT_NODE_ADDR"],

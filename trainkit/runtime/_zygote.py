@@ -8,6 +8,10 @@ sends ``{"exit": pid, "status": code}`` (negative: killed by that signal). It ne
 threads, zmq contexts or CUDA state, so forking it is safe; each child sets its own
 environment (CUDA_VISIBLE_DEVICES among it) before any user code runs. A ``preload`` request
 makes it import more modules (torch: its import starts no thread and no CUDA).
+
+In cluster mode the node service's first message is ``{"secret": ...}``: the forkserver keeps
+it in memory and each child passes it to the worker's ``main``, so it is in no process's
+environment (a task and the processes it starts inherit the environment).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from trainkit.runtime import _worker
 
 
 def _child(spec: dict[str, object], fds: list[int], sock: socket.socket,
-           wake: tuple[int, int]) -> None:
+           wake: tuple[int, int], secret: bytes | None) -> None:
     try:
         sock.close()
         os.close(wake[0])
@@ -41,7 +45,7 @@ def _child(spec: dict[str, object], fds: list[int], sock: socket.socket,
         os.environ.update(env)
         os.chdir(str(spec["cwd"]))
         _protocol.reset_ids_after_fork()
-        _worker.main()
+        _worker.main(secret)
     finally:
         os._exit(1)
 
@@ -82,6 +86,7 @@ def main() -> None:
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)  # wakes select via the wakeup fd
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    secret: bytes | None = None
     while True:
         ready, _, _ = select.select([sock.fileno(), wake_r], [], [])
         if wake_r in ready:
@@ -95,12 +100,15 @@ def main() -> None:
             if not data:
                 os._exit(0)  # the node service is gone
             spec = json.loads(data)
+            if "secret" in spec:
+                secret = str(spec["secret"]).encode()
+                continue
             if "preload" in spec:
                 _preload(spec["preload"])
                 continue
             pid = os.fork()
             if pid == 0:
-                _child(spec, fds, sock, (wake_r, wake_w))
+                _child(spec, fds, sock, (wake_r, wake_w), secret)
             for fd in fds:
                 os.close(fd)
             sock.send(json.dumps({"pid": pid}).encode())
