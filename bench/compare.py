@@ -1,4 +1,4 @@
-"""Run the workloads of bench/workloads.py on trainkit and on Ray, side by side, and print a
+"""Run the workloads of bench/wl/ on trainkit and on Ray, side by side, and print a
 markdown table: metric, trainkit, Ray, ratio (trainkit/Ray), target, pass/fail.
 
     bash bench/setup_ray_venv.sh                      # once: Ray 2.60 in bench/.venv-ray
@@ -33,17 +33,18 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from workloads import BACKENDS
-from workloads import DEADLINE_DEFAULT  # bench/workloads.py imports only the stdlib
-from workloads import DEADLINES
-from workloads import TK_ON_RAY
-from workloads import TK_ON_RAY_WORKLOADS
-from workloads import WORKLOADS
+from wl import BACKENDS  # the registry, bench/wl/: importing it imports only the stdlib
+from wl import DEADLINE_DEFAULT
+from wl import DEADLINES
+from wl import TK_ON_RAY
+from wl import TK_ON_RAY_WORKLOADS
+from wl import WORKLOADS
+from wl import registry
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(HERE)
 RESULTS = os.path.join(HERE, "results")
-# Each run gets its workload's watchdog deadline (from bench/workloads.py) plus this much,
+# Each run gets its workload's watchdog deadline (declared with it in bench/wl/) plus this much,
 # unless --timeout is given.
 TIMEOUT_SLACK = 35.0
 PYTHONS = {
@@ -672,7 +673,8 @@ def main():
                             "bench": wl,
                             "backend": be,
                             "round": rnd,
-                            "skipped": f"{wl} does not run on {TK_ON_RAY} (see workloads.py)",
+                            "skipped": f"{wl} does not run on {TK_ON_RAY} "
+                            f"(see bench/{registry.get(wl).source})",
                         }
                     elif not os.path.exists(py):
                         line = {

@@ -1,0 +1,524 @@
+"""The runtime workloads: init, actor_latency, task_throughput, object_store, and the bare pyzmq
+floor (baseline_zmq). Only the API names the backends share are used: init(num_cpus=2),
+shutdown, remote, get, put, wait, cluster_resources.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+import time
+
+from .common import ENTRY
+from .common import GB
+from .common import MB
+from .common import REPO_ROOT
+from .common import Budget
+from .common import import_backend
+from .common import med
+from .common import own_descendants
+from .common import parse_line
+from .common import pc
+from .common import pct
+from .common import runtime_memory
+from .common import session_marker
+from .common import stop_group
+from .common import stop_processes
+from .registry import workload
+
+
+# ----------------------------------------------------------------- init ------
+@workload("_sample_init", listed=False)
+def _sample_init(args, line):
+    """One fresh interpreter: import, init(num_cpus=2), shutdown. Nothing else."""
+    t0 = pc()
+    rt = import_backend(args.backend)
+    t1 = pc()
+    rt.init(num_cpus=2)
+    t2 = pc()
+    rt.shutdown()
+    t3 = pc()
+    line.update(
+        import_s=t1 - t0,
+        init_s=t2 - t1,
+        shutdown_s=t3 - t2,
+        init_shutdown_s=(t2 - t1) + (t3 - t2),
+        total_s=t3 - t0,
+    )
+
+
+@workload("_sample_mem", listed=False)
+def _sample_mem(args, line):
+    """One fresh interpreter: init, first no-op task, 3 s settle, memory, shutdown, leftovers."""
+    rt = import_backend(args.backend)
+    t0 = pc()
+    rt.init(num_cpus=2)
+    line["init_s"] = pc() - t0
+    try:
+        marker = session_marker(rt, args.backend)
+
+        @rt.remote
+        def noop():
+            return None
+
+        t = pc()
+        rt.get(noop.remote())
+        line["first_task_s"] = pc() - t
+        t = pc()
+        rt.get(noop.remote())
+        line["second_task_s"] = pc() - t
+        time.sleep(3.0)
+        line["mem"] = runtime_memory(marker)
+    finally:
+        t = pc()
+        rt.shutdown()
+        line["shutdown_s"] = pc() - t
+    time.sleep(2.0)
+    left = own_descendants()
+    line["leftover_procs_2s"] = len(left)
+    if left:
+        line["leftover_names"] = sorted({p.name() for p in left})
+
+
+def _run_sample(args, kind, timeout):
+    """Run `workloads.py _sample_<kind>` in a fresh interpreter; return (parsed line, wall)."""
+    cmd = [sys.executable, ENTRY, f"_sample_{kind}", "--backend", args.backend]
+    t = pc()
+    p = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        cwd=REPO_ROOT,
+    )
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        import psutil
+
+        try:
+            kids = psutil.Process(p.pid).children(recursive=True)
+        except psutil.Error:
+            kids = []
+        stop_processes([*kids, psutil.Process(p.pid)])
+        p.communicate()
+        raise RuntimeError(f"_sample_{kind} timed out after {timeout}s") from None
+    wall = pc() - t
+    n_left = stop_group(p.pid)  # only non-zero if the sample crashed and orphaned processes
+    res = parse_line(out)
+    if res is not None and n_left:
+        res["orphans_stopped"] = n_left
+    if p.returncode != 0 or res is None or "error" in res:
+        tail = (err or "").strip().splitlines()[-5:]
+        msg = (res or {}).get("error") or f"rc={p.returncode}"
+        raise RuntimeError(f"_sample_{kind} failed: {msg} | " + " / ".join(tail))
+    return res, wall
+
+
+@workload(
+    "init",
+    about="init()+shutdown() wall time over fresh interpreters; memory of the runtime's "
+    "processes 3 s after the first no-op task; first-task latency",
+)
+def wl_init(args, line):
+    n_target = 5
+    samples, walls = [], []
+    budget = Budget(55.0, min_reps=3, max_reps=n_target)
+    while budget.more():
+        res, wall = _run_sample(args, "init", timeout=30)
+        samples.append(res)
+        walls.append(wall)
+        budget.tick()
+        line["init_shutdown_s_all"] = [round(s["init_shutdown_s"], 3) for s in samples]
+    for k in ("import_s", "init_s", "shutdown_s", "init_shutdown_s", "total_s"):
+        line[k] = round(med(s[k] for s in samples), 3)
+    line["init_shutdown_s_min"] = round(min(s["init_shutdown_s"] for s in samples), 3)
+    line["init_shutdown_s_max"] = round(max(s["init_shutdown_s"] for s in samples), 3)
+    line["process_wall_s"] = round(med(walls), 3)  # launch -> exit, interpreter + atexit
+    line["n_samples"] = len(samples)
+
+    res, _ = _run_sample(args, "mem", timeout=30)
+    mem = res["mem"]
+    line["first_task_s"] = round(res["first_task_s"], 4)
+    line["second_task_s"] = round(res["second_task_s"], 5)
+    line["mem_n_procs"] = mem["n_procs"]
+    line["mem_rss_mb"] = mem["rss_mb"]
+    line["mem_pss_mb"] = mem["pss_mb"]
+    line["mem_uss_mb"] = mem["uss_mb"]
+    line["mem_driver_rss_mb"] = mem["driver_rss_mb"]
+    line["mem_n_procs_marker_only"] = mem["n_procs_marker_only"]
+    line["mem_proc_names"] = mem["proc_names"]
+    line["mem_sample_init_s"] = round(res["init_s"], 3)
+    line["mem_sample_shutdown_s"] = round(res["shutdown_s"], 3)
+    line["leftover_procs_2s"] = res["leftover_procs_2s"]
+    if res.get("leftover_names"):
+        line["leftover_names"] = res["leftover_names"]
+
+
+# -------------------------------------------------------- actor_latency ------
+N_SYNC = 2000
+N_SYNC_WARM = 300
+N_ASYNC = 10_000
+
+
+@workload("actor_latency", about="sync actor call round trip (median, p99); async calls/s")
+def wl_actor_latency(args, line):
+    rt = import_backend(args.backend)
+    rt.init(num_cpus=2)
+    try:
+
+        @rt.remote
+        class A:
+            def f(self):
+                return None
+
+        a = A.remote()
+        rt.get(a.f.remote())  # actor process up
+        for _ in range(N_SYNC_WARM):
+            rt.get(a.f.remote())
+        lat = []
+        for _ in range(N_SYNC):
+            t = pc()
+            rt.get(a.f.remote())
+            lat.append((pc() - t) * 1e6)
+        line["sync_rtt_us"] = round(med(lat), 1)
+        line["sync_rtt_p99_us"] = round(pct(lat, 99), 1)
+        line["sync_rtt_mean_us"] = round(sum(lat) / len(lat), 1)
+        line["n_sync"] = N_SYNC
+
+        rt.get([a.f.remote() for _ in range(1000)])  # warm-up
+        thr, sub = [], []
+        budget = Budget(30.0, min_reps=1, max_reps=3)
+        while budget.more():
+            t = pc()
+            refs = [a.f.remote() for _ in range(N_ASYNC)]
+            ts = pc()
+            rt.get(refs)
+            te = pc()
+            del refs
+            thr.append(N_ASYNC / (te - t))
+            sub.append(ts - t)
+            budget.tick()
+            line["async_calls_s"] = round(med(thr), 0)
+        line["async_calls_s_all"] = [round(x, 0) for x in thr]
+        line["async_submit_s"] = round(med(sub), 3)
+        line["n_async"] = N_ASYNC
+    finally:
+        rt.shutdown()
+
+
+# ------------------------------------------------------ task_throughput ------
+N_NOOP = 10_000
+N_SLEEP = 1_000
+SLEEP_S = 0.01
+
+
+@workload(
+    "task_throughput",
+    about="no-op tasks/s; sync task round trip; 1,000 x 10 ms sleep tasks on 2 CPUs",
+)
+def wl_task_throughput(args, line):
+    rt = import_backend(args.backend)
+    rt.init(num_cpus=2)
+    try:
+
+        @rt.remote
+        def noop():
+            return None
+
+        @rt.remote
+        def sleeper():
+            time.sleep(SLEEP_S)
+            return None
+
+        rt.get([noop.remote() for _ in range(1000)])  # warm-up, workers up
+        thr = []
+        budget = Budget(25.0, min_reps=1, max_reps=3)
+        while budget.more():
+            t = pc()
+            refs = [noop.remote() for _ in range(N_NOOP)]
+            rt.get(refs)
+            thr.append(N_NOOP / (pc() - t))
+            del refs
+            budget.tick()
+            line["noop_tasks_s"] = round(med(thr), 0)
+        line["noop_tasks_s_all"] = [round(x, 0) for x in thr]
+
+        for _ in range(50):
+            rt.get(noop.remote())
+        rtt = []
+        for _ in range(500):
+            t = pc()
+            rt.get(noop.remote())
+            rtt.append((pc() - t) * 1e6)
+        line["task_sync_rtt_us"] = round(med(rtt), 1)
+        line["task_sync_rtt_p99_us"] = round(pct(rtt, 99), 1)
+
+        rt.get([sleeper.remote() for _ in range(20)])
+        ideal = N_SLEEP * SLEEP_S / 2
+        walls = []
+        budget = Budget(22.0, min_reps=1, max_reps=3)
+        while budget.more():
+            t = pc()
+            rt.get([sleeper.remote() for _ in range(N_SLEEP)])
+            walls.append(pc() - t)
+            budget.tick()
+            line["sleep_wall_s"] = round(med(walls), 3)
+        w = med(walls)
+        line["sleep_wall_s_all"] = [round(x, 3) for x in walls]
+        line["sleep_ideal_s"] = ideal
+        line["sleep_overhead_pct"] = round((w - ideal) / ideal * 100, 1)
+    finally:
+        rt.shutdown()
+
+
+# --------------------------------------------------------- object_store ------
+def _buffer_location(arr):
+    """Where arr's first byte lives: (mapping path, inode, offset in that file), from
+    /proc/self/maps. Two arrays with the same file, inode and offset see the same physical
+    pages even if they were mapped at different addresses. None if not found."""
+    addr = arr.__array_interface__["data"][0]
+    try:
+        with open("/proc/self/maps") as f:
+            for ln in f:
+                parts = ln.split(maxsplit=5)
+                lo, hi = (int(x, 16) for x in parts[0].split("-"))
+                if lo <= addr < hi:
+                    path = parts[5].strip() if len(parts) > 5 else "[anon]"
+                    return path, int(parts[4]), int(parts[2], 16) + (addr - lo)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _is_shared_mapping(path):
+    if not path:
+        return False
+    return any(s in path for s in ("/dev/shm", "memfd:", "plasma", "/dev/zero", "SYSV"))
+
+
+def _store_part(rt, sum_task, label, arr, reps, line, do_task):
+    nbytes = arr.nbytes
+    # first put of this size: fresh shared-memory pages (page faults)
+    t = pc()
+    ref = rt.put(arr)
+    first = pc() - t
+    line[f"put_{label}_first_ms"] = round(first * 1e3, 2)
+    line[f"put_{label}_first_MBps"] = round(nbytes / MB / first, 0)
+    del ref
+    gc.collect()
+    time.sleep(0.3)
+    puts = []
+    for _ in range(reps):
+        t = pc()
+        ref = rt.put(arr)
+        puts.append(pc() - t)
+        del ref
+        gc.collect()
+        time.sleep(0.3)  # let the store free the object, as the anchor does
+    line[f"put_{label}_ms"] = round(med(puts) * 1e3, 2)
+    line[f"put_{label}_max_ms"] = round(max(puts) * 1e3, 2)
+    line[f"put_{label}_MBps"] = round(nbytes / MB / med(puts), 0)
+
+    ref = rt.put(arr)
+    got = rt.get(ref)  # warm-up
+    del got
+    gets = []
+    for _ in range(max(reps, 5)):
+        t = pc()
+        got = rt.get(ref)
+        gets.append(pc() - t)
+        del got
+    line[f"get_{label}_us"] = round(med(gets) * 1e6, 1)
+    g1 = rt.get(ref)
+    g2 = rt.get(ref)
+    import numpy as np
+
+    line[f"get_{label}_equal"] = bool(
+        g1.shape == arr.shape and g1[0] == arr[0] and g1[-1] == arr[-1]
+    )
+    line[f"get_{label}_readonly"] = not g1.flags.writeable
+    line[f"get_{label}_shares_between_gets"] = bool(np.shares_memory(g1, g2))
+    loc1, loc2 = _buffer_location(g1), _buffer_location(g2)
+    # same shared file and offset: the same physical pages, even if mapped twice
+    line[f"get_{label}_same_pages_between_gets"] = bool(
+        loc1 is not None and loc1[1] != 0 and loc1 == loc2
+    )
+    line[f"get_{label}_shares_with_source"] = bool(np.shares_memory(g1, arr))
+    mapping = loc1[0] if loc1 else None
+    line[f"get_{label}_mapping"] = mapping
+    # zero-copy: the array is a view of a shared-memory mapping, and two gets see the same
+    # physical pages (same file and offset; one mapping or two does not matter)
+    line[f"get_{label}_zero_copy"] = bool(
+        _is_shared_mapping(mapping) and line[f"get_{label}_same_pages_between_gets"]
+    )
+    del g1, g2
+    if do_task:
+        t = pc()
+        arr.sum()
+        line[f"local_sum_{label}_ms"] = round((pc() - t) * 1e3, 2)
+        rt.get(sum_task.remote(ref))  # warm-up
+        rts = []
+        for _ in range(reps):
+            t = pc()
+            rt.get(sum_task.remote(ref))
+            rts.append(pc() - t)
+        line[f"task_ref_sum_{label}_ms"] = round(med(rts) * 1e3, 2)
+    del ref
+    gc.collect()
+
+
+@workload(
+    "object_store",
+    about="put/get of 100 MB and 1 GB numpy arrays, zero-copy check, task(ref) sum",
+)
+def wl_object_store(args, line):
+    import numpy as np
+    import psutil
+
+    rt = import_backend(args.backend)
+    rt.init(num_cpus=2)
+    try:
+        try:
+            store = rt.cluster_resources().get("object_store_memory", 0)
+            if store:
+                line["object_store_memory_gb"] = round(store / GB, 2)
+        except Exception:
+            store = 0
+
+        @rt.remote
+        def sum_task(x):
+            return float(x.sum())
+
+        rt.get(sum_task.remote(np.zeros(10, np.float32)))  # worker warm
+
+        arr = np.random.default_rng(0).random(100 * MB // 4, dtype=np.float32)
+        dst = np.empty_like(arr)
+        np.copyto(dst, arr)
+        ts = []
+        for _ in range(5):
+            t = pc()
+            np.copyto(dst, arr)
+            ts.append(pc() - t)
+        del dst
+        line["memcpy_100MB_ms"] = round(med(ts) * 1e3, 2)
+        _store_part(rt, sum_task, "100MB", arr, 8, line, do_task=True)
+        del arr
+        gc.collect()
+
+        if psutil.virtual_memory().available < 5 * GB:
+            line["skipped_1GB"] = "less than 5 GB of RAM available"
+        elif store and store < 2.5 * GB:
+            line["skipped_1GB"] = f"object store is {store / GB:.1f} GB"
+        else:
+            big = np.full(GB // 4, 1.5, dtype=np.float32)
+            try:
+                _store_part(rt, sum_task, "1GB", big, 3, line, do_task=False)
+            except Exception as e:
+                line["error_1GB"] = f"{type(e).__name__}: {e}"[:300]
+            del big
+            gc.collect()
+            if "get_1GB_us" in line and line.get("get_100MB_us"):
+                line["get_1GB_vs_100MB"] = round(line["get_1GB_us"] / line["get_100MB_us"], 2)
+    finally:
+        rt.shutdown()
+
+
+# --------------------------------------------------------- baseline_zmq ------
+def _zmq_server(addr, kind):
+    import zmq
+
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.REP if kind == "rep" else zmq.ROUTER)
+    s.setsockopt(zmq.SNDHWM, 0)  # a ROUTER drops replies past its HWM
+    s.setsockopt(zmq.RCVHWM, 0)
+    s.setsockopt(zmq.RCVTIMEO, 60_000)  # never outlive a dead client by much
+    s.bind(addr)
+    loads, dumps = pickle.loads, pickle.dumps
+    try:
+        while True:
+            if kind == "rep":
+                req = loads(s.recv())
+                s.send(dumps(None if req[0] == "stop" else (req[1], None), protocol=5))
+            else:
+                ident, msg = s.recv_multipart()
+                req = loads(msg)
+                s.send_multipart(
+                    [ident, dumps(None if req[0] == "stop" else (req[1], None), protocol=5)]
+                )
+            if req[0] == "stop":
+                break
+    except zmq.Again:
+        pass
+    s.close(linger=0)
+    ctx.term()
+
+
+@workload(
+    "baseline_zmq",
+    about="bare pyzmq REQ/REP round trip over ipc:// (the physical floor; no runtime)",
+)
+def wl_baseline_zmq(args, line):
+    """Two processes, ipc://, a 31-byte pickled request ("call", id, name, args, kwargs);
+    the server unpickles it and pickles a reply back. No runtime is imported."""
+    import multiprocessing as mp
+
+    import zmq
+
+    d = tempfile.mkdtemp(prefix="tkbench_zmq_")
+    dumps, loads = pickle.dumps, pickle.loads
+    line["msg_bytes"] = len(dumps(("call", 0, "f", (), {}), protocol=5))
+    for kind in ("rep", "router"):
+        addr = f"ipc://{d}/{kind}.sock"
+        p = mp.get_context("fork").Process(target=_zmq_server, args=(addr, kind), daemon=True)
+        p.start()
+        ctx = zmq.Context()
+        c = ctx.socket(zmq.REQ if kind == "rep" else zmq.DEALER)
+        c.setsockopt(zmq.SNDHWM, 0)
+        c.setsockopt(zmq.RCVHWM, 0)
+        c.setsockopt(zmq.RCVTIMEO, 20_000)
+        c.connect(addr)
+        try:
+
+            def call(i, c=c):
+                c.send(dumps(("call", i, "f", (), {}), protocol=5))
+                return loads(c.recv())
+
+            for i in range(N_SYNC_WARM):
+                call(i)
+            lat = []
+            for i in range(N_SYNC):
+                t = pc()
+                call(i)
+                lat.append((pc() - t) * 1e6)
+            if kind == "rep":
+                line["zmq_reqrep_rtt_us"] = round(med(lat), 1)
+                line["zmq_reqrep_rtt_p99_us"] = round(pct(lat, 99), 1)
+            else:
+                line["zmq_dealer_rtt_us"] = round(med(lat), 1)
+                thr = []
+                for _ in range(3):
+                    t = pc()
+                    for i in range(N_ASYNC):
+                        c.send(dumps(("call", i, "f", (), {}), protocol=5))
+                    for _ in range(N_ASYNC):
+                        loads(c.recv())
+                    thr.append(N_ASYNC / (pc() - t))
+                line["zmq_dealer_pipelined_msgs_s"] = round(med(thr), 0)
+            c.send(dumps(("stop", -1, "", (), {}), protocol=5))
+            c.recv()
+        finally:
+            c.close(linger=0)
+            ctx.term()
+            p.join(5)
+            if p.is_alive():
+                p.terminate()
+                p.join(2)
+    for f in os.listdir(d):
+        os.unlink(os.path.join(d, f))
+    os.rmdir(d)
