@@ -19,8 +19,11 @@ from trainkit.exceptions import GetTimeoutError
 from trainkit.exceptions import InfeasibleError
 from trainkit.exceptions import TaskError
 from trainkit.exceptions import WorkerCrashedError
+from trainkit.runtime import NodeAffinitySchedulingStrategy
 from trainkit.runtime import PlacementGroupSchedulingStrategy
+from trainkit.runtime import get_current_placement_group
 from trainkit.runtime import placement_group
+from trainkit.runtime import placement_group_table
 from trainkit.runtime import remove_placement_group
 
 # The module's runtime keeps its idle pool workers across tests; backend_runtime checks that
@@ -207,3 +210,214 @@ def test_resources_are_reported(backend):
         time.sleep(0.1)
     assert tk.available_resources()["CPU"] == 2.0
     assert len(tk.nodes()) == 1
+
+
+# ---------------------------------------------------------------------- the 2026-12 additions
+
+
+@tk.remote(num_returns=2)
+def pair() -> tuple[int, int]:
+    return 1, 2
+
+
+@tk.remote
+def one_arg(x: int) -> int:
+    return x
+
+
+def _until(predicate: Any, seconds: float = 30) -> bool:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def test_num_returns_on_tasks(backend):
+    refs = pair.remote()
+    assert isinstance(refs, list) and len(refs) == 2
+    assert tk.get(refs) == [1, 2]
+    assert tk.get(refs[1]) == 2
+
+    @tk.remote
+    def trio() -> tuple[str, str, str]:
+        return "a", "b", "c"
+
+    assert tk.get(trio.options(num_returns=3).remote()) == ["a", "b", "c"]
+
+    @tk.remote
+    class Box:
+        def __init__(self) -> None:
+            self.value: int | None = None
+
+        def set(self, v: int) -> None:
+            self.value = v
+
+        def get(self) -> int | None:
+            return self.value
+
+    @tk.remote(num_returns=0)
+    def side_effect(box: Any) -> None:
+        tk.get(box.set.remote(1))
+
+    box = Box.remote()
+    assert side_effect.remote(box) is None  # no ref, but the task still runs
+    assert _until(lambda: tk.get(box.get.remote(), timeout=30) == 1)
+
+
+def test_num_returns_on_an_actor_method(backend):
+    @tk.remote
+    class Two:
+        @tk.method(num_returns=2)
+        def two(self, x: int) -> tuple[int, int]:
+            return x, x + 1
+
+        def one(self) -> tuple[int, int]:
+            return 1, 2
+
+    t = Two.remote()
+    refs = t.two.remote(5)
+    assert isinstance(refs, list) and len(refs) == 2
+    assert tk.get(refs, timeout=30) == [5, 6]
+    assert tk.get(t.one.remote(), timeout=30) == (1, 2)  # undecorated: one ref, a tuple
+
+
+def test_exit_actor_ends_the_actor_for_good(backend):
+    @tk.remote(max_restarts=2)
+    class Quitter:
+        def ping(self) -> int:
+            return os.getpid()
+
+        def quit(self) -> None:
+            tk.exit_actor()
+
+    q = Quitter.remote()
+    assert tk.get(q.ping.remote(), timeout=30)
+    # As in Ray 2.60: the caller of the call that exits sees the actor's death.
+    with pytest.raises(ActorDiedError):
+        tk.get(q.quit.remote(), timeout=30)
+    deadline = time.monotonic() + 3  # and it is not restarted (max_restarts notwithstanding)
+    while time.monotonic() < deadline:
+        with pytest.raises(ActorDiedError):
+            tk.get(q.ping.remote(), timeout=30)
+        time.sleep(0.5)
+    with pytest.raises(RuntimeError, match="outside an actor"):
+        tk.exit_actor()
+
+
+def test_named_get_if_exists_and_detached_actors(backend):
+    @tk.remote
+    class Counter:
+        def __init__(self) -> None:
+            self.n = 0
+
+        def incr(self) -> int:
+            self.n += 1
+            return self.n
+
+    a = Counter.options(name="contract-gie", get_if_exists=True).remote()
+    b = Counter.options(name="contract-gie", get_if_exists=True).remote()
+    assert tk.get(a.incr.remote(), timeout=30) == 1
+    assert tk.get(b.incr.remote(), timeout=30) == 2  # the same actor
+    tk.kill(a)
+
+    d = Counter.options(name="contract-detached", lifetime="detached").remote()
+    assert tk.get(d.incr.remote(), timeout=30) == 1
+    assert "contract-detached" in tk.util.list_named_actors()
+    rows = tk.util.list_named_actors(all_namespaces=True)
+    assert any(r["name"] == "contract-detached" for r in rows)
+    assert all(set(r) >= {"name", "namespace"} for r in rows)
+    tk.kill(d)
+    assert _until(lambda: "contract-detached" not in tk.util.list_named_actors())
+
+
+def test_runtime_context_in_tasks_and_actors(backend):
+    @tk.remote
+    def where() -> dict[str, Any]:
+        ctx = tk.get_runtime_context()
+        return {"node": ctx.get_node_id(), "actor": ctx.get_actor_id(),
+                "task": ctx.get_task_id(), "job": ctx.get_job_id(),
+                "namespace": ctx.namespace, "resources": ctx.get_assigned_resources()}
+
+    @tk.remote
+    class Here:
+        def where(self) -> dict[str, Any]:
+            ctx = tk.get_runtime_context()
+            return {"node": ctx.get_node_id(), "actor": ctx.get_actor_id(),
+                    "namespace": ctx.namespace}
+
+    driver = tk.get_runtime_context()
+    node_ids = {n["NodeID"] for n in tk.nodes()}
+    t = tk.get(where.remote(), timeout=30)
+    assert t["node"] in node_ids
+    assert t["actor"] is None and t["task"] is not None
+    assert t["job"] == driver.get_job_id()
+    assert t["namespace"] == driver.namespace
+    assert t["resources"].get("CPU") == 1.0
+    h = Here.remote()
+    first = tk.get(h.where.remote(), timeout=30)
+    assert first["node"] in node_ids and first["actor"] is not None
+    assert tk.get(h.where.remote(), timeout=30)["actor"] == first["actor"]
+    assert first["namespace"] == driver.namespace
+    assert driver.get_actor_id() is None
+
+
+def test_node_affinity(backend):
+    @tk.remote
+    def node() -> str:
+        return str(tk.get_runtime_context().get_node_id())
+
+    node_id = tk.nodes()[0]["NodeID"]
+    for soft in (False, True):
+        strategy = NodeAffinitySchedulingStrategy(node_id=node_id, soft=soft)
+        assert tk.get(node.options(scheduling_strategy=strategy).remote(), timeout=30) \
+            == node_id
+    with pytest.raises(ValueError, match="NodeAffinitySchedulingStrategy"):
+        node.options(scheduling_strategy=NodeAffinitySchedulingStrategy("ab" * 28)).remote()
+
+
+def test_wrong_arity_fails_at_remote_naming_the_function(backend):
+    with pytest.raises(TypeError, match="one_arg"):
+        one_arg.remote(1, 2)
+    with pytest.raises(TypeError, match="one_arg"):
+        one_arg.remote()
+
+    @tk.remote
+    class Needs:
+        def __init__(self, a: int) -> None:
+            self.a = a
+
+    with pytest.raises(TypeError, match="Needs"):
+        Needs.remote(1, 2)
+    assert tk.get(one_arg.remote(7), timeout=30) == 7
+
+
+def test_placement_group_table_and_current_group(backend):
+    @tk.remote
+    def current() -> Any:
+        pg = get_current_placement_group()
+        return pg.id if pg is not None else None
+
+    pg = placement_group([{"CPU": 1}], strategy="PACK")
+    assert pg.wait(timeout_seconds=30)
+    row = placement_group_table(pg)
+    assert row["state"] == "CREATED" and row["strategy"] == "PACK"
+    inside = PlacementGroupSchedulingStrategy(placement_group=pg,
+                                              placement_group_bundle_index=0)
+    assert tk.get(current.options(scheduling_strategy=inside).remote(), timeout=30) == pg.id
+    assert tk.get(current.remote(), timeout=30) is None
+    assert get_current_placement_group() is None  # the driver
+    assert tk.util.get_current_placement_group is get_current_placement_group
+    remove_placement_group(pg)
+
+
+def test_subclassing_an_actor_class_is_a_type_error(backend):
+    @tk.remote
+    class Base:
+        def hi(self) -> str:
+            return "hi"
+
+    with pytest.raises(TypeError, match="subclass"):
+        class Sub(Base):  # type: ignore[misc,valid-type]
+            pass

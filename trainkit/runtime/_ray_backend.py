@@ -19,8 +19,10 @@ device with a 0.5 request of another job, as in Ray), ``preload_worker_modules``
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
+import types
 from typing import Any
 
 from trainkit.exceptions import ActorDiedError
@@ -34,6 +36,10 @@ from trainkit.exceptions import TrainkitError
 from trainkit.exceptions import WorkerCrashedError
 
 INSTALL_HINT = "pip install 'trainkit[ray]'"
+
+# The keys of ``@tk.method(...)`` that Ray's ``ray.method`` takes (trainkit's "name" is not).
+_RAY_METHOD_OPTIONS = ("num_returns", "concurrency_group", "max_task_retries",
+                       "retry_exceptions")
 
 
 def import_ray() -> Any:
@@ -51,10 +57,10 @@ class RayBackend:
     def __init__(self, owns: bool) -> None:
         self.ray = import_ray()
         self.owns = owns
-        # Cluster totals and each node's resources, refreshed only before refusing a request
-        # (asking Ray on every submit costs about 0.5 ms).
+        # Cluster totals and each live node's resources by node id, refreshed only before
+        # refusing a request (asking Ray on every submit costs about 0.5 ms).
         self._totals: dict[str, float] | None = None
-        self._nodes: list[dict[str, float]] | None = None
+        self._nodes: dict[str, dict[str, float]] | None = None
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
@@ -88,6 +94,9 @@ class RayBackend:
 
     # ------------------------------------------------------------------ feasibility
     def _check_feasible(self, resources: dict[str, float], strategy: Any, what: str) -> None:
+        if _is_node_affinity(strategy):
+            self._check_node_affinity(resources, strategy, what)
+            return
         if strategy is not None and not isinstance(strategy, str):
             return  # inside a placement group: its bundles were checked when it was made
         need = {k: v for k, v in resources.items() if v}
@@ -106,10 +115,40 @@ class RayBackend:
             f"{self._node_resources()}), so it could never run; lower the request or add "
             "nodes")
 
-    def _node_resources(self) -> list[dict[str, float]]:
+    def _check_node_affinity(self, resources: dict[str, float], strategy: Any,
+                             what: str) -> None:
+        """A hard affinity must name a live node that can hold the request (checked at the
+        call, as trainkit's runtime does; Ray would fail the task later); a soft one only
+        needs some node that can."""
+        need = {k: v for k, v in resources.items() if v}
+        if strategy.soft:
+            if need:
+                self._check_feasible(resources, None, what)
+            return
+        node_id = strategy.node_id
+        if node_id not in self._live_nodes():
+            self._totals = self._nodes = None
+            if node_id not in self._live_nodes():
+                raise ValueError(
+                    f"{what!r}: NodeAffinitySchedulingStrategy(node_id={node_id!r}) names no "
+                    f"live node; the nodes are {', '.join(self._live_nodes())} "
+                    "(tk.nodes()[i]['NodeID']), or pass soft=True to run elsewhere when that "
+                    "node is gone")
+        have = self._live_nodes()[node_id]
+        if any(have.get(k, 0.0) < v for k, v in need.items()):
+            raise InfeasibleError(
+                f"{what!r} needs {need}, but node {node_id} (its NodeAffinitySchedulingStrategy"
+                f") has {have}, so it could never run there; lower the request or pass "
+                "soft=True")
+
+    def _live_nodes(self) -> dict[str, dict[str, float]]:
         if self._nodes is None:
-            self._nodes = [dict(n["Resources"]) for n in self.ray.nodes() if n.get("Alive")]
+            self._nodes = {str(n["NodeID"]): dict(n["Resources"]) for n in self.ray.nodes()
+                           if n.get("Alive")}
         return self._nodes
+
+    def _node_resources(self) -> list[dict[str, float]]:
+        return list(self._live_nodes().values())
 
     def _fits_a_node(self, need: dict[str, float]) -> bool:
         if self._totals is None:
@@ -122,8 +161,15 @@ class RayBackend:
     # ------------------------------------------------------------------ tasks and actors
     def _ray_options(self, options: dict[str, Any]) -> dict[str, Any]:
         out = dict(options)
-        strategy = out.get("scheduling_strategy")
-        if strategy is not None and not isinstance(strategy, str):
+        strategy: Any = out.get("scheduling_strategy")
+        if _is_node_affinity(strategy):
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            out["scheduling_strategy"] = NodeAffinitySchedulingStrategy(
+                node_id=strategy.node_id, soft=bool(strategy.soft),
+                _spill_on_unavailable=bool(getattr(strategy, "_spill_on_unavailable", False)),
+                _fail_on_unavailable=bool(getattr(strategy, "_fail_on_unavailable", False)))
+        elif strategy is not None and not isinstance(strategy, str):
             from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
             out["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
@@ -142,15 +188,57 @@ class RayBackend:
         self._check_feasible(resources, options.get("scheduling_strategy"), name)
         if shared[0] is None:
             shared[0] = self.ray.remote(fn)
-        return shared[0].options(**self._ray_options(options)).remote(*args, **kwargs)
+        remote = shared[0].options(**self._ray_options(options))
+        try:
+            return remote.remote(*args, **kwargs)
+        except TypeError as e:
+            raise _arity_error(fn, name, args, kwargs) or e from None
 
     def create_actor(self, cls: type, shared: list[Any], options: dict[str, Any],
                      resources: dict[str, float], label: str, args: tuple[Any, ...],
                      kwargs: dict[str, Any]) -> Any:
         self._check_feasible(resources, options.get("scheduling_strategy"), label)
         if shared[0] is None:
-            shared[0] = self.ray.remote(cls)
-        return shared[0].options(**self._ray_options(options)).remote(*args, **kwargs)
+            shared[0] = self.ray.remote(self._with_method_options(cls))
+        remote = shared[0].options(**self._ray_options(options))
+        try:
+            return remote.remote(*args, **kwargs)
+        except TypeError as e:
+            raise _arity_error(cls, cls.__name__, args, kwargs) or e from None
+
+    def _with_method_options(self, cls: type) -> type:
+        """``cls``, or a subclass of it of the same name whose ``@tk.method(...)`` methods
+        are copies carrying Ray's ``ray.method`` options (the user's class and functions are
+        left as they are, for trainkit's own runtime)."""
+        overrides: dict[str, Any] = {}
+        for attr in dir(cls):
+            raw = inspect.getattr_static(cls, attr, None)
+            if not isinstance(raw, types.FunctionType):
+                continue
+            opts = getattr(raw, "__trainkit_method_options__", None)
+            ray_opts = {k: v for k, v in (opts or {}).items()
+                        if k in _RAY_METHOD_OPTIONS and v is not None}
+            if isinstance(ray_opts.get("retry_exceptions"), tuple):
+                ray_opts["retry_exceptions"] = list(ray_opts["retry_exceptions"])
+            if ray_opts:
+                overrides[attr] = self.ray.method(**ray_opts)(_copy_function(raw))
+        if not overrides:
+            return cls
+        namespace = {**overrides, "__module__": cls.__module__,
+                     "__qualname__": cls.__qualname__, "__doc__": cls.__doc__}
+        sub: type = type(cls)(cls.__name__, (cls,), namespace)
+        return sub
+
+    def exit_actor(self) -> None:
+        if self.ray.get_runtime_context().get_actor_id() is None:
+            raise RuntimeError("exit_actor() was called outside an actor: it ends the actor "
+                               "whose method calls it; to stop an actor from outside, use "
+                               "tk.kill(handle)")
+        self.ray.actor.exit_actor()  # raises (SystemExit) in the calling method
+
+    def runtime_context(self) -> Any:
+        """Ray's own ``RuntimeContext`` (ids as hex strings, ``namespace``)."""
+        return self.ray.get_runtime_context()
 
     # ------------------------------------------------------------------ objects
     def get(self, refs: Any, timeout: float | None) -> Any:
@@ -176,6 +264,9 @@ class RayBackend:
 
     def cancel(self, ref: Any, force: bool, recursive: bool) -> None:
         self.ray.cancel(ref, force=force, recursive=recursive)
+
+    def list_named_actors(self, all_namespaces: bool) -> list[Any]:
+        return list(self.ray.util.list_named_actors(all_namespaces=all_namespaces))
 
     def get_actor(self, name: str, namespace: str | None) -> Any:
         try:
@@ -227,6 +318,61 @@ class RayBackend:
         from ray.util import remove_placement_group
 
         remove_placement_group(pg)
+
+    def placement_group_table(self, pg: Any) -> dict[str, Any]:
+        """Ray's row for ``pg`` (id, name, bundles, bundles_to_node_id, strategy, state,
+        stats), or with None every group's row by id."""
+        from ray.util import placement_group_table
+
+        return dict(placement_group_table(pg))
+
+    def current_placement_group(self) -> Any:
+        """The Ray placement group the calling task or actor runs in (the type
+        ``placement_group()`` returns here), or None."""
+        from ray.util import get_current_placement_group
+
+        return get_current_placement_group()
+
+
+def _is_node_affinity(strategy: Any) -> bool:
+    """trainkit's NodeAffinitySchedulingStrategy (imported late: it may not exist yet in
+    an older checkout of _api.py)."""
+    if strategy is None or isinstance(strategy, str):
+        return False
+    try:
+        from trainkit.runtime import NodeAffinitySchedulingStrategy
+    except ImportError:
+        return False
+    return isinstance(strategy, NodeAffinitySchedulingStrategy)
+
+
+def _copy_function(fn: types.FunctionType) -> types.FunctionType:
+    """A new function object with ``fn``'s code, defaults, closure and attributes."""
+    new = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__,
+                             fn.__closure__)
+    new.__kwdefaults__ = fn.__kwdefaults__
+    new.__qualname__ = fn.__qualname__
+    new.__doc__ = fn.__doc__
+    new.__module__ = fn.__module__
+    new.__annotations__ = dict(fn.__annotations__)
+    new.__dict__.update(fn.__dict__)
+    return new
+
+
+def _arity_error(fn: Any, name: str, args: tuple[Any, ...],
+                 kwargs: dict[str, Any]) -> TypeError | None:
+    """Ray rejects a wrong number of arguments at ``.remote()`` without naming the function
+    ("too many positional arguments"): the same TypeError naming it, or None when the
+    arguments do bind (the TypeError was another one)."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError as e:
+        return TypeError(f"{name}.remote(): {e} (signature: {name}{signature})")
+    return None
 
 
 def translate(e: BaseException) -> BaseException:
