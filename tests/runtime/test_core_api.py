@@ -117,7 +117,8 @@ def test_exit_actor_is_final_even_with_restarts(rt):
 
     a = A.remote()
     assert tk.get(a.ping.remote()) == "pong"
-    assert tk.get(a.bye.remote(), timeout=60) is None
+    with pytest.raises(ActorDiedError, match="exit_actor"):
+        tk.get(a.bye.remote(), timeout=60)
     with pytest.raises(ActorDiedError, match="exit_actor"):
         tk.get(a.ping.remote(), timeout=60)
 

@@ -751,8 +751,8 @@ def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> No
 
 
 def exit_actor() -> None:
-    """Inside an actor method: end the actor once this call returns (its caller gets the
-    call's result as None). It is not restarted; later calls raise ActorDiedError."""
+    """Inside an actor method: end the actor; as in Ray, the caller of this call and of
+    every later one gets ActorDiedError (naming exit_actor), and it is not restarted."""
     rb = _ray()
     if rb is not None:
         rb.exit_actor()

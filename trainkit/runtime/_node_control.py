@@ -439,11 +439,13 @@ class ControlMixin:
         if actor.worker is not None:
             self.kill_worker(actor.worker, cause)
 
-    def on_actor_exiting(self, actor_id: bytes, cause: str | None = None) -> None:
+    def on_actor_exiting(self, req_id: int, reply_to: str, actor_id: bytes, cause: str) -> None:
+        """The actor leaves on purpose (out of scope, exit_actor): final, never restarted."""
         actor = self.actors.get(actor_id)
         if actor is not None:
             actor.no_restart = True
-            actor.cause = cause or "it went out of scope (every handle to it was deleted)"
+            actor.cause = cause
+        self.reply(reply_to, req_id, True, None)
 
     def on_list_named_actors(self, req_id: int, reply_to: str, namespace: str | None) -> None:
         """Live named actors: names in ``namespace``, or {name, namespace} rows for all."""
@@ -517,7 +519,7 @@ class ControlMixin:
     def on_create_pg(self, req_id: int, reply_to: str, pg_id: str,
                      bundles: list[dict[str, float]], strategy: str, name: str) -> None:
         try:
-            self.scheduler.create_placement_group(pg_id, bundles, strategy)
+            self.scheduler.create_placement_group(pg_id, bundles, strategy, name)
         except (InfeasibleError, ValueError) as e:
             self.reply(reply_to, req_id, False, e)
             return

@@ -42,6 +42,7 @@ _BUILTIN_OPTIONS: Final = {"cpu": "num_cpus", "gpu": "num_gpus", "memory": "memo
 # group the bounded search cannot place just waits for the next call.
 _SEARCH_BUDGET: Final = 10_000
 _MAX_NODES_SHOWN: Final = 8
+_REMOVED_ROWS_KEPT: Final = 1000  # rows of removed placement groups kept for the table
 
 _Units = dict[str, int]
 _Devices = dict[int, int]  # GPU device id -> units of that device
@@ -265,6 +266,7 @@ class _PlacementGroup:
     strategy: str
     bundles: list[_Bundle]
     ready: bool = False
+    name: str = ""
 
 
 @dataclass(slots=True)
@@ -272,6 +274,7 @@ class _Request:
     request_id: RequestId
     need: _Units
     placement: tuple[str, int] | None
+    affinity: tuple[str, bool] | None = None  # (node id, soft): NodeAffinitySchedulingStrategy
     grant: Grant | None = None  # None while queued
     lent: bool = False  # its CPUs are lent back while its holder is blocked
     devices: _Devices = field(default_factory=dict)
@@ -370,6 +373,7 @@ class ResourceScheduler:
         self._nodes: dict[str, _Node] = {}  # insertion order is the order nodes are tried in
         self._groups: dict[str, _PlacementGroup] = {}  # creation order is their FIFO order
         self._requests: dict[RequestId, _Request] = {}  # queued and granted, in submission order
+        self._removed: dict[str, dict[str, Any]] = {}  # table rows of removed groups (bounded)
 
     def add_node(
         self, node_id: str, resources: Mapping[str, float], gpu_ids: Sequence[int] = ()
@@ -408,8 +412,10 @@ class ResourceScheduler:
         lost = [
             r.request_id
             for r in self._requests.values()
-            if r.grant is not None
-            and (r.in_group(hit) or (r.placement is None and r.grant.node_id == node_id))
+            if (r.grant is not None
+                and (r.in_group(hit) or (r.placement is None and r.grant.node_id == node_id)))
+            # a queued request bound to this node alone can never be granted now
+            or (r.grant is None and r.affinity is not None and r.affinity == (node_id, False))
         ]
         for request_id in lost:
             del self._requests[request_id]
@@ -422,19 +428,48 @@ class ResourceScheduler:
         request_id: RequestId,
         resources: Mapping[str, float],
         placement: tuple[str, int] | None = None,
+        node_affinity: tuple[str, bool] | None = None,
     ) -> None:
-        """Queue a lease request; ``placement=(pg_id, bundle_index)``, index -1 = any bundle.
+        """Queue a lease request; ``placement=(pg_id, bundle_index)``, index -1 = any bundle;
+        ``node_affinity=(node_id, soft)``: only that node, or (soft) that node first.
 
         Raises:
-            ValueError: duplicate request id, unknown group, bundle index out of range, or
-                invalid amounts.
-            InfeasibleError: no node (or no eligible bundle) could ever hold the request.
+            ValueError: duplicate request id, unknown group, bundle index out of range,
+                invalid amounts, a hard affinity to an unknown node, affinity with a group.
+            InfeasibleError: no node (or no eligible bundle, or the affine node) could ever
+                hold the request.
         """
         if request_id in self._requests:
             raise ValueError(f"request id {request_id!r} is already queued or granted")
         need = _parse(resources, "resources")
-        self._check_request_feasible(request_id, need, placement)
-        self._requests[request_id] = _Request(request_id, need, placement)
+        if node_affinity is not None:
+            self._check_affinity(request_id, need, placement, node_affinity)
+        else:
+            self._check_request_feasible(request_id, need, placement)
+        self._requests[request_id] = _Request(request_id, need, placement, node_affinity)
+
+    def _check_affinity(self, request_id: RequestId, need: _Units,
+                        placement: tuple[str, int] | None,
+                        affinity: tuple[str, bool]) -> None:
+        node_id, soft = affinity
+        if placement is not None:
+            raise ValueError(f"request {request_id!r}: node affinity and a placement group "
+                             "cannot be combined; place the group's bundles instead")
+        node = self._nodes.get(node_id)
+        if node is None:
+            if soft:
+                self._check_request_feasible(request_id, need, None)
+                return
+            raise ValueError(f"request {request_id!r}: node {node_id!r} is unknown; the "
+                             f"nodes are {', '.join(self._nodes) or 'none'}")
+        if node.capacity().fit(need) is None:
+            if soft:
+                self._check_request_feasible(request_id, need, None)
+                return
+            raise InfeasibleError(
+                f"request {request_id!r} needs {_show(need)}, more than node {node_id!r} can "
+                f"ever provide ({_show(node.total)}). Lower the request, use soft=True, or "
+                "pick another node.")
 
     def cancel(self, request_id: RequestId) -> bool:
         """Drop a queued request; False if it is not queued (granted or unknown)."""
@@ -480,7 +515,7 @@ class ResourceScheduler:
         request.lent = False
 
     def create_placement_group(
-        self, pg_id: str, bundles: Sequence[Mapping[str, float]], strategy: str
+        self, pg_id: str, bundles: Sequence[Mapping[str, float]], strategy: str, name: str = ""
     ) -> None:
         """Queue a placement group; :meth:`schedule` reserves it whole or not at all.
 
@@ -505,13 +540,19 @@ class ResourceScheduler:
                     "amount of at least one resource, e.g. {'CPU': 1}"
                 )
         self._check_group_feasible(pg_id, needs, strategy)
-        self._groups[pg_id] = _PlacementGroup(pg_id, strategy, [_Bundle(n) for n in needs])
+        self._groups[pg_id] = _PlacementGroup(pg_id, strategy, [_Bundle(n) for n in needs],
+                                              name=name)
 
     def remove_placement_group(self, pg_id: str) -> list[RequestId]:
         """Free a group; return the ids granted inside it, then the queued ids dropped with it."""
         group = self._groups.pop(pg_id, None)
         if group is None:
             return []
+        row = self._table_row(group)
+        row["state"] = "REMOVED"
+        self._removed[pg_id] = row
+        while len(self._removed) > _REMOVED_ROWS_KEPT:
+            del self._removed[next(iter(self._removed))]
         hit = [r for r in self._requests.values() if r.in_group((pg_id,))]
         for request in hit:
             del self._requests[request.request_id]
@@ -522,6 +563,32 @@ class ResourceScheduler:
         """True once every bundle is reserved; False while queued, and for unknown ids."""
         group = self._groups.get(pg_id)
         return group is not None and group.ready
+
+    def placement_group_table(self, pg_id: str | None = None) -> dict[str, Any]:
+        """Ray's ``placement_group_table``: one group's row, or every row by id (the last
+        groups removed included, state "REMOVED"). Raises ValueError for an unknown id."""
+        if pg_id is None:
+            rows = dict(self._removed)
+            rows.update((g.pg_id, self._table_row(g)) for g in self._groups.values())
+            return rows
+        group = self._groups.get(pg_id)
+        if group is not None:
+            return self._table_row(group)
+        if pg_id in self._removed:
+            return dict(self._removed[pg_id])
+        raise ValueError(f"placement group {pg_id!r} is unknown")
+
+    @staticmethod
+    def _table_row(group: _PlacementGroup) -> dict[str, Any]:
+        return {
+            "placement_group_id": group.pg_id,
+            "name": group.name,
+            "bundles": {i: _floats(b.need) for i, b in enumerate(group.bundles)},
+            "bundles_to_node_id": {i: b.node_id for i, b in enumerate(group.bundles)
+                                   if b.node_id is not None},
+            "strategy": group.strategy,
+            "state": "CREATED" if group.ready else "PENDING",
+        }
 
     def placement_group_bundles(self, pg_id: str) -> list[dict[str, float]]:
         """The bundles as created, in bundle order."""
@@ -543,7 +610,7 @@ class ResourceScheduler:
         # skipping it keeps a long queue of identical requests cheap.
         failed: set[tuple[object, ...]] = set()
         for request in [r for r in self._requests.values() if r.grant is None]:
-            shape = (*sorted(request.need.items()), request.placement)
+            shape = (*sorted(request.need.items()), request.placement, request.affinity)
             if shape in failed:
                 continue
             grant = self._try_grant(request)
@@ -593,7 +660,9 @@ class ResourceScheduler:
 
     def _try_grant(self, request: _Request) -> Grant | None:
         spots: list[tuple[str, _Pool, tuple[str, int] | None]]
-        if request.placement is None:
+        if request.affinity is not None:
+            spots = self._affine_spots(request.affinity)
+        elif request.placement is None:
             spots = [(n.node_id, n.pool, None) for n in self._nodes.values()]
         else:
             pg_id, index = request.placement
@@ -613,6 +682,17 @@ class ResourceScheduler:
                 )
                 return request.grant
         return None
+
+    def _affine_spots(self, affinity: tuple[str, bool]
+                      ) -> list[tuple[str, _Pool, tuple[str, int] | None]]:
+        node_id, soft = affinity
+        node = self._nodes.get(node_id)
+        first: list[tuple[str, _Pool, tuple[str, int] | None]] = (
+            [(node_id, node.pool, None)] if node is not None else [])
+        if not soft:
+            return first
+        return first + [(n.node_id, n.pool, None) for n in self._nodes.values()
+                        if n.node_id != node_id]
 
     def _reserve(self, group: _PlacementGroup) -> bool:
         pools = {node_id: node.pool for node_id, node in self._nodes.items()}

@@ -21,11 +21,13 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from trainkit.exceptions import ActorDiedError
 from trainkit.runtime import _context
 from trainkit.runtime._auth import FrameAuth
 from trainkit.runtime._context import ActorExit
 from trainkit.runtime._core import CoreWorker
 from trainkit.runtime._local_channel import store_socket_path
+from trainkit.runtime._objects import error_value
 from trainkit.runtime._objects import task_error_value
 from trainkit.runtime._protocol import Msg
 from trainkit.runtime._secret import SECRET_ENV
@@ -182,7 +184,7 @@ class Worker:
             return self._result_value(return_id, owner, result)
         except ActorExit:
             self.exiting = True
-            return self._result_value(return_id, owner, None)
+            return self._exit_value(), None
         except BaseException as e:
             return task_error_value(name, e), None
 
@@ -299,7 +301,7 @@ class Worker:
                 value, holder = self._result_value(return_id, caller, result)
             except ActorExit:
                 self.exiting = True
-                value, holder = self._result_value(return_id, caller, None)
+                value, holder = self._exit_value(), None
             except BaseException as e:
                 value = task_error_value(name, e)
         self.core.out.send(caller, (Msg.TASK_DONE, task_id, return_id, value, holder))
@@ -309,16 +311,29 @@ class Worker:
     def actor_exit(self) -> None:
         if self.pool is not None:
             self.pool.shutdown(wait=True)
-        self.core.out.send(self.core.control_addr, (Msg.ACTOR_EXITING, self.actor_id))
+        self._tell_exiting("it went out of scope (every handle to it was deleted)")
         _flush_and_exit(0)
 
     def exit_by_request(self) -> None:
         """exit_actor() was called: the control plane marks the actor dead for good (no
         restart), the reply just sent is flushed, and the process leaves."""
-        self.core.out.send(self.core.control_addr,
-                           (Msg.ACTOR_EXITING, self.actor_id, "it called exit_actor()"))
+        self._tell_exiting("it called exit_actor()")
         self.core.out.flush(5.0)
         _flush_and_exit(0)
+
+    def _exit_value(self) -> Any:
+        """The result of the call that ran exit_actor(): as in Ray, its caller sees the
+        actor's death, not a return value."""
+        return error_value(ActorDiedError(self.label[0], "it called exit_actor()"))
+
+    def _tell_exiting(self, cause: str) -> None:
+        """Make the control plane record that this exit is final before it can see the
+        process end (it would restart an actor that may restart)."""
+        try:
+            self.core.request_control(Msg.ACTOR_EXITING, self.actor_id, cause,
+                                      what="announcing the actor's exit", timeout=10.0)
+        except Exception:
+            pass  # the control plane is gone or slow: the exit goes ahead all the same
 
 
 def _load_error(name: str, e: BaseException) -> BaseException:
