@@ -38,13 +38,18 @@ def _submit(
     request_id: str,
     resources: Mapping[str, float],
     placement: tuple[str, int] | None = None,
+    node_affinity: tuple[str, bool] | None = None,
 ) -> None:
-    s.submit(request_id, resources, placement)
+    s.submit(request_id, resources, placement, node_affinity)
     s._validate()
 
 
 def _granted(events: Sequence[Grant | PlacementGroupReady]) -> list[str]:
     return [e.request_id for e in events if isinstance(e, Grant)]
+
+
+def _where(events: Sequence[Grant | PlacementGroupReady]) -> list[tuple[str, str]]:
+    return [(str(e.request_id), e.node_id) for e in events if isinstance(e, Grant)]
 
 
 def _three_nodes() -> ResourceScheduler:
@@ -713,6 +718,109 @@ def test_whole_gpu_request_never_fits_a_fractional_bundle() -> None:
     assert s.available_resources() == {"GPU": 0.0}
 
 
+# -- node affinity ---------------------------------------------------------------------------
+
+
+def test_hard_affinity_is_granted_only_on_its_node() -> None:
+    s = _three_nodes()
+    _submit(s, "a", {"CPU": 1}, node_affinity=("n2", False))
+    _submit(s, "b", {"CPU": 1})
+    assert _step(s) == [
+        Grant("a", "n2", {"CPU": 1.0}, (), None),
+        Grant("b", "n1", {"CPU": 1.0}, (), None),
+    ]
+
+
+def test_hard_affinity_waits_while_its_node_is_busy_even_if_another_is_free() -> None:
+    s = _three_nodes()
+    _submit(s, "hog", {"CPU": 2}, node_affinity=("n2", False))
+    _submit(s, "bound", {"CPU": 1}, node_affinity=("n2", False))
+    _submit(s, "plain", {"CPU": 1})  # same shape, no affinity: not held back by "bound"
+    assert _where(_step(s)) == [("hog", "n2"), ("plain", "n1")]
+    assert s.queued_requests() == ["bound"]
+    assert _step(s) == []
+    s.release("hog")
+    assert _where(_step(s)) == [("bound", "n2")]
+
+
+def test_hard_affinity_to_an_unknown_node_names_it_and_the_nodes() -> None:
+    s = _three_nodes()
+    with pytest.raises(ValueError) as info:
+        s.submit("r", {"CPU": 1}, node_affinity=("n9", False))
+    message = str(info.value)
+    for fragment in ("'r'", "names no live node", "node 'n9' is unknown", "n1, n2, n3", "soft"):
+        assert fragment in message
+    assert not isinstance(info.value, InfeasibleError)
+    assert s.queued_requests() == []
+
+
+def test_hard_affinity_larger_than_its_node_is_infeasible() -> None:
+    s = _scheduler(("small", {"CPU": 1}), ("big", {"CPU": 4}))
+    with pytest.raises(InfeasibleError) as info:
+        s.submit("r", {"CPU": 2}, node_affinity=("small", False))
+    message = str(info.value)
+    for fragment in ("'r'", "{'CPU': 2}", "node 'small'", "{'CPU': 1}", "soft=True"):
+        assert fragment in message
+    assert s.queued_requests() == []
+    # Soft, it runs where it fits; soft or not, it must fit somewhere.
+    _submit(s, "r", {"CPU": 2}, node_affinity=("small", True))
+    assert _where(_step(s)) == [("r", "big")]
+    with pytest.raises(InfeasibleError, match="more than any node can ever provide"):
+        s.submit("huge", {"CPU": 8}, node_affinity=("small", True))
+
+
+def test_remove_node_fails_the_requests_bound_to_it() -> None:
+    s = _scheduler(("n1", {"CPU": 2}), ("n2", {"CPU": 2, "GPU": 1}))
+    _submit(s, "gpu_hog", {"GPU": 1}, node_affinity=("n2", False))
+    _submit(s, "waiting", {"CPU": 1, "GPU": 1}, node_affinity=("n2", False))
+    _submit(s, "soft", {"CPU": 1, "GPU": 1}, node_affinity=("n2", True))
+    _submit(s, "plain", {"CPU": 1})
+    _submit(s, "plain2", {"CPU": 2})
+    assert _where(_step(s)) == [("gpu_hog", "n2"), ("plain", "n1"), ("plain2", "n2")]
+    # Grants that died first, then the queued request that can never run now.
+    assert s.remove_node("n2") == ["gpu_hog", "plain2", "waiting"]
+    s._validate()
+    assert s.queued_requests() == ["soft"]  # soft: it waits for any node that can hold it
+    s.add_node("n3", {"CPU": 1, "GPU": 1})
+    assert _where(_step(s)) == [("soft", "n3")]
+
+
+def test_soft_affinity_prefers_its_node_then_falls_back() -> None:
+    s = _three_nodes()
+    for rid in ("a", "b", "c"):
+        _submit(s, rid, {"CPU": 1}, node_affinity=("n3", True))
+    assert _where(_step(s)) == [("a", "n3"), ("b", "n3"), ("c", "n1")]
+    s.release("a")
+    _submit(s, "d", {"CPU": 1}, node_affinity=("n3", True))
+    assert _where(_step(s)) == [("d", "n3")]
+
+
+def test_soft_affinity_to_an_unknown_node_runs_anywhere() -> None:
+    s = _three_nodes()
+    _submit(s, "r", {"CPU": 2}, node_affinity=("gone", True))
+    assert _where(_step(s)) == [("r", "n1")]
+    with pytest.raises(InfeasibleError, match="more than any node can ever provide"):
+        s.submit("huge", {"CPU": 3}, node_affinity=("gone", True))
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_node_affinity_with_a_placement_group_is_an_error(soft: bool) -> None:
+    s = _three_nodes()
+    s.create_placement_group("pg", [{"CPU": 1}], "PACK")
+    with pytest.raises(ValueError, match="cannot be combined") as info:
+        s.submit("r", {"CPU": 1}, ("pg", 0), node_affinity=("n1", soft))
+    assert "('pg', 0)" in str(info.value) and "('n1'," in str(info.value)
+    assert s.queued_requests() == []
+
+
+@pytest.mark.parametrize("affinity", ["n1", ("n1",), ("n1", 1), ("n1", None), (1, False)])
+def test_malformed_node_affinity_is_an_error(affinity: object) -> None:
+    s = _three_nodes()
+    with pytest.raises(ValueError, match="must be a \\(node_id: str, soft: bool\\) pair"):
+        s.submit("r", {"CPU": 1}, node_affinity=affinity)  # type: ignore[arg-type]
+    assert s.queued_requests() == []
+
+
 # -- removal -------------------------------------------------------------------------------
 
 
@@ -801,6 +909,108 @@ def test_remove_node_leaves_strict_spread_group_waiting_for_a_new_node() -> None
     assert _step(s) == [PlacementGroupReady("pg", ("n2", "n3"))]
 
 
+# -- placement group table -------------------------------------------------------------------
+
+
+def test_placement_group_table_follows_a_group_from_create_to_remove() -> None:
+    s = _scheduler(("n1", {"CPU": 1}), ("n2", {"CPU": 1, "GPU": 1}))
+    s.create_placement_group("pg", [{"CPU": 1}, {"CPU": 1, "GPU": 1}], "STRICT_SPREAD", "pair")
+    pending = {
+        "placement_group_id": "pg",
+        "name": "pair",
+        "bundles": {0: {"CPU": 1.0}, 1: {"CPU": 1.0, "GPU": 1.0}},
+        "bundles_to_node_id": {},
+        "strategy": "STRICT_SPREAD",
+        "state": "PENDING",
+    }
+    assert s.placement_group_table("pg") == pending
+    assert _step(s) == [PlacementGroupReady("pg", ("n1", "n2"))]
+    created = {**pending, "bundles_to_node_id": {0: "n1", 1: "n2"}, "state": "CREATED"}
+    assert s.placement_group_table("pg") == created
+    s.remove_placement_group("pg")
+    s._validate()
+    assert s.placement_group_table("pg") == {**created, "state": "REMOVED"}
+    assert s.placement_group_table() == {"pg": {**created, "state": "REMOVED"}}
+    # The removed row holds nothing: a new group gets the whole cluster.
+    assert s.available_resources() == {"CPU": 2.0, "GPU": 1.0}
+    s.create_placement_group("next", [{"CPU": 1}, {"CPU": 1, "GPU": 1}], "STRICT_SPREAD")
+    assert _step(s) == [PlacementGroupReady("next", ("n1", "n2"))]
+
+
+def test_placement_group_table_lists_every_group_by_id() -> None:
+    s = _scheduler(("n1", {"CPU": 2}))
+    s.create_placement_group("old", [{"CPU": 1}], "PACK")
+    s.create_placement_group("fits", [{"CPU": 1}], "SPREAD")
+    s.create_placement_group("waits", [{"CPU": 2}], "STRICT_PACK")
+    _step(s)
+    s.remove_placement_group("old")
+    table = s.placement_group_table()
+    assert list(table) == ["old", "fits", "waits"]
+    assert {pg_id: row["state"] for pg_id, row in table.items()} == {
+        "old": "REMOVED",
+        "fits": "CREATED",
+        "waits": "PENDING",
+    }
+    assert table["fits"]["name"] == ""  # no name given, as in Ray
+    assert table["waits"]["bundles_to_node_id"] == {}
+
+
+def test_placement_group_table_shows_a_group_rescheduling_after_node_loss() -> None:
+    s = _scheduler(("n1", {"CPU": 1}), ("n2", {"CPU": 1}))
+    s.create_placement_group("pg", [{"CPU": 1}, {"CPU": 1}], "STRICT_SPREAD")
+    _step(s)
+    s.remove_node("n2")
+    row = s.placement_group_table("pg")
+    assert (row["state"], row["bundles_to_node_id"]) == ("RESCHEDULING", {})
+    s.add_node("n3", {"CPU": 1})
+    _step(s)
+    row = s.placement_group_table("pg")
+    assert (row["state"], row["bundles_to_node_id"]) == ("CREATED", {0: "n1", 1: "n3"})
+
+
+def test_placement_group_table_of_an_unknown_id_is_an_error() -> None:
+    s = _three_nodes()
+    with pytest.raises(ValueError, match="placement group 'nope' is unknown"):
+        s.placement_group_table("nope")
+
+
+def test_placement_group_table_returns_copies() -> None:
+    s = _three_nodes()
+    s.create_placement_group("pg", [{"CPU": 1}], "PACK")
+    s.remove_placement_group("pg")
+    for row in (s.placement_group_table("pg"), s.placement_group_table()["pg"]):
+        row["bundles"][0]["CPU"] = 99.0
+        row["bundles_to_node_id"][0] = "elsewhere"
+        row["state"] = "CREATED"
+    assert s.placement_group_table("pg")["bundles"] == {0: {"CPU": 1.0}}
+    assert s.placement_group_table("pg")["state"] == "REMOVED"
+
+
+def test_removed_rows_are_bounded_and_a_reused_id_is_live_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_scheduler_module, "_REMOVED_ROWS_KEPT", 2)
+    s = _three_nodes()
+    for pg_id in ("a", "b", "c"):
+        s.create_placement_group(pg_id, [{"CPU": 1}], "PACK")
+        s.remove_placement_group(pg_id)
+        s._validate()
+    assert list(s.placement_group_table()) == ["b", "c"]
+    with pytest.raises(ValueError, match="'a' is unknown"):
+        s.placement_group_table("a")
+    s.create_placement_group("b", [{"CPU": 2}], "PACK", name="again")
+    s._validate()
+    assert s.placement_group_table("b")["state"] == "PENDING"
+    assert [row["state"] for row in s.placement_group_table().values()] == ["REMOVED", "PENDING"]
+
+
+def test_placement_group_name_must_be_a_str() -> None:
+    s = _three_nodes()
+    with pytest.raises(ValueError, match="name is None, but must be a str"):
+        s.create_placement_group("pg", [{"CPU": 1}], "PACK", None)  # type: ignore[arg-type]
+    assert s.queued_placement_groups() == []
+
+
 # -- invariants ------------------------------------------------------------------------------
 
 
@@ -827,7 +1037,10 @@ def test_random_operations_keep_the_books_balanced(seed: int) -> None:
                 if groups and rng.random() < 0.5:
                     placement = (rng.choice(groups), -1)
                 resources = {"CPU": rng.choice([0, 0.5, 1]), "GPU": rng.choice([0, 0.25, 0.5, 1])}
-                s.submit(f"r{serial}", resources, placement)
+                affinity = None
+                if placement is None and rng.random() < 0.3:
+                    affinity = (rng.choice([*nodes, "gone"]), rng.random() < 0.5)
+                s.submit(f"r{serial}", resources, placement, affinity)
             elif op < 0.55 and granted:
                 s.release(granted.pop(rng.randrange(len(granted))))
             elif op < 0.65:

@@ -265,8 +265,9 @@ class _PlacementGroup:
     pg_id: str
     strategy: str
     bundles: list[_Bundle]
-    ready: bool = False
     name: str = ""
+    ready: bool = False
+    lost_a_node: bool = False  # was reserved, then a node with a bundle died: Ray's RESCHEDULING
 
 
 @dataclass(slots=True)
@@ -275,13 +276,22 @@ class _Request:
     need: _Units
     placement: tuple[str, int] | None
     affinity: tuple[str, bool] | None = None  # (node id, soft): NodeAffinitySchedulingStrategy
+    # What schedule() remembers a failure by: requests with the same shape fail together.
+    shape: tuple[object, ...] = field(init=False)
     grant: Grant | None = None  # None while queued
     lent: bool = False  # its CPUs are lent back while its holder is blocked
     devices: _Devices = field(default_factory=dict)
     source: _Pool = field(default_factory=lambda: _Pool({}, {}))  # the node or bundle pool
 
+    def __post_init__(self) -> None:
+        self.shape = (*sorted(self.need.items()), self.placement, self.affinity)
+
     def in_group(self, pg_ids: Iterable[str]) -> bool:
         return self.placement is not None and self.placement[0] in pg_ids
+
+    def bound_to(self, node_id: str) -> bool:
+        """True for a hard affinity to ``node_id``: the request may run nowhere else."""
+        return self.affinity == (node_id, False)
 
 
 class _SearchGaveUp(Exception):
@@ -399,10 +409,14 @@ class ResourceScheduler:
         self._nodes[node_id] = _Node(node_id, total, ids or tuple(range(gpu // _UNIT)))
 
     def remove_node(self, node_id: str) -> list[RequestId]:
-        """Forget a node; return the ids of the grants that died with it ([] if unknown).
+        """Forget a node; return the ids of the requests that died with it ([] if unknown).
 
-        A group with a bundle there loses its whole reservation (a group is never partly
-        reserved) and is queued again; the grants in all its bundles are returned too.
+        First the grants that died with it, in submission order: those on the node, and those
+        in every bundle of a group that had a bundle there (a group is never partly reserved,
+        so it loses its whole reservation and is queued again). Then the queued requests with a
+        hard affinity to the node, which can never be granted now. The caller stops the
+        holders of the grants and fails the queued ones, as for
+        :meth:`remove_placement_group`. Soft-affinity requests stay queued and run anywhere.
         """
         if self._nodes.pop(node_id, None) is None:
             return []
@@ -410,18 +424,20 @@ class ResourceScheduler:
             g.pg_id for g in self._groups.values() if any(b.node_id == node_id for b in g.bundles)
         }
         lost = [
-            r.request_id
+            r
             for r in self._requests.values()
-            if (r.grant is not None
-                and (r.in_group(hit) or (r.placement is None and r.grant.node_id == node_id)))
-            # a queued request bound to this node alone can never be granted now
-            or (r.grant is None and r.affinity is not None and r.affinity == (node_id, False))
+            if (r.grant is None and r.bound_to(node_id))
+            or (
+                r.grant is not None
+                and (r.in_group(hit) or (r.placement is None and r.grant.node_id == node_id))
+            )
         ]
-        for request_id in lost:
-            del self._requests[request_id]
+        for request in lost:
+            del self._requests[request.request_id]
         for pg_id in hit:
             self._unreserve(self._groups[pg_id])
-        return lost
+            self._groups[pg_id].lost_a_node = True
+        return [r.request_id for r in sorted(lost, key=lambda r: r.grant is None)]
 
     def submit(
         self,
@@ -430,46 +446,33 @@ class ResourceScheduler:
         placement: tuple[str, int] | None = None,
         node_affinity: tuple[str, bool] | None = None,
     ) -> None:
-        """Queue a lease request; ``placement=(pg_id, bundle_index)``, index -1 = any bundle;
-        ``node_affinity=(node_id, soft)``: only that node, or (soft) that node first.
+        """Queue a lease request.
+
+        Args:
+            request_id: unique among queued and granted requests.
+            resources: what to hold, e.g. ``{"CPU": 1, "GPU": 0.5}``.
+            placement: ``(pg_id, bundle_index)`` to take it from a bundle; index -1 is any
+                bundle of the group.
+            node_affinity: ``(node_id, soft)``, Ray's ``NodeAffinitySchedulingStrategy``. Hard
+                (``soft=False``): granted on that node only, waiting while it is busy; the
+                request dies with the node (see :meth:`remove_node`). Soft: that node when it
+                fits now, else any node; an unknown or removed node means any node.
 
         Raises:
             ValueError: duplicate request id, unknown group, bundle index out of range,
-                invalid amounts, a hard affinity to an unknown node, affinity with a group.
-            InfeasibleError: no node (or no eligible bundle, or the affine node) could ever
-                hold the request.
+                invalid amounts, a malformed ``node_affinity``, a hard affinity to an unknown
+                node, or affinity together with a placement group.
+            InfeasibleError: no node (or no eligible bundle, or the hard-affine node) could
+                ever hold the request.
         """
         if request_id in self._requests:
             raise ValueError(f"request id {request_id!r} is already queued or granted")
         need = _parse(resources, "resources")
-        if node_affinity is not None:
-            self._check_affinity(request_id, need, placement, node_affinity)
-        else:
+        if node_affinity is None:
             self._check_request_feasible(request_id, need, placement)
+        else:
+            node_affinity = self._check_affinity(request_id, need, placement, node_affinity)
         self._requests[request_id] = _Request(request_id, need, placement, node_affinity)
-
-    def _check_affinity(self, request_id: RequestId, need: _Units,
-                        placement: tuple[str, int] | None,
-                        affinity: tuple[str, bool]) -> None:
-        node_id, soft = affinity
-        if placement is not None:
-            raise ValueError(f"request {request_id!r}: node affinity and a placement group "
-                             "cannot be combined; place the group's bundles instead")
-        node = self._nodes.get(node_id)
-        if node is None:
-            if soft:
-                self._check_request_feasible(request_id, need, None)
-                return
-            raise ValueError(f"request {request_id!r}: node {node_id!r} is unknown; the "
-                             f"nodes are {', '.join(self._nodes) or 'none'}")
-        if node.capacity().fit(need) is None:
-            if soft:
-                self._check_request_feasible(request_id, need, None)
-                return
-            raise InfeasibleError(
-                f"request {request_id!r} needs {_show(need)}, more than node {node_id!r} can "
-                f"ever provide ({_show(node.total)}). Lower the request, use soft=True, or "
-                "pick another node.")
 
     def cancel(self, request_id: RequestId) -> bool:
         """Drop a queued request; False if it is not queued (granted or unknown)."""
@@ -515,13 +518,23 @@ class ResourceScheduler:
         request.lent = False
 
     def create_placement_group(
-        self, pg_id: str, bundles: Sequence[Mapping[str, float]], strategy: str, name: str = ""
+        self,
+        pg_id: str,
+        bundles: Sequence[Mapping[str, float]],
+        strategy: str,
+        name: str = "",
     ) -> None:
         """Queue a placement group; :meth:`schedule` reserves it whole or not at all.
 
+        Args:
+            pg_id: unique among live groups (a removed group's id may be used again).
+            bundles: what each bundle reserves, e.g. ``[{"CPU": 1, "GPU": 1}] * 4``.
+            strategy: one of :data:`PLACEMENT_STRATEGIES`.
+            name: shown in :meth:`placement_group_table`; "" for none, as in Ray.
+
         Raises:
-            ValueError: duplicate id, unknown strategy, no bundles, an empty bundle, or invalid
-                amounts.
+            ValueError: duplicate id, unknown strategy, no bundles, an empty bundle, invalid
+                amounts, or a name that is not a str.
             InfeasibleError: the group could never be reserved, even on an idle cluster.
         """
         if pg_id in self._groups:
@@ -530,6 +543,8 @@ class ResourceScheduler:
             raise ValueError(
                 f"strategy is {strategy!r}, but must be one of {', '.join(PLACEMENT_STRATEGIES)}"
             )
+        if not isinstance(name, str):
+            raise ValueError(f"name is {name!r}, but must be a str ('' for no name)")
         if not bundles:
             raise ValueError("bundles is empty, but a placement group needs at least one bundle")
         needs = [_parse(bundle, f"bundles[{i}]") for i, bundle in enumerate(bundles)]
@@ -540,19 +555,21 @@ class ResourceScheduler:
                     "amount of at least one resource, e.g. {'CPU': 1}"
                 )
         self._check_group_feasible(pg_id, needs, strategy)
-        self._groups[pg_id] = _PlacementGroup(pg_id, strategy, [_Bundle(n) for n in needs],
-                                              name=name)
+        self._removed.pop(pg_id, None)  # the id is live again: its old row would mislead
+        self._groups[pg_id] = _PlacementGroup(pg_id, strategy, [_Bundle(n) for n in needs], name)
 
     def remove_placement_group(self, pg_id: str) -> list[RequestId]:
-        """Free a group; return the ids granted inside it, then the queued ids dropped with it."""
+        """Free a group; return the ids granted inside it, then the queued ids dropped with it.
+
+        Its row stays in :meth:`placement_group_table` as "REMOVED" (the last
+        1000 removed groups only); nothing else remembers it.
+        """
         group = self._groups.pop(pg_id, None)
         if group is None:
             return []
-        row = self._table_row(group)
-        row["state"] = "REMOVED"
-        self._removed[pg_id] = row
-        while len(self._removed) > _REMOVED_ROWS_KEPT:
-            del self._removed[next(iter(self._removed))]
+        self._removed[pg_id] = {**_table_row(group), "state": "REMOVED"}
+        if len(self._removed) > _REMOVED_ROWS_KEPT:
+            del self._removed[next(iter(self._removed))]  # the oldest removal
         hit = [r for r in self._requests.values() if r.in_group((pg_id,))]
         for request in hit:
             del self._requests[request.request_id]
@@ -565,30 +582,47 @@ class ResourceScheduler:
         return group is not None and group.ready
 
     def placement_group_table(self, pg_id: str | None = None) -> dict[str, Any]:
-        """Ray's ``placement_group_table``: one group's row, or every row by id (the last
-        groups removed included, state "REMOVED"). Raises ValueError for an unknown id."""
+        """What Ray's ``ray.util.placement_group_table()`` reports, without ``stats``.
+
+        A row has ``placement_group_id``, ``name``, ``bundles`` ({index: {resource: amount}}),
+        ``bundles_to_node_id`` ({index: node_id}, empty until reserved), ``strategy`` and
+        ``state``: "PENDING" (queued), "CREATED" (reserved), "RESCHEDULING" (queued again
+        after a node with one of its bundles was removed) or "REMOVED" (where its bundles
+        were when it was removed). The rows are copies: changing them changes nothing here.
+
+        Args:
+            pg_id: one group's id, or None for every row.
+
+        Returns:
+            That group's row, or every row keyed by id: removed groups (the last
+            1000, oldest removal first), then live ones in creation order.
+
+        Raises:
+            ValueError: ``pg_id`` names no live group and no kept removed one.
+
+        Example:
+            >>> s = ResourceScheduler()
+            >>> s.add_node("n1", {"CPU": 2})
+            >>> s.create_placement_group("pg", [{"CPU": 1}], "PACK", name="g")
+            >>> s.placement_group_table("pg")["state"]
+            'PENDING'
+            >>> _ = s.schedule()
+            >>> s.placement_group_table()["pg"]["bundles_to_node_id"]
+            {0: 'n1'}
+        """
         if pg_id is None:
-            rows = dict(self._removed)
-            rows.update((g.pg_id, self._table_row(g)) for g in self._groups.values())
+            rows = {i: _copy_row(row) for i, row in self._removed.items()}
+            rows.update((g.pg_id, _table_row(g)) for g in self._groups.values())
             return rows
         group = self._groups.get(pg_id)
         if group is not None:
-            return self._table_row(group)
+            return _table_row(group)
         if pg_id in self._removed:
-            return dict(self._removed[pg_id])
-        raise ValueError(f"placement group {pg_id!r} is unknown")
-
-    @staticmethod
-    def _table_row(group: _PlacementGroup) -> dict[str, Any]:
-        return {
-            "placement_group_id": group.pg_id,
-            "name": group.name,
-            "bundles": {i: _floats(b.need) for i, b in enumerate(group.bundles)},
-            "bundles_to_node_id": {i: b.node_id for i, b in enumerate(group.bundles)
-                                   if b.node_id is not None},
-            "strategy": group.strategy,
-            "state": "CREATED" if group.ready else "PENDING",
-        }
+            return _copy_row(self._removed[pg_id])
+        raise ValueError(
+            f"placement group {pg_id!r} is unknown: it was never created here, or it was "
+            f"removed before the last {_REMOVED_ROWS_KEPT} removals"
+        )
 
     def placement_group_bundles(self, pg_id: str) -> list[dict[str, float]]:
         """The bundles as created, in bundle order."""
@@ -610,12 +644,11 @@ class ResourceScheduler:
         # skipping it keeps a long queue of identical requests cheap.
         failed: set[tuple[object, ...]] = set()
         for request in [r for r in self._requests.values() if r.grant is None]:
-            shape = (*sorted(request.need.items()), request.placement, request.affinity)
-            if shape in failed:
+            if request.shape in failed:
                 continue
             grant = self._try_grant(request)
             if grant is None:
-                failed.add(shape)
+                failed.add(request.shape)
             else:
                 events.append(grant)
         return events
@@ -660,8 +693,8 @@ class ResourceScheduler:
 
     def _try_grant(self, request: _Request) -> Grant | None:
         spots: list[tuple[str, _Pool, tuple[str, int] | None]]
-        if request.affinity is not None:
-            spots = self._affine_spots(request.affinity)
+        if request.affinity is not None:  # the one check a request without affinity pays
+            spots = self._affine_spots(*request.affinity)
         elif request.placement is None:
             spots = [(n.node_id, n.pool, None) for n in self._nodes.values()]
         else:
@@ -683,16 +716,17 @@ class ResourceScheduler:
                 return request.grant
         return None
 
-    def _affine_spots(self, affinity: tuple[str, bool]
-                      ) -> list[tuple[str, _Pool, tuple[str, int] | None]]:
-        node_id, soft = affinity
+    def _affine_spots(
+        self, node_id: str, soft: bool
+    ) -> list[tuple[str, _Pool, tuple[str, int] | None]]:
+        """Where a request with node affinity may go, in the order to try them."""
         node = self._nodes.get(node_id)
-        first: list[tuple[str, _Pool, tuple[str, int] | None]] = (
-            [(node_id, node.pool, None)] if node is not None else [])
-        if not soft:
-            return first
-        return first + [(n.node_id, n.pool, None) for n in self._nodes.values()
-                        if n.node_id != node_id]
+        if not soft:  # a missing node cannot happen: remove_node drops requests bound to it
+            return [] if node is None else [(node_id, node.pool, None)]
+        others: list[tuple[str, _Pool, tuple[str, int] | None]] = [
+            (n.node_id, n.pool, None) for n in self._nodes.values() if n is not node
+        ]
+        return others if node is None else [(node_id, node.pool, None), *others]
 
     def _reserve(self, group: _PlacementGroup) -> bool:
         pools = {node_id: node.pool for node_id, node in self._nodes.items()}
@@ -706,7 +740,7 @@ class ResourceScheduler:
             self._nodes[node_id].pool.take(bundle.need, devices)
             bundle.node_id, bundle.devices = node_id, devices
             bundle.pool = _Pool(_without_gpu(bundle.need), dict(devices))
-        group.ready = True
+        group.ready, group.lost_a_node = True, False
         return True
 
     def _unreserve(self, group: _PlacementGroup) -> None:
@@ -749,6 +783,53 @@ class ResourceScheduler:
                 f"request {request_id!r} needs {_show(need)}, more than {where} can ever "
                 f"provide ({have}). {fix}"
             )
+
+    def _check_affinity(
+        self,
+        request_id: RequestId,
+        need: _Units,
+        placement: tuple[str, int] | None,
+        affinity: object,
+    ) -> tuple[str, bool]:
+        """Validate ``node_affinity`` for :meth:`submit`; return it as ``(node_id, soft)``."""
+        if (
+            not isinstance(affinity, tuple)
+            or len(affinity) != 2
+            or not isinstance(affinity[0], str)
+            or not isinstance(affinity[1], bool)
+        ):
+            raise ValueError(
+                f"node_affinity is {affinity!r}, but must be a (node_id: str, soft: bool) pair"
+            )
+        node_id, soft = affinity
+        if placement is not None:
+            raise ValueError(
+                f"request {request_id!r} has node_affinity={affinity!r} and placement="
+                f"{placement!r}, but they cannot be combined (Ray forbids it too): drop one; "
+                "inside a group, its bundles already decide the node"
+            )
+        node = self._nodes.get(node_id)
+        if node is None:
+            if not soft:
+                known = ", ".join(list(self._nodes)[:_MAX_NODES_SHOWN]) or "none"
+                more = len(self._nodes) - _MAX_NODES_SHOWN
+                raise ValueError(
+                    f"request {request_id!r}: node_affinity names no live node (node "
+                    f"{node_id!r} is unknown; the nodes are {known}"
+                    f"{f', and {more} more' if more > 0 else ''}). Pick a node id from "
+                    "nodes(), or pass soft=True to run anywhere instead."
+                )
+        elif node.capacity().fit(need) is not None:
+            return node_id, soft
+        elif not soft:
+            raise InfeasibleError(
+                f"request {request_id!r} needs {_show(need)}, more than node {node_id!r} can "
+                f"ever provide ({_show(node.total)}), and its node affinity is hard. Lower "
+                "num_cpus=/num_gpus=/memory=/resources=, pick another node, or pass soft=True."
+            )
+        # Soft, and the node is unknown or too small: it would run elsewhere, so check there.
+        self._check_request_feasible(request_id, need, None)
+        return node_id, soft
 
     def _check_group_feasible(self, pg_id: str, needs: list[_Units], strategy: str) -> None:
         what = f"placement group {pg_id!r} ({strategy}) can never be reserved"
@@ -806,14 +887,23 @@ class ResourceScheduler:
                     expected[where] = _Pool(_without_gpu(b.need), dict(b.devices))
                     actual[where] = b.pool
         for rid, request in self._requests.items():
+            bound = request.affinity is not None and not request.affinity[1]
+            if request.affinity is not None and request.placement is not None:
+                problems.append(f"{rid!r} has both node affinity and a placement group")
             if request.grant is not None:
                 node_id, placement = request.grant.node_id, request.grant.placement
                 where = f"node {node_id!r}"
                 if placement is not None:
                     where = f"bundle {placement[1]} of {placement[0]!r}"
                 holders.append((repr(rid), where, _held(request), request.devices))
+                if bound and not request.bound_to(node_id):
+                    problems.append(f"{rid!r} is bound to {request.affinity} but on {node_id!r}")
             elif request.placement is not None and request.placement[0] not in self._groups:
                 problems.append(f"queued {rid!r} targets a missing group")
+            elif bound and request.affinity is not None and request.affinity[0] not in self._nodes:
+                problems.append(f"queued {rid!r} is bound to a missing node {request.affinity}")
+        if len(self._removed) > _REMOVED_ROWS_KEPT or self._removed.keys() & self._groups:
+            problems.append("the removed groups' rows are unbounded or shadow live groups")
         for who, where, need, devices in holders:
             if need.get(_GPU, 0) != sum(devices.values()):
                 problems.append(f"{who} holds devices {devices} for {_show(need)}")
@@ -841,3 +931,22 @@ def _held(request: _Request) -> _Units:
 
 def _strip(units: Mapping[str, int]) -> _Units:
     return {name: amount for name, amount in units.items() if amount}
+
+
+def _table_row(group: _PlacementGroup) -> dict[str, Any]:
+    state = "CREATED" if group.ready else "RESCHEDULING" if group.lost_a_node else "PENDING"
+    return {
+        "placement_group_id": group.pg_id,
+        "name": group.name,
+        "bundles": {i: _floats(b.need) for i, b in enumerate(group.bundles)},
+        "bundles_to_node_id": {
+            i: b.node_id for i, b in enumerate(group.bundles) if b.node_id is not None
+        },
+        "strategy": group.strategy,
+        "state": state,
+    }
+
+
+def _copy_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    bundles = {i: dict(need) for i, need in row["bundles"].items()}
+    return {**row, "bundles": bundles, "bundles_to_node_id": dict(row["bundles_to_node_id"])}
