@@ -606,8 +606,13 @@ class ControlMixin:
                 self.send(lease.owner, (Msg.WORKER_DIED, lease.lease_id, cause))
             elif (actor := self.actors.get(lease.actor_id)) is not None:
                 self.on_actor_died(actor, cause)
-        for request_id in lost:  # grants elsewhere in placement groups that lost a bundle
-            self.drop_grant(request_id, f"its placement group lost a node ({cause})")
+        for request_id in lost:
+            # grants elsewhere in placement groups that lost a bundle, and requests queued
+            # with a hard affinity to the dead node
+            bound = self.leases.get(request_id)
+            queued = bound is not None and bound.grant is None
+            self.drop_grant(request_id, f"the node it was bound to (NodeAffinity) died ({cause})"
+                            if queued else f"its placement group lost a node ({cause})")
         for other in list(self.cluster_nodes.values()):
             if other.info["node_id"] != self.node_id:
                 self.send(other.info["addr"], (Msg.NODE_DIED, node_id, cause))
