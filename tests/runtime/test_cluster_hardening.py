@@ -12,7 +12,6 @@ import pickle
 import re
 import socket
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -34,28 +33,15 @@ BIG = 24 << 20  # over the inline threshold and over two transfer chunks
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    before = set(psutil.Process().children(recursive=True))
-    logs = tmp_path_factory.mktemp("cluster-logs")
-    with LocalCluster(num_cpus=1, log_dir=logs) as c:
-        c.add_node(num_cpus=1, resources={"b": 1})
-        c.connect()
-        yield c
-    deadline = time.monotonic() + 10
-    while (left := set(psutil.Process().children(recursive=True)) - before) \
-            and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not left
+def cluster(two_node_cluster: LocalCluster) -> LocalCluster:
+    return two_node_cluster
 
 
-def _cluster_processes(c: LocalCluster) -> list[psutil.Process]:
-    procs = [psutil.Process(pid) for pid in c.node_pids().values()]
-    return procs + [ch for p in procs for ch in p.children(recursive=True)]
 
 
 def _listening_ports(c: LocalCluster) -> list[int]:
     ports: set[int] = set()
-    for p in _cluster_processes(c):
+    for p in c.processes():
         try:
             conns = p.net_connections(kind="inet")
         except psutil.Error:

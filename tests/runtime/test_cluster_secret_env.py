@@ -8,8 +8,6 @@ a process started with, so a secret removed from os.environ later would still sh
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Iterator
 from typing import Any
 
 import psutil
@@ -25,22 +23,10 @@ DEADLINE_S = 60.0
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalCluster]:
-    before = set(psutil.Process().children(recursive=True))
-    with LocalCluster(num_cpus=1) as c:
-        c.add_node(num_cpus=1, resources={"b": 1})
-        c.connect()
-        yield c
-    deadline = time.monotonic() + 10
-    while (left := set(psutil.Process().children(recursive=True)) - before) \
-            and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not left
+def cluster(two_node_cluster: LocalCluster) -> LocalCluster:
+    return two_node_cluster
 
 
-def _cluster_processes(c: LocalCluster) -> list[psutil.Process]:
-    procs = [psutil.Process(pid) for pid in c.node_pids().values()]
-    return procs + [ch for p in procs for ch in p.children(recursive=True)]
 
 
 @tk.remote(num_cpus=0, resources={"b": 0.1})
@@ -74,7 +60,7 @@ def test_the_secret_is_in_no_environment_of_the_cluster(cluster: LocalCluster) -
                    holder.environment.remote(secret)], timeout=DEADLINE_S)
     for task in seen:
         assert not task["in_environ"] and not task["in_child"], task
-    procs = _cluster_processes(cluster)
+    procs = cluster.processes()
     pids = {p.pid for p in procs}
     assert {task["pid"] for task in seen} <= pids
     names = " ".join(" ".join(p.cmdline()) for p in procs)

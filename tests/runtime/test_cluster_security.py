@@ -40,27 +40,15 @@ class _Canary:
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    before = set(psutil.Process().children(recursive=True))
-    with LocalCluster(num_cpus=1) as c:
-        c.add_node(num_cpus=1, resources={"b": 1})
-        c.connect()
-        yield c
-    deadline = time.monotonic() + 10
-    while (left := set(psutil.Process().children(recursive=True)) - before) \
-            and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not left
+def cluster(two_node_cluster: LocalCluster) -> LocalCluster:
+    return two_node_cluster
 
 
-def _cluster_processes(c: LocalCluster) -> list[psutil.Process]:
-    procs = [psutil.Process(pid) for pid in c.node_pids().values()]
-    return procs + [ch for p in procs for ch in p.children(recursive=True)]
 
 
 def _listening(c: LocalCluster) -> list[tuple[str, int]]:
     out = []
-    for p in _cluster_processes(c):
+    for p in c.processes():
         try:
             conns = p.net_connections(kind="inet")
         except psutil.Error:
@@ -214,7 +202,7 @@ def test_a_node_with_the_wrong_secret_cannot_join(cluster):
 
 def test_the_secret_is_never_in_a_command_line(cluster):
     secret = cluster.secret.decode()
-    for p in _cluster_processes(cluster):
+    for p in cluster.processes():
         try:
             assert secret not in " ".join(p.cmdline())
         except psutil.Error:

@@ -107,7 +107,7 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
 # Ray's init() keywords: cosmetic ones are accepted silently, the others with one notice.
 _RAY_COSMETIC = frozenset({
     "configure_logging", "logging_level", "logging_format", "logging_config",
-    "log_to_driver", "include_dashboard", "dashboard_host", "dashboard_port",
+    "include_dashboard", "dashboard_host", "dashboard_port",
     "_metrics_export_port", "_node_ip_address", "_redis_password", "_plasma_directory",
     "_enable_object_reconstruction", "_memory", "enable_resource_isolation",
     "system_reserved_cpu", "system_reserved_memory", "object_spilling_directory",

@@ -111,6 +111,14 @@ class LocalCluster:
     def node_pids(self) -> dict[str, int]:
         return {node_id: proc.pid for node_id, (proc, _) in self._procs.items()}
 
+    def processes(self) -> list[Any]:
+        """Every process of the cluster (``psutil.Process``): node services, forkservers,
+        workers."""
+        import psutil
+
+        procs = [psutil.Process(pid) for pid in self.node_pids().values()]
+        return procs + [ch for p in procs for ch in p.children(recursive=True)]
+
     def connect(self, **init_kwargs: Any) -> None:
         """``trainkit.init(address=self.address)`` with this cluster's secret."""
         import trainkit
