@@ -22,6 +22,7 @@ from __future__ import annotations
 import inspect
 import os
 import sys
+import time
 import types
 from typing import Any
 
@@ -36,6 +37,8 @@ from trainkit.exceptions import TrainkitError
 from trainkit.exceptions import WorkerCrashedError
 
 INSTALL_HINT = "pip install 'trainkit[ray]'"
+# How long kill() waits for Ray to record an actor as dead.
+KILL_CONFIRM_TIMEOUT_S = 10.0
 
 # The keys of ``@tk.method(...)`` that Ray's ``ray.method`` takes (trainkit's "name" is not).
 _RAY_METHOD_OPTIONS = ("num_returns", "concurrency_group", "max_task_retries",
@@ -260,7 +263,23 @@ class RayBackend:
         return list(ready), list(rest)
 
     def kill(self, actor: Any, no_restart: bool) -> None:
+        """Ray's kill is asynchronous: a call made right after it may still run. Wait
+        (bounded) until the GCS records the death, so that later calls fail as they do
+        on the built-in runtime."""
         self.ray.kill(actor, no_restart=no_restart)
+        if not no_restart:
+            return
+        try:
+            from ray._private import state
+        except ImportError:  # a Ray without that module: keep its asynchronous kill
+            return
+        actor_id = actor._actor_id.hex()
+        deadline = time.monotonic() + KILL_CONFIRM_TIMEOUT_S
+        while time.monotonic() < deadline:
+            info = state.actors(actor_id)
+            if not info or info.get("State") == "DEAD":
+                return
+            time.sleep(0.005)
 
     def cancel(self, ref: Any, force: bool, recursive: bool) -> None:
         self.ray.cancel(ref, force=force, recursive=recursive)
