@@ -30,6 +30,7 @@ __all__ = [
     "LAYOUT_MAGIC",
     "LAYOUT_VERSION",
     "layout_size",
+    "map_object_file",
     "map_range",
     "read_object",
     "write_object",
@@ -241,3 +242,33 @@ def map_range(path: str, offset: int, size: int, *, writable: bool = False) -> m
     finally:
         os.close(fd)
 
+
+
+def map_object_file(path: str, size: int, *, writable: bool = False) -> mmap.mmap:
+    """Map an object that lives in a file of its own (a fallback allocation, or a spill file
+    read in place), from its first byte.
+
+    A writer maps it shared (``writable=True``). A reader gets a private, copy-on-write
+    mapping: its pages are the file's pages (no copy is made unless someone writes), yet the
+    mapping counts as writable, which ``ctypes.c_char.from_buffer`` needs, and nothing
+    written through it could reach the file.
+
+    Args:
+        path: the object's file, as the object store's ``allocate`` or ``pin`` returned it.
+        size: the object's size in bytes (> 0).
+        writable: map for writing the object (its owner, before the seal).
+
+    Returns:
+        The mapping; close it (once no views of it remain) or let it be collected.
+
+    Raises:
+        ValueError: ``size`` is not positive or the file is shorter.
+        OSError: the file cannot be opened.
+    """
+    if size <= 0:
+        raise ValueError(f"`size` is {size}, but must be > 0 bytes")
+    fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
+    try:
+        return mmap.mmap(fd, size, access=mmap.ACCESS_WRITE if writable else mmap.ACCESS_COPY)
+    finally:
+        os.close(fd)

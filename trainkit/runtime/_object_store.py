@@ -11,9 +11,22 @@ Who does what (DESIGN.md, lessons 3 and 4):
   (:mod:`trainkit.runtime._object_layout`), and ``unpin`` when the last view of it is gone.
   A pinned object is never spilled and its range never reused, so readers need no locks.
 
+Where an object goes, cheapest first:
+
+1. a free range of the arena (the hot path: one first-fit lookup);
+2. a range made free by spilling the cheapest run of adjacent unpinned objects
+   (:func:`~trainkit.runtime._spill_policy.cheapest_hole`), never more than that run;
+3. when pinned objects leave no range that spilling could make large enough (readers pinning
+   every other object, say), a *fallback allocation*: a file of its own in ``fallback_dir``,
+   on disk, that writers and readers map instead of the arena, still zero-copy (Ray's plasma
+   store does the same). Its location is the file's path where an arena object has an
+   offset. A spilled object that cannot be restored into the arena is read straight from its
+   spill file the same way.
+
 Objects never disappear on their own: spilling moves bytes to disk and back, and only
-:meth:`SharedMemoryStore.free` removes an object. When nothing can be spilled the caller gets
-an :class:`~trainkit.exceptions.OutOfMemoryError` that says why and what to do.
+:meth:`SharedMemoryStore.free` removes an object. Only an object larger than the whole store,
+or one that neither the arena nor the disk can hold, gets an
+:class:`~trainkit.exceptions.OutOfMemoryError`, which says why and what to do.
 """
 
 from __future__ import annotations
@@ -29,10 +42,18 @@ from typing import Final
 from trainkit.exceptions import OutOfMemoryError
 from trainkit.exceptions import TrainkitInternalError
 from trainkit.runtime._allocator import ArenaAllocator
+from trainkit.runtime._spill_policy import Segment
+from trainkit.runtime._spill_policy import cheapest_hole
+from trainkit.runtime._spill_policy import largest_hole
 
-__all__ = ["ObjectState", "SharedMemoryStore"]
+__all__ = ["Location", "ObjectState", "SharedMemoryStore"]
 
 _SPILL_SUFFIX: Final = ".spill"
+_FALLBACK_SUFFIX: Final = ".object"
+
+Location = int | str
+"""Where an object's bytes are: an offset in the arena file, or the path of the object's own
+file (a fallback allocation, or a spill file read in place), mapped from its start."""
 
 
 class ObjectState(enum.Enum):
@@ -70,7 +91,9 @@ class _StoredObject:
     size: int
     owner: str
     state: ObjectState = ObjectState.CREATED
-    offset: int | None = None  # None while spilled
+    offset: int | None = None  # None while spilled or in a file of its own
+    # The object's own file when it lives outside the arena (it may be its spill file).
+    fallback_path: str | None = None
     pin_count: int = 0
     # The spill file stays valid after a restore (objects are immutable), so spilling the
     # same object again only releases its range instead of writing it to disk again.
@@ -79,6 +102,11 @@ class _StoredObject:
 
 def _mib(n: int) -> str:
     return f"{n} bytes ({n / 2**20:.1f} MiB)"
+
+
+def _unlink_quietly(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 class SharedMemoryStore:
@@ -97,6 +125,10 @@ class SharedMemoryStore:
             not exist (created with ``O_EXCL``, so two stores never share one by mistake).
         capacity: arena size in bytes (the node's ``object_store_memory``).
         spill_dir: directory for spilled objects, one file per object; created if missing.
+        fallback_dir: directory for fallback allocations (objects that no arena range can
+            hold, one file each; created if missing), or None for none: such an object then
+            gets an ``OutOfMemoryError``. Every process that reads or writes objects must be
+            able to map files there, and it should be on disk, not in memory.
 
     Raises:
         FileExistsError: ``arena_path`` already exists.
@@ -111,12 +143,14 @@ class SharedMemoryStore:
         >>> store.unpin(b"id1"); store.free(b"id1"); store.close()
     """
 
-    def __init__(self, arena_path: str, capacity: int, spill_dir: str) -> None:
+    def __init__(self, arena_path: str, capacity: int, spill_dir: str, *,
+                 fallback_dir: str | None = None) -> None:
         if capacity <= 0:
             raise ValueError(f"`capacity` is {capacity}, but must be > 0 bytes")
         self.arena_path = arena_path
         self.capacity = capacity
         self.spill_dir = spill_dir
+        self.fallback_dir = fallback_dir
         # Page alignment, because readers mmap one object's range and mmap offsets must be
         # multiples of the allocation granularity.
         self._allocator = ArenaAllocator(capacity, alignment=mmap.ALLOCATIONGRANULARITY)
@@ -125,8 +159,11 @@ class SharedMemoryStore:
         self._spilled_bytes_total = 0
         self._restored_bytes_total = 0
         self._closed = False
-        self._made_spill_dir = not os.path.isdir(spill_dir)
-        os.makedirs(spill_dir, exist_ok=True)
+        self._fallback_bytes_total = 0
+        self._made_dirs = [d for d in dict.fromkeys((spill_dir, fallback_dir))
+                           if d is not None and not os.path.isdir(d)]
+        for d in self._made_dirs:
+            os.makedirs(d, exist_ok=True)
         fd = os.open(arena_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             os.ftruncate(fd, capacity)
@@ -148,12 +185,13 @@ class SharedMemoryStore:
 
     # ------------------------------------------------------------------ the object API
 
-    def allocate(self, object_id: bytes, size: int, owner: str) -> int:
-        """Reserve ``size`` bytes for a new object and return its offset in the arena.
+    def allocate(self, object_id: bytes, size: int, owner: str) -> Location:
+        """Reserve ``size`` bytes for a new object and return where to write it.
 
         The object is ``CREATED``: its owner is writing it, so it cannot be spilled until
-        :meth:`seal`. When the arena is full, sealed and unpinned objects are spilled to
-        disk, least recently used first, until the new object fits.
+        :meth:`seal`. When no free range is large enough, the cheapest run of adjacent
+        sealed, unpinned objects is spilled to disk to make one; when pinned objects leave
+        no such run, the object gets a file of its own in ``fallback_dir``.
 
         Args:
             object_id: the object's id (unique for the store's lifetime).
@@ -161,12 +199,14 @@ class SharedMemoryStore:
             owner: the owning process; :meth:`free_owned_by` frees its objects if it dies.
 
         Returns:
-            The offset of the object's range (page aligned).
+            The offset of the object's range in the arena (page aligned), or the path of its
+            file (``size`` bytes long), to map with ``map_range(path, 0, size)``.
 
         Raises:
             ValueError: ``object_id`` is already in the store, or ``size`` is negative.
-            OutOfMemoryError: the object cannot fit even after spilling everything
-                spillable; the message shows the sizes and how to fix it.
+            OutOfMemoryError: the object is larger than the store, or no arena range can be
+                made for it and it cannot have a file of its own (no ``fallback_dir``, or the
+                disk is full); the message shows the sizes and how to fix it.
         """
         if size < 0:
             raise ValueError(f"`size` is {size}, but must be >= 0 bytes")
@@ -176,10 +216,16 @@ class SharedMemoryStore:
                 f"({self._objects[object_id].state.value}); object ids must be unique"
             )
         offset = self._allocate_range(size, object_id)
+        if offset is not None:
+            self._objects[object_id] = _StoredObject(
+                object_id=object_id, size=size, owner=owner, offset=offset
+            )
+            return offset
+        path = self._allocate_file(size, object_id)
         self._objects[object_id] = _StoredObject(
-            object_id=object_id, size=size, owner=owner, offset=offset
+            object_id=object_id, size=size, owner=owner, fallback_path=path
         )
-        return offset
+        return path
 
     def is_sealed(self, object_id: bytes) -> bool:
         """False while the object is still being written (CREATED); True once sealed."""
@@ -201,24 +247,26 @@ class SharedMemoryStore:
             )
         self._transition(obj, ObjectState.SEALED)
 
-    def pin(self, object_id: bytes) -> tuple[int, int]:
-        """Keep an object in memory, at a fixed offset, while a reader reads it.
+    def pin(self, object_id: bytes) -> tuple[Location, int]:
+        """Keep an object in memory, at a fixed location, while a reader reads it.
 
         A spilled object is restored first (to a possibly new offset), which may spill
-        others. Each ``pin`` needs one :meth:`unpin`. The object becomes the most recently
-        used.
+        others; if no arena range can be made for it and there is a ``fallback_dir``, it is
+        read in place from its spill file. Each ``pin`` needs one :meth:`unpin`. The object
+        becomes the most recently used.
 
         Args:
             object_id: a sealed object.
 
         Returns:
-            ``(offset, size)`` of the object in the arena, for ``map_range``.
+            ``(location, size)``: the object's offset in the arena, or the path of the file
+            that holds it from its first byte; for ``map_range``.
 
         Raises:
             KeyError: unknown (or freed) ``object_id``.
             ValueError: the object is still being written (not sealed).
             OutOfMemoryError: it is spilled and cannot be restored because the arena is
-                full of pinned or unsealed objects.
+                full of pinned or unsealed objects and there is no ``fallback_dir``.
         """
         obj = self._get(object_id)
         if obj.state is ObjectState.CREATED:
@@ -229,7 +277,34 @@ class SharedMemoryStore:
             self._restore(obj)
         obj.pin_count += 1
         self._objects.move_to_end(object_id)
-        return self._offset(obj), obj.size
+        return self._location(obj), obj.size
+
+    def view(self, object_id: bytes) -> memoryview:
+        """The object's bytes, wherever they are, for a copy to or from another node.
+
+        Writable while the object is being written, read-only once sealed. Valid while the
+        object is ``CREATED`` or pinned; release it before the object is freed or unpinned.
+
+        Raises:
+            KeyError: unknown (or freed) ``object_id``.
+            ValueError: the object is spilled (pin it first).
+        """
+        obj = self._get(object_id)
+        writable = obj.state is ObjectState.CREATED
+        if obj.offset is not None:
+            view = self._arena[obj.offset : obj.offset + obj.size]
+            return view if writable else view.toreadonly()
+        if obj.fallback_path is None:
+            raise ValueError(f"object {object_id.hex()} is spilled; pin it before viewing it")
+        if obj.size == 0:
+            return memoryview(b"")
+        fd = os.open(obj.fallback_path, os.O_RDWR if writable else os.O_RDONLY)
+        try:
+            access = mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ
+            # The view keeps the mapping alive; the mapping goes when the view is collected.
+            return memoryview(mmap.mmap(fd, obj.size, access=access))
+        finally:
+            os.close(fd)
 
     def unpin(self, object_id: bytes) -> None:
         """Undo one :meth:`pin`. The last unpin of a freed object releases its range.
@@ -312,7 +387,9 @@ class SharedMemoryStore:
             ``capacity``, ``used_bytes`` (arena bytes allocated, rounded to pages),
             ``num_objects`` (not freed), ``num_in_memory``, ``num_spilled``,
             ``spilled_bytes_total`` (every move to disk, including re-spills that reuse the
-            file of an earlier spill), ``restored_bytes_total``, ``num_pinned``.
+            file of an earlier spill), ``restored_bytes_total``, ``num_pinned``,
+            ``num_fallback`` and ``fallback_bytes`` (objects in files of their own now, and
+            their bytes), ``fallback_bytes_total`` (every fallback allocation so far).
         """
         live = [o for o in self._objects.values() if o.state is not ObjectState.RELEASING]
         return {
@@ -324,28 +401,30 @@ class SharedMemoryStore:
             "spilled_bytes_total": self._spilled_bytes_total,
             "restored_bytes_total": self._restored_bytes_total,
             "num_pinned": sum(o.pin_count > 0 for o in self._objects.values()),
+            "num_fallback": sum(o.fallback_path is not None for o in live),
+            "fallback_bytes": sum(o.size for o in live if o.fallback_path is not None),
+            "fallback_bytes_total": self._fallback_bytes_total,
         }
 
     def close(self) -> None:
         """Unmap and delete the arena file and every spill file. Idempotent.
 
-        Readers that still map object ranges keep their memory (the file is only unlinked),
-        but the store forgets every object.
+        Readers that still map object ranges or files keep their memory (the files are only
+        unlinked), but the store forgets every object.
         """
         if self._closed:
             return
         self._closed = True
         for obj in self._objects.values():
-            self._delete_spill_file(obj)
+            self._delete_files(obj)
         self._objects.clear()
         self._arena.release()
         self._mmap.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.arena_path)
-        if self._made_spill_dir:
+        _unlink_quietly(self.arena_path)
+        for d in self._made_dirs:
             # OSError: someone else put files there; leave them.
             with contextlib.suppress(OSError):
-                os.rmdir(self.spill_dir)
+                os.rmdir(d)
 
     # ------------------------------------------------------------------ internals
 
@@ -364,7 +443,10 @@ class SharedMemoryStore:
             )
         obj.state = to
 
-    def _allocate_range(self, size: int, object_id: bytes) -> int:
+    def _allocate_range(self, size: int, object_id: bytes) -> int | None:
+        """An arena range for a new object, spilling the cheapest victims if it must; None
+        when pinned and unsealed objects leave no run that spilling could make large enough.
+        """
         rounded = self._allocator.rounded_size(size)
         if rounded > self.capacity:
             raise self._out_of_memory(
@@ -375,24 +457,75 @@ class SharedMemoryStore:
         offset = self._allocator.allocate(size)
         if offset is not None:
             return offset
-        # Spill only if that can succeed: pinned and unsealed objects stay where they are,
-        # and if no gap between them is large enough, spilling would move data for nothing.
-        if self._largest_gap_after_spilling() < rounded:
-            raise self._out_of_memory(
-                size, object_id, "pinned and unsealed objects leave no gap large enough"
+        # Spill only what makes a hole: objects elsewhere would move to disk for nothing.
+        hole = cheapest_hole(self._segments(), rounded)
+        if hole is None:
+            return None
+        for victim in hole.victims:
+            self._spill(self._objects[victim])
+        offset = self._allocator.allocate(size)
+        if offset is None:
+            raise TrainkitInternalError(  # cheapest_hole promised a large enough range
+                f"object {object_id.hex()} of {size} bytes did not fit after spilling "
+                f"{len(hole.victims)} objects to free {hole.length} bytes at {hole.offset}; "
+                f"free blocks: {self._allocator.free_blocks()}"
             )
-        # A snapshot of the LRU order: spilling changes the objects' states as we go.
-        candidates = [
-            o for o in self._objects.values() if o.state is ObjectState.SEALED and o.pin_count == 0
-        ]
-        for victim in candidates:
-            self._spill(victim)
-            offset = self._allocator.allocate(size)
-            if offset is not None:
-                return offset
-        raise TrainkitInternalError(  # the gap check above promised that it would fit
-            f"object {object_id.hex()} of {size} bytes did not fit after spilling although a "
-            f"large enough gap exists; free blocks: {self._allocator.free_blocks()}"
+        return offset
+
+    def _segments(self) -> list[Segment]:
+        """The arena's free and spillable ranges in offset order, for the spill policy."""
+        segments = [Segment(offset=offset, length=length)
+                    for offset, length in self._allocator.free_blocks()]
+        for rank, o in enumerate(self._objects.values()):  # least recently used first
+            if o.offset is not None and o.state is ObjectState.SEALED and o.pin_count == 0:
+                segments.append(Segment(
+                    offset=o.offset,
+                    length=self._allocator.allocated_size(o.offset),
+                    object_id=o.object_id,
+                    write_bytes=0 if o.spill_path is not None else o.size,
+                    last_use=rank,
+                ))
+        segments.sort(key=lambda s: s.offset)
+        return segments
+
+    def _allocate_file(self, size: int, object_id: bytes) -> str:
+        """A fallback allocation: a file of ``size`` bytes of the object's own, on disk."""
+        if self.fallback_dir is None:
+            raise self._out_of_memory(
+                size, object_id, "pinned and unsealed objects leave no range large enough"
+            )
+        path = os.path.join(self.fallback_dir, object_id.hex() + _FALLBACK_SUFFIX)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as e:
+            raise self._out_of_memory(size, object_id, self._no_file_reason(path, e)) from e
+        try:
+            # Reserve the blocks now: writing a sparse file on a full disk would kill the
+            # writer with SIGBUS instead of raising here.
+            os.posix_fallocate(fd, 0, max(size, 1))
+        except OSError as e:
+            os.close(fd)
+            _unlink_quietly(path)
+            raise self._out_of_memory(size, object_id, self._no_file_reason(path, e)) from e
+        os.close(fd)
+        self._fallback_bytes_total += size
+        return path
+
+    @staticmethod
+    def _no_file_reason(path: str, error: OSError) -> str:
+        return (
+            "pinned and unsealed objects leave no range large enough, and no file can hold "
+            f"it on disk either ({path}: {error.strerror or error})"
+        )
+
+    def _location(self, obj: _StoredObject) -> Location:
+        if obj.offset is not None:
+            return obj.offset
+        if obj.fallback_path is not None:
+            return obj.fallback_path
+        raise TrainkitInternalError(
+            f"object {obj.object_id.hex()} is {obj.state.value} but is neither in the arena "
+            "nor in a file of its own"
         )
 
     def _offset(self, obj: _StoredObject) -> int:
@@ -401,18 +534,6 @@ class SharedMemoryStore:
                 f"object {obj.object_id.hex()} is {obj.state.value} but has no range in the arena"
             )
         return obj.offset
-
-    def _largest_gap_after_spilling(self) -> int:
-        fixed = sorted(
-            (o.offset, self._allocator.allocated_size(o.offset))
-            for o in self._objects.values()
-            if o.offset is not None and not (o.state is ObjectState.SEALED and o.pin_count == 0)
-        )
-        largest, pos = 0, 0
-        for offset, length in fixed:
-            largest = max(largest, offset - pos)
-            pos = offset + length
-        return max(largest, self.capacity - pos)
 
     def _out_of_memory(self, size: int, object_id: bytes, why: str) -> OutOfMemoryError:
         pinned = creating = 0
@@ -424,14 +545,20 @@ class SharedMemoryStore:
                 creating += self._allocator.allocated_size(o.offset)
             elif o.pin_count > 0:
                 pinned += self._allocator.allocated_size(o.offset)
+        rounded = self._allocator.rounded_size(size)
+        # Room for this object even if everything in the store now stays there.
+        suggested = -(-(self.capacity + rounded) // 2**20) * 2**20
         return OutOfMemoryError(
             f"cannot store object {object_id.hex()} of {_mib(size)} in the shared-memory "
             f"object store: {why}; capacity {_mib(self.capacity)}, used "
-            f"{_mib(self._allocator.used_bytes)}, pinned by readers {_mib(pinned)}, being "
-            f"written {_mib(creating)}, largest free block "
-            f"{_mib(self._allocator.largest_free_block())}. Fix: start trainkit with a "
-            "larger object_store_memory, or release references to objects you no longer "
-            "need (del the refs, or the arrays read from them) so they can be freed."
+            f"{_mib(self._allocator.used_bytes)}, free {_mib(self._allocator.free_bytes)}, "
+            f"pinned by readers {_mib(pinned)}, being written {_mib(creating)}, largest free "
+            f"block {_mib(self._allocator.largest_free_block())}, largest block spilling could "
+            f"free {_mib(largest_hole(self._segments()))}. Fix: start trainkit with a larger "
+            f"object_store_memory (object_store_memory={suggested}, {suggested >> 20} MiB, or "
+            "more), or release "
+            "references to objects you no longer need (del the refs, or the arrays read from "
+            "them) so they can be freed."
         )
 
     def _spill_path(self, obj: _StoredObject) -> str:
@@ -461,6 +588,17 @@ class SharedMemoryStore:
         if path is None:
             raise TrainkitInternalError(f"spilled object {obj.object_id.hex()} has no spill file")
         offset = self._allocate_range(obj.size, obj.object_id)
+        if offset is None:
+            if self.fallback_dir is None:
+                raise self._out_of_memory(
+                    obj.size, obj.object_id,
+                    "it is spilled, and pinned and unsealed objects leave no range large "
+                    "enough to restore it",
+                )
+            # The spill file holds the whole object already: readers map it in place.
+            obj.fallback_path = path
+            self._transition(obj, ObjectState.SEALED)
+            return
         try:
             dest = self._arena[offset : offset + obj.size]
             with dest, open(path, "rb", buffering=0) as f:
@@ -484,12 +622,18 @@ class SharedMemoryStore:
         if obj.offset is not None:
             self._allocator.free(obj.offset)
             obj.offset = None
-        self._delete_spill_file(obj)
+        self._delete_files(obj)
         self._transition(obj, ObjectState.FREED)
         del self._objects[obj.object_id]
 
+    def _delete_files(self, obj: _StoredObject) -> None:
+        # Readers that still map a file keep its pages; unlinking only frees its name.
+        if obj.fallback_path is not None:
+            _unlink_quietly(obj.fallback_path)
+            obj.fallback_path = None
+        self._delete_spill_file(obj)
+
     def _delete_spill_file(self, obj: _StoredObject) -> None:
         if obj.spill_path is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(obj.spill_path)
+            _unlink_quietly(obj.spill_path)
             obj.spill_path = None
