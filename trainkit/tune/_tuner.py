@@ -28,6 +28,7 @@ from trainkit.tune._result_grid import results_of
 from trainkit.tune._runner import Trial
 from trainkit.tune._runner import TuneRunner
 from trainkit.tune._scheduler import TrialScheduler
+from trainkit.tune._search_space import flatten_space
 from trainkit.tune._searcher import Searcher
 from trainkit.tune._stopper import make_stopper
 from trainkit.tune._trainable import resources_of
@@ -82,11 +83,18 @@ class Tuner:
             raise TypeError(f"search_alg is {searcher!r}; pass a tune.search.Searcher")
         inner = getattr(searcher, "searcher", searcher)  # a ConcurrencyLimiter's searcher
         _check_agree(type(inner).__name__, inner, tc.metric, tc.mode)
-        searcher.set_search_properties(tc.metric if isinstance(tc.metric, str) or tc.metric is None
-                                       else list(tc.metric),
-                                       tc.mode if isinstance(tc.mode, str) or tc.mode is None
-                                       else list(tc.mode),
-                                       self.param_space, num_samples=tc.num_samples)
+        took_space = searcher.set_search_properties(
+            tc.metric if isinstance(tc.metric, str) or tc.metric is None else list(tc.metric),
+            tc.mode if isinstance(tc.mode, str) or tc.mode is None else list(tc.mode),
+            self.param_space, num_samples=tc.num_samples)
+        domains = sorted("/".join(map(str, path)) for path in flatten_space(self.param_space))
+        if not took_space and domains:
+            name = type(inner).__name__
+            raise ValueError(
+                f"{name} was given a search space of its own, and the Tuner's param_space has "
+                f"search domains too ({', '.join(domains)}): define every domain in one place, "
+                f"{name}(space=...) or Tuner(param_space=...); param_space may still hold "
+                "plain values")
         return searcher
 
     def _make_scheduler(self) -> TrialScheduler:
