@@ -318,14 +318,31 @@ class ObjectTableMixin(CoreState):
         """Pin a stored object and view it; small enough views stay cached (and pinned)
         while this process holds refs to the object, so repeated gets skip the node. An
         object another node holds is copied here first (the node pulls it)."""
-        offset, size = self.request_store(Msg.STORE_PIN, oid, node_id, size,
-                                          what=f"object {oid.hex()}", timeout=600.0)
+        location, size = self.request_store(Msg.STORE_PIN, oid, node_id, size,
+                                            what=f"object {oid.hex()}", timeout=600.0)
+
+        def unpin() -> None:
+            # On the store connection of the thread that drops the last view, so the node
+            # reads it before that thread's next put or get needs the range (issue 13, 5).
+            if not self._closed:
+                try:
+                    self.send_store((Msg.STORE_UNPIN, oid))
+                except Exception:
+                    pass
+
         try:
-            mm = _block(self._arena_view(), offset, size)
+            if isinstance(location, str):
+                # A file of its own (a fallback allocation, or a spill file read in place),
+                # open as /proc/<node pid>/fd/<n>: mapped copy-on-write, still zero-copy.
+                from trainkit.runtime._object_layout import map_object_file
+
+                mm = _block(map_object_file(location, size), 0, size)
+            else:
+                mm = _block(self._arena_view(), location, size)
         except BaseException:
-            self._send_quiet(self.node_addr, (Msg.STORE_UNPIN, oid))
+            unpin()
             raise
-        weakref.finalize(mm, self._send_quiet, self.node_addr, (Msg.STORE_UNPIN, oid))
+        weakref.finalize(mm, unpin)
         if size <= self._mapped_cap:
             with self.lock:
                 if oid in self.owned or oid in self.borrowed:
