@@ -81,7 +81,8 @@ def test_pbt_stops_every_trial_at_the_criterion(tmp_path: Path, trainable, popul
             # as Ray advises for class trainables: a checkpoint at each perturbation step
             checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=interval))).fit()
     _assert_stopped_exactly(grid, population, stop)
-    assert pbt.history, "PBT never exploited: the test would not test exploits"
+    if synch:  # without the barrier, whether a bottom trial reports at its step is timing
+        assert pbt.history, "PBT never exploited: the test would not test exploits"
 
 
 def test_hyperband_pauses_and_resumes_stop_at_the_criterion(tmp_path: Path) -> None:
