@@ -26,7 +26,7 @@ from trainkit.runtime import _context
 from trainkit.runtime._auth import FrameAuth
 from trainkit.runtime._context import ActorExit
 from trainkit.runtime._core import CoreWorker
-from trainkit.runtime._local_channel import store_socket_path
+from trainkit.runtime._local_channel import store_socket_address
 from trainkit.runtime._objects import error_value
 from trainkit.runtime._objects import task_error_value
 from trainkit.runtime._protocol import Msg
@@ -403,7 +403,7 @@ def main(secret: bytes | None = None) -> None:
         control_addr=env.get("TRAINKIT_CONTROL_ADDR"),
         host=host,
         auth=auth,
-        store_socket=store_socket_path(session_dir),
+        store_socket=store_socket_address(session_dir),
     )
     _context.core = core
     exec_inbox = Inbox(core.ctx, endpoint(session_dir, f"w{worker_id.hex()}.exec", host), auth)
