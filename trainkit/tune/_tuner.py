@@ -37,6 +37,7 @@ from trainkit.tune._scheduler import TrialScheduler
 from trainkit.tune._search_space import flatten_space
 from trainkit.tune._searcher import Searcher
 from trainkit.tune._stopper import make_stopper
+from trainkit.tune._trainable import reserved_of
 from trainkit.tune._trainable import resources_of
 from trainkit.tune._trainable import trainable_kind
 from trainkit.tune._trial import TrialState
@@ -263,7 +264,7 @@ class Tuner:
                     for k, v in scaling.worker_resources.items()}
             return ({"CPU": 0.0} if scaling.num_workers > 0 else need), need
         res = resources_of(self.trainable) or {"CPU": 1.0}
-        return res, res
+        return res, reserved_of(self.trainable) or res
 
     def _capacity(self, need: dict[str, float]) -> int:
         total = rt.cluster_resources()
