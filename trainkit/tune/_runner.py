@@ -28,6 +28,7 @@ from trainkit.tune._config import TuneConfig
 from trainkit.tune._config import fail_fast_of
 from trainkit.tune._experiment_state import Journal
 from trainkit.tune._experiment_state import save_search_state
+from trainkit.tune._optuna_journal import OptunaJournal
 from trainkit.tune._progress import TrialTable
 from trainkit.tune._scheduler import Decision
 from trainkit.tune._scheduler import Exploit
@@ -67,6 +68,7 @@ class Trial:
     exploits: int = 0
     stop_requested: bool = False
     quiet_since: float = 0.0  # when it last sent an event (or started)
+    pruned: bool = False  # the scheduler stopped it early
     history: deque[str] = field(default_factory=lambda: deque(maxlen=HISTORY_LENGTH))
 
     @property
@@ -82,7 +84,7 @@ class TuneRunner:
     def __init__(self, *, blob: bytes, kind: str, trainable_name: str, resources: dict[str, float],
                  tune_config: TuneConfig, run_config: RunConfig, exp_dir: str, exp_name: str,
                  searcher: Searcher, scheduler: TrialScheduler, trials: list[Trial],
-                 capacity: int) -> None:
+                 capacity: int, param_space: dict[str, Any] | None = None) -> None:
         self.blob = blob
         self.kind = kind
         self.trainable_name = trainable_name
@@ -112,6 +114,11 @@ class TuneRunner:
         self.next_wait_check = 0.0
         self.pg_seen: dict[str, float] = {}  # pending placement group -> when first seen
         self.pg_said: set[str] = set()
+        self.optuna = OptunaJournal(exp_dir, exp_name, param_space or {}, tune_config.metric,
+                                    tune_config.mode, self.table.say)
+        for trial in trials:
+            if not trial.state.is_terminal:
+                self.optuna.add(trial.trial_id, trial.config)
 
     # -- the loop ------------------------------------------------------------------------
     def run(self) -> None:
@@ -190,6 +197,7 @@ class TuneRunner:
                     trial.stop_requested = True  # said at its next result
                 else:
                     self._set_state(trial, TrialState.TERMINATED)
+                    self.optuna.end(trial.trial_id, trial.last_result, "pruned")
                     self.searcher.on_trial_complete(trial.trial_id, trial.last_result or None)
                     self.scheduler.on_trial_complete(trial.snapshot(), trial.last_result)
 
@@ -214,6 +222,7 @@ class TuneRunner:
         self.journal.append(e="add", id=trial_id, name=name, config=config, dir=trial.trial_dir,
                             res=trial.resources)
         self.scheduler.on_trial_add(trial.snapshot())
+        self.optuna.add(trial_id, config)
         save_search_state(self.exp_dir, self.searcher, self.scheduler)
         return trial
 
@@ -296,6 +305,7 @@ class TuneRunner:
         if checkpoint:
             trial.checkpoint = checkpoint
         self.journal.append(e="result", id=trial.trial_id, result=result, ckpt=checkpoint)
+        self.optuna.result(trial.trial_id, result)
         self._check_metric(result)
         self.searcher.on_trial_result(trial.trial_id, result)
         # As in Ray, the stop criteria come first: a trial that meets them stops at this very
@@ -305,6 +315,11 @@ class TuneRunner:
         else:
             decision = self.scheduler.on_trial_result(trial.snapshot(), result)
             action = decision.decision
+            # Stopped early by the scheduler (not at its own max_t): PRUNED to Optuna.
+            max_t = getattr(self.scheduler, "max_t", None)
+            time_attr = getattr(self.scheduler, "time_attr", "training_iteration")
+            trial.pruned = action is Decision.STOP and not (
+                isinstance(max_t, (int, float)) and result.get(time_attr, 0) >= max_t)
             if decision.exploit is not None:
                 trial.exploit = decision.exploit
                 action = Decision.STOP  # end this run; _on_done restarts it from the donor
@@ -333,6 +348,8 @@ class TuneRunner:
             self._set_state(trial, TrialState.PAUSED)
             return
         self._set_state(trial, TrialState.TERMINATED)
+        self.optuna.end(trial.trial_id, trial.last_result,
+                        "pruned" if trial.pruned else "complete")
         self.searcher.on_trial_complete(trial.trial_id, trial.last_result or None)
         self.scheduler.on_trial_complete(trial.snapshot(), trial.last_result)
         save_search_state(self.exp_dir, self.searcher, self.scheduler)
@@ -352,6 +369,7 @@ class TuneRunner:
         write_atomic(os.path.join(trial.trial_dir, "params.json"), _json_bytes(trial.config))
         self.journal.append(e="config", id=trial.trial_id, config=trial.config,
                             ckpt=trial.checkpoint)
+        self.optuna.config(trial.trial_id, trial.config)
         self._set_state(trial, TrialState.PENDING)
 
     def _on_error(self, trial: Trial, text: str, error: BaseException | None,
@@ -366,6 +384,7 @@ class TuneRunner:
             self._set_state(trial, TrialState.PENDING)
             return
         self._set_state(trial, TrialState.ERRORED, error=text)
+        self.optuna.end(trial.trial_id, trial.last_result, "fail")
         self.searcher.on_trial_complete(trial.trial_id, trial.last_result or None, error=True)
         self.scheduler.on_trial_error(trial.snapshot())
         save_search_state(self.exp_dir, self.searcher, self.scheduler)
@@ -458,6 +477,7 @@ class TuneRunner:
             pass  # gone with its trial already
         trial.failures = max(trial.failures, 1)
         self._set_state(trial, TrialState.ERRORED, error=f"TuneError: {text}")
+        self.optuna.end(trial.trial_id, trial.last_result, "fail")
         self.searcher.on_trial_complete(trial.trial_id, trial.last_result or None, error=True)
         self.scheduler.on_trial_error(trial.snapshot())
         save_search_state(self.exp_dir, self.searcher, self.scheduler)
@@ -471,9 +491,11 @@ class TuneRunner:
                 self.by_ref.pop(trial.ref, None)
                 self._release(trial, healthy=False)
                 self._set_state(trial, TrialState.TERMINATED)
+                self.optuna.end(trial.trial_id, trial.last_result, "complete")
                 self.scheduler.on_trial_complete(trial.snapshot(), trial.last_result)
             elif trial.state is TrialState.PAUSED:
                 self._set_state(trial, TrialState.TERMINATED)
+                self.optuna.end(trial.trial_id, trial.last_result, "complete")
 
     def _shutdown(self) -> None:
         for trial in list(self.trials.values()):

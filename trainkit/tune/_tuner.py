@@ -195,7 +195,7 @@ class Tuner:
             blob=self.blob, kind=self.kind, trainable_name=_trainable_name(self.trainable),
             resources=resources, tune_config=tc, run_config=run, exp_dir=exp_dir,
             exp_name=name, searcher=self.searcher, scheduler=self.scheduler, trials=trials,
-            capacity=capacity)
+            capacity=capacity, param_space=self.param_space)
         runner.run()
         if runner.fail_fast_error is not None:
             raise runner.fail_fast_error
