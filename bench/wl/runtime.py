@@ -764,7 +764,7 @@ def wl_actor_memory(args, line):
         rt.get(noop.remote())
         time.sleep(3.0)
         per = {"pss_mb": [], "rss_mb": [], "uss_mb": [], "n_procs": []}
-        base0, create_s = None, []
+        base0, create_s, counts = None, [], []
         budget = Budget(150.0, min_reps=3, max_reps=3)
         while budget.more():
             n_base_procs = len(own_descendants())
@@ -781,6 +781,7 @@ def wl_actor_memory(args, line):
             loaded = _runtime_pss(marker)
             for k in per:
                 per[k].append((loaded[k] - base[k]) / N_IDLE_ACTORS)
+            counts.append([base["n_procs"], loaded["n_procs"]])
             for a in actors:
                 rt.kill(a)
             del actors
@@ -794,6 +795,7 @@ def wl_actor_memory(args, line):
         line["actor_rss_mb_per_actor"] = round(med(per["rss_mb"]), 2)
         line["actor_uss_mb_per_actor"] = round(med(per["uss_mb"]), 2)
         line["actor_procs_per_actor"] = round(med(per["n_procs"]), 2)
+        line["actor_n_procs_all"] = counts  # [without, with the 20 actors] per cycle
         line["actor_base_pss_mb"] = base0["pss_mb"]
         line["actor_base_n_procs"] = base0["n_procs"]
         line["actor_create_20_s"] = round(med(create_s), 2)
