@@ -50,7 +50,7 @@ class OptunaJournal:
             optuna.logging.set_verbosity(optuna.logging.WARNING)  # as OptunaSearch does
         self.state = optuna.trial.TrialState
         self.path = os.path.join(exp_dir, OPTUNA_JOURNAL)
-        self.storage = JournalStorage(JournalFileBackend(self.path))
+        self.storage = JournalStorage(_backend(JournalFileBackend, self.path))
         try:
             self.study_id = self.storage.get_study_id_from_name(exp_name)
         except KeyError:
@@ -130,6 +130,21 @@ class OptunaJournal:
         else:
             state, vals = self.state.FAIL, None  # finished without its metric
         self._guard("a trial's end", self.storage.set_trial_state_values, number, state, vals)
+
+
+def _backend(base: Any, path: str) -> Any:
+    """Optuna's file backend, less the ``fsync`` per write (2/3 of a trial's cost in the
+    driver): the lines are written and flushed, so readers see them at once; only an OS
+    crash could lose the last ones, and the experiment's own journal is the record."""
+    from optuna.storages.journal._file import get_lock_file
+
+    class _Backend(base):  # type: ignore[misc]
+        def append_logs(self, logs: list[dict[str, Any]]) -> None:
+            text = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs)
+            with get_lock_file(self._lock), open(self._file_path, "ab") as f:
+                f.write(text.encode("utf-8"))
+
+    return _Backend(path)
 
 
 def _number(value: Any) -> float | None:
