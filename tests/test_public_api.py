@@ -40,6 +40,7 @@ PUBLIC = {
                                "hosted_loop", "run_loop"],
     "trainkit.tune": [
         "Checkpoint", "CheckpointConfig", "Experiment", "ExperimentAnalysis", "FailureConfig",
+        "PlacementGroupFactory",
         "Result", "ResultGrid", "RunConfig", "Stopper", "Trainable", "TrialState", "TuneConfig",
         "TuneError", "Tuner", "choice", "get_checkpoint", "get_context", "grid_search",
         "lograndint", "loguniform", "qlograndint", "qloguniform", "qrandint", "qrandn", "quniform",
