@@ -282,3 +282,19 @@ def test_generators_zero_copy_and_clear_errors() -> None:
         _ds().map_batches(wrong_key).take_all()
     with pytest.raises(Exception, match=r"looked up 'nope', but the row's columns are"):
         _ds().map(lambda r: {"y": r["nope"]}).take_all()
+
+
+@pytest.mark.usefixtures("data_runtime")
+def test_a_bad_csv_names_the_file_and_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import pyarrow.csv as pcsv
+
+    ragged = tmp_path / "ragged.csv"
+    ragged.write_text("a,b\n1,2\n3,4\n5,6,7\n")
+    with pytest.raises(Exception, match=r"ragged.csv, line 4: .*Expected 2 columns, got 3"):
+        data.read_csv(str(ragged)).take_all()
+    typed = tmp_path / "typed.csv"
+    typed.write_text("a,b\n1,2\n3,x\n")
+    options = pcsv.ConvertOptions(column_types={"b": pa.int64()})
+    with pytest.raises(Exception, match=r"typed.csv, line 3: .*invalid value 'x'"):
+        data.read_csv(str(typed), convert_options=options).take_all()
+    assert data.read_csv(str(typed)).take_all() == [{"a": 1, "b": "2"}, {"a": 3, "b": "x"}]
