@@ -29,6 +29,12 @@ PUBLIC = {
         "nodes", "placement_group", "placement_group_table", "preload_worker_modules", "put",
         "remote", "remove_placement_group", "shutdown", "wait",
     ],
+    "trainkit.data": [
+        "ActorPoolStrategy", "DataContext", "DataIterator", "Dataset", "ExecutionOptions",
+        "ExecutionResources", "GroupedData", "TaskPoolStrategy", "from_arrow", "from_items",
+        "from_numpy", "from_pandas", "range", "range_tensor", "read_csv", "read_json",
+        "read_numpy", "read_parquet",
+    ],
     "trainkit.train": [
         "Checkpoint", "CheckpointConfig", "ControllerState", "FailureConfig", "Result",
         "RunConfig", "ScalingConfig", "TrainContext", "Trainer", "TrainingFailedError",
