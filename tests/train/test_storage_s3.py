@@ -42,7 +42,8 @@ def rank_loop(config: dict) -> None:
             with open(os.path.join(d, f"rank{rank}.json"), "w") as f:
                 json.dump({"step": step, "rank": rank}, f)
             train.report({"step": step, "loss": 1.0 / (step + 1), "start": start},
-                         checkpoint=Checkpoint.from_directory(d))
+                         checkpoint=Checkpoint.from_directory(d),
+                         checkpoint_upload_mode=config.get("mode", "async"))
         if step == config.get("fail_at"):
             raise RuntimeError(f"planned failure at step {step}")
 
@@ -89,8 +90,10 @@ def test_rerun_resumes_from_s3_and_from_path_reads_it_back(s3, tmp_path) -> None
                        scaling_config=ScalingConfig(num_workers=2),
                        run_config=_run_config(s3, "resume"))
 
+    # "sync": the failure right after report() must find that report's checkpoint committed
+    # (in async mode a loop error, like a crash, loses the reports still uploading).
     with pytest.raises(TrainingFailedError, match="planned failure at step 1"):
-        trainer(fail_at=1).fit()
+        trainer(fail_at=1, mode="sync").fit()
     assert s3.keys("train/resume/checkpoint_000002") == ["rank0.json", "rank1.json"]
     # The script runs again: a new driver, nothing local, everything read from the bucket.
     result = trainer().fit()

@@ -35,7 +35,7 @@ from trainkit.train._constants import FAILURE_GRACE_S
 from trainkit.train._failure_policy import FailureDecision
 from trainkit.train._failure_policy import FailurePolicy
 from trainkit.train._recorder import RunRecorder
-from trainkit.train._worker import Report
+from trainkit.train._uploader import Report
 from trainkit.train._worker_group import WorkerGroup
 from trainkit.train._worker_group import WorkerGroupError
 

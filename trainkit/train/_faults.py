@@ -2,10 +2,13 @@
 
 ``TRAINKIT_TEST_FAULTS`` holds comma-separated rules ``point@rank:attempt=action``; ``rank``
 and ``attempt`` may be ``*``; ``action`` is ``kill`` (SIGKILL this process), ``raise`` (a
-RuntimeError) or ``hang`` (sleep for an hour). Rank -1 is the driver. Points:
-``rendezvous`` (a rank is about to join the process group), ``checkpoint_upload`` (a rank has
-copied its checkpoint into staging, not yet reported), ``checkpoint_commit`` (the driver has
-renamed a checkpoint into place, not yet written the index). The variable is only for tests:
+RuntimeError), ``hang`` (sleep for an hour) or ``wait:<path>`` (block until the file ``path``
+exists, so a test holds a point open and releases it on an event). Rank -1 is the driver.
+Points: ``rendezvous`` (a rank is about to join the process group), ``checkpoint_uploading``
+(a rank's upload thread has moved the first file of a checkpoint into staging, not the rest),
+``checkpoint_upload`` (a rank has copied its checkpoint into staging, not yet reported),
+``checkpoint_commit`` (the driver has renamed a checkpoint into place, not yet written the
+index). The variable is only for tests:
 the driver reads it when ``fit()`` starts and hands it to its workers (``install``), so a
 test sets it without restarting the runtime. Without it every point costs one lookup.
 """
@@ -49,3 +52,11 @@ def maybe(point: str, *, rank: int, attempt: int = 0) -> None:
             raise RuntimeError(f"injected fault at {point} (rank {rank}, attempt {attempt})")
         elif action == "hang":
             time.sleep(3600)
+        elif action.startswith("wait:"):
+            _wait_for_file(action[len("wait:"):])
+
+
+def _wait_for_file(path: str) -> None:
+    # A test-only hook with no other event to wait on than the file appearing.
+    while not os.path.exists(path):
+        time.sleep(0.01)

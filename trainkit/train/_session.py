@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainkit.train._checkpoint import Checkpoint
+from trainkit.train._uploader import check_upload_mode
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +60,9 @@ class TrainContext:
 
 
 Reporter = Callable[[dict[str, Any], "Checkpoint | None"], None]
+# (metrics, checkpoint, checkpoint_upload_mode): a Trainer's worker, which uploads in the
+# background; hosts and local mode give only a ``Reporter``, which commits before returning.
+Uploader = Callable[[dict[str, Any], "Checkpoint | None", str], None]
 
 
 @dataclass(slots=True)
@@ -70,6 +74,7 @@ class Session:
     dataset_shards: Mapping[str, Any]
     reporter: Reporter
     use_gpu: bool = False  # whether this rank trains on a GPU (ScalingConfig.use_gpu)
+    upload: Uploader | None = None  # takes checkpoint_upload_mode; else ``reporter`` is used
 
 
 _current: Session | None = None
@@ -91,21 +96,39 @@ def _session(fn: str) -> Session:
     return _current
 
 
-def report(metrics: Mapping[str, Any], *, checkpoint: Checkpoint | None = None) -> None:
+def report(metrics: Mapping[str, Any], *, checkpoint: Checkpoint | None = None,
+           checkpoint_upload_mode: str = "async") -> None:
     """Report this iteration's metrics, and optionally a checkpoint folder.
 
-    Every rank must call it the same number of times: it waits until all ranks have reported
-    this iteration and the checkpoint is persisted. Rank 0's metrics are recorded; the
-    checkpoint folders of all ranks are merged into one persisted checkpoint, so the folder
-    passed here may be deleted as soon as ``report`` returns.
+    Every rank must call it the same number of times. Rank 0's metrics are recorded; the
+    checkpoint folders of all ranks of one report are merged into one checkpoint, committed
+    (named in the run's index) only once every rank's files are uploaded, so the latest
+    committed checkpoint is always complete.
+
+    With ``checkpoint_upload_mode="async"`` (the default) it returns once the checkpoint's
+    files are copied to a staging folder on this node's disk; the upload and the commit happen
+    in the background, strictly in report order, and the folder passed here may be deleted or
+    rewritten as soon as ``report`` returns. At most 2 checkpoints of a rank wait for their
+    commit: a third ``report`` with a checkpoint blocks (saying so on stderr) until the oldest
+    is committed. ``fit()`` returns only once every upload is committed. With ``"sync"`` it
+    returns once this report is committed. In local mode (``num_workers=0``) and in Tune
+    trials every report is committed before it returns.
+
+    Raises:
+        ValueError: ``checkpoint_upload_mode`` is neither "async" nor "sync".
+        CheckpointUploadError: an earlier checkpoint of this rank could not be uploaded.
     """
+    check_upload_mode(checkpoint_upload_mode)
     session = _session("report")
     if not isinstance(metrics, Mapping):
         raise TypeError(f"train.report() takes a dict of metrics, got {type(metrics).__name__}")
     if checkpoint is not None and not isinstance(checkpoint, Checkpoint):
         raise TypeError("train.report(checkpoint=...) takes a Checkpoint "
                         f"(Checkpoint.from_directory(path)), got {type(checkpoint).__name__}")
-    session.reporter(dict(metrics), checkpoint)
+    if session.upload is not None:
+        session.upload(dict(metrics), checkpoint, checkpoint_upload_mode)
+    else:
+        session.reporter(dict(metrics), checkpoint)
 
 
 def get_checkpoint() -> Checkpoint | None:

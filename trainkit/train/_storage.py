@@ -18,10 +18,12 @@ function opens what it needs.
 
 from __future__ import annotations
 
+import errno
 import os
 import posixpath
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from typing import Any
@@ -250,6 +252,41 @@ def upload_dir(local_dir: str, dest: StorageLocation) -> None:
 
     pyarrow.fs.copy_files(local_dir, dest.path, source_filesystem=pyarrow.fs.LocalFileSystem(),
                           destination_filesystem=dest.filesystem)
+
+
+def move_into(local_dir: str, dest: StorageLocation,
+              after_first: Callable[[], None] | None = None) -> None:
+    """Move the files of the local folder ``local_dir`` into ``dest`` (merged with what is
+    there), then delete ``local_dir``: on local storage each file is renamed when both are on
+    one filesystem (else copied), on object storage uploaded. ``after_first`` runs once the
+    first file is in place (a test's fault point)."""
+    if not dest.is_local:
+        if after_first is None:
+            upload_dir(local_dir, dest)
+        else:
+            for i, name in enumerate(sorted(os.listdir(local_dir))):
+                src, part = os.path.join(local_dir, name), dest.join(name)
+                upload_dir(src, part) if os.path.isdir(src) else upload_file(src, part)
+                if i == 0:
+                    after_first()
+        shutil.rmtree(local_dir, ignore_errors=True)
+        return
+    hook = after_first
+    for root, _, files in os.walk(local_dir):
+        target = os.path.join(dest.path, os.path.relpath(root, local_dir))
+        os.makedirs(target, exist_ok=True)
+        for name in sorted(files):
+            src, dst = os.path.join(root, name), os.path.join(target, name)
+            try:
+                os.replace(src, dst)
+            except OSError as e:
+                if e.errno != errno.EXDEV:
+                    raise
+                shutil.copy2(src, dst)
+            if hook is not None:
+                call, hook = hook, None
+                call()
+    shutil.rmtree(local_dir, ignore_errors=True)
 
 
 def download_dir(source: StorageLocation, local_dir: str) -> None:

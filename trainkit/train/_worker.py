@@ -2,10 +2,12 @@
 
 It is a threaded actor: ``run`` executes the user's loop in one thread, while the driver's
 ``poll`` (a long poll for reports), ``joined_ranks`` and ``dump_stacks`` are answered from
-others. ``report()`` in the loop uploads the checkpoint folder into the run's staging folder
-in storage (each rank its own files, straight from its node: nothing goes through the driver),
-queues the report for ``poll`` and waits until the driver has seen every rank's report of
-this iteration and persisted the checkpoint (the driver's next ``poll`` carries that ack).
+others. ``report()`` in the loop hands the report to the rank's ``ReportQueue`` (see
+``_uploader``): the checkpoint folder is snapshotted, then uploaded by a background thread into
+the run's staging folder in storage (each rank its own files, straight from its node: nothing
+goes through the driver), and only then queued for ``poll``. The driver commits a checkpoint
+once every rank's report of that iteration has arrived, and its next ``poll`` carries the ack.
+``run`` returns only once every report of the loop is committed, so ``fit()`` does too.
 """
 
 from __future__ import annotations
@@ -15,13 +17,11 @@ import sys
 import threading
 import traceback
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import cloudpickle  # type: ignore[import-untyped]
 
 from trainkit.train import _faults
-from trainkit.train import _storage
 from trainkit.train._checkpoint import Checkpoint
 from trainkit.train._ddp import Rendezvous
 from trainkit.train._ddp import free_port
@@ -30,22 +30,10 @@ from trainkit.train._session import Session
 from trainkit.train._session import TrainContext
 from trainkit.train._session import set_session
 from trainkit.train._storage import StorageLocation
+from trainkit.train._uploader import Report
+from trainkit.train._uploader import ReportQueue
 
 MAX_CONCURRENCY = 4  # run + poll + joined_ranks/dump_stacks, with one to spare
-
-
-@dataclass(frozen=True, slots=True)
-class Report:
-    """One ``report()`` of one rank, as the driver receives it."""
-
-    seq: int  # 1, 2, ... within this attempt
-    rank: int
-    metrics: dict[str, Any]
-    staged: StorageLocation | None  # the staging folder the rank uploaded its checkpoint to
-
-
-def staging_key(attempt: int, seq: int) -> str:
-    return f"a{attempt:04d}-{seq:06d}"
 
 
 class TrainWorker:
@@ -56,10 +44,7 @@ class TrainWorker:
         self.attempt = attempt
         self.staging_root = staging_root
         self.rendezvous = Rendezvous()
-        self.cv = threading.Condition()
-        self.outbox: list[Report] = []
-        self.seq = 0
-        self.acked = 0
+        self.reports = ReportQueue(rank, attempt, staging_root)
 
     # -- called by the driver --------------------------------------------------------------
     def node_info(self) -> dict[str, Any]:
@@ -96,22 +81,23 @@ class TrainWorker:
     def run(self, fn_blob: bytes, config: Mapping[str, Any] | None,
             checkpoint: Checkpoint | None, shards: Mapping[str, Any]) -> None:
         fn = cloudpickle.loads(fn_blob)
-        set_session(Session(self.context, checkpoint, shards, self._report, self.use_gpu))
+        set_session(Session(self.context, checkpoint, shards, self._report, self.use_gpu,
+                            upload=self.reports.put))
         try:
             fn(dict(config)) if config is not None else fn()
+            self.reports.wait_committed()  # fit() returns only once every upload is committed
         finally:
+            self.reports.close()
             set_session(None)
             self.rendezvous.leave()
 
     def poll(self, ack: int, wait_s: float) -> list[Report]:
-        """Acknowledge reports up to ``ack``; return newer ones, waiting up to ``wait_s``."""
-        with self.cv:
-            if ack > self.acked:
-                self.acked = ack
-                self.cv.notify_all()
-            self.cv.wait_for(lambda: bool(self.outbox), wait_s)
-            out, self.outbox = self.outbox, []
-            return out
+        """Acknowledge reports up to ``ack``; return newer ones, waiting up to ``wait_s``.
+
+        Raises the rank's upload error (``CheckpointUploadError``) once the reports uploaded
+        before it are taken: the attempt fails like a rank error."""
+        self.reports.ack(ack)
+        return self.reports.take(wait_s)
 
     def dump_stacks(self) -> str:
         """Every thread's Python stack in this process."""
@@ -126,16 +112,4 @@ class TrainWorker:
 
     # -- called by the loop, through train.report() ------------------------------------------
     def _report(self, metrics: dict[str, Any], checkpoint: Checkpoint | None) -> None:
-        seq = self.seq + 1
-        staged = None
-        if checkpoint is not None:
-            staged = self.staging_root.join(staging_key(self.attempt, seq))
-            _storage.upload_dir(checkpoint.path, staged)
-            _faults.maybe("checkpoint_upload", rank=self.rank, attempt=self.attempt)
-        with self.cv:
-            self.seq = seq
-            self.outbox.append(Report(seq, self.rank, metrics, staged))
-            self.cv.notify_all()
-            while self.acked < seq:
-                self.cv.wait(1.0)
-
+        self.reports.put(metrics, checkpoint, "sync")

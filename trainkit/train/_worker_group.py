@@ -24,8 +24,8 @@ from trainkit.train._config import ScalingConfig
 from trainkit.train._constants import PLACEMENT_TIMEOUT_S
 from trainkit.train._session import TrainContext
 from trainkit.train._storage import StorageLocation
+from trainkit.train._uploader import Report
 from trainkit.train._worker import MAX_CONCURRENCY
-from trainkit.train._worker import Report
 from trainkit.train._worker import TrainWorker
 
 POLL_WAIT_S = 5.0  # a long poll returns empty after this; the driver asks again
