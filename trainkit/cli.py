@@ -489,8 +489,8 @@ def _query_head(address: str, secret: bytes,
                 secret_file: str | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The head's CLUSTER_INFO and CLUSTER_NODES answers, asked as a short-lived client."""
     from trainkit.runtime._auth import FrameAuth
-    from trainkit.runtime._core import CoreWorker
     from trainkit.runtime._protocol import Msg
+    from trainkit.runtime.core.core_worker import CoreWorker
 
     host, port = parse_address(address)
     try:

@@ -51,7 +51,7 @@ def _listening_ports(c: LocalCluster) -> list[int]:
 
 
 def _nodes() -> list[dict[str, Any]]:
-    from trainkit.runtime._core import NODE_REQUEST_TIMEOUT_S
+    from trainkit.runtime.core.core_worker import NODE_REQUEST_TIMEOUT_S
 
     nodes: list[dict[str, Any]] = tk.runtime._context.core.request_control(  # type: ignore[union-attr]
         Msg.CLUSTER_NODES, what="nodes", timeout=NODE_REQUEST_TIMEOUT_S)
@@ -177,7 +177,7 @@ NOT_MESSAGES = [
 def test_signed_frames_that_are_not_messages_are_dropped_and_counted(
         cluster: LocalCluster, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from trainkit.runtime._api import _cluster_info
+    from trainkit.runtime._builtin_backend import cluster_info as _cluster_info
 
     head_port = int(cluster.address.rsplit(":", 1)[1])
     node_b = next(n for n in _nodes() if not n["is_head"])
@@ -242,6 +242,6 @@ def test_object_server_drops_signed_requests_that_are_not_requests(
 
 
 def _object_counts() -> int:
-    from trainkit.runtime._api import _cluster_info
+    from trainkit.runtime._builtin_backend import cluster_info as _cluster_info
 
     return int(_cluster_info()["rejected_frames"]["objects"].get("bad_message", 0))

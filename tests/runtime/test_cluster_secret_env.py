@@ -79,7 +79,7 @@ def test_a_secret_in_the_launcher_environment_goes_no_further(
     monkeypatch.setenv(SECRET_ENV, cluster.secret.decode())
     node_id = cluster.add_node(num_cpus=1, resources={"c": 1})
     try:
-        from trainkit.runtime._api import _cluster_info
+        from trainkit.runtime._builtin_backend import cluster_info as _cluster_info
 
         # A driver attached to the head does not refresh the totals its feasibility check
         # uses when a node joins (it would refuse "c"): refresh them here.

@@ -139,8 +139,8 @@ def _object_server_attacks(port: int, evil: bytes, secret: bytes) -> None:
 
 
 def test_no_unauthenticated_tampered_or_replayed_frame_is_unpickled(cluster, tmp_path):
-    from trainkit.runtime._api import _cluster_info
-    from trainkit.runtime._core import NODE_REQUEST_TIMEOUT_S
+    from trainkit.runtime._builtin_backend import cluster_info as _cluster_info
+    from trainkit.runtime.core.core_worker import NODE_REQUEST_TIMEOUT_S
 
     keep = _spawn_workers_everywhere()
     canary = str(tmp_path / "canary")

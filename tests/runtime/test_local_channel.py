@@ -200,14 +200,14 @@ BIG = np.arange(2_000_000, dtype=np.float64)  # 16 MB: written to the store, not
 
 def test_put_and_get_go_over_the_store_socket(rt, monkeypatch):
     core = _context.core
-    assert core is not None and core.store_channel is not None
-    real = core.request_node
+    assert core is not None and core.store.channel is not None
+    real = core.store.request_node
 
     def no_store_requests(kind: int, *fields: Any, **kwargs: Any) -> Any:
         assert kind not in (Msg.STORE_ALLOC, Msg.STORE_PIN), "store request on the inbox"
         return real(kind, *fields, **kwargs)
 
-    monkeypatch.setattr(core, "request_node", no_store_requests)
+    monkeypatch.setattr(core.store, "request_node", no_store_requests)
     ref = tk.put(BIG)
     np.testing.assert_array_equal(tk.get(ref), BIG)
 
@@ -232,18 +232,18 @@ def test_put_and_get_go_over_the_store_socket(rt, monkeypatch):
 def test_store_requests_fall_back_to_the_inbox_without_the_socket(rt, tmp_path):
     core = _context.core
     assert core is not None
-    core.store_channel = LocalChannel(str(tmp_path / "missing.sock"))
+    core.store.channel = LocalChannel(str(tmp_path / "missing.sock"))
     ref = tk.put(BIG)
-    assert core.store_channel is None  # fell back, once
+    assert core.store.channel is None  # fell back, once
     np.testing.assert_array_equal(tk.get(ref), BIG)
 
 
 def test_a_store_connection_closed_by_the_node_is_a_runtime_error(rt, node_factory):
     core = _context.core
     assert core is not None
-    real = core.store_channel
+    real = core.store.channel
     node = node_factory(lambda *_: None)  # takes the request, then goes away
-    core.store_channel = LocalChannel(node.server.path)
+    core.store.channel = LocalChannel(node.server.path)
     threading.Timer(0.3, node.close).start()
     try:
         t = time.monotonic()
@@ -252,5 +252,5 @@ def test_a_store_connection_closed_by_the_node_is_a_runtime_error(rt, node_facto
         assert time.monotonic() - t < 10
     finally:
         node.thread.join(5)
-        core.store_channel.close()
-        core.store_channel = real
+        core.store.channel.close()
+        core.store.channel = real

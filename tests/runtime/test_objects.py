@@ -163,7 +163,7 @@ def test_objects_owned_by_a_dead_worker_are_lost(rt):
 def test_a_view_released_after_its_ref_frees_the_object(rt) -> None:
     """The owner drops the ref while a zero-copy view is alive; when the view goes, the
     store must release the object (it used to stay pinned forever)."""
-    from trainkit.runtime._api import _cluster_info
+    from trainkit.runtime._builtin_backend import cluster_info as _cluster_info
 
     for _ in range(3):
         ref = tk.put(np.ones(1 << 20))  # 8 MiB, stored in the arena

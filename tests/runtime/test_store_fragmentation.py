@@ -359,7 +359,7 @@ def test_a_fallback_file_lives_until_freed_and_the_last_reader_unpins(make_store
 
 
 def _store_stats() -> dict[str, int]:
-    from trainkit.runtime._api import _cluster_info
+    from trainkit.runtime._builtin_backend import cluster_info as _cluster_info
 
     stats: dict[str, int] = _cluster_info()["store"]
     return stats

@@ -40,7 +40,6 @@ from trainkit.runtime._local_channel import LOCAL_PREFIX
 from trainkit.runtime._local_channel import LocalChannelServer
 from trainkit.runtime._local_channel import store_socket_path
 from trainkit.runtime._node_control import ControlMixin
-from trainkit.runtime._node_control import _Actor
 from trainkit.runtime._node_control import _Lease
 from trainkit.runtime._node_control import _NodeRecord
 from trainkit.runtime._node_control import _WorkerProc
@@ -60,6 +59,7 @@ from trainkit.runtime._transport import Inbox
 from trainkit.runtime._transport import Outbox
 from trainkit.runtime._transport import endpoint
 from trainkit.runtime._transport import make_context
+from trainkit.runtime.node.actor_table import ActorTable
 
 HEARTBEAT_S = 1.0
 # A node whose head has not answered for this long exits (and its workers with it).
@@ -99,8 +99,7 @@ class NodeService(ControlMixin):
         self.waiting_for_worker: deque[_Lease] = deque()
         self.leases: dict[RequestId, _Lease] = {}
         self.local_leases: dict[bytes, _Lease] = {}  # node role: what the head assigned here
-        self.actors: dict[bytes, _Actor] = {}
-        self.named: dict[tuple[str, str], bytes] = {}
+        self.actors = ActorTable(self.send)
         self.pg_waiters: dict[str, list[tuple[str, int]]] = {}
         self.cluster_nodes: dict[str, _NodeRecord] = {}
         self.peers: dict[str, dict[str, Any]] = {}  # node id -> its registered info

@@ -16,11 +16,10 @@ from typing import Any
 from trainkit.exceptions import GetTimeoutError
 from trainkit.exceptions import RuntimeSystemError
 from trainkit.runtime import _context
-from trainkit.runtime._core import CoreWorker
-from trainkit.runtime._local_channel import LocalChannel
 from trainkit.runtime._local_channel import store_socket_path
 from trainkit.runtime._protocol import Msg
 from trainkit.runtime._scheduler import make_resource_request
+from trainkit.runtime.core.core_worker import CoreWorker
 
 NODE_START_TIMEOUT_S = 30.0
 CONNECT_TIMEOUT_S = 10.0
@@ -168,11 +167,8 @@ def connect(address: str, *, namespace: str | None, log_to_driver: bool) -> None
                 f"the cluster at {address} has no node on this machine; start one here with "
                 f"`trainkit start --address {address}` and connect again")
         node = local[0]
-        core.node_addr, core.node_id = node["addr"], node["node_id"]
-        core.arena_path = node["arena_path"]
-        core.arena_capacity = int(node["object_store_memory"])
-        core._mapped_cap = core.arena_capacity // 20
-        core.store_channel = LocalChannel(node["store_socket"])
+        core.attach_store(node["addr"], node["node_id"], node["arena_path"],
+                          int(node["object_store_memory"]), node["store_socket"])
         core.request_node(Msg.REGISTER_DRIVER, os.getpid(), what="attaching to the node",
                           timeout=CONNECT_TIMEOUT_S)
         core.cluster_resources = core.request_control(

@@ -25,16 +25,16 @@ from trainkit.exceptions import ActorDiedError
 from trainkit.runtime import _context
 from trainkit.runtime._auth import FrameAuth
 from trainkit.runtime._context import ActorExit
-from trainkit.runtime._core import CoreWorker
 from trainkit.runtime._local_channel import store_socket_path
-from trainkit.runtime._objects import error_value
-from trainkit.runtime._objects import task_error_value
 from trainkit.runtime._protocol import Msg
 from trainkit.runtime._secret import SECRET_ENV
 from trainkit.runtime._serialization import dumps
 from trainkit.runtime._serialization import loads
 from trainkit.runtime._transport import Inbox
 from trainkit.runtime._transport import endpoint
+from trainkit.runtime.core.core_worker import CoreWorker
+from trainkit.runtime.core.values import error_value
+from trainkit.runtime.core.values import task_error_value
 
 
 def die_with_parent() -> None:
@@ -125,9 +125,7 @@ class Worker:
                 continue  # a cancel that arrived just after its task finished
 
     def retire(self) -> None:
-        with self.core.lock:
-            owns = bool(self.core.owned) or bool(self.core.held_for_caller)
-        if not owns:
+        if not self.core.holds_anything():
             _flush_and_exit(0)
         self.core.out.send(self.core.node_addr, (
             Msg.REGISTER_WORKER, self.worker_id, os.getpid(), self.inbox.address,
@@ -171,8 +169,7 @@ class Worker:
         holder = None
         if refs:
             # Keep the refs inside the result alive until the caller frees the result.
-            with self.core.lock:
-                self.core.held_for_caller[return_id] = refs
+            self.core.hold_for_caller(return_id, refs)
             holder = self.core.ctl_addr
         return value, holder
 

@@ -1,0 +1,1 @@
+"""The node service's parts that hold state on their own (see each module)."""
