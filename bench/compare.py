@@ -31,11 +31,13 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import NamedTuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from wl import BACKENDS  # the registry, bench/wl/: importing it imports only the stdlib
 from wl import DEADLINE_DEFAULT
 from wl import DEADLINES
+from wl import LAYERS
 from wl import TK_ON_RAY
 from wl import TK_ON_RAY_WORKLOADS
 from wl import WORKLOADS
@@ -55,14 +57,35 @@ PYTHONS = {
 # how a backend is named in the table's header and its ratio column
 NAMES = {"trainkit": "trainkit", "ray": "Ray", TK_ON_RAY: "trainkit on Ray"}
 SHORT = {"trainkit": "tk", "ray": "Ray", TK_ON_RAY: "tk-on-Ray"}
-ZMQ_FLOOR = ("baseline_zmq", "zmq_reqrep_rtt_us")
+
+
+# ----------------------------------------------------------------- floors ----
+class Floor(NamedTuple):
+    """What a row is set against besides Ray: a figure measured in the same run, with no
+    runtime (bare pyzmq, multiprocessing.Pool), a constant of the workload (the ideal wall
+    time) or the backend's own figure under an easier load (the 10k-task rate). Its value is
+    taken from the lines of the table's left backend (trainkit), else the right one's (the
+    floors that need no runtime run under both interpreters)."""
+
+    workload: str
+    key: str
+    name: str  # how the target names it: "<= 1.3x pyzmq REQ/REP"
+    own: bool = False  # the left backend's own figure only (no fallback to the right's)
+
+
+ZMQ_FLOOR = Floor("baseline_zmq", "zmq_reqrep_rtt_us", "pyzmq REQ/REP")
+POOL_FLOOR = Floor("baseline_pool", "pool_chunk1_tasks_s", "Pool(2)")
+SLEEP_IDEAL = Floor("task_throughput", "sleep_ideal_s", "the ideal", own=True)
+RATE_10K = Floor("task_backlog", "backlog_10k_tasks_s", "the 10k rate", own=True)
 
 
 # ---------------------------------------------------------------- targets ----
-# Each target gets (tk, ray, floors) and returns (text, passed) where passed is
-# True/False, or None when a value is missing (counted as a failure).
+# Each target gets (tk, ray, ctx) and returns (text, passed) where passed is True/False, or
+# None when a value is missing (counted as a failure). ctx["floor"] is the row's floor value
+# (None if the row has no floor or it was not measured); ctx also holds a few other figures
+# of the run (get_not_growing).
 def ratio_le(k):
-    def f(tk, ray, floors):
+    def f(tk, ray, ctx):
         ok = None if tk is None or ray is None else tk <= k * ray
         return f"<= {k:g}x Ray", ok
 
@@ -70,18 +93,31 @@ def ratio_le(k):
 
 
 def ratio_ge(k):
-    def f(tk, ray, floors):
+    def f(tk, ray, ctx):
         ok = None if tk is None or ray is None else tk >= k * ray
         return f">= {k:g}x Ray", ok
 
     return f
 
 
-def floor_le(k, floor_key):
-    def f(tk, ray, floors):
-        fl = floors.get(floor_key)
+def floor_le(k, name):
+    """trainkit <= k x the row's floor (a time: the floor is the least it can be)."""
+
+    def f(tk, ray, ctx):
+        fl = ctx.get("floor")
         ok = None if tk is None or fl is None else tk <= k * fl
-        return f"<= {k:g}x pyzmq ({fmt_num(fl)} us)", ok
+        return f"<= {k:g}x {name}", ok
+
+    return f
+
+
+def floor_ge(k, name):
+    """trainkit >= k x the row's floor (a rate: the floor is the most it can be)."""
+
+    def f(tk, ray, ctx):
+        fl = ctx.get("floor")
+        ok = None if tk is None or fl is None else tk >= k * fl
+        return f">= {k:g}x {name}", ok
 
     return f
 
@@ -89,29 +125,39 @@ def floor_le(k, floor_key):
 def abs_le(k, unit):
     """An absolute bound on trainkit's own figure (Ray's is shown, not judged)."""
 
-    def f(tk, ray, floors):
+    def f(tk, ray, ctx):
         return f"<= {k:g}{unit}", (None if tk is None else tk <= k)
 
     return f
 
 
-def is_true(tk, ray, floors):
+def is_true(tk, ray, ctx):
     return "true", (None if tk is None else bool(tk))
 
 
-def get_not_growing(tk, ray, floors):
+def get_not_growing(tk, ray, ctx):
     # 10x the bytes: a copying get grows ~10x (1 GB memcpy is >= 70 ms here); a zero-copy
     # get stays flat. Noise at the ~50 us scale is allowed for: <= 3x, or under 1 ms anyway.
-    g1, g100 = floors.get("tk_get_1GB_us"), floors.get("tk_get_100MB_us")
+    g1, g100 = ctx.get("tk_get_1GB_us"), ctx.get("tk_get_100MB_us")  # the left backend's
     if tk is None or g1 is None or g100 is None:
         return "<= 3x (or < 1 ms)", None
     return "<= 3x (or < 1 ms)", bool(tk <= 3.0 or g1 < 1000.0)
 
 
-# (label, workload, key, target or None). Rows with a target are the issue's targets. key is
-# one metric name, or a pair (trainkit's key, Ray's key) to set one trainkit figure against a
-# different Ray figure (e.g. Tune with Ray's reuse_actors=True).
-ROWS = [
+class Row(NamedTuple):
+    """label, workload, key, target or None, floor or None. Rows with a target are the issues'
+    targets. key is one metric name, or a pair (trainkit's key, Ray's key) to set one trainkit
+    figure against a different Ray figure (e.g. Tune with Ray's reuse_actors=True). A row with
+    a floor also shows the floor and trainkit / floor (see Floor)."""
+
+    label: str
+    workload: str
+    key: object
+    target: object = None
+    floor: Floor | None = None
+
+
+_ROWS = [
     ("import (s)", "init", "import_s", None),
     ("init(num_cpus=2) (s)", "init", "init_s", None),
     ("shutdown() (s)", "init", "shutdown_s", None),
@@ -125,24 +171,70 @@ ROWS = [
     ("driver RSS (MB)", "init", "mem_driver_rss_mb", None),
     ("processes left 2 s after shutdown", "init", "leftover_procs_2s", None),
     ("**sync actor call RTT, median (us)**", "actor_latency", "sync_rtt_us", ratio_le(0.5)),
+    # issue 13, section 6: <= 1.3x the bare round trip (the runtime issue before it asked 2x)
     (
         "**sync actor call RTT vs bare pyzmq (us)**",
         "actor_latency",
         "sync_rtt_us",
-        floor_le(2.0, ZMQ_FLOOR),
+        floor_le(1.3, ZMQ_FLOOR.name),
+        ZMQ_FLOOR,
     ),
     ("sync actor call RTT, p99 (us)", "actor_latency", "sync_rtt_p99_us", None),
     ("**async actor calls/s (10k)**", "actor_latency", "async_calls_s", ratio_ge(2.0)),
     ("async: submit 10k only (s)", "actor_latency", "async_submit_s", None),
     ("**no-op tasks/s (10k)**", "task_throughput", "noop_tasks_s", ratio_ge(2.0)),
+    (
+        "**no-op tasks/s (10k) vs multiprocessing.Pool(2), chunksize=1**",
+        "task_throughput",
+        "noop_tasks_s",
+        floor_ge(0.43, POOL_FLOOR.name),
+        POOL_FLOOR,
+    ),
     ("sync task RTT, median (us)", "task_throughput", "task_sync_rtt_us", None),
-    ("1,000 x 10 ms tasks on 2 CPUs, wall (s)", "task_throughput", "sleep_wall_s", None),
+    (
+        "**1,000 x 10 ms tasks on 2 CPUs, wall vs the ideal 5.0 s (s)**",
+        "task_throughput",
+        "sleep_wall_s",
+        floor_le(1.03, SLEEP_IDEAL.name),
+        SLEEP_IDEAL,
+    ),
     (
         "**1,000 x 10 ms tasks: overhead vs 5.0 s (%)**",
         "task_throughput",
         "sleep_overhead_pct",
         ratio_le(1.0),
     ),
+    ("no-op tasks/s, 10k, in task_backlog", "task_backlog", "backlog_10k_tasks_s", None),
+    (
+        "**no-op tasks/s, 100,000 queued, vs the 10k rate**",
+        "task_backlog",
+        "backlog_100k_tasks_s",
+        floor_ge(0.9, RATE_10K.name),
+        RATE_10K,
+    ),
+    (
+        "100,000 queued / 10k rate, each runtime its own",
+        "task_backlog",
+        "backlog_100k_vs_10k",
+        None,
+    ),
+    ("100,000 no-op tasks: submit only (s)", "task_backlog", "backlog_100k_submit_s", None),
+    (
+        "idle actors: PSS sum of runtime processes, 0 actors (MB)",
+        "actor_memory",
+        "actor_base_pss_mb",
+        None,
+    ),
+    (
+        "**PSS per extra idle actor, 20 vs 0 (MB)**",
+        "actor_memory",
+        "actor_pss_mb_per_actor",
+        abs_le(2.0, " MB"),
+    ),
+    ("USS per extra idle actor (MB)", "actor_memory", "actor_uss_mb_per_actor", None),
+    ("RSS per extra idle actor (MB)", "actor_memory", "actor_rss_mb_per_actor", None),
+    ("processes per extra idle actor", "actor_memory", "actor_procs_per_actor", None),
+    ("20 actors: create + first call (s)", "actor_memory", "actor_create_20_s", None),
     ("memcpy 100 MB (ms), floor", "object_store", "memcpy_100MB_ms", None),
     ("put 100 MB, first (ms)", "object_store", "put_100MB_first_ms", None),
     ("put 100 MB, warm median (ms)", "object_store", "put_100MB_ms", None),
@@ -158,6 +250,18 @@ ROWS = [
     ("task(ref) summing 100 MB, RTT (ms)", "object_store", "task_ref_sum_100MB_ms", None),
     ("bare pyzmq REQ/REP RTT, 31 B, ipc (us)", "baseline_zmq", "zmq_reqrep_rtt_us", None),
     ("bare pyzmq DEALER pipelined (msgs/s)", "baseline_zmq", "zmq_dealer_pipelined_msgs_s", None),
+    (
+        "multiprocessing.Pool(2).map, chunksize=1, 10k no-ops (tasks/s)",
+        "baseline_pool",
+        "pool_chunk1_tasks_s",
+        None,
+    ),
+    (
+        "multiprocessing.Pool(2).apply_async x 10k (tasks/s)",
+        "baseline_pool",
+        "pool_apply_async_tasks_s",
+        None,
+    ),
     ("train: first fit() after init, warm-up (s)", "train_startup", "fit1_fit_s", None),
     ("**train: warm fit() (s)**", "train_startup", "fit_s", ratio_le(0.25)),
     (
@@ -315,6 +419,7 @@ ROWS = [
     ("cluster: processes on node_b", "cluster", "procs_node_b", None),
     ("cluster: processes left 2 s after shutdown", "cluster", "leftover_procs_2s", None),
 ]
+ROWS = [Row(*r) for r in _ROWS]
 
 # trainkit-ray vs Ray: trainkit's Train/Tune/Data layers on Ray's engine must not be slower than
 # Ray's own (ratio <= 1.0 for times, >= 1.0 for throughputs). (workload, key as in ROWS) ->
@@ -348,14 +453,18 @@ def rows_for(pair):
         return ROWS
     if pair == (TK_ON_RAY, "ray"):
         out = []
-        for label, wl, key, _target in ROWS:
-            target = ON_RAY_TARGETS.get((wl, key))
-            label = _plain(label)
-            out.append((f"**{label}**" if target else label, wl, key, target))
+        for row in ROWS:
+            target = ON_RAY_TARGETS.get((row.workload, row.key))
+            label = _plain(row.label)
+            out.append(row._replace(label=f"**{label}**" if target else label, target=target))
         return out
     # any other pair (e.g. trainkit vs trainkit-ray): the figures and ratios, no targets; the
     # rows that set a trainkit figure against a different Ray figure are left out
-    return [(_plain(label), wl, key, None) for label, wl, key, _t in ROWS if isinstance(key, str)]
+    return [
+        row._replace(label=_plain(row.label), target=None)
+        for row in ROWS
+        if isinstance(row.key, str)
+    ]
 
 
 # ---------------------------------------------------------------- running ----
@@ -511,51 +620,76 @@ def aggregate(lines, backend, workload, key):
     return vals[-1]
 
 
-def render(lines, source="", pair=("trainkit", "ray")):
-    """The markdown table of pair = (left, right): left's figures, right's, left / right."""
+def fmt_ratio(a, b):
+    """a / b as "1.23x"; "—" unless both are numbers (not booleans) and b is not zero."""
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b)) or not b:
+        return "—"
+    r = a / b
+    return f"{r:.2f}x" if abs(r) >= 0.01 else f"{r:.2g}x"
+
+
+def floor_value(lines, pair, floor):
+    """The value of a row's floor in this run (see Floor), or None."""
+    if floor is None:
+        return None
     left, right = pair
-    floors = {
-        ZMQ_FLOOR: aggregate(lines, "trainkit", *ZMQ_FLOOR) or aggregate(lines, "ray", *ZMQ_FLOOR),
-        "tk_get_1GB_us": aggregate(lines, "trainkit", "object_store", "get_1GB_us"),
-        "tk_get_100MB_us": aggregate(lines, "trainkit", "object_store", "get_100MB_us"),
+    v = aggregate(lines, left, floor.workload, floor.key)
+    if v is None and not floor.own:
+        v = aggregate(lines, right, floor.workload, floor.key)
+    return v
+
+
+def render(lines, source="", pair=("trainkit", "ray")):
+    """The markdown table of pair = (left, right): left's figures, right's, left / right; and,
+    when a shown row has a floor, the floor and left / floor."""
+    left, right = pair
+    ctx = {
+        "tk_get_1GB_us": aggregate(lines, left, "object_store", "get_1GB_us"),
+        "tk_get_100MB_us": aggregate(lines, left, "object_store", "get_100MB_us"),
     }
     rounds = sorted({ln.get("round") for ln in lines if ln.get("round") is not None})
+    present = {ln.get("bench") for ln in lines}
+    rows = [row for row in rows_for(pair) if row.workload in present]
+    with_floors = any(row.floor is not None for row in rows)
     out = []
     out.append(
         f"Benchmarks: {NAMES[left]} vs {NAMES[right]} ({len(rounds) or 1} round(s), median "
         f"over rounds; {platform.node()}, {os.cpu_count()} CPUs){source}"
     )
     out.append("")
+    floor_head = f" floor | {SHORT[left]}/floor |" if with_floors else ""
     out.append(
         f"| metric | {NAMES[left]} | {NAMES[right]} | ratio ({SHORT[left]}/{SHORT[right]}) "
-        "| target | pass |"
+        f"|{floor_head} target | pass |"
     )
-    out.append("| --- | ---: | ---: | ---: | --- | --- |")
+    floor_align = " ---: | ---: |" if with_floors else ""
+    out.append(f"| --- | ---: | ---: | ---: |{floor_align} --- | --- |")
     n_pass = n_fail = 0
-    present = {ln.get("bench") for ln in lines}
-    for label, wl, key, target in rows_for(pair):
-        if wl not in present:
-            continue
+    for row in rows:
+        key = row.key
         tk_key, ray_key = key if isinstance(key, tuple) else (key, key)
-        tk = aggregate(lines, left, wl, tk_key)
-        ray = aggregate(lines, right, wl, ray_key)
-        ratio = "—"
-        if (
-            isinstance(tk, (int, float))
-            and isinstance(ray, (int, float))
-            and not isinstance(tk, bool)
-            and ray
-        ):
-            r = tk / ray
-            ratio = f"{r:.2f}x" if abs(r) >= 0.01 else f"{r:.2g}x"
-        if target is None:
+        tk = aggregate(lines, left, row.workload, tk_key)
+        ray = aggregate(lines, right, row.workload, ray_key)
+        fl = floor_value(lines, pair, row.floor)
+        floor_cells = ""
+        if with_floors:
+            floor_cells = (
+                f" {fmt_num(fl)} | {fmt_ratio(tk, fl)} |" if row.floor is not None else "  |  |"
+            )
+        if row.target is None:
             ttext, verdict = "", ""
+        elif row.floor is not None and row.floor.workload not in present:
+            ttext, _ = row.target(tk, ray, {**ctx, "floor": None})
+            verdict = f"— (floor not run: {row.floor.workload})"
         else:
-            ttext, ok = target(tk, ray, floors)
+            ttext, ok = row.target(tk, ray, {**ctx, "floor": fl})
             verdict = "PASS" if ok else ("**FAIL**" if ok is False else "**FAIL** (no data)")
             n_pass += bool(ok)
             n_fail += not ok
-        out.append(f"| {label} | {fmt_num(tk)} | {fmt_num(ray)} | {ratio} | {ttext} | {verdict} |")
+        out.append(
+            f"| {row.label} | {fmt_num(tk)} | {fmt_num(ray)} | {fmt_ratio(tk, ray)} |"
+            f"{floor_cells} {ttext} | {verdict} |"
+        )
     out.append("")
     out.append(f"Targets: {n_pass} pass, {n_fail} fail.")
     lines = [ln for ln in lines if ln.get("backend") in pair]
@@ -593,6 +727,11 @@ def render_all(lines, source, backends):
     return "\n\n".join(render(lines, source, pair) for pair in table_pairs(backends))
 
 
+def layer_workloads(layer):
+    """The workloads declared in bench/wl/<layer>.py, in registry order."""
+    return [w for w in WORKLOADS if registry.get(w).source == f"wl/{layer}.py"]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
@@ -600,6 +739,14 @@ def main():
         nargs="*",
         metavar="WORKLOAD",
         help=f"any of {', '.join(WORKLOADS)} (default: all)",
+    )
+    ap.add_argument(
+        "--layer",
+        action="append",
+        default=[],
+        choices=LAYERS,
+        help="add every workload of this layer (bench/wl/<layer>.py), in registry order, after "
+        "any WORKLOAD named; repeatable. --layer runtime: " + ", ".join(layer_workloads("runtime")),
     )
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument(
@@ -652,7 +799,9 @@ def main():
     bad = [w for w in args.workloads if w not in WORKLOADS]
     if bad:
         ap.error(f"unknown workload(s) {bad}; choose from {', '.join(WORKLOADS)}")
-    workloads = args.workloads or list(WORKLOADS)
+    # the named workloads in the order given, then each --layer's (no workload twice)
+    chosen = [*args.workloads, *(w for layer in args.layer for w in layer_workloads(layer))]
+    workloads = list(dict.fromkeys(chosen)) or list(WORKLOADS)
     backends = backends or ["trainkit", "ray"]
     pythons = {"trainkit": args.tk_python, "ray": args.ray_python, TK_ON_RAY: args.tk_python}
     stamp = time.strftime("%Y%m%d-%H%M%S")

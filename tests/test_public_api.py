@@ -39,12 +39,15 @@ PUBLIC = {
     "trainkit.train.hosting": ["CheckpointRecord", "ReportSink", "RunCheckpoints", "TrainContext",
                                "hosted_loop", "run_loop"],
     "trainkit.tune": [
-        "Checkpoint", "Result", "ResultGrid", "Stopper", "Trainable", "TrialState", "TuneConfig",
+        "Checkpoint", "CheckpointConfig", "Experiment", "ExperimentAnalysis", "FailureConfig",
+        "Result", "ResultGrid", "RunConfig", "Stopper", "Trainable", "TrialState", "TuneConfig",
         "TuneError", "Tuner", "choice", "get_checkpoint", "get_context", "grid_search",
         "lograndint", "loguniform", "qlograndint", "qloguniform", "qrandint", "qrandn", "quniform",
-        "randint", "randn", "report", "sample_from", "schedulers", "search", "uniform",
+        "randint", "randn", "report", "run", "sample_from", "schedulers", "search", "uniform",
         "with_parameters", "with_resources",
     ],
+    "trainkit.tune.search.sample": ["Categorical", "Domain", "Float", "Function", "Integer",
+                                    "Normal"],
     "trainkit.tune.search": ["BasicVariantGenerator", "ConcurrencyLimiter", "OptunaSearch",
                              "Searcher"],
     "trainkit.tune.schedulers": [

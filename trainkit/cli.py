@@ -28,12 +28,10 @@ import json
 import math
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from collections.abc import Sequence
@@ -499,9 +497,8 @@ def _query_head(address: str, secret: bytes,
         raise _CliError(f"cannot resolve the head's host {host!r} ({e.strerror}); check the "
                         "address, or give the head's IP") from None
     head_addr = f"tcp://{host}:{port}"
-    session_dir = tempfile.mkdtemp(prefix=f"trainkit-{os.getpid()}-cli-", dir="/tmp")
     try:
-        core = CoreWorker(session_dir=session_dir, node_addr=head_addr, node_id="",
+        core = CoreWorker(session=f"trainkit-{os.getpid()}-cli", node_addr=head_addr, node_id="",
                           arena_path="", arena_capacity=1 << 20, name="cli",
                           cluster_resources={}, control_addr=head_addr, host=route_ip(host),
                           auth=FrameAuth(secret))
@@ -519,8 +516,6 @@ def _query_head(address: str, secret: bytes,
             "the head is not reachable at that address, or its secret differs from the one "
             f"used here ({_secret_source(secret_file)}); frames signed with another secret are "
             "dropped unanswered") from None
-    finally:
-        shutil.rmtree(session_dir, ignore_errors=True)
     return info, nodes
 
 

@@ -1,7 +1,8 @@
 """The benchmark workloads, one module per layer, behind one registry (registry.py).
 
     common    timing, the result line, watchdog, budgets, memory sampling, backend import
-    runtime   init, actor_latency, task_throughput, object_store, baseline_zmq
+    runtime   init, actor_latency, task_throughput, object_store, baseline_zmq,
+              baseline_pool, task_backlog, actor_memory
     train     train_startup, train_report
     tune      tune_overhead, tune_overhead_asha, tune_sleep, tune_memory
     data      data_images, data_parquet, data_pipeline

@@ -1,6 +1,8 @@
-"""The runtime workloads: init, actor_latency, task_throughput, object_store, and the bare pyzmq
-floor (baseline_zmq). Only the API names the backends share are used: init(num_cpus=2),
-shutdown, remote, get, put, wait, cluster_resources.
+"""The runtime workloads: init, actor_latency, task_throughput, object_store, the floors with no
+runtime (baseline_zmq: bare pyzmq REQ/REP; baseline_pool: multiprocessing.Pool(2)), and
+task_backlog (100,000 queued tasks) and actor_memory (PSS per idle actor). Only the API names
+the backends share are used: init(num_cpus=2), shutdown, remote, get, put, wait, kill,
+cluster_resources.
 """
 
 from __future__ import annotations
@@ -193,7 +195,7 @@ def wl_actor_latency(args, line):
 
         rt.get([a.f.remote() for _ in range(1000)])  # warm-up
         thr, sub = [], []
-        budget = Budget(30.0, min_reps=1, max_reps=3)
+        budget = Budget(30.0, min_reps=3, max_reps=3)
         while budget.more():
             t = pc()
             refs = [a.f.remote() for _ in range(N_ASYNC)]
@@ -238,7 +240,7 @@ def wl_task_throughput(args, line):
 
         rt.get([noop.remote() for _ in range(1000)])  # warm-up, workers up
         thr = []
-        budget = Budget(25.0, min_reps=1, max_reps=3)
+        budget = Budget(25.0, min_reps=3, max_reps=3)
         while budget.more():
             t = pc()
             refs = [noop.remote() for _ in range(N_NOOP)]
@@ -262,7 +264,7 @@ def wl_task_throughput(args, line):
         rt.get([sleeper.remote() for _ in range(20)])
         ideal = N_SLEEP * SLEEP_S / 2
         walls = []
-        budget = Budget(22.0, min_reps=1, max_reps=3)
+        budget = Budget(22.0, min_reps=3, max_reps=3)
         while budget.more():
             t = pc()
             rt.get([sleeper.remote() for _ in range(N_SLEEP)])
@@ -522,3 +524,195 @@ def wl_baseline_zmq(args, line):
     for f in os.listdir(d):
         os.unlink(os.path.join(d, f))
     os.rmdir(d)
+
+
+# -------------------------------------------------------- baseline_pool ------
+N_POOL = 10_000
+
+
+def _pool_noop(x):
+    return None
+
+
+@workload(
+    "baseline_pool",
+    about="multiprocessing.Pool(2) (fork) no-op tasks/s, map with chunksize=1: the floor of "
+    "no-op tasks/s (no runtime)",
+)
+def wl_baseline_pool(args, line):
+    """The floor of no-op tasks/s, as ../shared/anchors/ray/baselines.py measures it: a fork
+    Pool(2), a 1,000-task warm-up map, then pool.map(noop, range(10,000), chunksize=1), one
+    message per task each way; median of 5. No runtime is imported."""
+    import multiprocessing as mp
+
+    with mp.get_context("fork").Pool(2) as pool:
+        pool.map(_pool_noop, range(1000), chunksize=1)  # workers up
+        thr = []
+        for _ in range(5):
+            t = pc()
+            pool.map(_pool_noop, range(N_POOL), chunksize=1)
+            thr.append(N_POOL / (pc() - t))
+        line["pool_chunk1_tasks_s"] = round(med(thr), 0)
+        line["pool_chunk1_tasks_s_all"] = [round(x, 0) for x in thr]
+        thr = []
+        for _ in range(3):
+            t = pc()
+            rs = [pool.apply_async(_pool_noop, (i,)) for i in range(N_POOL)]
+            for r in rs:
+                r.get()
+            thr.append(N_POOL / (pc() - t))
+        line["pool_apply_async_tasks_s"] = round(med(thr), 0)
+    line["pool_n_tasks"] = N_POOL
+
+
+# --------------------------------------------------------- task_backlog ------
+N_BACKLOG = 100_000
+
+
+@workload(
+    "task_backlog",
+    about="100,000 queued no-op tasks (submit all, then one get) against the 10k rate in "
+    "the same process",
+    deadline_s=240.0,
+)
+def wl_task_backlog(args, line):
+    """Does the no-op rate hold with 100,000 tasks queued? After a 1,000-task warm-up, pairs
+    of (10,000 tasks, then 100,000 tasks), each submitted in full and then fetched with one
+    get(), as task_throughput does. The 100k repeats stop once 90 s are spent (at least one;
+    Ray's one repeat takes ~80 s here); the 10k rate gets at least 3 repeats. The ratio is
+    median 100k rate / median 10k rate, both from this process."""
+    rt = import_backend(args.backend)
+    rt.init(num_cpus=2)
+    try:
+
+        @rt.remote
+        def noop():
+            return None
+
+        rt.get([noop.remote() for _ in range(1000)])  # warm-up, workers up
+
+        def rate(n):
+            t = pc()
+            refs = [noop.remote() for _ in range(n)]
+            ts = pc()
+            rt.get(refs)
+            te = pc()
+            del refs
+            gc.collect()
+            return n / (te - t), ts - t
+
+        r10, r100, sub100 = [], [], []
+        budget = Budget(90.0, min_reps=1, max_reps=3)
+        while budget.more():
+            r10.append(rate(N_NOOP)[0])
+            r, s = rate(N_BACKLOG)
+            r100.append(r)
+            sub100.append(s)
+            budget.tick()
+            line["backlog_10k_tasks_s"] = round(med(r10), 0)
+            line["backlog_100k_tasks_s"] = round(med(r100), 0)
+        while len(r10) < 3:
+            r10.append(rate(N_NOOP)[0])
+        line["backlog_10k_tasks_s"] = round(med(r10), 0)
+        line["backlog_100k_tasks_s"] = round(med(r100), 0)
+        line["backlog_10k_tasks_s_all"] = [round(x, 0) for x in r10]
+        line["backlog_100k_tasks_s_all"] = [round(x, 0) for x in r100]
+        line["backlog_100k_submit_s"] = round(med(sub100), 2)
+        line["backlog_100k_vs_10k"] = round(med(r100) / med(r10), 3)
+        line["backlog_n_100k"] = len(r100)
+    finally:
+        rt.shutdown()
+
+
+# --------------------------------------------------------- actor_memory ------
+N_IDLE_ACTORS = 20
+
+
+def _runtime_pss(marker, samples=3, gap=0.5):
+    """runtime_memory() taken `samples` times, `gap` s apart; the median of each figure."""
+    got = []
+    for i in range(samples):
+        if i:
+            time.sleep(gap)
+        got.append(runtime_memory(marker))
+    return {k: med(m[k] for m in got) for k in ("n_procs", "rss_mb", "pss_mb", "uss_mb")}
+
+
+def _wait_procs(n_max, timeout):
+    """Wait until this driver has at most n_max descendant processes; return the count."""
+    t_end = pc() + timeout
+    n = len(own_descendants())
+    while n > n_max and pc() < t_end:
+        time.sleep(0.2)
+        n = len(own_descendants())
+    return n
+
+
+@workload(
+    "actor_memory",
+    about="PSS per extra idle actor: the PSS summed over the runtime's processes with 20 idle "
+    "actors against none (median of 3 cycles)",
+    deadline_s=200.0,
+)
+def wl_actor_memory(args, line):
+    """The memory an idle actor costs. After init(num_cpus=2), one no-op task and a 3 s
+    settle, each cycle: the PSS (and RSS, USS) summed over the runtime's processes (the
+    driver's descendants plus, on Ray, any process naming the session directory; the driver
+    itself left out), as in `init`; median of 3 samples 0.5 s apart. Then 20 actors of a
+    class with one no-op method (default resources: 0 CPU to run), each called once, 3 s to
+    settle, and the same sums again. Per actor: (with 20 - with 0) / 20. The actors are then
+    killed and the cycle waits (up to 20 s) until the runtime is back to its process count.
+    3 cycles (Ray's take about 25 s each here); the median over cycles."""
+    rt = import_backend(args.backend)
+    rt.init(num_cpus=2)
+    try:
+        marker = session_marker(rt, args.backend)
+
+        @rt.remote
+        def noop():
+            return None
+
+        @rt.remote
+        class Idle:
+            def pid(self):
+                return os.getpid()
+
+        rt.get(noop.remote())
+        time.sleep(3.0)
+        per = {"pss_mb": [], "rss_mb": [], "uss_mb": [], "n_procs": []}
+        base0, create_s = None, []
+        budget = Budget(150.0, min_reps=3, max_reps=3)
+        while budget.more():
+            n_base_procs = len(own_descendants())
+            base = _runtime_pss(marker)
+            if base0 is None:
+                base0 = base
+            t = pc()
+            actors = [Idle.remote() for _ in range(N_IDLE_ACTORS)]
+            pids = rt.get([a.pid.remote() for a in actors])
+            create_s.append(pc() - t)
+            if len(set(pids)) != N_IDLE_ACTORS:
+                line["actor_pids_distinct"] = len(set(pids))
+            time.sleep(3.0)
+            loaded = _runtime_pss(marker)
+            for k in per:
+                per[k].append((loaded[k] - base[k]) / N_IDLE_ACTORS)
+            for a in actors:
+                rt.kill(a)
+            del actors
+            gc.collect()
+            line["actor_procs_after_kill"] = _wait_procs(n_base_procs, timeout=20.0)
+            time.sleep(1.0)
+            budget.tick()
+            line["actor_pss_mb_per_actor"] = round(med(per["pss_mb"]), 2)
+        line["actor_pss_mb_per_actor"] = round(med(per["pss_mb"]), 2)
+        line["actor_pss_mb_per_actor_all"] = [round(x, 2) for x in per["pss_mb"]]
+        line["actor_rss_mb_per_actor"] = round(med(per["rss_mb"]), 2)
+        line["actor_uss_mb_per_actor"] = round(med(per["uss_mb"]), 2)
+        line["actor_procs_per_actor"] = round(med(per["n_procs"]), 2)
+        line["actor_base_pss_mb"] = base0["pss_mb"]
+        line["actor_base_n_procs"] = base0["n_procs"]
+        line["actor_create_20_s"] = round(med(create_s), 2)
+        line["actor_n_cycles"] = len(per["pss_mb"])
+    finally:
+        rt.shutdown()

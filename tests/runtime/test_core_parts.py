@@ -56,6 +56,11 @@ def _sent(effects: Effects, kind: int | None = None) -> list[tuple[str, tuple[An
     return [(addr, msg) for addr, msg in sends if kind is None or msg[0] == kind]
 
 
+def _freed(effects: Effects) -> list[tuple[Any, ...]]:
+    """The messages for this machine's object store recorded so far, taken out."""
+    return effects.take_store_sends()
+
+
 def _wake(effects: Effects) -> None:
     for waiter in effects.take_wakeups():
         waiter()
@@ -66,7 +71,7 @@ class _Parts:
         self.effects = Effects()
         self.forgotten: list[bytes] = []
         self.out_of_scope: list[bytes] = []
-        self.table = OwnershipTable(ME, NODE, self.effects,
+        self.table = OwnershipTable(ME, self.effects,
                                     forget_mapping=self.forgotten.append,
                                     on_actor_out_of_scope=self._out_of_scope)
         self.tasks = TaskSubmitter(self.table, self.effects, self_addr=ME,
@@ -96,7 +101,8 @@ def test_an_owned_object_is_freed_with_its_last_local_ref(parts: _Parts) -> None
     assert oid in t.owned and not _sent(parts.effects)
     t.remove_ref(oid, ME)
     assert oid not in t.owned
-    assert _sent(parts.effects) == [(NODE, (Msg.STORE_FREE, [oid], "node-1"))]
+    assert not _sent(parts.effects)
+    assert _freed(parts.effects) == [(Msg.STORE_FREE, [oid], "node-1")]
     assert parts.forgotten == [oid]
     assert _read(t.lookup(_ref(oid))).__class__ is ObjectLostError
 
@@ -127,7 +133,7 @@ def test_an_object_dropped_while_its_task_runs_is_freed_when_the_value_comes(
     t.set_result(oid, (STORED, "node-1", 10), holder="ipc://worker")
     sent = _sent(parts.effects)
     assert oid not in t.owned
-    assert (NODE, (Msg.STORE_FREE, [oid], "node-1")) in sent
+    assert _freed(parts.effects) == [(Msg.STORE_FREE, [oid], "node-1")]
     assert ("ipc://worker", (Msg.RELEASE_CONTAINED, oid)) in sent
     (_, reply), = [s for s in sent if s[1][0] == Msg.OBJECT_VALUE]
     assert isinstance(_read(reply[2]), ObjectLostError)
@@ -143,7 +149,7 @@ def test_a_second_result_for_one_object_is_released_not_kept(parts: _Parts) -> N
     assert _sent(parts.effects) == [("ipc://worker", (Msg.RELEASE_CONTAINED, oid))]
     gone = new_id()
     t.set_result(gone, (STORED, "node-2", 5))  # freed before its result came
-    assert _sent(parts.effects) == [(NODE, (Msg.STORE_FREE, [gone], "node-2"))]
+    assert _freed(parts.effects) == [(Msg.STORE_FREE, [gone], "node-2")]
 
 
 def test_a_borrowed_object_is_borrowed_once_asked_for_once_and_released(

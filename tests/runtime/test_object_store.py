@@ -352,22 +352,43 @@ def test_store_rejects_misuse(make_store: StoreFactory) -> None:
     store.free(b"nope")  # unknown: a no-op
 
 
-def test_store_arena_file_is_exclusive_and_cleaned_up(
+def _open_files_in(folder: str) -> list[str]:
+    """What this process holds open in ``folder`` (unnamed files show as ``folder/#n``)."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(f"{folder}/"):
+            found.append(target)
+    return found
+
+
+def test_store_names_no_file_and_closes_everything(
     shm_path: str, tmp_path: os.PathLike[str]
 ) -> None:
+    """The arena is a memfd and spill files are unnamed: killed at any moment, the store
+    leaves nothing in /dev/shm or the spill folder (issue 13, leftovers)."""
     store = _make_store(shm_path, tmp_path, MiB)
+    twin = _make_store(shm_path, tmp_path, MiB)  # a name is only a label: no clash
     try:
-        assert os.path.getsize(shm_path) == MiB
-        with pytest.raises(FileExistsError):
-            _make_store(shm_path, tmp_path, MiB)
+        assert not os.path.exists(shm_path)
+        assert store.arena_path == f"/proc/{os.getpid()}/fd/{store._arena_fd}"
+        assert os.readlink(store.arena_path).startswith("/memfd:")
+        assert os.path.getsize(store.arena_path) == MiB
         store.allocate(b"a", 600 * 1024, owner="w")
         store.seal(b"a")
         store.allocate(b"b", 600 * 1024, owner="w")  # spills a
-        assert os.listdir(store.spill_dir)
+        assert store.state_of(b"a") is ObjectState.SPILLED
+        assert os.listdir(store.spill_dir) == []
+        assert len(_open_files_in(store.spill_dir)) == 1
     finally:
+        twin.close()
         store.close()
     store.close()  # idempotent
-    assert not os.path.exists(shm_path)
+    assert not os.path.exists(store.arena_path)
+    assert _open_files_in(store.spill_dir) == []
     assert not os.path.exists(store.spill_dir)
 
 
@@ -477,13 +498,12 @@ def test_free_owned_by_frees_everything_of_a_dead_owner(make_store: StoreFactory
     store.seal(b"\x02")
     store.allocate(b"\x05", 4 * PAGE, owner="w2")  # spills object 0 (LRU, sealed)
     assert store.state_of(b"\x00") is ObjectState.SPILLED
-    spill_files = os.listdir(store.spill_dir)
-    assert spill_files
+    assert _open_files_in(store.spill_dir)
     store.pin(b"\x02")
     assert sorted(store.free_owned_by("w1")) == [b"\x00", b"\x02", b"\x03"]
     assert store.free_owned_by("w1") == []
     assert [i for i in range(6) if store.contains(bytes([i]))] == [1, 5]
-    assert os.listdir(store.spill_dir) == []
+    assert _open_files_in(store.spill_dir) == []
     store.unpin(b"\x02")
     assert store.stats()["used_bytes"] == 8 * PAGE
 
@@ -514,7 +534,7 @@ def test_spill_and_restore_are_bit_exact_and_lru(make_store: StoreFactory) -> No
     for object_id in values:
         store.free(object_id)
     assert store.stats()["used_bytes"] == 0
-    assert os.listdir(store.spill_dir) == []
+    assert _open_files_in(store.spill_dir) == []
     del arena
     arena_map.close()
 

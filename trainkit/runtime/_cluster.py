@@ -3,18 +3,19 @@
 A cluster node service is ``python -m trainkit.runtime._node`` with ``role`` "head" or
 "node". The secret reaches it on its stdin, never its command line or environment (where
 its workers, the user's tasks and their subprocesses would inherit it). It writes
-its registered info (addresses, resources) to ``ready_file`` once it serves; a node does so
-only after the head accepted it.
+its registered info (addresses, resources), or why it could not start, to a pipe the
+launcher reads (``ready_fd``) once it serves; a node does so only after the head accepted
+it. No file is written: a node killed at any moment leaves nothing in /tmp or /dev/shm.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import select
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from typing import Any
 
@@ -94,21 +95,19 @@ def start_node_process(*, role: str, host: str, secret: bytes, port: int = 0,
     ``head_timeout_s``: how long a node waits for a silent head before it stops.
     """
     from trainkit.runtime._session import default_store_bytes
+    from trainkit.runtime._session import new_session_name
 
     res, gpu_ids = node_resources(num_cpus, num_gpus, resources)
     store_bytes = int(object_store_memory) if object_store_memory else default_store_bytes()
-    session_dir = tempfile.mkdtemp(prefix=prefix or f"trainkit-{os.getpid()}-{role}-",
-                                   dir="/tmp")
-    session = os.path.basename(session_dir)
+    session = prefix + os.urandom(4).hex() if prefix else new_session_name(role)
     node_id = os.urandom(8).hex()
-    ready_file = os.path.join(session_dir, "ready.json")
-    arena_path = f"/dev/shm/{session}-arena"
+    ready_r, ready_w = os.pipe()
     cfg: dict[str, Any] = {
-        "role": role, "session_dir": session_dir, "node_id": node_id, "host": host,
-        "arena_path": arena_path, "object_store_memory": store_bytes,
+        "role": role, "session": session, "node_id": node_id, "host": host,
+        "object_store_memory": store_bytes,
         "resources": res, "gpu_ids": gpu_ids, "sys_path": [p or os.getcwd() for p in sys.path],
         "cwd": os.getcwd(), "prestart": 0, "log_to_driver": True,
-        "ready_file": ready_file, "watch_pid": watch_pid, "head_timeout_s": head_timeout_s,
+        "ready_fd": ready_w, "watch_pid": watch_pid, "head_timeout_s": head_timeout_s,
         "register_timeout_s": register_timeout_s,
     }
     if role == "head":
@@ -123,47 +122,57 @@ def start_node_process(*, role: str, host: str, secret: bytes, port: int = 0,
             [*command_prefix, sys.executable, "-m", "trainkit.runtime._node", json.dumps(cfg)],
             env=env,
             stdin=subprocess.PIPE, stdout=out, stderr=out, start_new_session=detach,
-            close_fds=True)
+            close_fds=True, pass_fds=(ready_w,))
+    except BaseException:
+        os.close(ready_r)
+        raise
     finally:
+        os.close(ready_w)  # the child's copy is the only one: EOF when it exits
         if out is not None:
             out.close()
-    assert proc.stdin is not None
-    hand_secret(proc.stdin, secret)
-    deadline = time.monotonic() + NODE_START_TIMEOUT_S
     try:
-        while time.monotonic() < deadline:
-            if os.path.exists(ready_file):
-                with open(ready_file) as f:
-                    info: dict[str, Any] = json.load(f)
-                return proc, info
-            if proc.poll() is not None:
-                break
-            time.sleep(0.02)
+        assert proc.stdin is not None
+        hand_secret(proc.stdin, secret)
+        report = _read_report(ready_r, time.monotonic() + NODE_START_TIMEOUT_S)
     except BaseException:  # Ctrl-C while waiting: leave nothing running behind
         proc.kill()
         proc.wait()
-        cleanup_node_files(session_dir, arena_path)
         raise
+    finally:
+        os.close(ready_r)
+    if report is not None and "info" in report:
+        info: dict[str, Any] = report["info"]
+        return proc, info
     if proc.poll() is None:
         proc.kill()
     proc.wait()
-    try:
-        with open(session_dir + ".error") as f:
-            why = f": {f.read()}"
-        os.unlink(session_dir + ".error")
-    except OSError:
+    if report is not None and "error" in report:
+        why = f": {report['error']}"
+    else:
         why = f" (its log: {log_path})" if log_path else " (its error output is above)"
-    cleanup_node_files(session_dir, arena_path)
     raise RuntimeSystemError(
         f"the trainkit {role} service did not start (exit code {proc.returncode}){why}")
 
 
-def cleanup_node_files(session_dir: str, arena_path: str) -> None:
-    """What a node leaves when it is killed: its session folder and arena file."""
-    import shutil
-
-    shutil.rmtree(session_dir, ignore_errors=True)
+def _read_report(fd: int, deadline: float) -> dict[str, Any] | None:
+    """The node's one line on the ready pipe; None if it exited (EOF) or ran out of time."""
+    data = b""
+    while not data.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            return None
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            return None
+        data += chunk
     try:
-        os.unlink(arena_path)
-    except FileNotFoundError:
-        pass
+        report: dict[str, Any] = json.loads(data)
+    except ValueError:
+        return None
+    return report
+
+
+def cleanup_node_files(session_dir: str, arena_path: str) -> None:
+    """Nothing to do: a node names no file (abstract sockets, a memfd arena, unnamed spill
+    files; see ``_node``), so even a killed one leaves nothing. Kept for its callers."""
+    del session_dir, arena_path

@@ -6,9 +6,10 @@ Over zmq such a round trip crosses five threads (the caller, zmq's I/O thread on
 the node's loop, the caller's I/O thread) and, once the processes have gone idle, costs
 ~0.9 ms on this 2-core machine; over a unix socket read by the calling thread itself it
 costs ~0.4 ms (a bare unix-socket round trip between idle processes: ~0.15 ms). So store
-requests travel here: a ``SOCK_SEQPACKET`` socket in the node's session folder (0700, and
-the node checks the peer's uid), one connection per calling thread, pickled tuples as in the
-rest of the runtime. Everything else stays on zmq.
+requests travel here: a ``SOCK_SEQPACKET`` socket in the abstract namespace
+(:func:`store_socket_address`, ``@name``: no file, so nothing is left behind when every
+process is killed; the node checks each peer's uid), one connection per calling thread,
+pickled tuples as in the rest of the runtime. Everything else stays on zmq.
 
 The node treats a connection like any other reply address (``local:<n>``), so a reply
 it defers (a pin waiting for a seal, or for a copy from another node) still reaches the
@@ -26,7 +27,8 @@ import time
 import weakref
 from typing import Any
 
-__all__ = ["LOCAL_PREFIX", "LocalChannel", "LocalChannelServer", "store_socket_path"]
+__all__ = ["LOCAL_PREFIX", "LocalChannel", "LocalChannelServer", "store_socket_address",
+           "store_socket_path"]
 
 LOCAL_PREFIX = "local:"
 _MAX_MESSAGE = 1 << 16
@@ -34,8 +36,22 @@ _PEERCRED = struct.Struct("3i")  # pid, uid, gid
 
 
 def store_socket_path(session_dir: str) -> str:
-    """Where the node of ``session_dir`` listens for store requests."""
+    """A socket file in ``session_dir`` (a folder the caller owns and removes)."""
     return os.path.join(session_dir, "store.sock")
+
+
+def store_socket_address(session: str) -> str:
+    """Where the node of session ``session`` listens: an abstract socket, ``@<session>/...``.
+
+    An abstract socket has no file: the kernel drops its name with the last process that
+    holds it, so a killed node leaves nothing in /tmp.
+    """
+    return f"@{session}/store.sock"
+
+
+def _sockaddr(path: str) -> str:
+    """``@name`` (abstract namespace) -> the leading-NUL form the socket calls take."""
+    return "\0" + path[1:] if path.startswith("@") else path
 
 
 class LocalChannelServer:
@@ -45,7 +61,7 @@ class LocalChannelServer:
     def __init__(self, path: str) -> None:
         self.path = path
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self._listener.bind(path)
+        self._listener.bind(_sockaddr(path))
         self._listener.listen(64)
         self._listener.setblocking(False)
         self._conns: dict[int, tuple[int, socket.socket]] = {}  # fd -> (id, socket)
@@ -57,6 +73,10 @@ class LocalChannelServer:
 
     def owns(self, fd: int) -> bool:
         return fd in self._conns
+
+    def fds(self) -> list[int]:
+        """Every open connection's fd."""
+        return list(self._conns)
 
     def accept(self) -> int | None:
         """Accept a connection from a process of this user; its fd, or None."""
@@ -138,7 +158,7 @@ class LocalChannel:
             return sock
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            sock.connect(self.path)
+            sock.connect(_sockaddr(self.path))
         except OSError:
             sock.close()
             raise

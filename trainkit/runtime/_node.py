@@ -7,6 +7,13 @@ and the parent's pipe. Roles (``cfg["role"]``):
 
 - ``embedded``: one node owned by one driver, on ipc sockets; the driver's pipe closing
   (EOF) means it died: tear everything down.
+
+Nothing here has a name in a file system (issue 13, leftovers): sockets are in the abstract
+namespace (``@<session>/...``, see ``_transport.endpoint`` and ``_local_channel``), the arena is
+a memfd and spill and fallback files are unnamed (``_object_store``); other processes open
+them through ``/proc/<this pid>/fd/``. A launcher learns that this node serves, or why it
+could not start, on the pipe ``cfg["ready_fd"]``. So when every process is SIGKILLed at once
+the kernel reclaims everything, and a clean stop has nothing to remove either.
 - ``head``: the first node of a cluster and its control plane (``_node_control``), on tcp.
 - ``node``: a node that joined a head; it runs what the head assigns to it, answers
   heartbeats, serves its objects to other nodes (``_transfer``) and exits when the head
@@ -18,11 +25,11 @@ from __future__ import annotations
 import json
 import os
 import select
-import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -38,7 +45,7 @@ from trainkit.runtime._auth import FrameAuth
 from trainkit.runtime._cluster import machine_key
 from trainkit.runtime._local_channel import LOCAL_PREFIX
 from trainkit.runtime._local_channel import LocalChannelServer
-from trainkit.runtime._local_channel import store_socket_path
+from trainkit.runtime._local_channel import store_socket_address
 from trainkit.runtime._node_control import ControlMixin
 from trainkit.runtime._node_control import _Lease
 from trainkit.runtime._node_control import _NodeRecord
@@ -72,12 +79,13 @@ class NodeService(ControlMixin):
         self.cfg = cfg
         self.role: str = cfg.get("role", "embedded")
         self.is_control = self.role != "node"
-        self.session_dir: str = cfg["session_dir"]
+        # A name, not a folder: it prefixes this node's abstract socket names.
+        self.session: str = cfg["session"]
         self.node_id: str = cfg["node_id"]
         self.host: str | None = cfg.get("host")
         self.ctx = make_context()
         self.auth = FrameAuth(secret) if secret else None
-        bind = cfg.get("bind") or endpoint(self.session_dir, "node.ctl", self.host)
+        bind = cfg.get("bind") or endpoint(self.session, "node.ctl", self.host)
         self.inbox = Inbox(self.ctx, bind, self.auth)
         self.addr = self.inbox.address
         self.out = Outbox(self.ctx, self.auth)
@@ -85,11 +93,15 @@ class NodeService(ControlMixin):
         self.scheduler = ResourceScheduler()
         if self.is_control:
             self.scheduler.add_node(self.node_id, cfg["resources"], cfg["gpu_ids"])
-        self.store = SharedMemoryStore(cfg["arena_path"], cfg["object_store_memory"],
-                                       os.path.join(self.session_dir, "spill"))
-        self.store_lock = threading.Lock()
+        disk = cfg.get("spill_dir") or tempfile.gettempdir()
+        self.store = SharedMemoryStore(f"{self.session}-arena", cfg["object_store_memory"],
+                                       disk, fallback_dir=disk)
+        self.arena_path = self.store.arena_path  # /proc/<pid>/fd/<n>, for every process here
+        # Held by whoever calls the store; notified when an object is sealed (transfers of
+        # an object to other nodes wait for that, see _transfer).
+        self.store_lock = threading.Condition(threading.Lock())
         # Store requests from processes on this machine (see _local_channel).
-        self.local = LocalChannelServer(store_socket_path(self.session_dir))
+        self.local = LocalChannelServer(store_socket_address(self.session))
         self.driver: str | None = cfg.get("driver_addr")
         self.workers: dict[bytes, _WorkerProc] = {}
         self.remote_workers: dict[bytes, _WorkerProc] = {}
@@ -122,17 +134,19 @@ class NodeService(ControlMixin):
             else:
                 self.poller.register(self.watch_fd, zmq.POLLIN)
         self.start_failures = 0
+        self._draining = False
         self.transfer: TransferServer | None = None
         self.puller: Puller | None = None
         if self.host is not None and secret:
             self.transfer = TransferServer(self.host, secret, self.store, self.store_lock)
-            self.puller = Puller(secret, self.store, self.out, self.addr)
+            self.puller = Puller(secret, self.store, self.out, self.addr,
+                                 store_lock=self.store_lock)
         self.info = {
             "node_id": self.node_id, "addr": self.addr, "host": self.host or "127.0.0.1",
             "transfer_addr": self.transfer.address if self.transfer else "",
-            "machine": machine_key(), "arena_path": cfg["arena_path"],
+            "machine": machine_key(), "arena_path": self.arena_path,
             "object_store_memory": cfg["object_store_memory"], "resources": cfg["resources"],
-            "gpu_ids": cfg["gpu_ids"], "session_dir": self.session_dir,
+            "gpu_ids": cfg["gpu_ids"], "session_dir": self.session,
             "store_socket": self.local.path,
             "is_head": self.role == "head", "pid": os.getpid(),
         }
@@ -171,12 +185,12 @@ class NodeService(ControlMixin):
     def _worker_env(self) -> dict[str, str]:
         env = dict(os.environ)
         env.update({
-            "TRAINKIT_SESSION_DIR": self.session_dir,
+            "TRAINKIT_SESSION_DIR": self.session,
             "TRAINKIT_NODE_ADDR": self.addr,
             "TRAINKIT_CONTROL_ADDR": self.control_addr,
             "TRAINKIT_NODE_ID": self.node_id,
             "TRAINKIT_NODE_HOST": self.host or "",
-            "TRAINKIT_ARENA_PATH": self.cfg["arena_path"],
+            "TRAINKIT_ARENA_PATH": self.arena_path,
             "TRAINKIT_ARENA_CAPACITY": str(self.cfg["object_store_memory"]),
             "TRAINKIT_CLUSTER_RESOURCES": json.dumps(self.cfg["resources"]),
             "TRAINKIT_SYS_PATH": json.dumps(self.cfg["sys_path"]),
@@ -198,17 +212,15 @@ class NodeService(ControlMixin):
         if self.role == "node":
             self.register_with_head()
         if self.driver:
-            self.out.send(self.driver, (Msg.NODE_READY, self.addr))
-        ready_file = self.cfg.get("ready_file")
-        if ready_file:  # tells whoever started us (CLI, LocalCluster) where we listen
-            tmp = ready_file + ".tmp"
-            with open(tmp, "w") as f:
-                json.dump(self.info, f)
-            os.replace(tmp, ready_file)
+            self.out.send(self.driver, (Msg.NODE_READY, self.addr, self.arena_path))
+        # Tells whoever started us (CLI, LocalCluster) where we listen.
+        report_to_launcher(self.cfg, {"info": self.info})
         sock = self.inbox.socket
         timeout = None if self.role == "embedded" else int(HEARTBEAT_S * 500)
         while self.running:
-            for item, _ev in self.poller.poll(timeout):
+            # Store connections before the inbox: what a process sent there (an unpin) is in
+            # the kernel before anything it sends on zmq later, so it is read first.
+            for item, _ev in sorted(self.poller.poll(timeout), key=lambda e: e[0] is sock):
                 if item is sock:
                     while self.running:
                         msg = self.inbox.recv_nowait()
@@ -315,7 +327,7 @@ class NodeService(ControlMixin):
     # Requests (kind, req_id, <reply address>, ...) and one-way messages allowed on a local
     # store connection; nothing else is dispatched from there.
     LOCAL_REQUESTS = frozenset({Msg.STORE_ALLOC, Msg.STORE_PIN})
-    LOCAL_MESSAGES = frozenset({Msg.STORE_SEAL})
+    LOCAL_MESSAGES = frozenset({Msg.STORE_SEAL, Msg.STORE_UNPIN})
 
     def on_local_request(self, fd: int) -> None:
         got = self.local.read(fd)
@@ -693,19 +705,31 @@ class NodeService(ControlMixin):
 
     # ------------------------------------------------------------------ object store
     def on_store_alloc(self, req_id: int, reply_to: str, oid: bytes, size: int,
-                       owner: str) -> None:
+                       owner: str, files_ok: bool = False) -> None:
+        """Room for a new object: an arena offset, or (``files_ok``: the writer can map one)
+        the /proc path of a fallback file of its own."""
+        with self.store_lock:
+            tight = not self.store.fits(size)
+        if tight:
+            self.drain_inbox()
         try:
             with self.store_lock:
-                offset = self.store.allocate(oid, size, owner)
+                location = self.store.allocate(oid, size, owner)
+                if isinstance(location, str) and not files_ok:
+                    self.store.free(oid)
+                    raise self.store.out_of_memory(
+                        size, oid, "pinned and unsealed objects leave no range large enough "
+                        "(and this writer maps only the arena, not a file of its own)")
         except Exception as e:
             self.reply(reply_to, req_id, False, e)
             return
-        self.reply(reply_to, req_id, True, offset)
+        self.reply(reply_to, req_id, True, location)
 
     def on_store_seal(self, oid: bytes) -> None:
         with self.store_lock:
             if self.store.contains(oid):
                 self.store.seal(oid)
+            self.store_lock.notify_all()
         for req_id, reply_to in self.early_pins.pop(oid, ()):
             self.on_store_pin(req_id, reply_to, oid)
 
@@ -747,12 +771,12 @@ class NodeService(ControlMixin):
             return
         try:
             with self.store_lock:
-                offset = self.store.allocate(oid, size, "")
+                self.store.allocate(oid, size, "")  # an arena range or a fallback file
         except Exception as e:
             self.reply(reply_to, req_id, False, e)
             return
         self.pulling[oid] = [(req_id, reply_to)]
-        self.puller.submit(oid, peer["transfer_addr"], offset, size)
+        self.puller.submit(oid, peer["transfer_addr"], size)
 
     def on_store_pulled(self, oid: bytes, error: str | None) -> None:
         waiters = self.pulling.pop(oid, [])
@@ -804,7 +828,39 @@ class NodeService(ControlMixin):
         return {"inbox": self.inbox.rejected,
                 "objects": dict(self.transfer.auth.rejected) if self.transfer else {}}
 
+    def drain_local(self) -> None:
+        """Handle what the store connections hold now, before a reply that reports on the
+        store (so stats asked for after an unpin count it)."""
+        fds = self.local.fds()
+        if not fds:
+            return
+        poll = select.poll()
+        for fd in fds:
+            poll.register(fd, select.POLLIN)
+        while ready := poll.poll(0):
+            for fd, _ in ready:
+                if self.local.owns(fd):
+                    self.on_local_request(fd)  # one message; EOF closes and forgets it
+                if not self.local.owns(fd):
+                    poll.unregister(fd)
+
+    def drain_inbox(self) -> None:
+        """Handle the messages waiting in the inbox now (frees, unpins), before an allocation
+        that would otherwise spill or fail for room they give back."""
+        if self._draining:
+            return
+        self._draining = True
+        try:
+            while self.running:
+                msg = self.inbox.recv_nowait()
+                if msg is None:
+                    return
+                self.dispatch(msg)
+        finally:
+            self._draining = False
+
     def store_info(self) -> dict[str, Any]:
+        self.drain_local()
         with self.store_lock:
             stats = self.store.stats()
         if self.cluster_nodes:
@@ -847,9 +903,6 @@ class NodeService(ControlMixin):
         self.out.close()
         self.inbox.close()
         self.ctx.term()
-        if reply is None or self.role != "embedded":
-            # The driver died, or a cluster node stops: nobody else will clean up after it.
-            shutil.rmtree(self.session_dir, ignore_errors=True)
 
 
 def _describe_exit(code: int | None) -> str:
@@ -863,6 +916,18 @@ def _describe_exit(code: int | None) -> str:
         return f"the process was killed by {name}"
     return f"the process exited with code {code}"
 
+def report_to_launcher(cfg: dict[str, Any], what: dict[str, Any]) -> None:
+    """Write ``{"info": ...}`` (serving) or ``{"error": ...}`` (stopping) to the launcher's
+    pipe, once; a launcher that has gone away (a detached start) misses nothing it needs."""
+    fd = cfg.pop("ready_fd", None)
+    if fd is None:
+        return
+    try:
+        os.write(fd, json.dumps(what).encode() + b"\n")
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def main() -> None:
@@ -876,18 +941,14 @@ def main() -> None:
             secret = receive_secret()  # the launcher writes it to our stdin (_cluster)
         except ClusterSecretError as e:
             print(f"trainkit node: {e}", file=sys.stderr)
-            if cfg.get("ready_file"):  # where the launcher looks for why we stopped
-                with open(cfg["session_dir"] + ".error", "w") as f:
-                    f.write(str(e))
+            report_to_launcher(cfg, {"error": str(e)})  # the launcher says why we stopped
             sys.exit(1)
     node = NodeService(cfg, secret)
     try:
         node.serve()
     except RuntimeSystemError as e:  # e.g. the head refused or never answered: say why
         print(f"trainkit node: {e}", file=sys.stderr)
-        if cfg.get("ready_file"):  # beside the session folder, which cleanup removes
-            with open(cfg["session_dir"] + ".error", "w") as f:
-                f.write(str(e))
+        report_to_launcher(cfg, {"error": str(e)})
         sys.exit(1)
     finally:
         node.cleanup()

@@ -1,8 +1,8 @@
-"""The node's shared-memory object store: one arena file in /dev/shm, spilled to disk when full.
+"""The node's shared-memory object store: one memfd arena, spilled to disk when full.
 
 Who does what (DESIGN.md, lessons 3 and 4):
 
-- The node service owns a :class:`SharedMemoryStore`: it creates the arena file, decides
+- The node service owns a :class:`SharedMemoryStore`: it creates the arena, decides
   where each object goes (:class:`~trainkit.runtime._allocator.ArenaAllocator`), spills and
   restores, and frees an object when its owner says so or dies.
 - Writers (driver, workers) map the whole arena once and write an object into the range
@@ -23,6 +23,12 @@ Where an object goes, cheapest first:
    offset. A spilled object that cannot be restored into the arena is read straight from its
    spill file the same way.
 
+Nothing it makes has a name (issue 13, leftovers): the arena is a memfd and every spill or
+fallback file is created unnamed (``O_TMPFILE``; or unlinked the moment it is made where the
+file system lacks that). The store holds each one's descriptor, and other processes open it
+as ``/proc/<node pid>/fd/<n>`` (the paths it hands out). So when every process is killed
+at once the kernel frees it all: nothing is left in /dev/shm or /tmp.
+
 Objects never disappear on their own: spilling moves bytes to disk and back, and only
 :meth:`SharedMemoryStore.free` removes an object. Only an object larger than the whole store,
 or one that neither the arena nor the disk can hold, gets an
@@ -34,8 +40,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
+import errno
 import mmap
 import os
+import resource
+import tempfile
 from collections import OrderedDict
 from typing import Final
 
@@ -48,8 +57,6 @@ from trainkit.runtime._spill_policy import largest_hole
 
 __all__ = ["Location", "ObjectState", "SharedMemoryStore"]
 
-_SPILL_SUFFIX: Final = ".spill"
-_FALLBACK_SUFFIX: Final = ".object"
 
 Location = int | str
 """Where an object's bytes are: an offset in the arena file, or the path of the object's own
@@ -92,50 +99,67 @@ class _StoredObject:
     owner: str
     state: ObjectState = ObjectState.CREATED
     offset: int | None = None  # None while spilled or in a file of its own
-    # The object's own file when it lives outside the arena (it may be its spill file).
-    fallback_path: str | None = None
+    # The object's own (unnamed) file when it lives outside the arena; it may be its spill
+    # file. Readers open it as ``/proc/<pid>/fd/<fd>``.
+    fallback_fd: int | None = None
     pin_count: int = 0
     # The spill file stays valid after a restore (objects are immutable), so spilling the
     # same object again only releases its range instead of writing it to disk again.
-    spill_path: str | None = None
+    spill_fd: int | None = None
 
 
 def _mib(n: int) -> str:
     return f"{n} bytes ({n / 2**20:.1f} MiB)"
 
 
-def _unlink_quietly(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
+def _unnamed_file(folder: str) -> int:
+    """A new empty file in ``folder`` that no name points to: it goes with its last fd."""
+    try:
+        return os.open(folder, os.O_TMPFILE | os.O_RDWR, 0o600)
+    except OSError as e:
+        if e.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+            raise
+    # No O_TMPFILE on this file system: the name lives only between these two calls.
+    fd, path = tempfile.mkstemp(prefix="trainkit-", dir=folder)
+    os.unlink(path)
+    return fd
+
+
+def _raise_fd_limit() -> None:
+    """One descriptor per spilled object: allow as many as the hard limit does."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 class SharedMemoryStore:
     """Node-side manager of one shared-memory arena; spills to disk when it is full.
 
     Lives in the node service process. Not thread-safe: the node service calls it from its
-    one event loop. Clients never call it directly; they map the arena file themselves
-    (:func:`~trainkit.runtime._object_layout.map_range`) at the offsets it hands out.
+    one event loop. Clients never call it directly; they map the arena themselves
+    (:func:`~trainkit.runtime._object_layout.map_range` of :attr:`arena_path`, a
+    ``/proc/<pid>/fd/<n>`` path valid while this process lives) at the offsets it hands out.
 
-    Memory: the arena file is sparse; pages are committed on first write and kept after an
+    Memory: the arena (a memfd) is sparse; pages are committed on first write and kept after an
     object is freed, so the next object in that range is written at memcpy speed without
     page faults. The arena therefore holds at most ``capacity`` bytes of RAM.
 
     Args:
-        arena_path: the arena file to create, normally ``/dev/shm/<unique name>``. It must
-            not exist (created with ``O_EXCL``, so two stores never share one by mistake).
+        name: the arena's name, for people: ``/proc/<pid>/maps`` shows ``memfd:<name>``. No
+            file of that name is made.
         capacity: arena size in bytes (the node's ``object_store_memory``).
-        spill_dir: directory for spilled objects, one file per object; created if missing.
+        spill_dir: directory for spilled objects, one unnamed file per object; created if
+            missing (and then removed by :meth:`close`).
         fallback_dir: directory for fallback allocations (objects that no arena range can
-            hold, one file each; created if missing), or None for none: such an object then
-            gets an ``OutOfMemoryError``. Every process that reads or writes objects must be
-            able to map files there, and it should be on disk, not in memory.
+            hold, one unnamed file each; created if missing), or None for none: such an
+            object then gets an ``OutOfMemoryError``. It should be on disk, not in memory.
 
     Raises:
-        FileExistsError: ``arena_path`` already exists.
         ValueError: ``capacity`` is not positive.
 
     Example:
-        >>> store = SharedMemoryStore("/dev/shm/trainkit-doc", 2**20, "/tmp/trainkit-doc")
+        >>> store = SharedMemoryStore("trainkit-doc", 2**20, "/tmp")
         >>> offset = store.allocate(b"id1", 1000, owner="driver")
         >>> store.seal(b"id1")
         >>> store.pin(b"id1")
@@ -143,11 +167,11 @@ class SharedMemoryStore:
         >>> store.unpin(b"id1"); store.free(b"id1"); store.close()
     """
 
-    def __init__(self, arena_path: str, capacity: int, spill_dir: str, *,
+    def __init__(self, name: str, capacity: int, spill_dir: str, *,
                  fallback_dir: str | None = None) -> None:
         if capacity <= 0:
             raise ValueError(f"`capacity` is {capacity}, but must be > 0 bytes")
-        self.arena_path = arena_path
+        self.name = name
         self.capacity = capacity
         self.spill_dir = spill_dir
         self.fallback_dir = fallback_dir
@@ -164,15 +188,18 @@ class SharedMemoryStore:
                            if d is not None and not os.path.isdir(d)]
         for d in self._made_dirs:
             os.makedirs(d, exist_ok=True)
-        fd = os.open(arena_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        _raise_fd_limit()
+        self._fd_prefix = f"/proc/{os.getpid()}/fd/"
+        fd = os.memfd_create(os.path.basename(name) or "trainkit-arena", os.MFD_CLOEXEC)
         try:
             os.ftruncate(fd, capacity)
             self._mmap = mmap.mmap(fd, capacity, access=mmap.ACCESS_WRITE)
         except BaseException:
             os.close(fd)
-            os.unlink(arena_path)
             raise
-        os.close(fd)
+        self._arena_fd = fd
+        #: Where other processes of this machine open the arena (while this one lives).
+        self.arena_path = self._fd_path(fd)
         self._arena = memoryview(self._mmap)
 
     # ------------------------------------------------------------------ context manager
@@ -221,11 +248,15 @@ class SharedMemoryStore:
                 object_id=object_id, size=size, owner=owner, offset=offset
             )
             return offset
-        path = self._allocate_file(size, object_id)
+        fd = self._allocate_file(size, object_id)
         self._objects[object_id] = _StoredObject(
-            object_id=object_id, size=size, owner=owner, fallback_path=path
+            object_id=object_id, size=size, owner=owner, fallback_fd=fd
         )
-        return path
+        return self._fd_path(fd)
+
+    def fits(self, size: int) -> bool:
+        """True if an object of ``size`` bytes fits in a free range now, spilling nothing."""
+        return self._allocator.largest_free_block() >= self._allocator.rounded_size(size)
 
     def is_sealed(self, object_id: bytes) -> bool:
         """False while the object is still being written (CREATED); True once sealed."""
@@ -294,17 +325,13 @@ class SharedMemoryStore:
         if obj.offset is not None:
             view = self._arena[obj.offset : obj.offset + obj.size]
             return view if writable else view.toreadonly()
-        if obj.fallback_path is None:
+        if obj.fallback_fd is None:
             raise ValueError(f"object {object_id.hex()} is spilled; pin it before viewing it")
         if obj.size == 0:
             return memoryview(b"")
-        fd = os.open(obj.fallback_path, os.O_RDWR if writable else os.O_RDONLY)
-        try:
-            access = mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ
-            # The view keeps the mapping alive; the mapping goes when the view is collected.
-            return memoryview(mmap.mmap(fd, obj.size, access=access))
-        finally:
-            os.close(fd)
+        access = mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ
+        # The view keeps the mapping alive; the mapping goes when the view is collected.
+        return memoryview(mmap.mmap(obj.fallback_fd, obj.size, access=access))
 
     def unpin(self, object_id: bytes) -> None:
         """Undo one :meth:`pin`. The last unpin of a freed object releases its range.
@@ -333,8 +360,10 @@ class SharedMemoryStore:
         if obj is None or obj.state is ObjectState.RELEASING:
             return
         if obj.pin_count > 0:
-            # Nobody can pin it again, so the disk copy is already useless.
-            self._delete_spill_file(obj)
+            # Nobody can pin it again, so the disk copy is already useless (unless readers
+            # read it in place: it goes at the last unpin then).
+            if obj.spill_fd != obj.fallback_fd:
+                self._delete_spill_file(obj)
             self._transition(obj, ObjectState.RELEASING)
         else:
             self._release(obj)
@@ -401,16 +430,16 @@ class SharedMemoryStore:
             "spilled_bytes_total": self._spilled_bytes_total,
             "restored_bytes_total": self._restored_bytes_total,
             "num_pinned": sum(o.pin_count > 0 for o in self._objects.values()),
-            "num_fallback": sum(o.fallback_path is not None for o in live),
-            "fallback_bytes": sum(o.size for o in live if o.fallback_path is not None),
+            "num_fallback": sum(o.fallback_fd is not None for o in live),
+            "fallback_bytes": sum(o.size for o in live if o.fallback_fd is not None),
             "fallback_bytes_total": self._fallback_bytes_total,
         }
 
     def close(self) -> None:
-        """Unmap and delete the arena file and every spill file. Idempotent.
+        """Unmap and close the arena and every spill and fallback file. Idempotent.
 
-        Readers that still map object ranges or files keep their memory (the files are only
-        unlinked), but the store forgets every object.
+        Readers that still map object ranges or files keep their memory (the kernel frees it
+        with their last mapping), but the store forgets every object.
         """
         if self._closed:
             return
@@ -420,7 +449,7 @@ class SharedMemoryStore:
         self._objects.clear()
         self._arena.release()
         self._mmap.close()
-        _unlink_quietly(self.arena_path)
+        os.close(self._arena_fd)
         for d in self._made_dirs:
             # OSError: someone else put files there; leave them.
             with contextlib.suppress(OSError):
@@ -482,34 +511,37 @@ class SharedMemoryStore:
                     offset=o.offset,
                     length=self._allocator.allocated_size(o.offset),
                     object_id=o.object_id,
-                    write_bytes=0 if o.spill_path is not None else o.size,
+                    write_bytes=0 if o.spill_fd is not None else o.size,
                     last_use=rank,
                 ))
         segments.sort(key=lambda s: s.offset)
         return segments
 
-    def _allocate_file(self, size: int, object_id: bytes) -> str:
-        """A fallback allocation: a file of ``size`` bytes of the object's own, on disk."""
+    def _fd_path(self, fd: int) -> str:
+        return f"{self._fd_prefix}{fd}"
+
+    def _allocate_file(self, size: int, object_id: bytes) -> int:
+        """A fallback allocation: an unnamed file of ``size`` bytes of the object's own, on
+        disk; its descriptor."""
         if self.fallback_dir is None:
             raise self._out_of_memory(
                 size, object_id, "pinned and unsealed objects leave no range large enough"
             )
-        path = os.path.join(self.fallback_dir, object_id.hex() + _FALLBACK_SUFFIX)
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            fd = _unnamed_file(self.fallback_dir)
         except OSError as e:
-            raise self._out_of_memory(size, object_id, self._no_file_reason(path, e)) from e
+            raise self._out_of_memory(
+                size, object_id, self._no_file_reason(self.fallback_dir, e)) from e
         try:
             # Reserve the blocks now: writing a sparse file on a full disk would kill the
             # writer with SIGBUS instead of raising here.
             os.posix_fallocate(fd, 0, max(size, 1))
         except OSError as e:
             os.close(fd)
-            _unlink_quietly(path)
-            raise self._out_of_memory(size, object_id, self._no_file_reason(path, e)) from e
-        os.close(fd)
+            raise self._out_of_memory(
+                size, object_id, self._no_file_reason(self.fallback_dir, e)) from e
         self._fallback_bytes_total += size
-        return path
+        return fd
 
     @staticmethod
     def _no_file_reason(path: str, error: OSError) -> str:
@@ -521,8 +553,8 @@ class SharedMemoryStore:
     def _location(self, obj: _StoredObject) -> Location:
         if obj.offset is not None:
             return obj.offset
-        if obj.fallback_path is not None:
-            return obj.fallback_path
+        if obj.fallback_fd is not None:
+            return self._fd_path(obj.fallback_fd)
         raise TrainkitInternalError(
             f"object {obj.object_id.hex()} is {obj.state.value} but is neither in the arena "
             "nor in a file of its own"
@@ -534,6 +566,11 @@ class SharedMemoryStore:
                 f"object {obj.object_id.hex()} is {obj.state.value} but has no range in the arena"
             )
         return obj.offset
+
+    def out_of_memory(self, size: int, object_id: bytes, why: str) -> OutOfMemoryError:
+        """The error for an object of ``size`` bytes that cannot be stored, because ``why``;
+        it shows the store's numbers and the fix."""
+        return self._out_of_memory(size, object_id, why)
 
     def _out_of_memory(self, size: int, object_id: bytes, why: str) -> OutOfMemoryError:
         pinned = creating = 0
@@ -561,31 +598,29 @@ class SharedMemoryStore:
             "them) so they can be freed."
         )
 
-    def _spill_path(self, obj: _StoredObject) -> str:
-        return os.path.join(self.spill_dir, obj.object_id.hex() + _SPILL_SUFFIX)
-
     def _spill(self, obj: _StoredObject) -> None:
         offset = self._offset(obj)
-        if obj.spill_path is None:
-            path = self._spill_path(obj)
-            tmp = path + ".tmp"
+        if obj.spill_fd is None:
             # No fsync: a spill file only has to outlive this process, not the machine
             # (after a crash the store and all its references are gone anyway).
-            with self._arena[offset : offset + obj.size] as data, open(tmp, "wb", buffering=0) as f:
-                written = 0
-                while written < obj.size:
-                    written += f.write(data[written:])
-            # Atomic: a spill file either holds the whole object or does not exist.
-            os.replace(tmp, path)
-            obj.spill_path = path
+            fd = _unnamed_file(self.spill_dir)
+            try:
+                with self._arena[offset : offset + obj.size] as data:
+                    written = 0
+                    while written < obj.size:
+                        written += os.pwrite(fd, data[written:], written)
+            except BaseException:
+                os.close(fd)
+                raise
+            obj.spill_fd = fd
         self._allocator.free(offset)
         obj.offset = None
         self._spilled_bytes_total += obj.size
         self._transition(obj, ObjectState.SPILLED)
 
     def _restore(self, obj: _StoredObject) -> None:
-        path = obj.spill_path
-        if path is None:
+        fd = obj.spill_fd
+        if fd is None:
             raise TrainkitInternalError(f"spilled object {obj.object_id.hex()} has no spill file")
         offset = self._allocate_range(obj.size, obj.object_id)
         if offset is None:
@@ -596,18 +631,18 @@ class SharedMemoryStore:
                     "enough to restore it",
                 )
             # The spill file holds the whole object already: readers map it in place.
-            obj.fallback_path = path
+            obj.fallback_fd = fd
             self._transition(obj, ObjectState.SEALED)
             return
         try:
             dest = self._arena[offset : offset + obj.size]
-            with dest, open(path, "rb", buffering=0) as f:
+            with dest:
                 done = 0
                 while done < obj.size:
-                    n = f.readinto(dest[done:])
+                    n = os.preadv(fd, [dest[done:]], done)
                     if not n:
                         raise TrainkitInternalError(
-                            f"spill file {path} of object {obj.object_id.hex()} "
+                            f"the spill file of object {obj.object_id.hex()} "
                             f"ends after {done} of {obj.size} bytes"
                         )
                     done += n
@@ -627,13 +662,15 @@ class SharedMemoryStore:
         del self._objects[obj.object_id]
 
     def _delete_files(self, obj: _StoredObject) -> None:
-        # Readers that still map a file keep its pages; unlinking only frees its name.
-        if obj.fallback_path is not None:
-            _unlink_quietly(obj.fallback_path)
-            obj.fallback_path = None
+        # Readers that still map a file keep its pages; the kernel frees them with the last
+        # mapping.
+        if obj.fallback_fd is not None:
+            if obj.fallback_fd != obj.spill_fd:
+                os.close(obj.fallback_fd)
+            obj.fallback_fd = None
         self._delete_spill_file(obj)
 
     def _delete_spill_file(self, obj: _StoredObject) -> None:
-        if obj.spill_path is not None:
-            _unlink_quietly(obj.spill_path)
-            obj.spill_path = None
+        if obj.spill_fd is not None:
+            os.close(obj.spill_fd)
+            obj.spill_fd = None

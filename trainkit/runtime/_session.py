@@ -1,4 +1,9 @@
-"""Starting and stopping the embedded runtime: the driver's core worker plus a node service."""
+"""Starting and stopping the embedded runtime: the driver's core worker plus a node service.
+
+A session is a name (``trainkit-<pid>-<random>``), not a folder: its sockets are abstract
+(``_transport.endpoint``), its arena a memfd the node reports in NODE_READY, its spill files
+unnamed. Nothing is written to /tmp or /dev/shm, so nothing can be left there.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +11,20 @@ import atexit
 import glob
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 from typing import Any
 
 from trainkit.exceptions import GetTimeoutError
 from trainkit.exceptions import RuntimeSystemError
 from trainkit.runtime import _context
-from trainkit.runtime._local_channel import store_socket_path
+from trainkit.runtime._local_channel import store_socket_address
 from trainkit.runtime._protocol import Msg
 from trainkit.runtime._scheduler import make_resource_request
+from trainkit.runtime._transport import endpoint
 from trainkit.runtime.core.core_worker import CoreWorker
 
 NODE_START_TIMEOUT_S = 30.0
@@ -79,20 +85,23 @@ def start(*, num_cpus: float | None, num_gpus: float | None,
     if store_bytes < 1 << 20:
         raise ValueError(f"init(object_store_memory={object_store_memory!r}): must be at "
                          "least 1 MiB")
-    session_dir = tempfile.mkdtemp(prefix=f"trainkit-{os.getpid()}-", dir="/tmp")
-    session = os.path.basename(session_dir)
+    session = new_session_name("")
     node_id = os.urandom(8).hex()
-    arena_path = f"/dev/shm/{session}-arena"
     core = CoreWorker(
-        session_dir=session_dir, node_addr=f"ipc://{session_dir}/node.ctl", node_id=node_id,
-        arena_path=arena_path, arena_capacity=store_bytes, name="driver",
-        cluster_resources=node_resources, store_socket=store_socket_path(session_dir))
+        session=session, node_addr=endpoint(session, "node.ctl", None), node_id=node_id,
+        arena_path="", arena_capacity=store_bytes, name="driver",
+        cluster_resources=node_resources, store_socket=store_socket_address(session))
     ready = threading.Event()
-    core.extra_handlers[Msg.NODE_READY] = lambda addr: ready.set()
+
+    def on_node_ready(addr: str, arena_path: str) -> None:
+        core.arena_path = arena_path  # the node's memfd, as /proc/<node pid>/fd/<n>
+        ready.set()
+
+    core.extra_handlers[Msg.NODE_READY] = on_node_ready
     core.log_sink = _print_log if log_to_driver else None
     core.start()
     cfg = {
-        "session_dir": session_dir, "node_id": node_id, "arena_path": arena_path,
+        "session": session, "node_id": node_id,
         "object_store_memory": store_bytes, "resources": node_resources, "gpu_ids": gpu_ids,
         "driver_addr": core.ctl_addr, "sys_path": [p or os.getcwd() for p in sys.path],
         "cwd": os.getcwd(), "prestart": min(int(cpus), 4), "log_to_driver": log_to_driver,
@@ -112,8 +121,6 @@ def start(*, num_cpus: float | None, num_gpus: float | None,
         proc.kill()
         proc.wait()
         core.close()
-        shutil.rmtree(session_dir, ignore_errors=True)
-        _unlink(arena_path)
         raise RuntimeSystemError(
             f"the trainkit node service did not start (exit code {proc.returncode}); its "
             f"error output is above. Command: {sys.executable} -m trainkit.runtime._node")
@@ -141,8 +148,7 @@ def connect(address: str, *, namespace: str | None, log_to_driver: bool) -> None
     _check_listening(address, host, port)
     auth = FrameAuth(load_secret())
     head_addr = f"tcp://{host}:{port}"
-    session_dir = tempfile.mkdtemp(prefix=f"trainkit-{os.getpid()}-driver-", dir="/tmp")
-    core = CoreWorker(session_dir=session_dir, node_addr=head_addr, node_id="",
+    core = CoreWorker(session=new_session_name("driver"), node_addr=head_addr, node_id="",
                       arena_path="", arena_capacity=1 << 20, name="driver",
                       cluster_resources={}, control_addr=head_addr, host=route_ip(host),
                       auth=auth)
@@ -175,7 +181,6 @@ def connect(address: str, *, namespace: str | None, log_to_driver: bool) -> None
             Msg.CLUSTER_INFO, what="cluster resources")["total"]
     except BaseException:
         core.close()
-        shutil.rmtree(session_dir, ignore_errors=True)
         raise
     _cluster_driver = True
     _namespace = namespace or "default"
@@ -222,11 +227,10 @@ def _print_log(stream: str, text: str) -> None:
         pass
 
 
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
+def new_session_name(role: str) -> str:
+    """``trainkit-<pid>-[<role>-]<random>``: unique on this machine, names no file."""
+    middle = f"{role}-" if role else ""
+    return f"trainkit-{os.getpid()}-{middle}{secrets.token_hex(4)}"
 
 
 def stop() -> None:
@@ -246,7 +250,6 @@ def stop() -> None:
             except Exception:
                 pass
             core.close()
-            shutil.rmtree(core.session_dir, ignore_errors=True)
             return
         try:
             core.request_node(Msg.SHUTDOWN, what="node service shutdown", timeout=10)
@@ -261,8 +264,6 @@ def stop() -> None:
             if proc.stdin is not None:
                 proc.stdin.close()
         core.close()
-        shutil.rmtree(core.session_dir, ignore_errors=True)
-        _unlink(core.arena_path)
 
 
 def ensure_started() -> CoreWorker:

@@ -2,10 +2,12 @@
 
 A node that needs an object held by another node allocates room for it in its own store and
 hands the job to its :class:`Puller`. The puller asks the holder's :class:`TransferServer`
-for the object over a plain TCP connection; the server pins it, streams it in signed chunks
-and unpins it. Chunks are received straight into the arena (no intermediate buffer) and
-verified there before the copy is sealed, so a tampered chunk is never read; the node then
-answers the readers waiting for it, who read it zero-copy like any local object.
+for the object over a plain TCP connection; the server waits until the object is sealed (a
+reader can learn of an object before its writer's seal reaches this node), pins it,
+streams it in signed chunks from the store's view of it (an arena range or a fallback
+file) and unpins it. Chunks are received straight into the copy's place (no intermediate
+buffer) and verified there before the copy is sealed, so a tampered chunk is never read; the
+node then answers the readers waiting for it, who read it zero-copy like any local object.
 
 Wire format, both ways: ``u32 length | header | mac | payload``, signed as in
 :mod:`trainkit.runtime._auth`. Requests are small pickles ``("get", object id)``, verified
@@ -41,6 +43,8 @@ from trainkit.runtime._transport import port_of
 CHUNK_BYTES = 8 << 20
 REQUEST_LIMIT = 1 << 16
 IO_TIMEOUT_S = 30.0
+# How long a request for an object still being written waits for its seal.
+SEAL_WAIT_S = 60.0
 AUTH_TIMEOUT_S = 5.0
 MAX_UNAUTHENTICATED = 64
 LISTEN_BACKLOG = 1024
@@ -117,7 +121,7 @@ class TransferServer(threading.Thread):
     """
 
     def __init__(self, host: str, secret: bytes, store: SharedMemoryStore,
-                 store_lock: threading.Lock) -> None:
+                 store_lock: threading.Condition) -> None:
         super().__init__(name="trainkit-transfer", daemon=True)
         self.secret = secret
         self.store = store
@@ -202,18 +206,23 @@ class TransferServer(threading.Thread):
             conn.close()
 
     def _stream(self, conn: socket.socket, auth: FrameAuth, oid: bytes) -> None:
+        store = self.store
         try:
             with self.store_lock:
-                offset, size = self.store.pin(oid)
+                # Its seal may still be on its way (it travels on the writer's connection,
+                # the reader's request on another): wait for it rather than fail the pull.
+                if not self.store_lock.wait_for(lambda: store.is_sealed(oid), SEAL_WAIT_S):
+                    raise TimeoutError(f"it was still being written after {SEAL_WAIT_S:.0f} s")
+                _, size = store.pin(oid)
+                view = store.view(oid)
         except Exception as e:
             _send(conn, auth, pickle.dumps(("err", str(e) or type(e).__name__)), 0)
             return
         try:
-            _send(conn, auth, pickle.dumps(("ok", size)), 0)
-            arena = self.store._arena
-            for start in range(0, size, CHUNK_BYTES):
-                end = min(size, start + CHUNK_BYTES)
-                _send(conn, auth, arena[offset + start:offset + end], 0)
+            with view:
+                _send(conn, auth, pickle.dumps(("ok", size)), 0)
+                for start in range(0, size, CHUNK_BYTES):
+                    _send(conn, auth, view[start:min(size, start + CHUNK_BYTES)], 0)
         finally:
             with self.store_lock:
                 try:
@@ -241,12 +250,13 @@ class Puller:
     """
 
     def __init__(self, secret: bytes, store: SharedMemoryStore, out: Outbox, node_addr: str,
-                 threads: int = 2) -> None:
+                 threads: int = 2, store_lock: threading.Condition | None = None) -> None:
         self.secret = secret
         self.store = store
+        self.store_lock = store_lock or threading.Condition()
         self.out = out
         self.node_addr = node_addr
-        self.jobs: queue.Queue[tuple[bytes, str, int, int] | None] = queue.Queue()
+        self.jobs: queue.Queue[tuple[bytes, str, int] | None] = queue.Queue()
         self.threads = [threading.Thread(target=self._run, name="trainkit-pull", daemon=True)
                         for _ in range(threads)]
         self._halt = threading.Event()
@@ -262,8 +272,9 @@ class Puller:
         for t in self.threads:
             t.join(timeout=5)
 
-    def submit(self, oid: bytes, source: str, offset: int, size: int) -> None:
-        self.jobs.put((oid, source, offset, size))
+    def submit(self, oid: bytes, source: str, size: int) -> None:
+        """Fetch ``oid`` (allocated in this store, not sealed yet) from ``source``."""
+        self.jobs.put((oid, source, size))
 
     def _run(self) -> None:
         conns: dict[str, tuple[socket.socket, FrameAuth]] = {}
@@ -272,8 +283,8 @@ class Puller:
                 job = self.jobs.get()
                 if job is None:
                     return
-                oid, source, offset, size = job
-                error = self._pull_with_retries(conns, oid, source, offset, size)
+                oid, source, size = job
+                error = self._pull_with_retries(conns, oid, source, size)
                 try:
                     self.out.send(self.node_addr, (Msg.STORE_PULLED, oid, error))
                 except Exception:
@@ -283,7 +294,7 @@ class Puller:
                 conn.close()
 
     def _pull_with_retries(self, conns: dict[str, tuple[socket.socket, FrameAuth]],
-                           oid: bytes, source: str, offset: int, size: int) -> str | None:
+                           oid: bytes, source: str, size: int) -> str | None:
         """Pull one object into place; None when done, else why it failed."""
         waits = iter(PULL_RETRY_S)
         while True:
@@ -294,7 +305,7 @@ class Puller:
                     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                     conns[source] = (conn, FrameAuth(self.secret))
                 conn, auth = conns[source]
-                self._pull(conn, auth, source, oid, offset, size)
+                self._pull(conn, auth, source, oid, size)
                 return None
             except (TransferError, AuthError, OSError) as e:
                 dropped = conns.pop(source, None)
@@ -310,7 +321,7 @@ class Puller:
                     return error
 
     def _pull(self, conn: socket.socket, auth: FrameAuth, source: str, oid: bytes,
-              offset: int, size: int) -> None:
+              size: int) -> None:
         _send(conn, auth, pickle.dumps(("get", oid)), port_of(source))
         try:
             answer = pickle.loads(_recv(conn, auth, 0, REQUEST_LIMIT))
@@ -324,7 +335,10 @@ class Puller:
             raise TransferError(f"{source} could not send it: {detail}")
         if detail != size:
             raise TransferError(f"size mismatch ({detail} there, {size} expected)")
-        arena = self.store._arena
-        for start in range(0, size, CHUNK_BYTES):
-            end = min(size, start + CHUNK_BYTES)
-            _recv(conn, auth, 0, CHUNK_BYTES, into=arena[offset + start:offset + end])
+        # The copy is CREATED until the node seals it: only this job writes it, and the node
+        # frees it only after this job reports (STORE_PULLED), so the view stays valid.
+        with self.store_lock:
+            dest = self.store.view(oid)
+        with dest:
+            for start in range(0, size, CHUNK_BYTES):
+                _recv(conn, auth, 0, CHUNK_BYTES, into=dest[start:min(size, start + CHUNK_BYTES)])

@@ -5,7 +5,9 @@ created with an unlimited high-water mark (a ROUTER past its HWM silently drops
 messages, and a PUSH past it blocks) and zero linger, so neither a slow peer nor a dead
 one can make a sender hang or lose a message it still can deliver.
 
-Embedded mode binds ipc:// paths and sends bare pickles. Cluster mode binds tcp:// on the
+Embedded mode binds ipc:// names in the abstract namespace (``ipc://@<session>/<name>``: no
+socket file, so a killed process leaves nothing behind) that only processes of this user may
+connect to (``ZMQ_IPC_FILTER_UID``), and sends bare pickles. Cluster mode binds tcp:// on the
 node's address and signs every frame (:class:`~trainkit.runtime._auth.FrameAuth`): an inbox
 verifies a frame before a single byte of it is unpickled, drops what fails and counts it
 (``rejected``), and refuses frames over the size limit without allocating them
@@ -21,6 +23,7 @@ sent under it, so their counters arrive in order).
 
 from __future__ import annotations
 
+import os
 import pickle
 import sys
 import threading
@@ -50,9 +53,10 @@ def port_of(address: str) -> int:
     return int(address.rsplit(":", 1)[1])
 
 
-def endpoint(session_dir: str, name: str, host: str | None) -> str:
-    """Where to bind an inbox: an ipc path in embedded mode, a free tcp port on ``host``."""
-    return f"ipc://{session_dir}/{name}" if host is None else f"tcp://{host}:*"
+def endpoint(session: str, name: str, host: str | None) -> str:
+    """Where to bind an inbox: an abstract ipc name of ``session`` in embedded mode, else
+    a free tcp port on ``host``."""
+    return f"ipc://@{session}/{name}" if host is None else f"tcp://{host}:*"
 
 
 class Inbox:
@@ -70,6 +74,10 @@ class Inbox:
         if auth is not None:
             self.socket.setsockopt(zmq.MAXMSGSIZE, auth.max_frame_bytes)
             self.socket.setsockopt(zmq.HANDSHAKE_IVL, int(HANDSHAKE_S * 1000))
+        if address.startswith("ipc://"):
+            # An abstract socket has no file permissions: the kernel's peer credentials
+            # decide instead (libzmq closes a connection from another uid at once).
+            self.socket.setsockopt(zmq.IPC_FILTER_UID, os.getuid())
         self.socket.bind(address)
         self.address = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self.port = port_of(self.address)

@@ -25,7 +25,7 @@ from trainkit.exceptions import ActorDiedError
 from trainkit.runtime import _context
 from trainkit.runtime._auth import FrameAuth
 from trainkit.runtime._context import ActorExit
-from trainkit.runtime._local_channel import store_socket_path
+from trainkit.runtime._local_channel import store_socket_address
 from trainkit.runtime._protocol import Msg
 from trainkit.runtime._secret import SECRET_ENV
 from trainkit.runtime._serialization import dumps
@@ -390,7 +390,7 @@ def main(secret: bytes | None = None) -> None:
         _flush_and_exit(1)
     auth = FrameAuth(secret) if host is not None and secret else None
     core = CoreWorker(
-        session_dir=session_dir,
+        session=session_dir,
         node_addr=env["TRAINKIT_NODE_ADDR"],
         node_id=env["TRAINKIT_NODE_ID"],
         arena_path=env["TRAINKIT_ARENA_PATH"],
@@ -400,7 +400,7 @@ def main(secret: bytes | None = None) -> None:
         control_addr=env.get("TRAINKIT_CONTROL_ADDR"),
         host=host,
         auth=auth,
-        store_socket=store_socket_path(session_dir),
+        store_socket=store_socket_address(session_dir),
     )
     _context.core = core
     exec_inbox = Inbox(core.ctx, endpoint(session_dir, f"w{worker_id.hex()}.exec", host), auth)

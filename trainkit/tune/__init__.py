@@ -1,21 +1,30 @@
 """Tune: hyperparameter sweeps whose trials run as actors on trainkit's runtime.
 
 ``from trainkit import tune``; search algorithms are in ``tune.search``, schedulers in
-``tune.schedulers``. ``tune.report`` and ``tune.get_checkpoint`` are Train's functions.
+``tune.schedulers``, the search-space classes in ``tune.search.sample``. ``tune.report``,
+``tune.get_checkpoint``, ``tune.RunConfig`` and ``tune.CheckpointConfig`` are Train's;
+``tune.FailureConfig`` is Train's plus Ray's ``fail_fast``; ``tune.run`` returns an
+``ExperimentAnalysis``.
 """
 
 from __future__ import annotations
 
 from trainkit.exceptions import TuneError
 from trainkit.train import Checkpoint
+from trainkit.train import CheckpointConfig
+from trainkit.train import RunConfig
 from trainkit.train import get_checkpoint
 from trainkit.train import get_context
 from trainkit.train import report
 from trainkit.tune import schedulers
 from trainkit.tune import search
+from trainkit.tune._analysis import ExperimentAnalysis
+from trainkit.tune._config import FailureConfig
 from trainkit.tune._config import TuneConfig
 from trainkit.tune._result_grid import Result
 from trainkit.tune._result_grid import ResultGrid
+from trainkit.tune._run import Experiment
+from trainkit.tune._run import run
 from trainkit.tune._search_space import choice
 from trainkit.tune._search_space import grid_search
 from trainkit.tune._search_space import lograndint
@@ -38,8 +47,13 @@ from trainkit.tune._tuner import Tuner
 
 __all__ = [
     "Checkpoint",
+    "CheckpointConfig",
+    "Experiment",
+    "ExperimentAnalysis",
+    "FailureConfig",
     "Result",
     "ResultGrid",
+    "RunConfig",
     "Stopper",
     "Trainable",
     "TrialState",
@@ -60,6 +74,7 @@ __all__ = [
     "randint",
     "randn",
     "report",
+    "run",
     "sample_from",
     "schedulers",
     "search",

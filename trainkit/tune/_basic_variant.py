@@ -241,7 +241,7 @@ class BasicVariantGenerator(Searcher):
             if self._position == 0 or self._constants is None:
                 space = self._block_space(self._block)
                 self._constants = [
-                    (path, domain.sample(self._rng))
+                    (path, domain.draw(self._rng))
                     for path, domain in flatten_space(space).items()
                     if isinstance(domain, Domain) and not isinstance(domain, Function)
                 ]

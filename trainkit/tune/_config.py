@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from trainkit.train import FailureConfig as TrainFailureConfig
+
 
 def _modes(mode: Any) -> list[str]:
     return list(mode) if isinstance(mode, (list, tuple)) else [mode]
@@ -77,3 +79,34 @@ class TuneConfig:
         if self.mode is None or isinstance(self.mode, str):
             return self.mode
         return str(self.mode[0])
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FailureConfig(TrainFailureConfig):
+    """Train's ``FailureConfig`` plus Ray Tune's ``fail_fast``.
+
+    Args:
+        max_failures: retries of a failed trial (each from its latest checkpoint); 0: none,
+            -1: no limit.
+        fail_fast: True: the first trial error ends the sweep (the other trials stop, and
+            ``fit()`` returns); "raise": ``fit()`` raises that error. Needs
+            ``max_failures=0``, as in Ray.
+    """
+
+    fail_fast: bool | str = False
+
+    def __post_init__(self) -> None:
+        TrainFailureConfig.__post_init__(self)
+        ff = self.fail_fast
+        if not isinstance(ff, bool) and not (isinstance(ff, str) and ff.lower() == "raise"):
+            raise ValueError(f"`fail_fast` is {ff!r}, but must be True, False or 'raise'")
+        if ff and self.max_failures != 0:
+            raise ValueError(f"`fail_fast` is {ff!r} but `max_failures` is {self.max_failures}: "
+                             "a sweep that ends at the first error retries nothing; set "
+                             "max_failures=0 or fail_fast=False")
+
+
+def fail_fast_of(failure_config: Any) -> bool | str:
+    """``fail_fast`` of a run's failure config: False for Train's (which has none)."""
+    value = getattr(failure_config, "fail_fast", False)
+    return "raise" if isinstance(value, str) else bool(value)

@@ -140,6 +140,8 @@ def _compile_space(space: Mapping[str, Any]) -> tuple[dict[str, _Param], dict[st
     constants: dict[str, Any] = {}
     for path, value in iter_leaves(space):
         if isinstance(value, od.BaseDistribution):
+            # Ray's flat form of a nested space, {"m/n": distribution}: config["m"]["n"]
+            path = tuple(part for key in path for part in str(key).split(_SEPARATOR))
             params[_name(path)] = _Param(path, value)
         elif isinstance(value, (Domain, GridSearch)):
             params[_name(path)] = _compile_domain(path, value)
@@ -286,6 +288,18 @@ class OptunaSearch(Searcher):
         self._finished: list[dict[str, Any]] = []  # records, for get_state
         self._queue: list[dict[str, Any]] = []  # points enqueued and not yet asked
         self._restored_in_flight: dict[str, dict[str, Any]] = {}
+
+    @staticmethod
+    def convert_search_space(spec: Mapping[str, Any]) -> dict[str, Any]:
+        """The optuna distributions of a Tune search space, by "/"-joined path (Ray's
+        ``OptunaSearch.convert_search_space``); plain values are left out. Raises ValueError,
+        naming the key, for what optuna cannot sample (``grid_search``, ``sample_from``,
+        ``randn``). A log-scale quantized domain comes back without its step, and a choice of
+        non-primitive values as a choice of their indices (OptunaSearch maps them back)."""
+        if not isinstance(spec, Mapping):
+            raise TypeError(f"`spec` is {spec!r}, but must be a dict (a Tune search space)")
+        params, _ = _compile_space(spec)
+        return {name: param.distribution for name, param in params.items()}
 
     # --- metric and mode --------------------------------------------------------------------
 

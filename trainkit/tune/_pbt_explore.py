@@ -3,7 +3,7 @@
 For each key of ``hyperparam_mutations`` (nested dicts recurse): a list or tuple resamples
 from itself with ``resample_probability`` (or when the value is not in it), else moves to a
 neighbouring element (clamped at the ends); a search-space domain (anything with
-``.sample(rng)``) or a callable resamples with ``resample_probability``, else multiplies the
+``.draw(rng)``) or a callable resamples with ``resample_probability``, else multiplies the
 value by one of ``perturbation_factors`` (a value that is not a number, or is missing, is
 resampled). Values that were ints stay ints.
 """
@@ -43,7 +43,8 @@ def check_mutations(mutations: Mapping[str, Any], path: str = "") -> None:
 
 def _resample(spec: Any, rng: random.Random) -> Any:
     if hasattr(spec, "sample"):  # a search-space Domain: it draws with a numpy Generator
-        return spec.sample(np.random.default_rng(rng.getrandbits(64)))
+        generator = np.random.default_rng(rng.getrandbits(64))
+        return spec.draw(generator) if hasattr(spec, "draw") else spec.sample(generator)
     return spec()
 
 

@@ -25,6 +25,7 @@ from trainkit.exceptions import InvalidTransitionError
 from trainkit.exceptions import TuneError
 from trainkit.train import RunConfig
 from trainkit.tune._config import TuneConfig
+from trainkit.tune._config import fail_fast_of
 from trainkit.tune._experiment_state import Journal
 from trainkit.tune._experiment_state import save_search_state
 from trainkit.tune._progress import TrialTable
@@ -105,6 +106,7 @@ class TuneRunner:
         self.deadline = (time.monotonic() + tune_config.time_budget_s
                          if tune_config.time_budget_s else math.inf)
         self.stopping_all = False
+        self.fail_fast_error: BaseException | None = None  # fail_fast="raise": fit() raises it
 
     # -- the loop ------------------------------------------------------------------------
     def run(self) -> None:
@@ -287,14 +289,16 @@ class TuneRunner:
         self.journal.append(e="result", id=trial.trial_id, result=result, ckpt=checkpoint)
         self._check_metric(result)
         self.searcher.on_trial_result(trial.trial_id, result)
-        decision = self.scheduler.on_trial_result(trial.snapshot(), result)
-        action = decision.decision
-        if decision.exploit is not None:
-            trial.exploit = decision.exploit
-            action = Decision.STOP  # end this run; _on_done restarts it from the donor
-        if action is Decision.CONTINUE and (self.stopper(trial.trial_id, result)
-                                            or result.get("done") or trial.stop_requested):
+        # As in Ray, the stop criteria come first: a trial that meets them stops at this very
+        # result, and the scheduler is not asked (no pause, no exploit past the criterion).
+        if self.stopper(trial.trial_id, result) or result.get("done") or trial.stop_requested:
             action = Decision.STOP
+        else:
+            decision = self.scheduler.on_trial_result(trial.snapshot(), result)
+            action = decision.decision
+            if decision.exploit is not None:
+                trial.exploit = decision.exploit
+                action = Decision.STOP  # end this run; _on_done restarts it from the donor
         if self.stopper.stop_all():
             self._stop_all("the stopper said stop_all()")
             return
@@ -356,6 +360,13 @@ class TuneRunner:
         self.searcher.on_trial_complete(trial.trial_id, trial.last_result or None, error=True)
         self.scheduler.on_trial_error(trial.snapshot())
         save_search_state(self.exp_dir, self.searcher, self.scheduler)
+        fail_fast = fail_fast_of(self.run_config.failure_config)
+        if fail_fast and not self.stopping_all:
+            if fail_fast == "raise":
+                self.fail_fast_error = error if error is not None else TuneError(
+                    f"trial {trial.name} failed: {text}")
+            self._stop_all(f"trial {trial.name} failed and FailureConfig(fail_fast="
+                           f"{fail_fast!r}) is set")
 
     def _stop_all(self, why: str) -> None:
         """End the sweep now: running trials are killed, the others never start."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import abc
 import copy
+import dataclasses
 import decimal
 import inspect
 import itertools
@@ -44,17 +45,54 @@ _GRID_KEY = "grid_search"  # Ray's dict form, {"grid_search": [...]}, is accepte
 
 
 class Domain(abc.ABC):
-    """A set of values and how to sample one; immutable."""
+    """A set of values and how to sample one; immutable.
+
+    ``sample(config=None, size=1, random_state=None)`` is Ray's: one value, or a list of
+    ``size`` values, drawn with ``random_state`` (an int seed, a ``numpy.random.Generator``
+    or ``RandomState``; None: fresh entropy). A generator passed first is taken as the
+    ``random_state``.
+    """
 
     __slots__ = ()
 
     @abc.abstractmethod
-    def sample(self, rng: np.random.Generator) -> Any:
+    def draw(self, rng: np.random.Generator) -> Any:
         """One value, drawn with ``rng`` (a plain Python value, never a numpy scalar)."""
+
+    def sample(self, config: Any = None, size: int = 1, random_state: Any = None) -> Any:
+        if _is_rng(config):
+            config, random_state = None, config
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"`size` is {size!r}, but must be an int >= 1 (the number of "
+                             "values to draw)")
+        rng = _as_generator(random_state)
+        values = [self._draw_with(rng, config) for _ in range(size)]
+        return values[0] if size == 1 else values
+
+    def _draw_with(self, rng: np.random.Generator, config: Any) -> Any:
+        return self.draw(rng)
 
     @abc.abstractmethod
     def is_valid(self, value: Any) -> bool:
         """Whether ``value`` could have been sampled from this domain."""
+
+
+def _is_rng(value: Any) -> bool:
+    return type(value).__name__ in ("Generator", "RandomState") and \
+        type(value).__module__.startswith("numpy")
+
+
+def _as_generator(random_state: Any) -> np.random.Generator:
+    import numpy as np
+
+    if random_state is None or isinstance(random_state, int):
+        return np.random.default_rng(random_state)
+    if isinstance(random_state, np.random.Generator):
+        return random_state
+    if isinstance(random_state, np.random.RandomState):
+        return np.random.default_rng(int(random_state.randint(0, 2**31 - 1)))
+    raise TypeError(f"`random_state` is {random_state!r}, but must be an int seed, a "
+                    "numpy.random.Generator or RandomState, or None")
 
 
 # --- validation helpers ---------------------------------------------------------------------
@@ -87,9 +125,11 @@ def _sequence(name: str, value: Any) -> tuple[Any, ...]:
 
 def _check_bounds(lower: float, upper: float, log: bool) -> None:
     if not lower < upper:
-        raise ValueError(f"`lower` is {lower!r}, but must be < `upper` ({upper!r})")
+        raise ValueError(f"`lower` is {lower!r}, but must be < `upper` ({upper!r}): pass the "
+                         "smaller bound first")
     if log and not lower > 0:
-        raise ValueError(f"`lower` is {lower!r}, but must be > 0 for a log scale")
+        raise ValueError(f"`lower` is {lower!r}, but must be > 0 for a log scale: use a "
+                         "positive lower bound, or a uniform scale")
 
 
 def _check_base(base: float) -> None:
@@ -99,7 +139,8 @@ def _check_base(base: float) -> None:
 
 def _check_q(q: float) -> None:
     if not q > 0:
-        raise ValueError(f"`q` is {q!r}, but must be > 0")
+        raise ValueError(f"`q` is {q!r}, but must be > 0 (the step values are rounded to, "
+                         "e.g. 0.1 or 2)")
 
 
 def _is_multiple(value: float, q: float) -> bool:
@@ -154,7 +195,7 @@ class Float(Domain):
         object.__setattr__(self, "upper", upper)
         object.__setattr__(self, "base", float(self.base))
 
-    def sample(self, rng: np.random.Generator) -> float:
+    def draw(self, rng: np.random.Generator) -> float:
         if self.q is not None and not self.log:  # uniform over the grid of multiples of q
             k = int(rng.integers(round(self.lower / self.q), round(self.upper / self.q) + 1))
             return self.quantize(k * self.q)
@@ -163,6 +204,19 @@ class Float(Domain):
         else:
             value = float(rng.uniform(self.lower, self.upper))
         return self.quantize(value)
+
+    def uniform(self) -> Float:
+        """The same bounds, drawn uniformly (Ray's builder: ``Float(0, 1).uniform()``)."""
+        return dataclasses.replace(self, log=False)
+
+    def loguniform(self, base: float = 10) -> Float:
+        """The same bounds, drawn log-uniformly; ``lower`` must be > 0."""
+        return dataclasses.replace(self, log=True, base=base)
+
+    def quantized(self, q: float) -> Float:
+        """The same distribution, rounded to a multiple of ``q`` (both bounds must be
+        multiples of it, and both can then be drawn)."""
+        return dataclasses.replace(self, q=q)
 
     def quantize(self, value: float) -> float:
         """``value`` rounded to the nearest multiple of ``q`` (if any), kept in bounds."""
@@ -232,7 +286,7 @@ class Integer(Domain):
     def step(self) -> int:
         return 1 if self.q is None else self.q
 
-    def sample(self, rng: np.random.Generator) -> int:
+    def draw(self, rng: np.random.Generator) -> int:
         if not self.log:
             k = int(rng.integers(self.low // self.step, self.high // self.step + 1))
             return k * self.step
@@ -240,6 +294,24 @@ class Integer(Domain):
             value = math.exp(rng.uniform(math.log(self.lower), math.log(self.upper)))
             return min(max(math.floor(value), self.low), self.high)
         return self.quantize(math.exp(rng.uniform(math.log(self.low), math.log(self.high))))
+
+    def uniform(self) -> Integer:
+        """The same range, drawn uniformly (Ray's builder: ``Integer(1, 10).uniform()``)."""
+        return dataclasses.replace(self, log=False)
+
+    def loguniform(self, base: float = 10) -> Integer:
+        """The same range, drawn log-uniformly; ``lower`` must be > 0."""
+        return dataclasses.replace(self, log=True, base=base)
+
+    def quantized(self, q: int) -> Integer:
+        """The multiples of ``q`` in the range: ``Integer(1, 10).quantized(2)`` draws from
+        2, 4, 6, 8 (``upper`` stays excluded; ``qrandint`` includes it)."""
+        if self.q is not None:
+            return dataclasses.replace(self, q=q)
+        if isinstance(q, bool) or not isinstance(q, int) or q < 1:
+            raise ValueError(f"`q` is {q!r}, but must be an int > 0 (the step values are "
+                             "rounded to, e.g. 2)")
+        return dataclasses.replace(self, upper=self.upper - 1, q=q)
 
     def quantize(self, value: float) -> int:
         """``value`` rounded to the nearest drawable int (a multiple of ``q``, if any)."""
@@ -279,7 +351,7 @@ class Normal(Domain):
             _check_q(self.q)
             object.__setattr__(self, "q", q)
 
-    def sample(self, rng: np.random.Generator) -> float:
+    def draw(self, rng: np.random.Generator) -> float:
         value = float(rng.normal(self.mean, self.sd))
         if self.q is not None:
             value = float(_round_like(round(value / self.q) * self.q, self.q))
@@ -305,8 +377,12 @@ class Categorical(Domain):
     def __post_init__(self) -> None:
         object.__setattr__(self, "categories", _sequence("categories", self.categories))
 
-    def sample(self, rng: np.random.Generator) -> Any:
+    def draw(self, rng: np.random.Generator) -> Any:
         return copy.deepcopy(self.categories[int(rng.integers(len(self.categories)))])
+
+    def uniform(self) -> Categorical:
+        """Each category equally likely (the only distribution; Ray's builder name)."""
+        return self
 
     def is_valid(self, value: Any) -> bool:
         return value in self.categories
@@ -348,11 +424,20 @@ class Function(Domain):
             f"`lambda spec: spec.config.a * 2`)"
         )
 
-    def sample(self, rng: np.random.Generator, config: Mapping[str, Any] | None = None) -> Any:
-        """Call ``func``; ``config`` is what ``spec.config`` shows it. ``rng`` is unused (the
-        function draws with its own generator, as in Ray)."""
+    def draw(self, rng: np.random.Generator) -> Any:
+        return self.call(None)
+
+    def _draw_with(self, rng: np.random.Generator, config: Any) -> Any:
+        return self.call(config)
+
+    def call(self, config: Mapping[str, Any] | None) -> Any:
+        """Call ``func``; ``config`` is what ``spec.config`` shows it (the function draws
+        with its own generator, as in Ray)."""
         if not self.passes_spec:
             return self.func()
+        if isinstance(config, Mapping) and not isinstance(config, _ConfigView) and \
+                len(config) == 1 and isinstance(config.get("config"), Mapping):
+            config = config["config"]  # Ray's spec form: {"config": {...}}
         return self.func(_ConfigView({"config": config if config is not None else {}}))
 
     def is_valid(self, value: Any) -> bool:
@@ -601,12 +686,12 @@ def resolve(space: Mapping[str, Any], rng: np.random.Generator) -> dict[str, Any
         if isinstance(value, Function):
             functions.append((path, value))
         elif isinstance(value, Domain):
-            set_path(config, path, value.sample(rng))
+            set_path(config, path, value.draw(rng))
     while functions:
         waiting: list[tuple[ConfigPath, Function]] = []
         for path, function in functions:
             try:
-                set_path(config, path, function.sample(rng, _ConfigView(config)))
+                set_path(config, path, function.call(_ConfigView(config)))
             except _UnresolvedReferenceError:
                 waiting.append((path, function))
         if len(waiting) == len(functions):

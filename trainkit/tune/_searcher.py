@@ -7,6 +7,7 @@ or ``Searcher.FINISHED`` when it will never suggest again.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from collections.abc import Sequence
 from typing import Any
@@ -51,3 +52,32 @@ class Searcher:
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Continue from ``get_state()``'s value."""
+
+    def save(self, checkpoint_path: str | os.PathLike[str]) -> None:
+        """Write ``get_state()`` to the file ``checkpoint_path`` (atomically), as Ray's
+        ``Searcher.save``; ``restore`` reads it back into a searcher built the same way."""
+        import cloudpickle  # type: ignore[import-untyped]
+
+        from trainkit._atomic import write_atomic
+
+        path = os.fspath(checkpoint_path)
+        if os.path.isdir(path):
+            raise IsADirectoryError(f"{type(self).__name__}.save({path!r}): that is a folder; "
+                                    "pass a file path, e.g. os.path.join(folder, "
+                                    "'searcher.pkl')")
+        write_atomic(path, cloudpickle.dumps({"searcher": type(self).__name__,
+                                              "state": self.get_state()}))
+
+    def restore(self, checkpoint_path: str | os.PathLike[str]) -> None:
+        """Continue from what ``save(checkpoint_path)`` wrote."""
+        import cloudpickle
+
+        path = os.fspath(checkpoint_path)
+        with open(path, "rb") as f:
+            saved = cloudpickle.load(f)
+        if not isinstance(saved, dict) or saved.get("searcher") != type(self).__name__:
+            what = saved.get("searcher") if isinstance(saved, dict) else type(saved).__name__
+            raise ValueError(f"{path} holds the state of {what!r}, not of a "
+                             f"{type(self).__name__}: restore it into the searcher that "
+                             "saved it")
+        self.set_state(saved["state"])

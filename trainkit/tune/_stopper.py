@@ -19,19 +19,32 @@ class Stopper:
 
 
 class _DictStopper(Stopper):
+    """Ray's dict form: a trial stops once a reported metric reaches its value (``>=``); a
+    boolean value stops it once the metric is true (``{"done": True}``). ``done`` counts as
+    reported (False) by every result, as in Ray."""
+
     def __init__(self, criteria: Mapping[str, Any]) -> None:
         for key, value in criteria.items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"stop={{{key!r}: {value!r}}}: each value must be a number; a "
-                                 "trial stops once its reported metric reaches it")
+            if not isinstance(key, str):
+                raise TypeError(f"stop={{{key!r}: {value!r}}}: each key must be the name of a "
+                                "reported metric (a str)")
+            if not isinstance(value, (bool, int, float)):
+                raise ValueError(f"stop={{{key!r}: {value!r}}}: each value must be a number "
+                                 "(a trial stops once its reported metric reaches it) or True/"
+                                 f"False, e.g. stop={{{key!r}: True}}")
         self.criteria = dict(criteria)
 
     def __call__(self, trial_id: str, result: Mapping[str, Any]) -> bool:
         for key, limit in self.criteria.items():
             if key not in result:
+                if key == "done":
+                    continue
                 raise ValueError(f"stop criterion {key!r} is not in the reported result; the "
                                  f"trial reported {sorted(result)}")
-            if result[key] >= limit:
+            value = result[key]
+            if isinstance(limit, bool):
+                value = bool(value)
+            if value >= limit:
                 return True
         return False
 

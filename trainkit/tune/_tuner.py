@@ -28,7 +28,9 @@ from trainkit.tune._result_grid import results_of
 from trainkit.tune._runner import Trial
 from trainkit.tune._runner import TuneRunner
 from trainkit.tune._scheduler import TrialScheduler
+from trainkit.tune._search_space import flatten_space
 from trainkit.tune._searcher import Searcher
+from trainkit.tune._stopper import make_stopper
 from trainkit.tune._trainable import resources_of
 from trainkit.tune._trainable import trainable_kind
 from trainkit.tune._trial import TrialState
@@ -65,6 +67,7 @@ class Tuner:
             raise TypeError(f"tune_config is {tune_config!r}; pass a tune.TuneConfig")
         if not isinstance(self.run_config, RunConfig):
             raise TypeError(f"run_config is {run_config!r}; pass a train.RunConfig")
+        make_stopper(self.run_config.stop)  # a bad stop criterion fails here, not at a result
         self.blob = _pickle_trainable(trainable)
         self.searcher = self._make_searcher()
         self.scheduler = self._make_scheduler()
@@ -78,11 +81,20 @@ class Tuner:
             BasicVariantGenerator(random_state=tc.seed)
         if not isinstance(searcher, Searcher):
             raise TypeError(f"search_alg is {searcher!r}; pass a tune.search.Searcher")
-        searcher.set_search_properties(tc.metric if isinstance(tc.metric, str) or tc.metric is None
-                                       else list(tc.metric),
-                                       tc.mode if isinstance(tc.mode, str) or tc.mode is None
-                                       else list(tc.mode),
-                                       self.param_space, num_samples=tc.num_samples)
+        inner = getattr(searcher, "searcher", searcher)  # a ConcurrencyLimiter's searcher
+        _check_agree(type(inner).__name__, inner, tc.metric, tc.mode)
+        took_space = searcher.set_search_properties(
+            tc.metric if isinstance(tc.metric, str) or tc.metric is None else list(tc.metric),
+            tc.mode if isinstance(tc.mode, str) or tc.mode is None else list(tc.mode),
+            self.param_space, num_samples=tc.num_samples)
+        domains = sorted("/".join(map(str, path)) for path in flatten_space(self.param_space))
+        if not took_space and domains:
+            name = type(inner).__name__
+            raise ValueError(
+                f"{name} was given a search space of its own, and the Tuner's param_space has "
+                f"search domains too ({', '.join(domains)}): define every domain in one place, "
+                f"{name}(space=...) or Tuner(param_space=...); param_space may still hold "
+                "plain values")
         return searcher
 
     def _make_scheduler(self) -> TrialScheduler:
@@ -92,6 +104,7 @@ class Tuner:
         scheduler = tc.scheduler if tc.scheduler is not None else FIFOScheduler()
         if not isinstance(scheduler, TrialScheduler):
             raise TypeError(f"scheduler is {scheduler!r}; pass a tune.schedulers.TrialScheduler")
+        _check_agree(type(scheduler).__name__, scheduler, tc.single_metric, tc.single_mode)
         scheduler.set_search_properties(tc.single_metric, tc.single_mode)
         return scheduler
 
@@ -125,6 +138,13 @@ class Tuner:
 
     # -- fit -------------------------------------------------------------------------------
     def fit(self) -> ResultGrid:
+        """Run the sweep; every trial's outcome, errors included (they do not raise)."""
+        exp_dir, ran = self._fit_trials()
+        tc = self.tune_config
+        return ResultGrid(results_of(ran), exp_dir, tc.single_metric, tc.single_mode)
+
+    def _fit_trials(self) -> tuple[str, list[Trial]]:
+        """Run the sweep: (the experiment folder, the trials that ran)."""
         tc, run = self.tune_config, self.run_config
         name = run.name or f"{_trainable_name(self.trainable)}_" \
             f"{datetime.datetime.now():%Y-%m-%d_%H-%M-%S}"
@@ -155,10 +175,12 @@ class Tuner:
             exp_name=name, searcher=self.searcher, scheduler=self.scheduler, trials=trials,
             capacity=capacity)
         runner.run()
+        if runner.fail_fast_error is not None:
+            raise runner.fail_fast_error
         # Trials created ahead that never started (the sweep ran out of time) are left out.
         ran = [t for t in runner.trials.values()
                if t.last_result or t.state is not TrialState.PENDING]
-        return ResultGrid(results_of(ran), exp_dir, tc.single_metric, tc.single_mode)
+        return exp_dir, ran
 
     def _load(self, exp_dir: str) -> list[Trial]:
         opts = self._restored or {}
@@ -210,6 +232,23 @@ class Tuner:
         cap = self.tune_config.max_concurrent_trials
         limit = int(fits) if fits != math.inf else (cap or 1000)
         return max(1, min(limit, cap) if cap else limit)
+
+
+def _norm(value: Any) -> Any:
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def _check_agree(owner: str, obj: Any, metric: Any, mode: Any) -> None:
+    """TuneConfig's metric and mode against those ``obj`` (a searcher or scheduler) was
+    given: either may be left out, but two different values fail, naming both."""
+    for name, ours in (("metric", metric), ("mode", mode)):
+        theirs = getattr(obj, name, None)
+        if ours is None or theirs is None:
+            continue
+        if _norm(ours) != _norm(theirs):
+            raise ValueError(
+                f"TuneConfig({name}={ours!r}) disagrees with {owner}({name}={theirs!r}): give "
+                f"the {name} in one place only (TuneConfig, or {owner}), or the same in both")
 
 
 def _trainable_name(trainable: Any) -> str:

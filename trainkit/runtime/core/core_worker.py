@@ -97,7 +97,7 @@ class _Guarded:
         effects = core.effects
         wakeups: list[Waiter] = []
         try:
-            if effects.sends:
+            if effects.sends or effects.store_sends:
                 core._send_effects()
         finally:
             core._depth -= 1
@@ -114,7 +114,7 @@ class CoreWorker:
     def __init__(
         self,
         *,
-        session_dir: str,
+        session: str,
         node_addr: str,
         node_id: str,
         arena_path: str,
@@ -126,14 +126,14 @@ class CoreWorker:
         auth: FrameAuth | None = None,
         store_socket: str = "",
     ) -> None:
-        self.session_dir = session_dir
+        self.session = session
         self.node_addr = node_addr
         # Where leases, actors and placement groups are decided: this node's service in
         # embedded mode, the head in a cluster.
         self.control_addr = control_addr or node_addr
         self.node_id = node_id
         self.ctx = make_context()
-        self.inbox = Inbox(self.ctx, endpoint(session_dir, f"{name}.ctl", host), auth)
+        self.inbox = Inbox(self.ctx, endpoint(session, f"{name}.ctl", host), auth)
         self.ctl_addr: str = self.inbox.address
         self.out = Outbox(self.ctx, auth)
         self.lock = threading.RLock()
@@ -145,8 +145,8 @@ class CoreWorker:
             node_id=node_id, arena_path=arena_path, arena_capacity=arena_capacity,
             store_socket=store_socket, requests=self.requests, request_node=self.request_node,
             send_node=lambda msg: self.out.send(self.node_addr, msg), lock=self.lock,
-            is_held=self._holds, session_dir=session_dir)
-        self.table = OwnershipTable(self.ctl_addr, node_addr, self.effects,
+            is_held=self._holds, session=session)
+        self.table = OwnershipTable(self.ctl_addr, self.effects,
                                     forget_mapping=self.store.forget_mapping,
                                     on_actor_out_of_scope=self._actor_out_of_scope)
         self.tasks = TaskSubmitter(self.table, self.effects, self_addr=self.ctl_addr,
@@ -217,6 +217,11 @@ class CoreWorker:
     def arena_path(self) -> str:
         return self.store.arena_path
 
+    @arena_path.setter
+    def arena_path(self, path: str) -> None:
+        """The node tells its driver where its arena is once it made it."""
+        self.store.arena_path = path
+
     @property
     def cluster_resources(self) -> dict[str, float]:
         return self._cluster_resources
@@ -230,13 +235,13 @@ class CoreWorker:
                      store_socket: str) -> None:
         """A cluster driver found the node on its machine: use that node and its store."""
         old = self.store
-        self.node_addr = self.table.node_addr = node_addr
+        self.node_addr = node_addr
         self.node_id = node_id
         self.store = StoreClient(
             node_id=node_id, arena_path=arena_path, arena_capacity=arena_capacity,
             store_socket=store_socket, requests=self.requests, request_node=self.request_node,
             send_node=lambda msg: self.out.send(self.node_addr, msg), lock=self.lock,
-            is_held=self._holds, session_dir=self.session_dir)
+            is_held=self._holds, session=self.session)
         self.table.forget_mapping = self.store.forget_mapping
         self.store.start()
         old.close()
@@ -311,7 +316,7 @@ class CoreWorker:
         self.out.send(target, (kind, req_id, self.ctl_addr, *fields))
         if not pending.event.wait(timeout):
             self.requests.abandon(req_id)
-            raise no_answer(what, timeout, self.session_dir)
+            raise no_answer(what, timeout, self.session)
         return pending.value()
 
     def request_async(self, target: str, kind: int, *fields: Any, what: str,
@@ -341,18 +346,25 @@ class CoreWorker:
     def add_ref(self, oid: bytes, owner: str) -> None:
         with self.lock:
             self.table.add_ref(oid, owner)
-            if self.effects.sends:
+            if self.effects.sends or self.effects.store_sends:
                 self._send_effects()
 
     def remove_ref(self, oid: bytes, owner: str) -> None:
         with self.lock:
             self.table.remove_ref(oid, owner)
-            if self.effects.sends:
+            if self.effects.sends or self.effects.store_sends:
                 self._send_effects()
 
     def _send_effects(self) -> None:
-        for addr, msg in self.effects.take_sends():
+        effects = self.effects
+        for addr, msg in effects.take_sends():
             self.send_quiet(addr, msg)
+        if effects.store_sends and not self._closed:
+            for msg in effects.take_store_sends():
+                try:
+                    self.store.send(msg)
+                except Exception:
+                    pass
 
     def new_owned(self, value: Value | None = None) -> bytes:
         oid = new_id()

@@ -20,14 +20,20 @@ Waiter = Callable[[], None]
 class Effects:
     """Messages to send and waiters to wake, in the order the parts recorded them."""
 
-    __slots__ = ("sends", "wakeups")
+    __slots__ = ("sends", "store_sends", "wakeups")
 
     def __init__(self) -> None:
         self.sends: list[tuple[str, Message]] = []
+        self.store_sends: list[Message] = []
         self.wakeups: list[Waiter] = []
 
     def send(self, addr: str, msg: Message) -> None:
         self.sends.append((addr, msg))
+
+    def send_store(self, msg: Message) -> None:
+        """A message for this machine's object store (a free), sent on the store connection
+        of the thread that carries it out, so that thread's next put finds the room."""
+        self.store_sends.append(msg)
 
     def wake(self, waiters: list[Waiter]) -> None:
         self.wakeups.extend(waiters)
@@ -36,9 +42,13 @@ class Effects:
         sends, self.sends = self.sends, []
         return sends
 
+    def take_store_sends(self) -> list[Message]:
+        sends, self.store_sends = self.store_sends, []
+        return sends
+
     def take_wakeups(self) -> list[Waiter]:
         wakeups, self.wakeups = self.wakeups, []
         return wakeups
 
     def __bool__(self) -> bool:
-        return bool(self.sends or self.wakeups)
+        return bool(self.sends or self.store_sends or self.wakeups)

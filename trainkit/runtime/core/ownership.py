@@ -2,7 +2,7 @@
 they are freed.
 
 Pure state: it sends nothing and starts nothing. What it decides (a BORROW or RELEASE to an
-owner, a STORE_FREE to the node, a value to a process that asked for it) is recorded in an
+owner, a STORE_FREE to the object store, a value to a process that asked for it) is recorded in an
 ``Effects`` for the I/O shell to carry out, and the waiters it wakes are handed over there too.
 
 The rules (as Ray's ReferenceCounter):
@@ -83,19 +83,17 @@ class OwnershipTable:
 
     Args:
         self_addr: this process's control address (the owner address of the refs it makes).
-        node_addr: the node service, which frees stored copies.
         effects: where decisions are recorded.
         forget_mapping: called with an object's id when this process stops needing its
             cached view of the object's stored copy.
         on_actor_out_of_scope: called with an actor's id when nothing holds it any more.
     """
 
-    def __init__(self, self_addr: str, node_addr: str, effects: Effects, *,
+    def __init__(self, self_addr: str, effects: Effects, *,
                  forget_mapping: Callable[[bytes], None] = lambda oid: None,
                  on_actor_out_of_scope: Callable[[bytes], None] = lambda actor_id: None
                  ) -> None:
         self.self_addr = self_addr
-        self.node_addr = node_addr
         self.effects = effects
         self.forget_mapping = forget_mapping
         self.on_actor_out_of_scope = on_actor_out_of_scope
@@ -190,7 +188,7 @@ class OwnershipTable:
         value = entry.value
         if value is not None and value[0] == STORED:
             self.forget_mapping(oid)
-            self.effects.send(self.node_addr, (Msg.STORE_FREE, [oid], value[1]))
+            self.effects.send_store((Msg.STORE_FREE, [oid], value[1]))
         if entry.holder is not None:
             self.effects.send(entry.holder, (Msg.RELEASE_CONTAINED, oid))
         entry.contained = None
@@ -239,7 +237,7 @@ class OwnershipTable:
                 self.effects.send(holder, (Msg.RELEASE_CONTAINED, oid))
             node = stored_on(value)
             if node is not None and entry is None:
-                self.effects.send(self.node_addr, (Msg.STORE_FREE, [oid], node))
+                self.effects.send_store((Msg.STORE_FREE, [oid], node))
             return
         entry.value = value
         entry.holder = holder

@@ -97,7 +97,7 @@ class RequestTracker:
             pending.answer(False, error)
 
 
-def no_answer(what: str, timeout: float | None, session_dir: str) -> GetTimeoutError:
+def no_answer(what: str, timeout: float | None, session: str) -> GetTimeoutError:
     return GetTimeoutError(
         f"no answer to {what} within {timeout:.0f} s; is the trainkit node service "
-        f"alive? (session folder: {session_dir})")
+        f"alive? (session {session})")

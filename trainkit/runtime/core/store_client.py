@@ -23,6 +23,7 @@ from trainkit.exceptions import RuntimeSystemError
 from trainkit.runtime._copy_pool import CopyPool
 from trainkit.runtime._local_channel import LocalChannel
 from trainkit.runtime._object_layout import layout_size
+from trainkit.runtime._object_layout import map_object_file
 from trainkit.runtime._object_layout import read_object
 from trainkit.runtime._object_layout import write_object
 from trainkit.runtime._protocol import Msg
@@ -63,13 +64,13 @@ class StoreClient:
         send_node: the core's one-way message to the node.
         lock: the core's lock (the view cache is touched under it).
         is_held: whether this process still holds refs to an object (called under lock).
-        session_dir: named in errors.
+        session: named in errors.
     """
 
     def __init__(self, *, node_id: str, arena_path: str, arena_capacity: int,
                  store_socket: str, requests: RequestTracker, request_node: RequestFn,
                  send_node: Callable[[tuple[Any, ...]], None], lock: threading.RLock,
-                 is_held: Callable[[bytes], bool], session_dir: str) -> None:
+                 is_held: Callable[[bytes], bool], session: str) -> None:
         self.node_id = node_id
         self.arena_path = arena_path
         self.arena_capacity = arena_capacity
@@ -79,17 +80,19 @@ class StoreClient:
         self.send_node = send_node
         self.lock = lock
         self.is_held = is_held
-        self.session_dir = session_dir
+        self.session = session
         self.copy_pool = CopyPool()
         self._arena: mmap.mmap | None = None
         self._mapped: OrderedDict[bytes, Any] = OrderedDict()
         self._mapped_bytes = 0
         self._mapped_cap = arena_capacity // 20
+        self.closed = False
 
     def start(self) -> None:
         self.copy_pool.start()
 
     def close(self) -> None:
+        self.closed = True
         if self.channel is not None:
             self.channel.close()
         self.copy_pool.close()
@@ -109,10 +112,10 @@ class StoreClient:
         except OSError as e:
             raise RuntimeSystemError(
                 f"{what} failed: the trainkit node service closed its store connection "
-                f"({e}); it has stopped or crashed (session folder: {self.session_dir})"
+                f"({e}); it has stopped or crashed (session {self.session})"
             ) from None
         if reply is None:
-            raise no_answer(what, timeout, self.session_dir)
+            raise no_answer(what, timeout, self.session)
         done = Pending("", what, None)
         done.ok, done.payload = reply
         return done.value()
@@ -128,11 +131,13 @@ class StoreClient:
                 pass
         self.send_node(msg)
 
-    def _send_quiet(self, msg: tuple[Any, ...]) -> None:
-        """Through the node's inbox: an unpin may run in any thread (the last view of an
-        object can go in a garbage collection)."""
+    def _unpin(self, oid: bytes) -> None:
+        """On the store connection of the thread that drops the last view, so the node
+        reads it before that thread's next put or get needs the range."""
+        if self.closed:
+            return
         try:
-            self.send_node(msg)
+            self.send((Msg.STORE_UNPIN, oid))
         except Exception:
             pass
 
@@ -153,13 +158,23 @@ class StoreClient:
             return (INLINE, meta, inline_buffers(buffers))
         raws = [b.raw() for b in buffers]
         size = layout_size(meta, raws)
-        offset = self.request(Msg.STORE_ALLOC, oid, size, owner, timeout=timeout,
-                              what=f"space for a {size}-byte object in the object store")
-        view = memoryview(self._arena_view())
-        try:
-            write_object(view[offset:offset + size], meta, raws, self.copy_pool.copy)
-        finally:
-            view.release()
+        location = self.request(Msg.STORE_ALLOC, oid, size, owner, True, timeout=timeout,
+                                what=f"space for a {size}-byte object in the object store")
+        if isinstance(location, str):
+            # No arena range could be made: a file of its own (/proc/<node pid>/fd/<n>).
+            mm = map_object_file(location, size, writable=True)
+            view = memoryview(mm)
+            try:
+                write_object(view, meta, raws, self.copy_pool.copy)
+            finally:
+                view.release()
+                mm.close()
+        else:
+            view = memoryview(self._arena_view())
+            try:
+                write_object(view[location:location + size], meta, raws, self.copy_pool.copy)
+            finally:
+                view.release()
         self.send((Msg.STORE_SEAL, oid))
         return (STORED, self.node_id, size)
 
@@ -188,14 +203,19 @@ class StoreClient:
         """Pin a stored object and view it; small enough views stay cached (and pinned)
         while this process holds refs to the object. An object another node holds is
         copied here first (the node pulls it)."""
-        offset, size = self.request(Msg.STORE_PIN, oid, node_id, size,
-                                    what=f"object {oid.hex()}", timeout=600.0)
+        location, size = self.request(Msg.STORE_PIN, oid, node_id, size,
+                                      what=f"object {oid.hex()}", timeout=600.0)
         try:
-            mm = _block(self._arena_view(), offset, size)
+            if isinstance(location, str):
+                # A file of its own (a fallback allocation, or a spill file read in place),
+                # open as /proc/<node pid>/fd/<n>: mapped copy-on-write, still zero-copy.
+                mm = _block(map_object_file(location, size), 0, size)
+            else:
+                mm = _block(self._arena_view(), location, size)
         except BaseException:
-            self._send_quiet((Msg.STORE_UNPIN, oid))
+            self._unpin(oid)
             raise
-        weakref.finalize(mm, self._send_quiet, (Msg.STORE_UNPIN, oid))
+        weakref.finalize(mm, self._unpin, oid)
         if size <= self._mapped_cap:
             with self.lock:
                 if self.is_held(oid):
