@@ -48,8 +48,11 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
 
     Args:
         address: None starts an embedded runtime. "HOST:PORT" attaches this process as a
-            driver to the cluster whose head listens there ("auto": the cluster that
-            `trainkit start` started on this machine), through a node on this machine.
+            driver to the cluster whose head listens there, through a node on this machine.
+            "auto": the runtime of the nearest parent process that has one (a driver that
+            called init() and started this process), else the only runtime on this machine
+            (a driver's, or the cluster `trainkit start` started), else an error listing
+            them.
         num_cpus: CPUs to offer (default: the machine's).
         num_gpus: GPUs to offer (default: the machine's); a number larger than the
             machine has fakes GPUs, for tests.

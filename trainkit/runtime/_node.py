@@ -327,7 +327,7 @@ class NodeService(ControlMixin):
     # Requests (kind, req_id, <reply address>, ...) and one-way messages allowed on a local
     # store connection; nothing else is dispatched from there.
     LOCAL_REQUESTS = frozenset({Msg.STORE_ALLOC, Msg.STORE_PIN})
-    LOCAL_MESSAGES = frozenset({Msg.STORE_SEAL, Msg.STORE_UNPIN})
+    LOCAL_MESSAGES = frozenset({Msg.STORE_SEAL, Msg.STORE_UNPIN, Msg.STORE_FREE})
 
     def on_local_request(self, fd: int) -> None:
         got = self.local.read(fd)

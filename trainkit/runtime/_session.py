@@ -13,6 +13,7 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +22,10 @@ from typing import Any
 from trainkit.exceptions import GetTimeoutError
 from trainkit.exceptions import RuntimeSystemError
 from trainkit.runtime import _context
+from trainkit.runtime._discovery import Embedded
+from trainkit.runtime._discovery import ancestors
+from trainkit.runtime._discovery import choose
+from trainkit.runtime._discovery import embedded_runtimes
 from trainkit.runtime._local_channel import store_socket_address
 from trainkit.runtime._protocol import Msg
 from trainkit.runtime._scheduler import make_resource_request
@@ -132,8 +137,10 @@ def start(*, num_cpus: float | None, num_gpus: float | None,
 def connect(address: str, *, namespace: str | None, log_to_driver: bool) -> None:
     """Attach this process, as a driver, to a running cluster through a node on this machine.
 
-    ``address`` is "auto" (the cluster `trainkit start` started here) or "HOST:PORT" of the
-    head. The secret comes from TRAINKIT_CLUSTER_SECRET or ~/.trainkit/cluster_secret.
+    ``address`` is "HOST:PORT" of the head, or "auto": the embedded runtime of the nearest
+    parent process that has one, else the only runtime on this machine (see
+    ``_discovery``). The secret comes from TRAINKIT_CLUSTER_SECRET or
+    ~/.trainkit/cluster_secret.
     """
     global _namespace, _cluster_driver
     from trainkit.runtime._auth import FrameAuth
@@ -143,7 +150,11 @@ def connect(address: str, *, namespace: str | None, log_to_driver: bool) -> None
     from trainkit.runtime._secret import load_secret
 
     if address == "auto":
-        address = _auto_address()
+        target = choose(embedded_runtimes(), ancestors(os.getpid()), _started_cluster())
+        if isinstance(target, Embedded):
+            _attach_embedded(target, namespace=namespace, log_to_driver=log_to_driver)
+            return
+        address = target
     host, port = parse_address(address)
     _check_listening(address, host, port)
     auth = FrameAuth(load_secret())
@@ -187,6 +198,38 @@ def connect(address: str, *, namespace: str | None, log_to_driver: bool) -> None
     _context.core = core
 
 
+def _attach_embedded(runtime: Embedded, *, namespace: str | None,
+                     log_to_driver: bool) -> None:
+    """Attach this process as a second driver to another driver's embedded runtime: its
+    node takes this process's tasks and actors, and drops them when this process ends."""
+    global _namespace, _cluster_driver
+    node_addr = endpoint(runtime.session, "node.ctl", None)
+    core = CoreWorker(session=new_session_name("driver"), node_addr=node_addr, node_id="",
+                      arena_path="", arena_capacity=1 << 20, name="driver",
+                      cluster_resources={}, control_addr=node_addr)
+    core.log_sink = _print_log if log_to_driver else None
+    core.start()
+    try:
+        try:
+            node = core.request_node(Msg.REGISTER_DRIVER, os.getpid(),
+                                     what="attaching to the node", timeout=CONNECT_TIMEOUT_S)
+        except GetTimeoutError:
+            raise ConnectionError(
+                f"init(address='auto'): the embedded runtime of driver pid "
+                f"{runtime.driver_pid} (session {runtime.session}) did not answer within "
+                f"{CONNECT_TIMEOUT_S:.0f} s; it may be stopping") from None
+        core.attach_store(node["addr"], node["node_id"], node["arena_path"],
+                          int(node["object_store_memory"]), node["store_socket"])
+        core.cluster_resources = core.request_control(
+            Msg.CLUSTER_INFO, what="cluster resources")["total"]
+    except BaseException:
+        core.close()
+        raise
+    _cluster_driver = True
+    _namespace = namespace or "default"
+    _context.core = core
+
+
 def _check_listening(address: str, host: str, port: int) -> None:
     """Fail at once, not after a long wait for an answer, when nothing listens there."""
     import socket
@@ -203,7 +246,8 @@ def _check_listening(address: str, host: str, port: int) -> None:
                               f"({e})") from None
 
 
-def _auto_address() -> str:
+def _started_cluster() -> str | None:
+    """The address of the cluster `trainkit start` started on this machine, if any."""
     from trainkit.runtime._secret import default_secret_path
 
     state = default_secret_path().parent / "cluster.json"
@@ -211,10 +255,13 @@ def _auto_address() -> str:
         with open(state) as f:
             address: str = json.load(f)["address"]
     except (OSError, ValueError, KeyError):
-        raise ConnectionError(
-            f"init(address='auto'): no cluster was started on this machine ({state} is "
-            "missing); start one with `trainkit start --head`, or pass "
-            "address='HOST:PORT'") from None
+        return None
+    from trainkit.runtime._cluster import parse_address
+
+    try:  # a file left by a cluster that stopped names no runtime
+        socket.create_connection(parse_address(address), timeout=1.0).close()
+    except (OSError, ValueError):
+        return None
     return address
 
 
