@@ -525,3 +525,12 @@ def test_requests_are_answered_by_id_and_fail_when_their_target_dies() -> None:
     tracker.abandon(c_id)
     tracker.reply(c_id, True, "too late")
     assert not c.event.is_set()
+
+
+def test_force_cancel_of_a_task_leased_to_its_own_owner_interrupts_it(parts: _Parts) -> None:
+    spec = _submit(parts, _spec())
+    (_, req), = _sent(parts.effects, Msg.REQUEST_LEASE)
+    parts.tasks.lease_granted(req[1], b"me", "ipc://my-exec", ME, ())  # this very process
+    _sent(parts.effects)
+    parts.tasks.cancel(spec.return_id, force=True)  # type: ignore[arg-type]
+    assert _sent(parts.effects) == [(ME, (Msg.CANCEL_TASK, spec.task_id))]

@@ -36,6 +36,7 @@ import traceback
 from collections import deque
 from collections.abc import Callable
 from typing import Any
+from typing import ClassVar
 
 import zmq
 
@@ -75,6 +76,34 @@ REGISTER_TIMEOUT_S = 15.0
 
 
 class NodeService(ControlMixin):
+    """One node's service: its workers, its object store, and (embedded or head) the
+    control plane."""
+
+    # What this node service is told, and the method that handles each kind (a control
+    # plane, embedded or head, adds CONTROL_HANDLERS). tests/runtime/test_wire.py holds each
+    # method's parameters to the kind's FIELDS.
+    HANDLERS: ClassVar[dict[int, str]] = {
+        Msg.REGISTER_WORKER: "on_register_worker",
+        Msg.WORKER_TAINTED: "on_worker_tainted",
+        Msg.STORE_ALLOC: "on_store_alloc",
+        Msg.STORE_SEAL: "on_store_seal",
+        Msg.STORE_PIN: "on_store_pin",
+        Msg.STORE_UNPIN: "on_store_unpin",
+        Msg.STORE_FREE: "on_store_free",
+        Msg.STORE_PULLED: "on_store_pulled",
+        Msg.SHUTDOWN: "on_shutdown",
+        Msg.PRELOAD_MODULES: "on_preload_modules",
+        Msg.REGISTER_DRIVER: "on_register_driver",
+        Msg.DRIVER_EXIT: "on_driver_exit",
+        Msg.NODE_ASSIGN: "on_node_assign",
+        Msg.NODE_RELEASE: "on_node_release",
+        Msg.NODE_KILL_WORKER: "on_node_kill_worker",
+        Msg.NODE_PROCESS_DIED: "on_node_process_died",
+        Msg.NODE_DIED: "notify_node_died",
+        Msg.NODE_TABLE: "on_node_table",
+        Msg.NODE_HEARTBEAT_ACK: "on_heartbeat_ack",
+    }
+
     def __init__(self, cfg: dict[str, Any], secret: bytes | None = None) -> None:
         self.cfg = cfg
         self.role: str = cfg.get("role", "embedded")
@@ -156,28 +185,10 @@ class NodeService(ControlMixin):
         self.last_ack = time.monotonic()
         self.next_tick = 0.0
         self.handlers: dict[int, Callable[..., None]] = {
-            Msg.REGISTER_WORKER: self.on_register_worker,
-            Msg.WORKER_TAINTED: self.on_worker_tainted,
-            Msg.STORE_ALLOC: self.on_store_alloc,
-            Msg.STORE_SEAL: self.on_store_seal,
-            Msg.STORE_PIN: self.on_store_pin,
-            Msg.STORE_UNPIN: self.on_store_unpin,
-            Msg.STORE_FREE: self.on_store_free,
-            Msg.STORE_PULLED: self.on_store_pulled,
-            Msg.SHUTDOWN: self.on_shutdown,
-            Msg.PRELOAD_MODULES: self.on_preload_modules,
-            Msg.REGISTER_DRIVER: self.on_register_driver,
-            Msg.DRIVER_EXIT: self.on_driver_exit,
-            Msg.NODE_ASSIGN: self.on_node_assign,
-            Msg.NODE_RELEASE: self.on_node_release,
-            Msg.NODE_KILL_WORKER: self.on_node_kill_worker,
-            Msg.NODE_PROCESS_DIED: self.on_node_process_died,
-            Msg.NODE_DIED: self.notify_node_died,
-            Msg.NODE_TABLE: self.on_node_table,
-            Msg.NODE_HEARTBEAT_ACK: self.on_heartbeat_ack,
-        }
+            kind: getattr(self, name) for kind, name in self.HANDLERS.items()}
         if self.is_control:
-            self.handlers.update(self.control_handlers())
+            self.handlers.update(
+                (kind, getattr(self, name)) for kind, name in self.CONTROL_HANDLERS.items())
         if self.role == "head":
             self.cluster_nodes[self.node_id] = _NodeRecord(self.info, time.monotonic())
             self.peers[self.node_id] = self.info

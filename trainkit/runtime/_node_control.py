@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from dataclasses import field
 from typing import Any
+from typing import ClassVar
 
 from trainkit.exceptions import InfeasibleError
 from trainkit.runtime._protocol import ActorStatus
@@ -119,33 +120,33 @@ class ControlMixin:
     def node_table(self) -> dict[str, Any]:
         raise NotImplementedError
 
-    def control_handlers(self) -> dict[int, Any]:
-        return {
-            Msg.REQUEST_LEASE: self.on_request_lease,
-            Msg.RETURN_LEASE: self.on_return_lease,
-            Msg.CREATE_ACTOR: self.on_create_actor,
-            Msg.SUBSCRIBE_ACTOR: self.on_subscribe_actor,
-            Msg.GET_NAMED_ACTOR: self.on_get_named_actor,
-            Msg.KILL_ACTOR: self.on_kill_actor,
-            Msg.ACTOR_READY: self.on_actor_ready,
-            Msg.ACTOR_INIT_FAILED: self.on_actor_init_failed,
-            Msg.ACTOR_EXITING: self.on_actor_exiting,
-            Msg.WORKER_BLOCKED: self.on_worker_blocked,
-            Msg.WORKER_UNBLOCKED: self.on_worker_unblocked,
-            Msg.KILL_WORKER: self.on_kill_worker,
-            Msg.CREATE_PG: self.on_create_pg,
-            Msg.REMOVE_PG: self.on_remove_pg,
-            Msg.WAIT_PG: self.on_wait_pg,
-            Msg.CLUSTER_INFO: self.on_cluster_info,
-            Msg.REGISTER_NODE: self.on_register_node,
-            Msg.NODE_HEARTBEAT: self.on_node_heartbeat,
-            Msg.NODE_ASSIGNED: self.on_node_assigned,
-            Msg.NODE_WORKER_EXIT: self.on_node_worker_exit,
-            Msg.NODE_LEASE_FAILED: self.on_node_lease_failed,
-            Msg.CLUSTER_NODES: self.on_cluster_nodes,
-            Msg.LIST_NAMED_ACTORS: self.on_list_named_actors,
-            Msg.PG_TABLE: self.on_pg_table,
-        }
+    # What the control plane is told, and the method that handles each kind.
+    CONTROL_HANDLERS: ClassVar[dict[int, str]] = {
+        Msg.REQUEST_LEASE: "on_request_lease",
+        Msg.RETURN_LEASE: "on_return_lease",
+        Msg.CREATE_ACTOR: "on_create_actor",
+        Msg.SUBSCRIBE_ACTOR: "on_subscribe_actor",
+        Msg.GET_NAMED_ACTOR: "on_get_named_actor",
+        Msg.KILL_ACTOR: "on_kill_actor",
+        Msg.ACTOR_READY: "on_actor_ready",
+        Msg.ACTOR_INIT_FAILED: "on_actor_init_failed",
+        Msg.ACTOR_EXITING: "on_actor_exiting",
+        Msg.WORKER_BLOCKED: "on_worker_blocked",
+        Msg.WORKER_UNBLOCKED: "on_worker_unblocked",
+        Msg.KILL_WORKER: "on_kill_worker",
+        Msg.CREATE_PG: "on_create_pg",
+        Msg.REMOVE_PG: "on_remove_pg",
+        Msg.WAIT_PG: "on_wait_pg",
+        Msg.CLUSTER_INFO: "on_cluster_info",
+        Msg.REGISTER_NODE: "on_register_node",
+        Msg.NODE_HEARTBEAT: "on_node_heartbeat",
+        Msg.NODE_ASSIGNED: "on_node_assigned",
+        Msg.NODE_WORKER_EXIT: "on_node_worker_exit",
+        Msg.NODE_LEASE_FAILED: "on_node_lease_failed",
+        Msg.CLUSTER_NODES: "on_cluster_nodes",
+        Msg.LIST_NAMED_ACTORS: "on_list_named_actors",
+        Msg.PG_TABLE: "on_pg_table",
+    }
 
     # ------------------------------------------------------------------ workers
     def find_worker(self, worker_id: bytes) -> _WorkerProc | None:

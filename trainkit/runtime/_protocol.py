@@ -1,9 +1,23 @@
-"""Message kinds exchanged between trainkit processes, and small shared helpers.
+"""The wire: message kinds exchanged between trainkit processes, their fields, and ids.
 
-Every message is one pickled tuple ``(kind, *fields)``. Requests that expect an answer
-carry a request id and the sender's control address; the answer is ``(REPLY, req_id,
-ok, payload)``. Processes: the driver and workers ("core workers") and one node service
-per node.
+Every message is one pickled tuple ``(kind, *fields)``: plain ints and tuples, because they
+are the cheapest thing to pickle (an enum member or a class instance per message would cost
+microseconds on every call). ``FIELDS`` names each kind's fields, as its handler names its
+parameters (``tests/runtime/test_wire.py`` holds every handler to it, and with
+``TRAINKIT_WIRE_CHECK=1``, as the test suite sets, every message sent is checked against it).
+A request carries ``req_id`` and ``reply_to`` first; its answer is ``(REPLY, req_id, ok,
+payload)``.
+
+The flow, for a task and an actor call (driver D, node service N, workers W1, W2)::
+
+    D --REQUEST_LEASE--> N --(fork W1)--> N --LEASE_GRANTED--> D
+    D --EXEC_TASK--> W1 --TASK_DONE--> D ... D --RETURN_LEASE--> N
+    D --CREATE_ACTOR--> N --BECOME_ACTOR--> W2 --ACTOR_READY--> N --ACTOR_STATE--> D
+    D --ACTOR_CALL--> W2 --TASK_DONE--> D
+    borrowers:  B --BORROW/RELEASE--> owner;  B --GET_OBJECT--> owner --OBJECT_VALUE--> B
+    the store (on the node's unix socket): STORE_ALLOC/PIN (requests), SEAL/UNPIN/FREE
+    cluster mode: nodes --REGISTER_NODE/NODE_HEARTBEAT--> head (the control plane), which
+    sends NODE_ASSIGN for leases on their workers and NODE_TABLE/NODE_DIED to everyone
 """
 
 from __future__ import annotations
@@ -11,6 +25,9 @@ from __future__ import annotations
 import enum
 import itertools
 import os
+from typing import Any
+
+from trainkit.exceptions import TrainkitInternalError
 
 
 class Msg:
@@ -23,7 +40,6 @@ class Msg:
     REGISTER_WORKER = 10
     REQUEST_LEASE = 11
     RETURN_LEASE = 12
-    CANCEL_LEASE = 13
     CREATE_ACTOR = 14
     SUBSCRIBE_ACTOR = 15
     GET_NAMED_ACTOR = 16
@@ -90,6 +106,102 @@ class Msg:
     # core worker -> control plane (Ray Core parity)
     LIST_NAMED_ACTORS = 85
     PG_TABLE = 86
+
+
+_R = ("req_id", "reply_to")  # the head of every request
+
+# The fields of each kind after the kind itself, as its handler names them; a trailing
+# "name?" may be left out. (EXIT has none: it only wakes the loop that reads it.)
+FIELDS: dict[int, tuple[str, ...]] = {
+    Msg.REPLY: ("req_id", "ok", "payload"),
+    Msg.REGISTER_WORKER: ("worker_id", "pid", "exec_addr", "ctl_addr", "staying?"),
+    Msg.REQUEST_LEASE: ("lease_id", "owner", "resources", "placement"),
+    Msg.RETURN_LEASE: ("lease_id",),
+    Msg.CREATE_ACTOR: (*_R, "actor_id", "name", "registered_name", "spec", "resources",
+                       "placement", "max_restarts", "meta"),
+    Msg.SUBSCRIBE_ACTOR: ("actor_id", "addr"),
+    Msg.GET_NAMED_ACTOR: (*_R, "name", "namespace"),
+    Msg.KILL_ACTOR: ("actor_id", "no_restart"),
+    Msg.CREATE_PG: (*_R, "pg_id", "bundles", "strategy", "name"),
+    Msg.REMOVE_PG: (*_R, "pg_id"),
+    Msg.WAIT_PG: (*_R, "pg_id"),
+    Msg.STORE_ALLOC: (*_R, "oid", "size", "owner", "files_ok?"),
+    Msg.STORE_SEAL: ("oid",),
+    Msg.STORE_PIN: (*_R, "oid", "node_id?", "size?"),
+    Msg.STORE_UNPIN: ("oid",),
+    Msg.STORE_FREE: ("oids", "node_id?"),
+    Msg.CLUSTER_INFO: _R,
+    Msg.KILL_WORKER: ("worker_id",),
+    Msg.SHUTDOWN: _R,
+    Msg.REGISTER_DRIVER: (*_R, "pid"),
+    Msg.ACTOR_READY: ("actor_id", "worker_id"),
+    Msg.ACTOR_INIT_FAILED: ("actor_id", "error"),
+    Msg.ACTOR_EXITING: (*_R, "actor_id", "cause"),
+    Msg.WORKER_TAINTED: ("worker_id",),
+    Msg.WORKER_BLOCKED: ("worker_id",),
+    Msg.WORKER_UNBLOCKED: ("worker_id",),
+    Msg.PRELOAD_MODULES: ("modules",),
+    Msg.NODE_READY: ("addr", "arena_path"),
+    Msg.LEASE_GRANTED: ("lease_id", "worker_id", "exec_addr", "ctl_addr", "gpu_ids"),
+    Msg.LEASE_FAILED: ("lease_id", "error"),
+    Msg.WORKER_DIED: ("lease_id", "cause"),
+    Msg.ACTOR_STATE: ("actor_id", "status", "exec_addr", "cause"),
+    Msg.PROCESS_DIED: ("addr", "cause"),
+    Msg.LOG: ("stream", "text"),
+    Msg.GET_OBJECT: ("oid", "reply_to"),
+    Msg.BORROW: ("oid", "addr"),
+    Msg.RELEASE: ("oid", "addr"),
+    Msg.RELEASE_CONTAINED: ("oid",),
+    Msg.TASK_DONE: ("task_id", "return_id", "value", "holder"),
+    Msg.CANCEL_TASK: ("task_id",),
+    Msg.OBJECT_VALUE: ("oid", "value"),
+    Msg.CANCEL_REF: ("oid", "force"),
+    Msg.EXEC_TASK: ("task_id", "name", "fn_id", "blob", "payload", "descs", "return_id",
+                    "owner", "gpu_ids", "attempt", "key?"),
+    Msg.BECOME_ACTOR: ("actor_id", "name", "blob", "payload", "descs", "gpu_ids", "run_opts"),
+    Msg.ACTOR_CALL: ("task_id", "method", "payload", "descs", "return_id", "caller"),
+    Msg.ACTOR_EXIT: (),
+    Msg.EXIT: (),
+    Msg.RETIRE: (),
+    Msg.REGISTER_NODE: (*_R, "info"),
+    Msg.NODE_HEARTBEAT: ("node_id", "stats"),
+    Msg.NODE_HEARTBEAT_ACK: (),
+    Msg.NODE_ASSIGN: ("lease_id", "owner", "actor_id", "actor_spec", "gpu_ids"),
+    Msg.NODE_ASSIGNED: ("node_id", "lease_id", "worker_id", "exec_addr", "ctl_addr"),
+    Msg.NODE_RELEASE: ("worker_id",),
+    Msg.NODE_KILL_WORKER: ("worker_id", "reason"),
+    Msg.NODE_WORKER_EXIT: ("node_id", "worker_id", "ctl_addr", "cause"),
+    Msg.NODE_PROCESS_DIED: ("addr", "cause"),
+    Msg.NODE_TABLE: ("table",),
+    Msg.STORE_PULLED: ("oid", "error"),
+    Msg.CLUSTER_NODES: _R,
+    Msg.DRIVER_EXIT: ("addr",),
+    Msg.NODE_LEASE_FAILED: ("lease_id", "error"),
+    Msg.NODE_DIED: ("node_id", "cause"),
+    Msg.LIST_NAMED_ACTORS: (*_R, "namespace"),
+    Msg.PG_TABLE: (*_R, "pg_id"),
+}
+
+# Set from the environment once: every message sent is checked against FIELDS (tests).
+CHECK_WIRE = os.environ.get("TRAINKIT_WIRE_CHECK") == "1"
+
+
+def arity(kind: int) -> tuple[int, int]:
+    """The fewest and most fields a message of ``kind`` has."""
+    names = FIELDS[kind]
+    return sum(1 for n in names if not n.endswith("?")), len(names)
+
+
+def check(msg: tuple[Any, ...]) -> None:
+    """A message that does not fit its kind's ``FIELDS`` is a bug in its sender."""
+    kind = msg[0] if msg else None
+    if not isinstance(kind, int) or kind not in FIELDS:
+        raise TrainkitInternalError(f"a message of unknown kind {kind!r} was sent: {msg!r:.200}")
+    low, high = arity(kind)
+    if not low <= len(msg) - 1 <= high:
+        raise TrainkitInternalError(
+            f"a {msg_name(kind)} message has {len(msg) - 1} fields, not {low}-{high} "
+            f"({', '.join(FIELDS[kind])}): {msg!r:.200}")
 
 
 def msg_name(kind: int) -> str:

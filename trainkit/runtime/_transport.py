@@ -34,6 +34,8 @@ import zmq
 from trainkit.runtime._auth import FRAME_OVERHEAD_BYTES
 from trainkit.runtime._auth import AuthError
 from trainkit.runtime._auth import FrameAuth
+from trainkit.runtime._protocol import CHECK_WIRE
+from trainkit.runtime._protocol import check
 
 # A tcp peer that has not completed the ZMTP handshake by then is disconnected (libzmq's
 # default is 30 s). Loopback and LAN handshakes take milliseconds, done by zmq's I/O thread.
@@ -173,6 +175,8 @@ class Outbox:
         self._peer(address)
 
     def send(self, address: str, msg: tuple[Any, ...]) -> None:
+        if CHECK_WIRE:
+            check(msg)
         data = pickle.dumps(msg, protocol=5)
         sock, lock, port = self._peer(address)
         auth = self._auth

@@ -20,6 +20,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from typing import ClassVar
 
 from trainkit.exceptions import ActorDiedError
 from trainkit.runtime import _context
@@ -87,6 +88,20 @@ class _PrefixedStream(io.TextIOBase):
 
 
 class Worker:
+    """A worker process's executor: tasks, or the one actor it hosts."""
+
+    # What its execution inbox is told, and the method for each kind (EXIT ends the loop);
+    # CORE_HANDLERS are added to its core worker's inbox. tests/runtime/test_wire.py holds
+    # each method's parameters to the kind's FIELDS.
+    HANDLERS: ClassVar[dict[int, str]] = {
+        Msg.EXEC_TASK: "exec_task",
+        Msg.BECOME_ACTOR: "become_actor",
+        Msg.ACTOR_CALL: "actor_call",
+        Msg.ACTOR_EXIT: "actor_exit",
+        Msg.RETIRE: "retire",
+    }
+    CORE_HANDLERS: ClassVar[dict[int, str]] = {Msg.CANCEL_TASK: "_on_cancel"}
+
     def __init__(self, core: CoreWorker, worker_id: bytes, exec_inbox: Inbox) -> None:
         self.core = core
         self.worker_id = worker_id
@@ -100,17 +115,13 @@ class Worker:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.sem: asyncio.Semaphore | None = None
         self.exiting = False  # exit_actor() was called: leave after answering this call
-        core.extra_handlers[Msg.CANCEL_TASK] = self._on_cancel
+        for kind, name in self.CORE_HANDLERS.items():
+            core.extra_handlers[kind] = getattr(self, name)
 
     # -------------------------------------------------------------- main loop
     def run(self) -> None:
         handlers: dict[int, Callable[..., None]] = {
-            Msg.EXEC_TASK: self.exec_task,
-            Msg.BECOME_ACTOR: self.become_actor,
-            Msg.ACTOR_CALL: self.actor_call,
-            Msg.ACTOR_EXIT: self.actor_exit,
-            Msg.RETIRE: self.retire,
-        }
+            kind: getattr(self, name) for kind, name in self.HANDLERS.items()}
         while True:
             try:
                 msg = self.inbox.recv()

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from collections.abc import Sequence
 from typing import Any
+from typing import ClassVar
 
 import zmq
 
@@ -111,6 +112,27 @@ class _Guarded:
 class CoreWorker:
     """Runtime state of one process (driver or worker)."""
 
+    # Every message a process can be told: the part that handles it ("" for the shell), its
+    # method, and whether it runs under ``guarded``. tests/runtime/test_wire.py holds each
+    # method's parameters to the kind's FIELDS.
+    HANDLERS: ClassVar[dict[int, tuple[str, str, bool]]] = {
+        Msg.REPLY: ("requests", "reply", False),
+        Msg.TASK_DONE: ("", "_task_done", True),
+        Msg.LEASE_GRANTED: ("tasks", "lease_granted", True),
+        Msg.LEASE_FAILED: ("tasks", "lease_failed", True),
+        Msg.WORKER_DIED: ("tasks", "worker_died", True),
+        Msg.CANCEL_REF: ("tasks", "cancel", True),
+        Msg.ACTOR_STATE: ("calls", "actor_state", True),
+        Msg.GET_OBJECT: ("table", "value_requested", True),
+        Msg.OBJECT_VALUE: ("table", "value_arrived", True),
+        Msg.BORROW: ("table", "borrowed_by", True),
+        Msg.RELEASE: ("table", "released_by", True),
+        Msg.RELEASE_CONTAINED: ("table", "caller_released", True),
+        Msg.NODE_DIED: ("table", "node_died", True),
+        Msg.PROCESS_DIED: ("", "_process_died", False),
+        Msg.LOG: ("", "_log", False),
+    }
+
     def __init__(
         self,
         *,
@@ -162,26 +184,10 @@ class CoreWorker:
         self._blocked_depth = 0
         self._closed = False
         self._io = threading.Thread(target=self._io_loop, name="trainkit-io", daemon=True)
-        locked = self._locked
-        table, tasks, calls = self.table, self.tasks, self.calls
-        # Every message a process can be told, and the part that handles it.
-        self._handlers: dict[int, Callable[..., None]] = {
-            Msg.REPLY: self.requests.reply,
-            Msg.TASK_DONE: locked(self._task_done),
-            Msg.LEASE_GRANTED: locked(tasks.lease_granted),
-            Msg.LEASE_FAILED: locked(tasks.lease_failed),
-            Msg.WORKER_DIED: locked(tasks.worker_died),
-            Msg.CANCEL_REF: locked(tasks.cancel),
-            Msg.ACTOR_STATE: locked(calls.actor_state),
-            Msg.GET_OBJECT: locked(table.value_requested),
-            Msg.OBJECT_VALUE: locked(table.value_arrived),
-            Msg.BORROW: locked(table.borrowed_by),
-            Msg.RELEASE: locked(table.released_by),
-            Msg.RELEASE_CONTAINED: locked(table.caller_released),
-            Msg.NODE_DIED: locked(table.node_died),
-            Msg.PROCESS_DIED: self._process_died,
-            Msg.LOG: self._log,
-        }
+        self._handlers: dict[int, Callable[..., None]] = {}
+        for kind, (part, method, guarded) in self.HANDLERS.items():
+            fn = getattr(getattr(self, part) if part else self, method)
+            self._handlers[kind] = self._locked(fn) if guarded else fn
         # Kinds only some processes get (a worker's CANCEL_TASK, a driver's NODE_READY).
         self.extra_handlers: dict[int, Callable[..., None]] = {}
 

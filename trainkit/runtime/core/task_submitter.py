@@ -271,7 +271,8 @@ class TaskSubmitter:
 
     def cancel(self, oid: bytes, force: bool) -> None:
         """Queued: it fails at once. Running: interrupted (KeyboardInterrupt in the task)
-        or, with ``force``, its worker is killed; it does not retry."""
+        or, with ``force``, its worker is killed (unless that is this process); it does not
+        retry."""
         for q in self.queues.values():
             for spec in q.pending:
                 if oid in return_ids(spec.return_id):
@@ -283,7 +284,9 @@ class TaskSubmitter:
             running = lease.task
             if running is not None and oid in return_ids(running.return_id):
                 running.cancelled = True
-                if force:
+                # A worker may be leased the tasks it submitted itself: it cannot kill
+                # itself (its refs would be lost), so it interrupts them.
+                if force and lease.ctl_addr != self.self_addr:
                     self.effects.send(self.control_addr, (Msg.KILL_WORKER, lease.worker_id))
                 else:
                     self.effects.send(lease.ctl_addr, (Msg.CANCEL_TASK, task_id))
