@@ -42,7 +42,6 @@ from trainkit._atomic import write_atomic
 from trainkit.exceptions import GetTimeoutError
 from trainkit.exceptions import RuntimeSystemError
 from trainkit.runtime._cluster import DEFAULT_PORT
-from trainkit.runtime._cluster import cleanup_node_files
 from trainkit.runtime._cluster import parse_address
 from trainkit.runtime._cluster import route_ip
 from trainkit.runtime._cluster import start_node_process
@@ -357,13 +356,6 @@ def _live_processes(state: dict[str, Any] | None) -> list[dict[str, Any]]:
     return [p for p in (state or {}).get("processes", []) if _is_running(p)]
 
 
-def _drop_stale(state: dict[str, Any] | None) -> None:
-    """Clean up after recorded processes that are gone (killed, or the machine rebooted)."""
-    for proc in (state or {}).get("processes", []):
-        if not _is_running(proc):
-            cleanup_node_files(str(proc.get("session_dir", "")), str(proc.get("arena_path", "")))
-
-
 def _record(info: dict[str, Any], role: str, log: Path) -> dict[str, Any]:
     return {"pid": info["pid"], "role": role, "node_id": info["node_id"],
             "session_dir": info["session_dir"], "arena_path": info["arena_path"],
@@ -380,9 +372,9 @@ def _describe_resources(resources: dict[str, float]) -> str:
 def _default_gpus(num_gpus: int | None) -> int:
     if num_gpus is not None:
         return num_gpus
-    from trainkit.runtime._session import _detect_gpus
+    from trainkit.runtime._machine import detect_gpus
 
-    return len(_detect_gpus())
+    return len(detect_gpus())
 
 
 def _start_head(args: argparse.Namespace) -> int:
@@ -407,7 +399,6 @@ def _start_head(args: argparse.Namespace) -> int:
         info = _start_service("head", log, host=host, port=port, secret=secret,
                               num_cpus=args.num_cpus, num_gpus=_default_gpus(args.num_gpus),
                               resources=args.resources)
-        _drop_stale(state)
         _write_state({"address": address, "processes": [_record(info, "head", log)]})
     lines = [f"Started the trainkit head at {address} (node {info['node_id'][:8]}, "
              f"{_describe_resources(info['resources'])}; pid {info['pid']})."]
@@ -461,7 +452,6 @@ def _start_node(args: argparse.Namespace) -> int:
     with _state_lock():
         state = _read_state()
         if state is None or not _live_processes(state):
-            _drop_stale(state)
             state = {"address": address, "processes": []}
         state["processes"].append(_record(info, "node", log))
         _write_state(state)
@@ -647,8 +637,6 @@ def _stop(args: argparse.Namespace) -> int:
                 child = _started.pop(proc.get("pid", 0), None)
                 if child is not None:
                     child.poll()  # reaps it (it has exited)
-                cleanup_node_files(str(proc.get("session_dir", "")),
-                                   str(proc.get("arena_path", "")))
         if survivors:
             state["processes"] = survivors
             _write_state(state)

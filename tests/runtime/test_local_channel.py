@@ -93,8 +93,8 @@ def test_requests_are_answered_on_the_calling_thread(node_factory):
     node = node_factory(_echo)
     channel = LocalChannel(node.server.path)
     try:
-        assert channel.request(Msg.STORE_ALLOC, 7, (b"id", 4096), timeout=5) == \
-            (True, (b"id", 4096))
+        assert channel.request(Msg.STORE_ALLOC, 7, (b"id", 4096, "me"), timeout=5) == \
+            (True, (b"id", 4096, "me"))
         channel.send((Msg.STORE_SEAL, b"id"))
         # one connection per thread: another thread gets its own reply address
         other: list[Any] = []
@@ -129,9 +129,9 @@ def test_a_timed_out_request_drops_its_connection_and_stale_replies_are_skipped(
     channel = LocalChannel(node.server.path)
     try:
         t = time.monotonic()
-        assert channel.request(Msg.STORE_PIN, 1, (), timeout=0.3) is None
+        assert channel.request(Msg.STORE_PIN, 1, (b"oid",), timeout=0.3) is None
         assert 0.25 < time.monotonic() - t < 3
-        assert channel.request(Msg.STORE_PIN, 2, (), timeout=5) == (True, "fresh")
+        assert channel.request(Msg.STORE_PIN, 2, (b"oid",), timeout=5) == (True, "fresh")
         deadline = time.monotonic() + 5
         while not node.closed and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -147,9 +147,9 @@ def test_a_node_that_goes_away_fails_the_waiting_request(node_factory):
     threading.Timer(0.3, node.close).start()
     try:
         with pytest.raises(OSError):
-            channel.request(Msg.STORE_PIN, 1, (), timeout=30)
+            channel.request(Msg.STORE_PIN, 1, (b"oid",), timeout=30)
         with pytest.raises(OSError):  # and the next one cannot connect
-            channel.request(Msg.STORE_PIN, 2, (), timeout=30)
+            channel.request(Msg.STORE_PIN, 2, (b"oid",), timeout=30)
     finally:
         node.thread.join(5)
         channel.close()

@@ -64,10 +64,10 @@ def parse_address(address: str) -> tuple[str, int]:
 
 def node_resources(num_cpus: float | None, num_gpus: int | None,
                    resources: dict[str, float] | None) -> tuple[dict[str, float], list[int]]:
-    from trainkit.runtime._session import _detect_gpus
+    from trainkit.runtime._machine import detect_gpus
 
     cpus = float(num_cpus if num_cpus is not None else (os.cpu_count() or 1))
-    detected = _detect_gpus()  # the devices CUDA_VISIBLE_DEVICES allows, by their real ids
+    detected = detect_gpus()  # the devices CUDA_VISIBLE_DEVICES allows, by their real ids
     gpus = len(detected) if num_gpus is None else int(num_gpus)
     gpu_ids = detected[:gpus] if len(detected) >= gpus else list(range(gpus))  # fakes
     total_mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -94,8 +94,8 @@ def start_node_process(*, role: str, host: str, secret: bytes, port: int = 0,
     ``command_prefix`` runs it through another command (e.g. ``ip netns exec NS``);
     ``head_timeout_s``: how long a node waits for a silent head before it stops.
     """
-    from trainkit.runtime._session import default_store_bytes
-    from trainkit.runtime._session import new_session_name
+    from trainkit.runtime._machine import default_store_bytes
+    from trainkit.runtime._machine import new_session_name
 
     res, gpu_ids = node_resources(num_cpus, num_gpus, resources)
     store_bytes = int(object_store_memory) if object_store_memory else default_store_bytes()
@@ -170,9 +170,3 @@ def _read_report(fd: int, deadline: float) -> dict[str, Any] | None:
     except ValueError:
         return None
     return report
-
-
-def cleanup_node_files(session_dir: str, arena_path: str) -> None:
-    """Nothing to do: a node names no file (abstract sockets, a memfd arena, unnamed spill
-    files; see ``_node``), so even a killed one leaves nothing. Kept for its callers."""
-    del session_dir, arena_path

@@ -8,11 +8,8 @@ unnamed. Nothing is written to /tmp or /dev/shm, so nothing can be left there.
 from __future__ import annotations
 
 import atexit
-import glob
 import json
 import os
-import secrets
-import shutil
 import socket
 import subprocess
 import sys
@@ -27,6 +24,9 @@ from trainkit.runtime._discovery import ancestors
 from trainkit.runtime._discovery import choose
 from trainkit.runtime._discovery import embedded_runtimes
 from trainkit.runtime._local_channel import store_socket_address
+from trainkit.runtime._machine import default_store_bytes
+from trainkit.runtime._machine import detect_gpus
+from trainkit.runtime._machine import new_session_name
 from trainkit.runtime._protocol import Msg
 from trainkit.runtime._scheduler import make_resource_request
 from trainkit.runtime._transport import endpoint
@@ -42,24 +42,6 @@ _namespace = "default"
 
 def namespace() -> str:
     return _namespace
-
-
-def _detect_gpus() -> list[int]:
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return [int(x) for x in visible.split(",") if x.strip().isdigit()]
-    return list(range(len(glob.glob("/proc/driver/nvidia/gpus/*"))))
-
-
-def default_store_bytes() -> int:
-    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    want = int(total * 0.3)
-    try:
-        shm_free = shutil.disk_usage("/dev/shm").free
-        want = min(want, int(shm_free * 0.9))
-    except OSError:
-        pass
-    return want
 
 
 def _check_number(name: str, value: Any) -> None:
@@ -78,7 +60,7 @@ def start(*, num_cpus: float | None, num_gpus: float | None,
         _check_number(name, value)
     if num_gpus is not None and int(num_gpus) != num_gpus:
         raise ValueError(f"init(num_gpus={num_gpus!r}): must be a whole number of GPUs")
-    gpu_ids = _detect_gpus() if num_gpus is None else list(range(int(num_gpus)))
+    gpu_ids = detect_gpus() if num_gpus is None else list(range(int(num_gpus)))
     cpus = float(num_cpus if num_cpus is not None else (os.cpu_count() or 1))
     total_mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     node_resources = make_resource_request(
@@ -272,12 +254,6 @@ def _print_log(stream: str, text: str) -> None:
         out.flush()
     except Exception:
         pass
-
-
-def new_session_name(role: str) -> str:
-    """``trainkit-<pid>-[<role>-]<random>``: unique on this machine, names no file."""
-    middle = f"{role}-" if role else ""
-    return f"trainkit-{os.getpid()}-{middle}{secrets.token_hex(4)}"
 
 
 def stop() -> None:

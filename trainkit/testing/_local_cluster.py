@@ -84,23 +84,17 @@ class LocalCluster:
 
     def remove_node(self, node_id: str) -> None:
         """Kill a node's service with SIGKILL, as a machine failure would; its workers exit."""
-        from trainkit.runtime._cluster import cleanup_node_files
-
         if node_id == self.head_node_id:
             raise ValueError("remove_node() takes a non-head node; use kill_head() for the head")
-        proc, info = self._procs.pop(node_id)
+        proc, _ = self._procs.pop(node_id)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        cleanup_node_files(info["session_dir"], info["arena_path"])
 
     def kill_head(self) -> None:
         """SIGKILL the head's service (every node then stops within a bounded time)."""
-        from trainkit.runtime._cluster import cleanup_node_files
-
-        proc, info = self._procs.pop(self.head_node_id)
+        proc, _ = self._procs.pop(self.head_node_id)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        cleanup_node_files(info["session_dir"], info["arena_path"])
 
     def log_path(self, node_id: str) -> Path:
         """The file a node's output goes to (only with ``log_dir``)."""
@@ -146,20 +140,17 @@ class LocalCluster:
 
     def shutdown(self) -> None:
         """Disconnect the driver and stop every node and the head."""
-        from trainkit.runtime._cluster import cleanup_node_files
-
         self.disconnect()
         procs = list(self._procs.values())
         self._procs.clear()
         for proc, _ in procs:
             proc.terminate()
-        for proc, info in procs:
+        for proc, _ in procs:
             try:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-            cleanup_node_files(info["session_dir"], info["arena_path"])
 
     def __enter__(self) -> LocalCluster:
         return self
