@@ -41,18 +41,18 @@ from typing import Any
 from trainkit._atomic import write_atomic
 from trainkit.exceptions import GetTimeoutError
 from trainkit.exceptions import RuntimeSystemError
-from trainkit.runtime._cluster import DEFAULT_PORT
-from trainkit.runtime._cluster import parse_address
-from trainkit.runtime._cluster import route_ip
-from trainkit.runtime._cluster import start_node_process
-from trainkit.runtime._secret import SECRET_ENV
-from trainkit.runtime._secret import ClusterSecretError
-from trainkit.runtime._secret import default_secret_path
-from trainkit.runtime._secret import load_secret
+from trainkit.runtime.cluster.nodes import DEFAULT_PORT
+from trainkit.runtime.cluster.nodes import parse_address
+from trainkit.runtime.cluster.nodes import route_ip
+from trainkit.runtime.cluster.nodes import start_node_process
+from trainkit.runtime.wire.secret import SECRET_ENV
+from trainkit.runtime.wire.secret import ClusterSecretError
+from trainkit.runtime.wire.secret import default_secret_path
+from trainkit.runtime.wire.secret import load_secret
 
 HEAD_QUERY_TIMEOUT_S = 5.0
 STOP_TIMEOUT_S = 10.0
-_NODE_MODULE = "trainkit.runtime._node"
+_NODE_MODULE = "trainkit.runtime.node.node_service"
 _BUILTIN_RESOURCES = {"cpu": "--num-cpus", "gpu": "--num-gpus", "memory": None}
 # The last line of a Python traceback: "pkg.mod.SomeError: message".
 _EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?[A-Za-z_]\w*(?:Error|Exception): (.+)$")
@@ -372,7 +372,7 @@ def _describe_resources(resources: dict[str, float]) -> str:
 def _default_gpus(num_gpus: int | None) -> int:
     if num_gpus is not None:
         return num_gpus
-    from trainkit.runtime._machine import detect_gpus
+    from trainkit.runtime.node.machine import detect_gpus
 
     return len(detect_gpus())
 
@@ -476,9 +476,9 @@ def _start(args: argparse.Namespace) -> int:
 def _query_head(address: str, secret: bytes,
                 secret_file: str | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The head's CLUSTER_INFO and CLUSTER_NODES answers, asked as a short-lived client."""
-    from trainkit.runtime._auth import FrameAuth
-    from trainkit.runtime._protocol import Msg
     from trainkit.runtime.core.core_worker import CoreWorker
+    from trainkit.runtime.wire.auth import FrameAuth
+    from trainkit.runtime.wire.protocol import Msg
 
     host, port = parse_address(address)
     try:

@@ -7,12 +7,12 @@ from typing import Any
 import pytest
 
 from trainkit.exceptions import InvalidTransitionError
-from trainkit.runtime._protocol import ActorStatus
-from trainkit.runtime._protocol import Msg
-from trainkit.runtime._protocol import new_id
 from trainkit.runtime.node.actor_table import TRANSITIONS
 from trainkit.runtime.node.actor_table import ActorRecord
 from trainkit.runtime.node.actor_table import ActorTable
+from trainkit.runtime.wire.protocol import ActorStatus
+from trainkit.runtime.wire.protocol import Msg
+from trainkit.runtime.wire.protocol import new_id
 
 OWNER = "ipc://owner"
 

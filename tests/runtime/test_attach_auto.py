@@ -12,10 +12,10 @@ import textwrap
 import pytest
 
 import trainkit as tk
-from trainkit.runtime._discovery import Embedded
-from trainkit.runtime._discovery import ancestors
-from trainkit.runtime._discovery import choose
-from trainkit.runtime._discovery import embedded_runtimes
+from trainkit.runtime.cluster.discovery import Embedded
+from trainkit.runtime.cluster.discovery import ancestors
+from trainkit.runtime.cluster.discovery import choose
+from trainkit.runtime.cluster.discovery import embedded_runtimes
 
 # ---------------------------------------------------------------------- choosing (pure)
 

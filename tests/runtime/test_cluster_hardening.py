@@ -21,9 +21,9 @@ import zmq
 
 import trainkit as tk
 from trainkit import cli
-from trainkit.runtime._auth import FrameAuth
-from trainkit.runtime._protocol import Msg
-from trainkit.runtime._secret import SECRET_ENV
+from trainkit.runtime.wire.auth import FrameAuth
+from trainkit.runtime.wire.protocol import Msg
+from trainkit.runtime.wire.secret import SECRET_ENV
 from trainkit.testing import LocalCluster
 
 pytestmark = pytest.mark.leaking("processes")  # idle pool workers; the fixture checks the end
@@ -117,7 +117,7 @@ def _closed_by_peer(s: socket.socket) -> bool:
 
 def test_unauthenticated_peers_are_pushed_out_and_timed_out_never_authenticated_ones(
         cluster: LocalCluster) -> None:
-    from trainkit.runtime import _transfer
+    from trainkit.runtime.store import transfer as _transfer
 
     head = next(n for n in _nodes() if n["is_head"])
     port = int(head["transfer_addr"].rsplit(":", 1)[1])
@@ -223,7 +223,7 @@ def test_payloads_that_are_not_messages_leave_every_port_serving(
 
 def test_object_server_drops_signed_requests_that_are_not_requests(
         cluster: LocalCluster) -> None:
-    from trainkit.runtime._transfer import _send
+    from trainkit.runtime.store.transfer import _send
 
     bad = [pickle.dumps(5), b"garbage", pickle.dumps(("get",)), pickle.dumps(("get", 5)),
            pickle.dumps(("put", b"x"))]

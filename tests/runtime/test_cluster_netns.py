@@ -27,8 +27,8 @@ from typing import Any
 import psutil
 import pytest
 
-from trainkit.runtime._cluster import start_node_process
-from trainkit.runtime._secret import SECRET_ENV
+from trainkit.runtime.cluster.nodes import start_node_process
+from trainkit.runtime.wire.secret import SECRET_ENV
 
 REPO = Path(__file__).resolve().parents[2]
 IP_TIMEOUT_S = 10.0

@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 import trainkit as tk
-from trainkit.runtime._secret import SECRET_ENV
+from trainkit.runtime.wire.secret import SECRET_ENV
 from trainkit.testing import LocalCluster
 
 pytestmark = pytest.mark.leaking("processes")  # idle pool workers; the fixture checks the end
@@ -64,7 +64,7 @@ def test_the_secret_is_in_no_environment_of_the_cluster(cluster: LocalCluster) -
     pids = {p.pid for p in procs}
     assert {task["pid"] for task in seen} <= pids
     names = " ".join(" ".join(p.cmdline()) for p in procs)
-    assert "trainkit.runtime._node" in names and "trainkit.runtime._zygote" in names
+    assert "trainkit.runtime.node.node_service" in names and "trainkit.runtime.node.zygote" in names
     for p in procs:
         with open(f"/proc/{p.pid}/environ", "rb") as f:
             environ = f.read()

@@ -22,10 +22,10 @@ import zmq
 import trainkit as tk
 from trainkit.exceptions import RuntimeSystemError
 from trainkit.runtime import _session
-from trainkit.runtime._auth import FrameAuth
-from trainkit.runtime._cluster import start_node_process
-from trainkit.runtime._protocol import Msg
-from trainkit.runtime._secret import SECRET_ENV
+from trainkit.runtime.cluster.nodes import start_node_process
+from trainkit.runtime.wire.auth import FrameAuth
+from trainkit.runtime.wire.protocol import Msg
+from trainkit.runtime.wire.secret import SECRET_ENV
 from trainkit.testing import LocalCluster
 
 pytestmark = pytest.mark.leaking("processes")  # idle pool workers; the fixture checks the end

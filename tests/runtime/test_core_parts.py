@@ -11,17 +11,11 @@ from trainkit.exceptions import ActorDiedError
 from trainkit.exceptions import ObjectLostError
 from trainkit.exceptions import TaskCancelledError
 from trainkit.exceptions import WorkerCrashedError
-from trainkit.runtime._protocol import ActorStatus
-from trainkit.runtime._protocol import Msg
-from trainkit.runtime._protocol import new_id
-from trainkit.runtime._refs import ObjectRef
-from trainkit.runtime._serialization import dumps
-from trainkit.runtime._serialization import inline_buffers
-from trainkit.runtime._serialization import loads
 from trainkit.runtime.core.actor_caller import ActorCall
 from trainkit.runtime.core.actor_caller import ActorCaller
 from trainkit.runtime.core.effects import Effects
 from trainkit.runtime.core.ownership import OwnershipTable
+from trainkit.runtime.core.refs import ObjectRef
 from trainkit.runtime.core.requests import RequestTracker
 from trainkit.runtime.core.task_submitter import TaskSpec
 from trainkit.runtime.core.task_submitter import TaskSubmitter
@@ -29,6 +23,12 @@ from trainkit.runtime.core.values import INLINE
 from trainkit.runtime.core.values import STORED
 from trainkit.runtime.core.values import Value
 from trainkit.runtime.core.values import error_value
+from trainkit.runtime.wire.protocol import ActorStatus
+from trainkit.runtime.wire.protocol import Msg
+from trainkit.runtime.wire.protocol import new_id
+from trainkit.runtime.wire.serialization import dumps
+from trainkit.runtime.wire.serialization import inline_buffers
+from trainkit.runtime.wire.serialization import loads
 
 ME = "ipc://me"
 NODE = "ipc://node"

@@ -17,12 +17,12 @@ import pytest
 
 import trainkit as tk
 from trainkit.exceptions import RuntimeSystemError
-from trainkit.runtime import _context
-from trainkit.runtime._local_channel import LOCAL_PREFIX
-from trainkit.runtime._local_channel import LocalChannel
-from trainkit.runtime._local_channel import LocalChannelServer
-from trainkit.runtime._local_channel import store_socket_path
-from trainkit.runtime._protocol import Msg
+from trainkit.runtime.core import context as _context
+from trainkit.runtime.wire.local_channel import LOCAL_PREFIX
+from trainkit.runtime.wire.local_channel import LocalChannel
+from trainkit.runtime.wire.local_channel import LocalChannelServer
+from trainkit.runtime.wire.local_channel import store_socket_path
+from trainkit.runtime.wire.protocol import Msg
 
 
 class _Node:

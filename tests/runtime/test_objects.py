@@ -14,8 +14,8 @@ import torch
 
 import trainkit as tk
 from trainkit.exceptions import OutOfMemoryError
-from trainkit.runtime import _context
-from trainkit.runtime._protocol import Msg
+from trainkit.runtime.core import context as _context
+from trainkit.runtime.wire.protocol import Msg
 
 
 def _store_stats():

@@ -26,17 +26,17 @@ import pytest
 
 import trainkit as tk
 from trainkit.exceptions import OutOfMemoryError
-from trainkit.runtime._object_layout import layout_size
-from trainkit.runtime._object_layout import map_range
-from trainkit.runtime._object_layout import read_object
-from trainkit.runtime._object_layout import write_object
-from trainkit.runtime._object_store import Location
-from trainkit.runtime._object_store import ObjectState
-from trainkit.runtime._object_store import SharedMemoryStore
-from trainkit.runtime._spill_policy import Hole
-from trainkit.runtime._spill_policy import Segment
-from trainkit.runtime._spill_policy import cheapest_hole
-from trainkit.runtime._spill_policy import largest_hole
+from trainkit.runtime.store.object_layout import layout_size
+from trainkit.runtime.store.object_layout import map_range
+from trainkit.runtime.store.object_layout import read_object
+from trainkit.runtime.store.object_layout import write_object
+from trainkit.runtime.store.object_store import Location
+from trainkit.runtime.store.object_store import ObjectState
+from trainkit.runtime.store.object_store import SharedMemoryStore
+from trainkit.runtime.store.spill_policy import Hole
+from trainkit.runtime.store.spill_policy import Segment
+from trainkit.runtime.store.spill_policy import cheapest_hole
+from trainkit.runtime.store.spill_policy import largest_hole
 
 MiB = 2**20
 PAGE = mmap.ALLOCATIONGRANULARITY

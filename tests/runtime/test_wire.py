@@ -9,19 +9,19 @@ from typing import Any
 import pytest
 
 from trainkit.exceptions import TrainkitInternalError
-from trainkit.runtime import _protocol
-from trainkit.runtime._node import NodeService
-from trainkit.runtime._node_control import ControlMixin
-from trainkit.runtime._protocol import FIELDS
-from trainkit.runtime._protocol import Msg
-from trainkit.runtime._protocol import check
-from trainkit.runtime._protocol import msg_name
-from trainkit.runtime._worker import Worker
 from trainkit.runtime.core.actor_caller import ActorCaller
 from trainkit.runtime.core.core_worker import CoreWorker
 from trainkit.runtime.core.ownership import OwnershipTable
 from trainkit.runtime.core.requests import RequestTracker
 from trainkit.runtime.core.task_submitter import TaskSubmitter
+from trainkit.runtime.core.worker_process import Worker
+from trainkit.runtime.node.control_plane import ControlMixin
+from trainkit.runtime.node.node_service import NodeService
+from trainkit.runtime.wire import protocol as _protocol
+from trainkit.runtime.wire.protocol import FIELDS
+from trainkit.runtime.wire.protocol import Msg
+from trainkit.runtime.wire.protocol import check
+from trainkit.runtime.wire.protocol import msg_name
 
 KINDS = {v: k for k, v in vars(Msg).items() if k.isupper()}
 # Handled outside the tables: EXIT wakes a loop that then ends, NODE_READY is a driver's

@@ -9,7 +9,6 @@ from collections.abc import Callable
 from collections.abc import Sequence
 from typing import Any
 
-from trainkit.runtime import _context
 from trainkit.runtime import _session
 from trainkit.runtime._arity import arity_of
 from trainkit.runtime._backend import BUILTIN as _BUILTIN
@@ -23,11 +22,12 @@ from trainkit.runtime._options import METHOD_OPTIONS
 from trainkit.runtime._options import TASK_OPTIONS
 from trainkit.runtime._options import check_options
 from trainkit.runtime._options import resources_of
-from trainkit.runtime._protocol import new_id
-from trainkit.runtime._refs import ObjectRef
 from trainkit.runtime._strategies import NodeAffinitySchedulingStrategy
 from trainkit.runtime._strategies import PlacementGroupSchedulingStrategy
 from trainkit.runtime._strategies import placement_of
+from trainkit.runtime.core import context as _context
+from trainkit.runtime.core.refs import ObjectRef
+from trainkit.runtime.wire.protocol import new_id
 
 __all__ = ["ActorClass", "ActorHandle", "ActorMethod", "NodeAffinitySchedulingStrategy",
            "PlacementGroupSchedulingStrategy", "RemoteFunction", "available_resources",

@@ -11,10 +11,10 @@ import sys
 from typing import Any
 from typing import Protocol
 
-from trainkit.runtime import _context
 from trainkit.runtime._builtin_backend import BuiltinBackend
 from trainkit.runtime._definitions import ActorDef
 from trainkit.runtime._definitions import TaskDef
+from trainkit.runtime.core import context as _context
 
 
 class Backend(Protocol):

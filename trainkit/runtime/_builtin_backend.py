@@ -10,24 +10,24 @@ import os
 from typing import Any
 
 from trainkit.exceptions import InfeasibleError
-from trainkit.runtime import _context
 from trainkit.runtime import _session
 from trainkit.runtime._definitions import ActorDef
 from trainkit.runtime._definitions import TaskDef
 from trainkit.runtime._handles import ActorHandle
 from trainkit.runtime._handles import PlacementGroup
 from trainkit.runtime._handles import new_returns
-from trainkit.runtime._protocol import Msg
-from trainkit.runtime._protocol import new_id
-from trainkit.runtime._refs import ObjectRef
 from trainkit.runtime._runtime_context import RuntimeContext
 from trainkit.runtime._runtime_context import current_placement
-from trainkit.runtime._serialization import dumps_function
 from trainkit.runtime._strategies import NodeAffinitySchedulingStrategy
 from trainkit.runtime._strategies import PlacementGroupSchedulingStrategy
 from trainkit.runtime._strategies import placement_of
+from trainkit.runtime.core import context as _context
 from trainkit.runtime.core.core_worker import CoreWorker
+from trainkit.runtime.core.refs import ObjectRef
 from trainkit.runtime.core.task_submitter import TaskSpec
+from trainkit.runtime.wire.protocol import Msg
+from trainkit.runtime.wire.protocol import new_id
+from trainkit.runtime.wire.serialization import dumps_function
 
 
 def _core() -> CoreWorker:
@@ -170,7 +170,7 @@ class BuiltinBackend:
                            cls.method_info)
 
     def exit_actor(self) -> None:
-        from trainkit.runtime._context import ActorExit
+        from trainkit.runtime.core.context import ActorExit
 
         if _context.process_actor.get("actor_id") is None:
             raise RuntimeError("exit_actor() was called outside an actor: it ends the actor "
@@ -256,7 +256,7 @@ class BuiltinBackend:
         core = _context.core
         if core is not None and core.ctl_addr.startswith("tcp://"):
             return core.ctl_addr[len("tcp://"):].rsplit(":", 1)[0]
-        from trainkit.runtime._cluster import route_ip
+        from trainkit.runtime.cluster.nodes import route_ip
 
         return route_ip("10.254.254.254")
 

@@ -5,20 +5,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from trainkit.runtime import _context
 from trainkit.runtime import _session
 from trainkit.runtime._options import METHOD_OPTIONS
 from trainkit.runtime._options import check_options
-from trainkit.runtime._protocol import Msg
-from trainkit.runtime._protocol import new_id
-from trainkit.runtime._refs import ObjectRef
-from trainkit.runtime._serialization import collect_ref
-from trainkit.runtime._serialization import dumps
-from trainkit.runtime._serialization import inline_buffers
+from trainkit.runtime.core import context as _context
 from trainkit.runtime.core.actor_caller import ActorCall
 from trainkit.runtime.core.core_worker import CoreWorker
+from trainkit.runtime.core.refs import ObjectRef
 from trainkit.runtime.core.values import INLINE
 from trainkit.runtime.core.values import error_value
+from trainkit.runtime.wire.protocol import Msg
+from trainkit.runtime.wire.protocol import new_id
+from trainkit.runtime.wire.serialization import collect_ref
+from trainkit.runtime.wire.serialization import dumps
+from trainkit.runtime.wire.serialization import inline_buffers
 
 
 def new_returns(core: CoreWorker, num_returns: int) -> tuple[Any, Any]:

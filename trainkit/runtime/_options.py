@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
-from trainkit.runtime._scheduler import make_resource_request
+from trainkit.runtime.node.scheduler import make_resource_request
 
 _COMMON = {"num_cpus", "num_gpus", "memory", "resources", "name", "scheduling_strategy"}
 TASK_OPTIONS = frozenset(_COMMON | {"max_retries", "retry_exceptions", "num_returns"})

@@ -6,8 +6,8 @@ from typing import Any
 
 from trainkit.runtime._backend import current as _backend
 from trainkit.runtime._handles import PlacementGroup
-from trainkit.runtime._scheduler import PLACEMENT_STRATEGIES
 from trainkit.runtime._strategies import PlacementGroupSchedulingStrategy
+from trainkit.runtime.node.scheduler import PLACEMENT_STRATEGIES
 
 __all__ = ["PlacementGroup", "PlacementGroupSchedulingStrategy", "get_current_placement_group",
            "placement_group", "placement_group_table", "remove_placement_group"]

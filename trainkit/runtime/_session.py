@@ -18,19 +18,20 @@ from typing import Any
 
 from trainkit.exceptions import GetTimeoutError
 from trainkit.exceptions import RuntimeSystemError
-from trainkit.runtime import _context
-from trainkit.runtime._discovery import Embedded
-from trainkit.runtime._discovery import ancestors
-from trainkit.runtime._discovery import choose
-from trainkit.runtime._discovery import embedded_runtimes
-from trainkit.runtime._local_channel import store_socket_address
-from trainkit.runtime._machine import default_store_bytes
-from trainkit.runtime._machine import detect_gpus
-from trainkit.runtime._machine import new_session_name
-from trainkit.runtime._protocol import Msg
-from trainkit.runtime._scheduler import make_resource_request
-from trainkit.runtime._transport import endpoint
+from trainkit.runtime.cluster.discovery import Embedded
+from trainkit.runtime.cluster.discovery import ancestors
+from trainkit.runtime.cluster.discovery import choose
+from trainkit.runtime.cluster.discovery import embedded_runtimes
+from trainkit.runtime.core import context as _context
 from trainkit.runtime.core.core_worker import CoreWorker
+from trainkit.runtime.node.machine import NODE_SERVICE_MODULE
+from trainkit.runtime.node.machine import default_store_bytes
+from trainkit.runtime.node.machine import detect_gpus
+from trainkit.runtime.node.machine import new_session_name
+from trainkit.runtime.node.scheduler import make_resource_request
+from trainkit.runtime.wire.local_channel import store_socket_address
+from trainkit.runtime.wire.protocol import Msg
+from trainkit.runtime.wire.transport import endpoint
 
 NODE_START_TIMEOUT_S = 30.0
 CONNECT_TIMEOUT_S = 10.0
@@ -93,7 +94,7 @@ def start(*, num_cpus: float | None, num_gpus: float | None,
         "driver_addr": core.ctl_addr, "sys_path": [p or os.getcwd() for p in sys.path],
         "cwd": os.getcwd(), "prestart": min(int(cpus), 4), "log_to_driver": log_to_driver,
     }
-    proc = subprocess.Popen([sys.executable, "-m", "trainkit.runtime._node", json.dumps(cfg)],
+    proc = subprocess.Popen([sys.executable, "-m", NODE_SERVICE_MODULE, json.dumps(cfg)],
                             stdin=subprocess.PIPE, close_fds=True)
     deadline_ok = False
     waited = 0.0
@@ -110,7 +111,7 @@ def start(*, num_cpus: float | None, num_gpus: float | None,
         core.close()
         raise RuntimeSystemError(
             f"the trainkit node service did not start (exit code {proc.returncode}); its "
-            f"error output is above. Command: {sys.executable} -m trainkit.runtime._node")
+            f"error output is above. Command: {sys.executable} -m {NODE_SERVICE_MODULE}")
     _node_proc = proc
     _namespace = namespace or "default"
     _context.core = core
@@ -125,11 +126,11 @@ def connect(address: str, *, namespace: str | None, log_to_driver: bool) -> None
     ~/.trainkit/cluster_secret.
     """
     global _namespace, _cluster_driver
-    from trainkit.runtime._auth import FrameAuth
-    from trainkit.runtime._cluster import machine_key
-    from trainkit.runtime._cluster import parse_address
-    from trainkit.runtime._cluster import route_ip
-    from trainkit.runtime._secret import load_secret
+    from trainkit.runtime.cluster.nodes import parse_address
+    from trainkit.runtime.cluster.nodes import route_ip
+    from trainkit.runtime.node.machine import machine_key
+    from trainkit.runtime.wire.auth import FrameAuth
+    from trainkit.runtime.wire.secret import load_secret
 
     if address == "auto":
         target = choose(embedded_runtimes(), ancestors(os.getpid()), _started_cluster())
@@ -230,7 +231,7 @@ def _check_listening(address: str, host: str, port: int) -> None:
 
 def _started_cluster() -> str | None:
     """The address of the cluster `trainkit start` started on this machine, if any."""
-    from trainkit.runtime._secret import default_secret_path
+    from trainkit.runtime.wire.secret import default_secret_path
 
     state = default_secret_path().parent / "cluster.json"
     try:
@@ -238,7 +239,7 @@ def _started_cluster() -> str | None:
             address: str = json.load(f)["address"]
     except (OSError, ValueError, KeyError):
         return None
-    from trainkit.runtime._cluster import parse_address
+    from trainkit.runtime.cluster.nodes import parse_address
 
     try:  # a file left by a cluster that stopped names no runtime
         socket.create_connection(parse_address(address), timeout=1.0).close()

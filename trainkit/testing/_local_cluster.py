@@ -58,7 +58,7 @@ class LocalCluster:
     def _start(self, role: str, num_cpus: float, num_gpus: int,
                resources: dict[str, float] | None, object_store_memory: int | None,
                ) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
-        from trainkit.runtime._cluster import start_node_process
+        from trainkit.runtime.cluster.nodes import start_node_process
 
         head_addr = f"tcp://{self.address}" if role == "node" else ""
         log = None
@@ -116,7 +116,7 @@ class LocalCluster:
     def connect(self, **init_kwargs: Any) -> None:
         """``trainkit.init(address=self.address)`` with this cluster's secret."""
         import trainkit
-        from trainkit.runtime._secret import SECRET_ENV
+        from trainkit.runtime.wire.secret import SECRET_ENV
 
         self._env_before = os.environ.get(SECRET_ENV)
         os.environ[SECRET_ENV] = self.secret.decode()
@@ -125,7 +125,7 @@ class LocalCluster:
 
     def disconnect(self) -> None:
         """``trainkit.shutdown()`` of the driver that :meth:`connect` attached."""
-        from trainkit.runtime._secret import SECRET_ENV
+        from trainkit.runtime.wire.secret import SECRET_ENV
 
         if not self._connected:
             return

@@ -25,14 +25,14 @@ from functools import partial
 from typing import Any
 
 from trainkit.exceptions import ActorDiedError
-from trainkit.runtime._protocol import ActorStatus
-from trainkit.runtime._protocol import Msg
-from trainkit.runtime._refs import ObjectRef
 from trainkit.runtime.core.effects import Effects
 from trainkit.runtime.core.effects import Waiter
 from trainkit.runtime.core.ownership import OwnershipTable
+from trainkit.runtime.core.refs import ObjectRef
 from trainkit.runtime.core.values import ReturnId
 from trainkit.runtime.core.values import error_value
+from trainkit.runtime.wire.protocol import ActorStatus
+from trainkit.runtime.wire.protocol import Msg
 
 
 @dataclass(slots=True, eq=False)

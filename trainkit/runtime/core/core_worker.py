@@ -31,25 +31,13 @@ import zmq
 from trainkit.exceptions import GetTimeoutError
 from trainkit.exceptions import ObjectLostError
 from trainkit.exceptions import RuntimeSystemError
-from trainkit.runtime._auth import FrameAuth
-from trainkit.runtime._protocol import Msg
-from trainkit.runtime._protocol import new_id
-from trainkit.runtime._refs import ObjectRef
-from trainkit.runtime._serialization import INLINE_THRESHOLD_BYTES
-from trainkit.runtime._serialization import buffers_size
-from trainkit.runtime._serialization import dumps
-from trainkit.runtime._serialization import inline_buffers
-from trainkit.runtime._serialization import loads
-from trainkit.runtime._transport import Inbox
-from trainkit.runtime._transport import Outbox
-from trainkit.runtime._transport import endpoint
-from trainkit.runtime._transport import make_context
 from trainkit.runtime.core.actor_caller import ActorCall
 from trainkit.runtime.core.actor_caller import ActorCaller
 from trainkit.runtime.core.actor_caller import ActorClient
 from trainkit.runtime.core.effects import Effects
 from trainkit.runtime.core.effects import Waiter
 from trainkit.runtime.core.ownership import OwnershipTable
+from trainkit.runtime.core.refs import ObjectRef
 from trainkit.runtime.core.requests import Callback
 from trainkit.runtime.core.requests import RequestTracker
 from trainkit.runtime.core.requests import no_answer
@@ -58,6 +46,18 @@ from trainkit.runtime.core.task_submitter import TaskSpec
 from trainkit.runtime.core.task_submitter import TaskSubmitter
 from trainkit.runtime.core.values import ReturnId
 from trainkit.runtime.core.values import Value
+from trainkit.runtime.wire.auth import FrameAuth
+from trainkit.runtime.wire.protocol import Msg
+from trainkit.runtime.wire.protocol import new_id
+from trainkit.runtime.wire.serialization import INLINE_THRESHOLD_BYTES
+from trainkit.runtime.wire.serialization import buffers_size
+from trainkit.runtime.wire.serialization import dumps
+from trainkit.runtime.wire.serialization import inline_buffers
+from trainkit.runtime.wire.serialization import loads
+from trainkit.runtime.wire.transport import Inbox
+from trainkit.runtime.wire.transport import Outbox
+from trainkit.runtime.wire.transport import endpoint
+from trainkit.runtime.wire.transport import make_context
 
 # How long a request to the node service may take before the caller gets an error that
 # names it. Generous: a busy 2-core machine under test can stall for seconds.

@@ -29,10 +29,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from trainkit.exceptions import ObjectLostError
-from trainkit.runtime._protocol import Msg
-from trainkit.runtime._refs import ObjectRef
 from trainkit.runtime.core.effects import Effects
 from trainkit.runtime.core.effects import Waiter
+from trainkit.runtime.core.refs import ObjectRef
 from trainkit.runtime.core.values import INLINE
 from trainkit.runtime.core.values import STORED
 from trainkit.runtime.core.values import ReturnId
@@ -41,6 +40,7 @@ from trainkit.runtime.core.values import error_value
 from trainkit.runtime.core.values import is_error
 from trainkit.runtime.core.values import return_ids
 from trainkit.runtime.core.values import stored_on
+from trainkit.runtime.wire.protocol import Msg
 
 
 class Owned:

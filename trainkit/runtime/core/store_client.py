@@ -20,17 +20,6 @@ from collections.abc import Callable
 from typing import Any
 
 from trainkit.exceptions import RuntimeSystemError
-from trainkit.runtime._copy_pool import CopyPool
-from trainkit.runtime._local_channel import LocalChannel
-from trainkit.runtime._object_layout import layout_size
-from trainkit.runtime._object_layout import map_object_file
-from trainkit.runtime._object_layout import read_object
-from trainkit.runtime._object_layout import write_object
-from trainkit.runtime._protocol import Msg
-from trainkit.runtime._serialization import INLINE_THRESHOLD_BYTES
-from trainkit.runtime._serialization import buffers_size
-from trainkit.runtime._serialization import inline_buffers
-from trainkit.runtime._serialization import loads
 from trainkit.runtime.core.requests import Pending
 from trainkit.runtime.core.requests import RequestTracker
 from trainkit.runtime.core.requests import no_answer
@@ -38,6 +27,17 @@ from trainkit.runtime.core.values import ERROR
 from trainkit.runtime.core.values import INLINE
 from trainkit.runtime.core.values import STORED
 from trainkit.runtime.core.values import Value
+from trainkit.runtime.store.copy_pool import CopyPool
+from trainkit.runtime.store.object_layout import layout_size
+from trainkit.runtime.store.object_layout import map_object_file
+from trainkit.runtime.store.object_layout import read_object
+from trainkit.runtime.store.object_layout import write_object
+from trainkit.runtime.wire.local_channel import LocalChannel
+from trainkit.runtime.wire.protocol import Msg
+from trainkit.runtime.wire.serialization import INLINE_THRESHOLD_BYTES
+from trainkit.runtime.wire.serialization import buffers_size
+from trainkit.runtime.wire.serialization import inline_buffers
+from trainkit.runtime.wire.serialization import loads
 
 RequestFn = Callable[..., Any]
 

@@ -22,18 +22,18 @@ from typing import Any
 
 from trainkit.exceptions import TaskCancelledError
 from trainkit.exceptions import WorkerCrashedError
-from trainkit.runtime._protocol import Msg
-from trainkit.runtime._protocol import new_id
-from trainkit.runtime._refs import ObjectRef
-from trainkit.runtime._serialization import loads
 from trainkit.runtime.core.effects import Effects
 from trainkit.runtime.core.effects import Waiter
 from trainkit.runtime.core.ownership import OwnershipTable
+from trainkit.runtime.core.refs import ObjectRef
 from trainkit.runtime.core.values import ReturnId
 from trainkit.runtime.core.values import Value
 from trainkit.runtime.core.values import error_value
 from trainkit.runtime.core.values import is_error
 from trainkit.runtime.core.values import return_ids
+from trainkit.runtime.wire.protocol import Msg
+from trainkit.runtime.wire.protocol import new_id
+from trainkit.runtime.wire.serialization import loads
 
 
 @dataclass(slots=True, eq=False)

@@ -12,11 +12,11 @@ from typing import Any
 
 from trainkit.exceptions import RuntimeSystemError
 from trainkit.exceptions import TaskError
-from trainkit.runtime._protocol import ERROR
-from trainkit.runtime._protocol import INLINE
-from trainkit.runtime._protocol import STORED
-from trainkit.runtime._serialization import dumps
-from trainkit.runtime._serialization import inline_buffers
+from trainkit.runtime.wire.protocol import ERROR
+from trainkit.runtime.wire.protocol import INLINE
+from trainkit.runtime.wire.protocol import STORED
+from trainkit.runtime.wire.serialization import dumps
+from trainkit.runtime.wire.serialization import inline_buffers
 
 Value = tuple[Any, ...]
 ReturnId = bytes | tuple[bytes, ...]  # a tuple for num_returns > 1

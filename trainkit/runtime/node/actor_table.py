@@ -23,8 +23,8 @@ from dataclasses import field
 from typing import Any
 
 from trainkit.exceptions import InvalidTransitionError
-from trainkit.runtime._protocol import ActorStatus
-from trainkit.runtime._protocol import Msg
+from trainkit.runtime.wire.protocol import ActorStatus
+from trainkit.runtime.wire.protocol import Msg
 
 PENDING, ALIVE, RESTARTING, DEAD = (ActorStatus.PENDING, ActorStatus.ALIVE,
                                     ActorStatus.RESTARTING, ActorStatus.DEAD)

@@ -1,9 +1,9 @@
 """Worker process: runs leased tasks, or hosts one actor, for the node service that started it.
 
-``python -m trainkit.runtime._worker`` with the node's settings in the environment. Normal
-tasks and actor calls arrive on the execution inbox and run in the main thread (threaded
-actors use a pool, async actors an event loop thread); everything else (object requests,
-replies, cancellation) is handled by the core worker's I/O thread.
+``python -m trainkit.runtime.core.worker_process`` with the node's settings in the
+environment. Normal tasks and actor calls arrive on the execution inbox and run in the main
+thread (threaded actors use a pool, async actors an event loop thread); everything else
+(object requests, replies, cancellation) is handled by the core worker's I/O thread.
 """
 
 from __future__ import annotations
@@ -23,19 +23,19 @@ from typing import Any
 from typing import ClassVar
 
 from trainkit.exceptions import ActorDiedError
-from trainkit.runtime import _context
-from trainkit.runtime._auth import FrameAuth
-from trainkit.runtime._context import ActorExit
-from trainkit.runtime._local_channel import store_socket_address
-from trainkit.runtime._protocol import Msg
-from trainkit.runtime._secret import SECRET_ENV
-from trainkit.runtime._serialization import dumps
-from trainkit.runtime._serialization import loads
-from trainkit.runtime._transport import Inbox
-from trainkit.runtime._transport import endpoint
+from trainkit.runtime.core import context as _context
+from trainkit.runtime.core.context import ActorExit
 from trainkit.runtime.core.core_worker import CoreWorker
 from trainkit.runtime.core.values import error_value
 from trainkit.runtime.core.values import task_error_value
+from trainkit.runtime.wire.auth import FrameAuth
+from trainkit.runtime.wire.local_channel import store_socket_address
+from trainkit.runtime.wire.protocol import Msg
+from trainkit.runtime.wire.secret import SECRET_ENV
+from trainkit.runtime.wire.serialization import dumps
+from trainkit.runtime.wire.serialization import loads
+from trainkit.runtime.wire.transport import Inbox
+from trainkit.runtime.wire.transport import endpoint
 
 
 def die_with_parent() -> None:

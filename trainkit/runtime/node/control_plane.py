@@ -20,15 +20,15 @@ from typing import Any
 from typing import ClassVar
 
 from trainkit.exceptions import InfeasibleError
-from trainkit.runtime._protocol import ActorStatus
-from trainkit.runtime._protocol import Msg
-from trainkit.runtime._protocol import new_id
-from trainkit.runtime._scheduler import Grant
-from trainkit.runtime._scheduler import PlacementGroupReady
-from trainkit.runtime._scheduler import RequestId
-from trainkit.runtime._scheduler import ResourceScheduler
 from trainkit.runtime.node.actor_table import ActorRecord
 from trainkit.runtime.node.actor_table import ActorTable
+from trainkit.runtime.node.scheduler import Grant
+from trainkit.runtime.node.scheduler import PlacementGroupReady
+from trainkit.runtime.node.scheduler import RequestId
+from trainkit.runtime.node.scheduler import ResourceScheduler
+from trainkit.runtime.wire.protocol import ActorStatus
+from trainkit.runtime.wire.protocol import Msg
+from trainkit.runtime.wire.protocol import new_id
 
 # A node silent for this long is declared dead (it sends a heartbeat every second).
 NODE_DEATH_TIMEOUT_S = 5.0
@@ -385,7 +385,7 @@ class ControlMixin:
         actor = self.actors.get(actor_id)
         if actor is None:
             return
-        from trainkit.runtime._serialization import loads
+        from trainkit.runtime.wire.serialization import loads
 
         try:
             err = loads(error[1], error[2])

@@ -27,8 +27,8 @@ import time
 import weakref
 from typing import Any
 
-from trainkit.runtime._protocol import CHECK_WIRE
-from trainkit.runtime._protocol import check
+from trainkit.runtime.wire.protocol import CHECK_WIRE
+from trainkit.runtime.wire.protocol import check
 
 __all__ = ["LOCAL_PREFIX", "LocalChannel", "LocalChannelServer", "store_socket_address",
            "store_socket_path"]

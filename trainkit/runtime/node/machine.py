@@ -6,6 +6,10 @@ import glob
 import os
 import secrets
 import shutil
+import socket
+
+# What `python -m` runs to start a node service.
+NODE_SERVICE_MODULE = "trainkit.runtime.node.node_service"
 
 
 def detect_gpus() -> list[int]:
@@ -30,3 +34,17 @@ def new_session_name(role: str) -> str:
     """``trainkit-<pid>-[<role>-]<random>``: unique on this machine, names no file."""
     middle = f"{role}-" if role else ""
     return f"trainkit-{os.getpid()}-{middle}{secrets.token_hex(4)}"
+
+
+def machine_key() -> str:
+    """Identifies this machine and network namespace: a driver attaches to a node here."""
+    try:
+        with open("/etc/machine-id") as f:
+            machine = f.read().strip()
+    except OSError:
+        machine = socket.gethostname()
+    try:
+        netns = os.stat("/proc/self/ns/net").st_ino
+    except OSError:
+        netns = 0
+    return f"{machine}:{netns}"

@@ -1,9 +1,9 @@
 """The node service: the worker pool, leases on this node, the store; the control plane too.
 
-``python -m trainkit.runtime._node`` (started by ``trainkit.init()``, ``trainkit start`` or
-``trainkit.testing.LocalCluster``). One thread runs a zmq poller over the control inbox,
-every worker's pidfd (so a worker's death is seen the moment it happens) and output pipes,
-and the parent's pipe. Roles (``cfg["role"]``):
+``python -m trainkit.runtime.node.node_service`` (started by ``trainkit.init()``,
+``trainkit start`` or ``trainkit.testing.LocalCluster``). One thread runs a zmq poller over
+the control inbox, every worker's pidfd (so a worker's death is seen the moment it happens)
+and output pipes, and the parent's pipe. Roles (``cfg["role"]``):
 
 - ``embedded``: one node owned by one driver, on ipc sockets; the driver's pipe closing
   (EOF) means it died: tear everything down.
@@ -42,32 +42,32 @@ import zmq
 
 from trainkit.exceptions import ObjectLostError
 from trainkit.exceptions import RuntimeSystemError
-from trainkit.runtime._auth import FrameAuth
-from trainkit.runtime._cluster import machine_key
-from trainkit.runtime._local_channel import LOCAL_PREFIX
-from trainkit.runtime._local_channel import LocalChannelServer
-from trainkit.runtime._local_channel import store_socket_address
-from trainkit.runtime._node_control import ControlMixin
-from trainkit.runtime._node_control import _Lease
-from trainkit.runtime._node_control import _NodeRecord
-from trainkit.runtime._node_control import _WorkerProc
-from trainkit.runtime._object_store import SharedMemoryStore
-from trainkit.runtime._protocol import Msg
-from trainkit.runtime._protocol import msg_name
-from trainkit.runtime._protocol import new_id
-from trainkit.runtime._scheduler import Grant
-from trainkit.runtime._scheduler import RequestId
-from trainkit.runtime._scheduler import ResourceScheduler
-from trainkit.runtime._secret import SECRET_ENV
-from trainkit.runtime._secret import ClusterSecretError
-from trainkit.runtime._secret import receive_secret
-from trainkit.runtime._transfer import Puller
-from trainkit.runtime._transfer import TransferServer
-from trainkit.runtime._transport import Inbox
-from trainkit.runtime._transport import Outbox
-from trainkit.runtime._transport import endpoint
-from trainkit.runtime._transport import make_context
 from trainkit.runtime.node.actor_table import ActorTable
+from trainkit.runtime.node.control_plane import ControlMixin
+from trainkit.runtime.node.control_plane import _Lease
+from trainkit.runtime.node.control_plane import _NodeRecord
+from trainkit.runtime.node.control_plane import _WorkerProc
+from trainkit.runtime.node.machine import machine_key
+from trainkit.runtime.node.scheduler import Grant
+from trainkit.runtime.node.scheduler import RequestId
+from trainkit.runtime.node.scheduler import ResourceScheduler
+from trainkit.runtime.store.object_store import SharedMemoryStore
+from trainkit.runtime.store.transfer import Puller
+from trainkit.runtime.store.transfer import TransferServer
+from trainkit.runtime.wire.auth import FrameAuth
+from trainkit.runtime.wire.local_channel import LOCAL_PREFIX
+from trainkit.runtime.wire.local_channel import LocalChannelServer
+from trainkit.runtime.wire.local_channel import store_socket_address
+from trainkit.runtime.wire.protocol import Msg
+from trainkit.runtime.wire.protocol import msg_name
+from trainkit.runtime.wire.protocol import new_id
+from trainkit.runtime.wire.secret import SECRET_ENV
+from trainkit.runtime.wire.secret import ClusterSecretError
+from trainkit.runtime.wire.secret import receive_secret
+from trainkit.runtime.wire.transport import Inbox
+from trainkit.runtime.wire.transport import Outbox
+from trainkit.runtime.wire.transport import endpoint
+from trainkit.runtime.wire.transport import make_context
 
 HEARTBEAT_S = 1.0
 # A node whose head has not answered for this long exits (and its workers with it).
@@ -361,7 +361,7 @@ class NodeService(ControlMixin):
         env = dict(self.env)
         env["TRAINKIT_ZYGOTE_FD"] = str(theirs.fileno())
         self.zygote = subprocess.Popen(
-            [sys.executable, "-m", "trainkit.runtime._zygote"], stdin=subprocess.DEVNULL,
+            [sys.executable, "-m", "trainkit.runtime.node.zygote"], stdin=subprocess.DEVNULL,
             env=env, cwd=self.cfg["cwd"], pass_fds=(theirs.fileno(),))
         theirs.close()
         if self._secret:  # first on the socket, so before any fork request
@@ -534,7 +534,7 @@ class NodeService(ControlMixin):
             return
         err = RuntimeSystemError(
             f"worker processes fail to start ({cause}); their output above says why. "
-            f"Command: {sys.executable} -m trainkit.runtime._worker")
+            f"Command: {sys.executable} -m trainkit.runtime.core.worker_process")
         while self.waiting_for_worker:
             lease = self.waiting_for_worker.popleft()
             if not self.is_control:
