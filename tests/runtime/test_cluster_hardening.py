@@ -21,6 +21,7 @@ import zmq
 
 import trainkit as tk
 from trainkit import cli
+from trainkit.runtime.core import context as _context
 from trainkit.runtime.wire.auth import FrameAuth
 from trainkit.runtime.wire.protocol import Msg
 from trainkit.runtime.wire.secret import SECRET_ENV
@@ -53,7 +54,7 @@ def _listening_ports(c: LocalCluster) -> list[int]:
 def _nodes() -> list[dict[str, Any]]:
     from trainkit.runtime.core.core_worker import NODE_REQUEST_TIMEOUT_S
 
-    nodes: list[dict[str, Any]] = tk.runtime._context.core.request_control(  # type: ignore[union-attr]
+    nodes: list[dict[str, Any]] = _context.core.request_control(  # type: ignore[union-attr]
         Msg.CLUSTER_NODES, what="nodes", timeout=NODE_REQUEST_TIMEOUT_S)
     return nodes
 

@@ -14,6 +14,7 @@ import psutil
 import pytest
 
 import trainkit as tk
+from trainkit.runtime.core import context as _context
 from trainkit.runtime.wire.secret import SECRET_ENV
 from trainkit.testing import LocalCluster
 
@@ -83,7 +84,7 @@ def test_a_secret_in_the_launcher_environment_goes_no_further(
 
         # A driver attached to the head does not refresh the totals its feasibility check
         # uses when a node joins (it would refuse "c"): refresh them here.
-        core = tk.runtime._context.core
+        core = _context.core
         assert core is not None
         core.cluster_resources = _cluster_info()["total"]
         on_c = _environment_on_b.options(resources={"c": 0.1})

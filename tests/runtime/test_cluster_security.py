@@ -23,6 +23,7 @@ import trainkit as tk
 from trainkit.exceptions import RuntimeSystemError
 from trainkit.runtime import _session
 from trainkit.runtime.cluster.nodes import start_node_process
+from trainkit.runtime.core import context as _context
 from trainkit.runtime.wire.auth import FrameAuth
 from trainkit.runtime.wire.protocol import Msg
 from trainkit.runtime.wire.secret import SECRET_ENV
@@ -145,7 +146,7 @@ def test_no_unauthenticated_tampered_or_replayed_frame_is_unpickled(cluster, tmp
     keep = _spawn_workers_everywhere()
     canary = str(tmp_path / "canary")
     evil = pickle.dumps(_Canary(canary), protocol=5)
-    nodes = tk.runtime._context.core.request_control(  # type: ignore[union-attr]
+    nodes = _context.core.request_control(  # type: ignore[union-attr]
         Msg.CLUSTER_NODES, what="nodes", timeout=NODE_REQUEST_TIMEOUT_S)
     object_ports = {int(n["transfer_addr"].rsplit(":", 1)[1]) for n in nodes}
     ports = [port for _, port in _listening(cluster)]
