@@ -61,20 +61,39 @@ SHORT = {"trainkit": "tk", "ray": "Ray", TK_ON_RAY: "tk-on-Ray"}
 
 # ----------------------------------------------------------------- floors ----
 class Floor(NamedTuple):
-    """What a row is set against besides Ray: a figure measured in the same run, with no
-    runtime (bare pyzmq, multiprocessing.Pool), a constant of the workload (the ideal wall
-    time) or the backend's own figure under an easier load (the 10k-task rate). Its value is
-    taken from the lines of the table's left backend (trainkit), else the right one's (the
-    floors that need no runtime run under both interpreters)."""
+    """What a row is set against besides Ray: the same work with no runtime (a bare pyzmq
+    round trip, a multiprocessing.Pool), a constant of the workload (the ideal wall time) or
+    the backend's own figure under an easier load (the 10k-task rate). Its value is taken from
+    the lines of the table's left backend (trainkit), else, unless `own`, the right one's.
+
+    The no-runtime floors are measured inside the workload whose figure is set against them,
+    in blocks between its repeats (actor_latency's zmq_rtt_paired_us, task_throughput's
+    pool_tasks_s_paired): on this shared machine the bare round trip alone moves between 40
+    and 120 us from minute to minute, so a floor from another process minutes apart says
+    little. `fallback` is the stand-alone workload (baseline_zmq, baseline_pool), used when
+    the paired figure is missing (result lines from before it existed)."""
 
     workload: str
     key: str
     name: str  # how the target names it: "<= 1.3x pyzmq REQ/REP"
     own: bool = False  # the left backend's own figure only (no fallback to the right's)
+    fallback: Floor | None = None
 
 
-ZMQ_FLOOR = Floor("baseline_zmq", "zmq_reqrep_rtt_us", "pyzmq REQ/REP")
-POOL_FLOOR = Floor("baseline_pool", "pool_chunk1_tasks_s", "Pool(2)")
+ZMQ_FLOOR = Floor(
+    "actor_latency",
+    "zmq_rtt_paired_us",
+    "pyzmq REQ/REP",
+    own=True,
+    fallback=Floor("baseline_zmq", "zmq_reqrep_rtt_us", "pyzmq REQ/REP"),
+)
+POOL_FLOOR = Floor(
+    "task_throughput",
+    "pool_tasks_s_paired",
+    "Pool(2)",
+    own=True,
+    fallback=Floor("baseline_pool", "pool_chunk1_tasks_s", "Pool(2)"),
+)
 SLEEP_IDEAL = Floor("task_throughput", "sleep_ideal_s", "the ideal", own=True)
 RATE_10K = Floor("task_backlog", "backlog_10k_tasks_s", "the 10k rate", own=True)
 
@@ -620,11 +639,14 @@ def aggregate(lines, backend, workload, key):
     return vals[-1]
 
 
-def fmt_ratio(a, b):
-    """a / b as "1.23x"; "—" unless both are numbers (not booleans) and b is not zero."""
+def fmt_ratio(a, b, digits=None):
+    """a / b as "1.23x" (or with `digits` significant digits); "—" unless both are numbers
+    (not booleans) and b is not zero."""
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b)) or not b:
         return "—"
     r = a / b
+    if digits:
+        return f"{r:.{digits}g}x"
     return f"{r:.2f}x" if abs(r) >= 0.01 else f"{r:.2g}x"
 
 
@@ -636,7 +658,14 @@ def floor_value(lines, pair, floor):
     v = aggregate(lines, left, floor.workload, floor.key)
     if v is None and not floor.own:
         v = aggregate(lines, right, floor.workload, floor.key)
+    if v is None:
+        v = floor_value(lines, pair, floor.fallback)
     return v
+
+
+def floor_workloads(floor):
+    """The workloads a floor's value can come from."""
+    return [] if floor is None else [floor.workload, *floor_workloads(floor.fallback)]
 
 
 def render(lines, source="", pair=("trainkit", "ray")):
@@ -674,13 +703,13 @@ def render(lines, source="", pair=("trainkit", "ray")):
         floor_cells = ""
         if with_floors:
             floor_cells = (
-                f" {fmt_num(fl)} | {fmt_ratio(tk, fl)} |" if row.floor is not None else "  |  |"
+                f" {fmt_num(fl)} | {fmt_ratio(tk, fl, 3)} |" if row.floor is not None else "  |  |"
             )
         if row.target is None:
             ttext, verdict = "", ""
-        elif row.floor is not None and row.floor.workload not in present:
+        elif row.floor is not None and not present.intersection(floor_workloads(row.floor)):
             ttext, _ = row.target(tk, ray, {**ctx, "floor": None})
-            verdict = f"— (floor not run: {row.floor.workload})"
+            verdict = f"— (floor not run: {' / '.join(floor_workloads(row.floor))})"
         else:
             ttext, ok = row.target(tk, ray, {**ctx, "floor": fl})
             verdict = "PASS" if ok else ("**FAIL**" if ok is False else "**FAIL** (no data)")

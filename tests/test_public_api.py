@@ -29,6 +29,12 @@ PUBLIC = {
         "nodes", "placement_group", "placement_group_table", "preload_worker_modules", "put",
         "remote", "remove_placement_group", "shutdown", "wait",
     ],
+    "trainkit.data": [
+        "ActorPoolStrategy", "DataContext", "DataIterator", "Dataset", "ExecutionOptions",
+        "ExecutionResources", "GroupedData", "TaskPoolStrategy", "from_arrow", "from_items",
+        "from_numpy", "from_pandas", "range", "range_tensor", "read_csv", "read_json",
+        "read_numpy", "read_parquet",
+    ],
     "trainkit.train": [
         "Checkpoint", "CheckpointConfig", "ControllerState", "FailureConfig", "Result",
         "RunConfig", "ScalingConfig", "TrainContext", "Trainer", "TrainingFailedError",
@@ -40,6 +46,7 @@ PUBLIC = {
                                "hosted_loop", "run_loop"],
     "trainkit.tune": [
         "Checkpoint", "CheckpointConfig", "Experiment", "ExperimentAnalysis", "FailureConfig",
+        "PlacementGroupFactory",
         "Result", "ResultGrid", "RunConfig", "Stopper", "Trainable", "TrialState", "TuneConfig",
         "TuneError", "Tuner", "choice", "get_checkpoint", "get_context", "grid_search",
         "lograndint", "loguniform", "qlograndint", "qloguniform", "qrandint", "qrandn", "quniform",

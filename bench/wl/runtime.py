@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -166,10 +167,65 @@ def wl_init(args, line):
 N_SYNC = 2000
 N_SYNC_WARM = 300
 N_ASYNC = 10_000
+N_SYNC_BLOCK = 400  # the sync calls come in blocks of this many, each followed by the floor's
+
+
+class _ZmqFloor:
+    """The bare pyzmq REQ/REP round trip of baseline_zmq (the same server, message and
+    pickling), measured inside actor_latency in blocks between the actor calls, so that the
+    floor and the figure set against it see the same load: on this shared machine the bare
+    round trip alone moves between 40 and 120 us from one minute to the next. The server is
+    forked before the runtime is imported or started (no threads to fork yet)."""
+
+    def __init__(self):
+        import multiprocessing as mp
+
+        import zmq
+
+        self.dir = tempfile.mkdtemp(prefix="tkbench_zmqfloor_")
+        addr = f"ipc://{self.dir}/rep.sock"
+        self.proc = mp.get_context("fork").Process(
+            target=_zmq_server, args=(addr, "rep"), daemon=True
+        )
+        self.proc.start()
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.REQ)
+        self.sock.setsockopt(zmq.RCVTIMEO, 20_000)
+        self.sock.connect(addr)
+        self.closed = False
+
+    def block(self, n):
+        """n round trips; their times in us."""
+        dumps, loads, sock = pickle.dumps, pickle.loads, self.sock
+        lat = []
+        for i in range(n):
+            t = pc()
+            sock.send(dumps(("call", i, "f", (), {}), protocol=5))
+            loads(sock.recv())
+            lat.append((pc() - t) * 1e6)
+        return lat
+
+    def close(self):
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.sock.send(pickle.dumps(("stop", -1, "", (), {}), protocol=5))
+            self.sock.recv()
+        except Exception:
+            pass
+        self.sock.close(linger=0)
+        self.ctx.term()
+        self.proc.join(5)
+        if self.proc.is_alive():
+            self.proc.terminate()
+            self.proc.join(2)
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @workload("actor_latency", about="sync actor call round trip (median, p99); async calls/s")
 def wl_actor_latency(args, line):
+    floor = _ZmqFloor()
     rt = import_backend(args.backend)
     rt.init(num_cpus=2)
     try:
@@ -183,15 +239,22 @@ def wl_actor_latency(args, line):
         rt.get(a.f.remote())  # actor process up
         for _ in range(N_SYNC_WARM):
             rt.get(a.f.remote())
-        lat = []
-        for _ in range(N_SYNC):
-            t = pc()
-            rt.get(a.f.remote())
-            lat.append((pc() - t) * 1e6)
+        floor.block(N_SYNC_WARM)
+        lat, zlat = [], []
+        for _ in range(N_SYNC // N_SYNC_BLOCK):
+            for _ in range(N_SYNC_BLOCK):
+                t = pc()
+                rt.get(a.f.remote())
+                lat.append((pc() - t) * 1e6)
+            zlat += floor.block(N_SYNC_BLOCK)
+        floor.close()
         line["sync_rtt_us"] = round(med(lat), 1)
         line["sync_rtt_p99_us"] = round(pct(lat, 99), 1)
         line["sync_rtt_mean_us"] = round(sum(lat) / len(lat), 1)
-        line["n_sync"] = N_SYNC
+        line["n_sync"] = len(lat)
+        # the floor, from the blocks between the actor calls
+        line["zmq_rtt_paired_us"] = round(med(zlat), 1)
+        line["sync_rtt_vs_zmq"] = round(med(lat) / med(zlat), 3)
 
         rt.get([a.f.remote() for _ in range(1000)])  # warm-up
         thr, sub = [], []
@@ -212,6 +275,7 @@ def wl_actor_latency(args, line):
         line["n_async"] = N_ASYNC
     finally:
         rt.shutdown()
+        floor.close()
 
 
 # ------------------------------------------------------ task_throughput ------
@@ -225,58 +289,78 @@ SLEEP_S = 0.01
     about="no-op tasks/s; sync task round trip; 1,000 x 10 ms sleep tasks on 2 CPUs",
 )
 def wl_task_throughput(args, line):
-    rt = import_backend(args.backend)
-    rt.init(num_cpus=2)
+    import multiprocessing as mp
+
+    # the floor of no-op tasks/s (baseline_pool's Pool), run between the 10k repeats below so
+    # that it sees the same load; forked before the runtime is imported or started
+    pool = mp.get_context("fork").Pool(2)
+    rt = None
     try:
-
-        @rt.remote
-        def noop():
-            return None
-
-        @rt.remote
-        def sleeper():
-            time.sleep(SLEEP_S)
-            return None
-
-        rt.get([noop.remote() for _ in range(1000)])  # warm-up, workers up
-        thr = []
-        budget = Budget(25.0, min_reps=3, max_reps=3)
-        while budget.more():
-            t = pc()
-            refs = [noop.remote() for _ in range(N_NOOP)]
-            rt.get(refs)
-            thr.append(N_NOOP / (pc() - t))
-            del refs
-            budget.tick()
-            line["noop_tasks_s"] = round(med(thr), 0)
-        line["noop_tasks_s_all"] = [round(x, 0) for x in thr]
-
-        for _ in range(50):
-            rt.get(noop.remote())
-        rtt = []
-        for _ in range(500):
-            t = pc()
-            rt.get(noop.remote())
-            rtt.append((pc() - t) * 1e6)
-        line["task_sync_rtt_us"] = round(med(rtt), 1)
-        line["task_sync_rtt_p99_us"] = round(pct(rtt, 99), 1)
-
-        rt.get([sleeper.remote() for _ in range(20)])
-        ideal = N_SLEEP * SLEEP_S / 2
-        walls = []
-        budget = Budget(22.0, min_reps=3, max_reps=3)
-        while budget.more():
-            t = pc()
-            rt.get([sleeper.remote() for _ in range(N_SLEEP)])
-            walls.append(pc() - t)
-            budget.tick()
-            line["sleep_wall_s"] = round(med(walls), 3)
-        w = med(walls)
-        line["sleep_wall_s_all"] = [round(x, 3) for x in walls]
-        line["sleep_ideal_s"] = ideal
-        line["sleep_overhead_pct"] = round((w - ideal) / ideal * 100, 1)
+        backend = import_backend(args.backend)
+        backend.init(num_cpus=2)
+        rt = backend
+        _task_throughput(rt, pool, line)
     finally:
-        rt.shutdown()
+        if rt is not None:
+            rt.shutdown()
+        pool.terminate()
+        pool.join()
+
+
+def _task_throughput(rt, pool, line):
+    @rt.remote
+    def noop():
+        return None
+
+    @rt.remote
+    def sleeper():
+        time.sleep(SLEEP_S)
+        return None
+
+    rt.get([noop.remote() for _ in range(1000)])  # warm-up, workers up
+    pool.map(_pool_noop, range(1000), chunksize=1)
+    thr, pool_thr = [], []
+    budget = Budget(25.0, min_reps=3, max_reps=3)
+    while budget.more():
+        t = pc()
+        refs = [noop.remote() for _ in range(N_NOOP)]
+        rt.get(refs)
+        thr.append(N_NOOP / (pc() - t))
+        del refs
+        t = pc()
+        pool.map(_pool_noop, range(N_POOL), chunksize=1)
+        pool_thr.append(N_POOL / (pc() - t))
+        budget.tick()
+        line["noop_tasks_s"] = round(med(thr), 0)
+    line["noop_tasks_s_all"] = [round(x, 0) for x in thr]
+    line["pool_tasks_s_paired"] = round(med(pool_thr), 0)
+    line["pool_tasks_s_paired_all"] = [round(x, 0) for x in pool_thr]
+    line["noop_vs_pool"] = round(med(thr) / med(pool_thr), 3)
+
+    for _ in range(50):
+        rt.get(noop.remote())
+    rtt = []
+    for _ in range(500):
+        t = pc()
+        rt.get(noop.remote())
+        rtt.append((pc() - t) * 1e6)
+    line["task_sync_rtt_us"] = round(med(rtt), 1)
+    line["task_sync_rtt_p99_us"] = round(pct(rtt, 99), 1)
+
+    rt.get([sleeper.remote() for _ in range(20)])
+    ideal = N_SLEEP * SLEEP_S / 2
+    walls = []
+    budget = Budget(22.0, min_reps=3, max_reps=3)
+    while budget.more():
+        t = pc()
+        rt.get([sleeper.remote() for _ in range(N_SLEEP)])
+        walls.append(pc() - t)
+        budget.tick()
+        line["sleep_wall_s"] = round(med(walls), 3)
+    w = med(walls)
+    line["sleep_wall_s_all"] = [round(x, 3) for x in walls]
+    line["sleep_ideal_s"] = ideal
+    line["sleep_overhead_pct"] = round((w - ideal) / ideal * 100, 1)
 
 
 # --------------------------------------------------------- object_store ------
@@ -680,7 +764,7 @@ def wl_actor_memory(args, line):
         rt.get(noop.remote())
         time.sleep(3.0)
         per = {"pss_mb": [], "rss_mb": [], "uss_mb": [], "n_procs": []}
-        base0, create_s = None, []
+        base0, create_s, counts = None, [], []
         budget = Budget(150.0, min_reps=3, max_reps=3)
         while budget.more():
             n_base_procs = len(own_descendants())
@@ -697,6 +781,7 @@ def wl_actor_memory(args, line):
             loaded = _runtime_pss(marker)
             for k in per:
                 per[k].append((loaded[k] - base[k]) / N_IDLE_ACTORS)
+            counts.append([base["n_procs"], loaded["n_procs"]])
             for a in actors:
                 rt.kill(a)
             del actors
@@ -710,6 +795,7 @@ def wl_actor_memory(args, line):
         line["actor_rss_mb_per_actor"] = round(med(per["rss_mb"]), 2)
         line["actor_uss_mb_per_actor"] = round(med(per["uss_mb"]), 2)
         line["actor_procs_per_actor"] = round(med(per["n_procs"]), 2)
+        line["actor_n_procs_all"] = counts  # [without, with the 20 actors] per cycle
         line["actor_base_pss_mb"] = base0["pss_mb"]
         line["actor_base_n_procs"] = base0["n_procs"]
         line["actor_create_20_s"] = round(med(create_s), 2)

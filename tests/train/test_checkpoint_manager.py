@@ -15,7 +15,7 @@ from trainkit.train._checkpoint_manager import CheckpointManager
 
 
 def _stage(manager: CheckpointManager, key: str, content: str = "x") -> str:
-    path = manager.staging_dir(key)
+    path = manager.staging_dir(key).path
     os.makedirs(path)
     with open(os.path.join(path, "state.txt"), "w") as f:
         f.write(content)
@@ -39,7 +39,7 @@ def test_commit_numbers_and_index(tmp_path) -> None:
     with open(tmp_path / INDEX_FILE) as f:
         index = json.load(f)
     assert [c["dir"] for c in index["checkpoints"]] == _on_disk(tmp_path)
-    assert not os.path.exists(m.staging_root) or not os.listdir(m.staging_root)
+    assert not os.path.exists(m.staging_root.path) or not os.listdir(m.staging_root.path)
 
 
 @pytest.mark.parametrize(("order", "kept"), [
@@ -79,7 +79,7 @@ def test_reopen_continues_and_drops_uncommitted(tmp_path) -> None:
     again = CheckpointManager(str(tmp_path), CheckpointConfig())
     assert again.latest is not None and again.latest.number == 1
     assert _on_disk(tmp_path) == ["checkpoint_000001"]
-    assert not os.path.exists(again.staging_root)
+    assert not os.path.exists(again.staging_root.path)
     again.commit(_stage(again, "k"), {})
     assert _on_disk(tmp_path) == ["checkpoint_000001", "checkpoint_000002"]
 

@@ -11,14 +11,27 @@ from typing import Any
 
 import trainkit.runtime as rt
 from trainkit.data import _datasource
+from trainkit.data._compute import ActorPoolStrategy
+from trainkit.data._compute import TaskPoolStrategy
+from trainkit.data._context import DataContext
+from trainkit.data._context import ExecutionOptions
+from trainkit.data._context import ExecutionResources
+from trainkit.data._dataset import DataIterator
 from trainkit.data._dataset import Dataset
+from trainkit.data._dataset import GroupedData
+from trainkit.data._executor import put_block
 from trainkit.data._plan import Plan
 from trainkit.data._plan import Source
-from trainkit.data._split import DataIterator
 
 __all__ = [
+    "ActorPoolStrategy",
+    "DataContext",
     "DataIterator",
     "Dataset",
+    "ExecutionOptions",
+    "ExecutionResources",
+    "GroupedData",
+    "TaskPoolStrategy",
     "from_arrow",
     "from_items",
     "from_numpy",
@@ -52,7 +65,7 @@ def _in_memory(make: Callable[..., Any], name: str) -> Callable[..., Dataset]:
         refs, rows = [], []
         for task in make(*args, **kwargs):
             for block in task.read():
-                refs.append(rt.put(block))
+                refs.append(put_block(block))
                 rows.append(int(block.num_rows))
         return Dataset(Plan(Source(block_refs=tuple(refs), block_rows=tuple(rows), name=name)))
 

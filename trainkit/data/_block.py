@@ -278,6 +278,49 @@ def _no_columns(num_rows: int) -> pa.Table:
     return pa.table({"_": pa.nulls(num_rows)}).drop_columns(["_"])
 
 
+# --- internal metadata --------------------------------------------------------------------------
+# Blocks carry trainkit's own facts in schema metadata under keys starting "trainkit.": a
+# task's CPU time, and the row count of a block without columns (pickling a table of no
+# columns loses its rows; its metadata survives). Users never see these keys.
+
+_INTERNAL_PREFIX = b"trainkit."
+_ROWS_KEY = b"trainkit.num_rows"
+
+
+def seal_block(block: pa.Table) -> pa.Table:
+    """``block``, ready to be pickled: one without columns records its row count (and reads
+    as empty until :func:`unseal_block` restores it)."""
+    if block.num_columns or not block.num_rows:
+        return block
+    meta = dict(block.schema.metadata or {})
+    meta[_ROWS_KEY] = str(block.num_rows).encode()
+    return block.replace_schema_metadata(meta)
+
+
+def unseal_block(block: pa.Table) -> pa.Table:
+    """A block as it was before pickling (see :func:`seal_block`), without internal metadata."""
+    meta = block.schema.metadata
+    if not meta:
+        return block
+    if not block.num_columns:  # (replacing the metadata of such a table drops its rows)
+        return _no_columns(int(meta.get(_ROWS_KEY, block.num_rows)))
+    return block.replace_schema_metadata(public_metadata(meta))  # None: no metadata
+
+
+def public_metadata(meta: Mapping[bytes, bytes] | None) -> dict[bytes, bytes] | None:
+    """Schema metadata without trainkit's internal keys (None when nothing is left)."""
+    kept = {k: v for k, v in (meta or {}).items() if not k.startswith(_INTERNAL_PREFIX)}
+    return kept or None
+
+
+def public_schema(schema: pa.Schema) -> pa.Schema:
+    """``schema`` without trainkit's internal metadata."""
+    if not schema.metadata:
+        return schema
+    kept = public_metadata(schema.metadata)
+    return schema.with_metadata(kept) if kept else schema.remove_metadata()
+
+
 def to_block(batch: Any, *, where: str) -> pa.Table:
     """A batch a user function returned, as a block.
 

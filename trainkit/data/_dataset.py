@@ -12,17 +12,23 @@ from typing import TYPE_CHECKING
 from typing import Any
 
 import trainkit.runtime as rt
+from trainkit.data._aggregate import Aggregation
+from trainkit.data._aggregate import MapGroups
+from trainkit.data._aggregate import as_keys
 from trainkit.data._batcher import iter_batches_from_blocks
 from trainkit.data._batcher import prefetch
 from trainkit.data._block import block_rows
 from trainkit.data._block import block_to_rows
 from trainkit.data._block import compact_block
 from trainkit.data._block import concat_blocks
+from trainkit.data._block import public_schema
 from trainkit.data._block import slice_block
 from trainkit.data._block import to_batch
+from trainkit.data._compute import resolve_compute
 from trainkit.data._executor import ExecutionStats
 from trainkit.data._executor import Executor
-from trainkit.data._executor import pool_spec
+from trainkit.data._executor import put_block
+from trainkit.data._plan import ActorPoolSpec
 from trainkit.data._plan import AllToAllOp
 from trainkit.data._plan import MapOp
 from trainkit.data._plan import Plan
@@ -111,60 +117,134 @@ class Dataset(_Iterable):
         return Dataset(self._plan.then(op))
 
     # -- transforms ----------------------------------------------------------------------
+    def _map(self, kind: str, fn: Any, transform_for: Callable[[Any], Any], *,
+             concurrency: Any, compute: Any, max_concurrency: Any, num_cpus: float,
+             num_gpus: float, fn_constructor_args: Sequence[Any],
+             fn_constructor_kwargs: Mapping[str, Any] | None) -> Dataset:
+        """A map operator: ``transform_for(fn_or_None)`` makes its per-block transform (None:
+        the actor's instance is the function)."""
+        is_class = inspect.isclass(fn)
+        if not is_class and not callable(fn):
+            raise TypeError(f"{kind} takes a function or a callable class, got {fn!r}")
+        name = f"{kind}({_fn_name(fn)})"
+        how = resolve_compute(name, fn, concurrency=concurrency, compute=compute,
+                              max_concurrency=max_concurrency, is_class=is_class)
+        if not is_class and (fn_constructor_args or fn_constructor_kwargs):
+            raise ValueError(f"{name}: fn_constructor_args/fn_constructor_kwargs are for "
+                             "callable classes; pass a function's arguments as fn_args/fn_kwargs")
+        if not how.actors:
+            return self._then(MapOp(name, transform_for(fn), None, None, num_cpus, num_gpus,
+                                    task_limit=how.task_limit))
+        udf_class = fn if is_class else _Returns(fn)
+        spec = ActorPoolSpec(how.min_size, how.max_size, num_cpus, num_gpus,
+                             tuple(fn_constructor_args), dict(fn_constructor_kwargs or {}),
+                             how.max_concurrency, how.max_tasks_in_flight)
+        return self._then(MapOp(name, transform_for(None), spec, udf_class, num_cpus, num_gpus))
+
     def map_batches(self, fn: Any, *, batch_size: int | None = 1024,
-                    batch_format: str = "numpy", fn_args: Sequence[Any] = (),
-                    fn_kwargs: Mapping[str, Any] | None = None,
+                    batch_format: str = "numpy", zero_copy_batch: bool = False,
+                    fn_args: Sequence[Any] = (), fn_kwargs: Mapping[str, Any] | None = None,
                     fn_constructor_args: Sequence[Any] = (),
                     fn_constructor_kwargs: Mapping[str, Any] | None = None,
-                    concurrency: int | tuple[int, int] | None = None, num_cpus: float = 1.0,
-                    num_gpus: float = 0.0, zero_copy_batch: bool = False) -> Dataset:
-        """Apply ``fn`` to batches. A function runs in tasks; a callable class runs on an
-        actor pool of ``concurrency`` actors (each makes one instance: load a model once).
-        Batches are writable copies unless ``zero_copy_batch=True`` (read-only views)."""
+                    compute: Any = None, concurrency: int | tuple[int, int] | None = None,
+                    max_concurrency: int | None = None, num_cpus: float = 1.0,
+                    num_gpus: float = 0.0) -> Dataset:
+        """Apply ``fn`` to batches.
+
+        A function runs in tasks (at most ``concurrency`` at once); a callable class runs on
+        an actor pool (each actor makes one instance: load a model once) of ``concurrency``
+        actors, or autoscaled within ``concurrency=(min, max)``; ``max_concurrency`` calls
+        run at once on each actor. ``compute=ActorPoolStrategy(...)`` is Ray's older
+        spelling. A generator function's every yield is one output batch. Batches are
+        writable copies unless ``zero_copy_batch=True`` (read-only, maybe views).
+
+        Example:
+            >>> ds = data.range(8).map_batches(lambda b: {"id": b["id"] * 2}, batch_size=4)
+        """
         check_batch_size(batch_size)
         check_batch_format(batch_format)
-        name = f"map_batches({_fn_name(fn)})"
-        if inspect.isclass(fn):
-            transform = MapBatches(name, None, batch_size, batch_format, tuple(fn_args),
-                                   dict(fn_kwargs or {}), zero_copy_batch)
-            spec = pool_spec(concurrency if concurrency is not None else 1, num_cpus, num_gpus,
-                             fn_constructor_args, fn_constructor_kwargs)
-            return self._then(MapOp(name, transform, spec, fn, num_cpus, num_gpus))
-        if not callable(fn):
-            raise TypeError(f"map_batches takes a function or a callable class, got {fn!r}")
-        if concurrency is not None and not isinstance(concurrency, int):
-            raise ValueError("concurrency=(min, max) is for callable classes (actor pools)")
-        transform = MapBatches(name, fn, batch_size, batch_format, tuple(fn_args),
-                               dict(fn_kwargs or {}), zero_copy_batch)
-        return self._then(MapOp(name, transform, None, None, num_cpus, num_gpus))
+        if not isinstance(zero_copy_batch, bool):
+            raise TypeError(f"zero_copy_batch is {zero_copy_batch!r}, but must be a bool")
+        kwargs = dict(fn_kwargs or {})
+
+        def transform(f: Any) -> Any:
+            name = f"map_batches({_fn_name(fn)})"
+            return MapBatches(name, f, batch_size, batch_format, tuple(fn_args), kwargs,
+                              zero_copy_batch)
+
+        return self._map("map_batches", fn, transform, concurrency=concurrency,
+                         compute=compute, max_concurrency=max_concurrency, num_cpus=num_cpus,
+                         num_gpus=num_gpus, fn_constructor_args=fn_constructor_args,
+                         fn_constructor_kwargs=fn_constructor_kwargs)
 
     def _rows(self, kind: str, fn: Any, fn_args: Sequence[Any],
-              fn_kwargs: Mapping[str, Any] | None) -> Dataset:
+              fn_kwargs: Mapping[str, Any] | None, **how: Any) -> Dataset:
+        kwargs = dict(fn_kwargs or {})
+
+        def transform(f: Any) -> Any:
+            return MapRows(f"{kind}({_fn_name(fn)})", kind, f, tuple(fn_args), kwargs)
+
+        return self._map(kind, fn, transform, **how)
+
+    def map(self, fn: Any, *, fn_args: Sequence[Any] = (),
+            fn_kwargs: Mapping[str, Any] | None = None, fn_constructor_args: Sequence[Any] = (),
+            fn_constructor_kwargs: Mapping[str, Any] | None = None, compute: Any = None,
+            concurrency: int | tuple[int, int] | None = None,
+            max_concurrency: int | None = None, num_cpus: float = 1.0,
+            num_gpus: float = 0.0) -> Dataset:
+        """Apply ``fn`` (a function or callable class) to each row; compute arguments as
+        :meth:`map_batches`."""
+        return self._rows("map", fn, fn_args, fn_kwargs, concurrency=concurrency,
+                          compute=compute, max_concurrency=max_concurrency, num_cpus=num_cpus,
+                          num_gpus=num_gpus, fn_constructor_args=fn_constructor_args,
+                          fn_constructor_kwargs=fn_constructor_kwargs)
+
+    def flat_map(self, fn: Any, *, fn_args: Sequence[Any] = (),
+                 fn_kwargs: Mapping[str, Any] | None = None,
+                 fn_constructor_args: Sequence[Any] = (),
+                 fn_constructor_kwargs: Mapping[str, Any] | None = None, compute: Any = None,
+                 concurrency: int | tuple[int, int] | None = None,
+                 max_concurrency: int | None = None, num_cpus: float = 1.0,
+                 num_gpus: float = 0.0) -> Dataset:
+        """Apply ``fn`` to each row; it returns a list of rows."""
+        return self._rows("flat_map", fn, fn_args, fn_kwargs, concurrency=concurrency,
+                          compute=compute, max_concurrency=max_concurrency, num_cpus=num_cpus,
+                          num_gpus=num_gpus, fn_constructor_args=fn_constructor_args,
+                          fn_constructor_kwargs=fn_constructor_kwargs)
+
+    def filter(self, fn: Any, *, fn_args: Sequence[Any] = (),
+               fn_kwargs: Mapping[str, Any] | None = None,
+               fn_constructor_args: Sequence[Any] = (),
+               fn_constructor_kwargs: Mapping[str, Any] | None = None, compute: Any = None,
+               concurrency: int | tuple[int, int] | None = None,
+               max_concurrency: int | None = None, num_cpus: float = 1.0,
+               num_gpus: float = 0.0) -> Dataset:
+        """Keep the rows for which ``fn`` is true."""
+        return self._rows("filter", fn, fn_args, fn_kwargs, concurrency=concurrency,
+                          compute=compute, max_concurrency=max_concurrency, num_cpus=num_cpus,
+                          num_gpus=num_gpus, fn_constructor_args=fn_constructor_args,
+                          fn_constructor_kwargs=fn_constructor_kwargs)
+
+    def add_column(self, col: str, fn: Callable[..., Any], *, batch_format: str = "pandas",
+                   concurrency: int | None = None, num_cpus: float = 1.0) -> Dataset:
+        """Add (or replace) column ``col``: ``fn(batch)`` returns its values for the batch.
+
+        Example:
+            >>> ds = data.range(4).add_column("double", lambda df: df["id"] * 2)
+        """
+        if not isinstance(col, str):
+            raise TypeError(f"add_column: the column name is {col!r}, but must be a str")
         if not callable(fn):
-            raise TypeError(f"{kind} takes a function, got {fn!r}")
-        name = f"{kind}({_fn_name(fn)})"
-        return self._then(MapOp(name, MapRows(name, kind, fn, tuple(fn_args),
-                                              dict(fn_kwargs or {}))))
-
-    def map(self, fn: Callable[..., Any], *, fn_args: Sequence[Any] = (),
-            fn_kwargs: Mapping[str, Any] | None = None) -> Dataset:
-        return self._rows("map", fn, fn_args, fn_kwargs)
-
-    def flat_map(self, fn: Callable[..., Any], *, fn_args: Sequence[Any] = (),
-                 fn_kwargs: Mapping[str, Any] | None = None) -> Dataset:
-        return self._rows("flat_map", fn, fn_args, fn_kwargs)
-
-    def filter(self, fn: Callable[..., Any], *, fn_args: Sequence[Any] = (),
-               fn_kwargs: Mapping[str, Any] | None = None) -> Dataset:
-        return self._rows("filter", fn, fn_args, fn_kwargs)
-
-    def add_column(self, col: str, fn: Callable[..., Any], *,
-                   batch_format: str = "pandas") -> Dataset:
+            raise TypeError(f"add_column({col!r}) takes a function of a batch, got {fn!r}")
         check_batch_format(batch_format)
         name = f"add_column({col})"
-        return self._then(MapOp(name, Columns(name, "add", (col,), fn, batch_format)))
+        how = resolve_compute(name, fn, concurrency=concurrency, compute=None,
+                              max_concurrency=None, is_class=False)
+        return self._then(MapOp(name, Columns(name, "add", (col,), fn, batch_format),
+                                num_cpus=num_cpus, task_limit=how.task_limit))
 
     def drop_columns(self, cols: Sequence[str]) -> Dataset:
+        """Drop ``cols``; dropping every column keeps the rows (as ``{}``)."""
         name = f"drop_columns({list(cols)})"
         return self._then(MapOp(name, Columns(name, "drop", tuple(cols))))
 
@@ -172,16 +252,69 @@ class Dataset(_Iterable):
         name = f"select_columns({list(cols)})"
         return self._then(MapOp(name, Columns(name, "select", tuple(cols))))
 
+    def random_sample(self, fraction: float, *, seed: int | None = None) -> Dataset:
+        """Each row kept with probability ``fraction`` (about that share of the rows; the same
+        rows again for the same ``seed`` and blocks).
+
+        Example:
+            >>> ds = data.range(1000).random_sample(0.1, seed=0)
+        """
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or \
+                not 0 <= fraction <= 1:
+            raise ValueError(f"random_sample: fraction is {fraction!r}, but must be a number "
+                             "in [0, 1] (the share of rows to keep, e.g. 0.1)")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise TypeError(f"random_sample: seed is {seed!r}, but must be an int or None")
+        return self._then(AllToAllOp(f"random_sample({fraction})", "random_sample",
+                                     {"fraction": float(fraction), "seed": seed}))
+
+    def sort(self, key: str | Sequence[str], descending: bool | Sequence[bool] = False
+             ) -> Dataset:
+        """Sort the rows by ``key`` (a column or a list of them), each ascending unless
+        ``descending`` (one bool, or one per key) says otherwise.
+
+        Raises:
+            ValueError: a key is not a column (when the dataset runs).
+
+        Example:
+            >>> ds = data.from_items([{"k": 2}, {"k": 1}]).sort("k")
+        """
+        keys = as_keys(key, "sort")
+        if not keys:
+            raise ValueError("sort: give the column(s) to sort by, e.g. sort('id')")
+        if isinstance(descending, bool):
+            order = (descending,) * len(keys)
+        else:
+            order = tuple(descending)
+            if len(order) != len(keys) or not all(isinstance(d, bool) for d in order):
+                raise ValueError(f"sort: descending is {descending!r}; give one bool, or one "
+                                 f"per key ({len(keys)})")
+        return self._then(AllToAllOp(f"sort({list(keys)})", "sort",
+                                     {"keys": keys, "descending": order}))
+
+    def groupby(self, key: str | Sequence[str] | None) -> GroupedData:
+        """Group the rows by ``key`` (a column, a list of them, or None for one group) for
+        ``count``/``sum``/``min``/``max``/``mean``/``std`` or ``map_groups``.
+
+        Example:
+            >>> counts = data.from_items([{"k": 1}, {"k": 1}]).groupby("k").count()
+        """
+        return GroupedData(self, as_keys(key, "groupby"))
+
     def limit(self, n: int) -> Dataset:
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ValueError(f"limit({n!r}): n must be an int >= 0")
         return self._then(AllToAllOp(f"limit({n})", "limit", {"n": n}))
 
-    def repartition(self, num_blocks: int) -> Dataset:
+    def repartition(self, num_blocks: int, *, shuffle: bool = False) -> Dataset:
+        """The same rows in ``num_blocks`` blocks of about equal size (in order, or in a random
+        order with ``shuffle=True``)."""
         if isinstance(num_blocks, bool) or not isinstance(num_blocks, int) or num_blocks < 1:
             raise ValueError(f"repartition({num_blocks!r}): num_blocks must be an int >= 1")
+        if not isinstance(shuffle, bool):
+            raise TypeError(f"repartition: shuffle is {shuffle!r}, but must be a bool")
         return self._then(AllToAllOp(f"repartition({num_blocks})", "repartition",
-                                     {"num_blocks": num_blocks}))
+                                     {"num_blocks": num_blocks, "shuffle": shuffle}))
 
     def random_shuffle(self, *, seed: int | None = None) -> Dataset:
         return self._then(AllToAllOp("random_shuffle", "random_shuffle", {"seed": seed}))
@@ -228,9 +361,21 @@ class Dataset(_Iterable):
         return sum(block_rows(b) for b in self._blocks())
 
     def schema(self) -> Any:
+        """The ``pyarrow.Schema`` of the rows (None for an empty dataset)."""
         for block in self.limit(1)._blocks():
-            return block.schema
+            return public_schema(block.schema)
         return None
+
+    def show(self, limit: int = 20) -> None:
+        """Print the first ``limit`` rows, one per line."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ValueError(f"show: limit is {limit!r}, but must be an int >= 0")
+        for row in self.take(limit):
+            print(row)
+
+    def iterator(self) -> DataIterator:
+        """A :class:`DataIterator` over this dataset: each ``iter_*`` call is one pass."""
+        return _DatasetIterator(self)
 
     def columns(self) -> list[str]:
         schema = self.schema()
@@ -281,7 +426,7 @@ class Dataset(_Iterable):
             start = i * size
             length = max(0, min(size, total - start))
             part = slice_block(table, start, length) if table is not None and length else None
-            refs = (rt.put(compact_block(part)),) if part is not None else ()
+            refs = (put_block(compact_block(part)),) if part is not None else ()
             rows = (length,) if part is not None else ()
             parts.append(Dataset(Plan(Source(block_refs=refs, block_rows=rows, name="Split"))))
         return parts
@@ -301,9 +446,9 @@ class Dataset(_Iterable):
             raise ValueError(f"test_size is {test_size}; the dataset has {total} rows")
         train, test = slice_block(table, 0, total - n_test), slice_block(table, total - n_test,
                                                                          n_test)
-        return (Dataset(Plan(Source(block_refs=(rt.put(compact_block(train)),),
+        return (Dataset(Plan(Source(block_refs=(put_block(compact_block(train)),),
                                     block_rows=(train.num_rows,), name="Train"))),
-                Dataset(Plan(Source(block_refs=(rt.put(compact_block(test)),),
+                Dataset(Plan(Source(block_refs=(put_block(compact_block(test)),),
                                     block_rows=(test.num_rows,), name="Test"))))
 
     def streaming_split(self, n: int, *, equal: bool = True,
@@ -338,3 +483,120 @@ class Dataset(_Iterable):
 
     def write_json(self, path: str) -> list[str]:
         return self._write(path, "json")
+
+
+class _Returns:
+    """Stands in for a class on an actor pool when the user gave a function: "making an
+    instance" gives the function back."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+
+    def __call__(self) -> Callable[..., Any]:
+        return self.fn
+
+
+class GroupedData:
+    """Rows grouped by key columns: ``ds.groupby(key)``. Each aggregation is a new dataset of
+    one row per group, sorted by key, with columns named as Ray names them: ``count()``,
+    ``sum(x)``, ``mean(x)``, ...; a key that is not a column fails when the dataset runs."""
+
+    def __init__(self, dataset: Dataset, keys: tuple[str, ...]) -> None:
+        self._dataset = dataset
+        self._keys = keys
+
+    def __repr__(self) -> str:
+        return f"GroupedData({self._dataset!r}, key={list(self._keys)})"
+
+    def _aggregate(self, fn: str, on: str | Sequence[str] | None, ddof: int = 1) -> Dataset:
+        if on is None and fn != "count":
+            raise ValueError(f"groupby(...).{fn}: give the column(s), e.g. {fn}('x')")
+        columns: tuple[str | None, ...] = (None,) if on is None else as_keys(on, fn)
+        aggs = tuple(Aggregation(fn, c, ddof) for c in columns)
+        name = f"groupby({list(self._keys)}).{fn}({', '.join(c or '' for c in columns)})"
+        return self._dataset._then(AllToAllOp(name, "aggregate",
+                                              {"keys": self._keys, "aggs": aggs}))
+
+    def count(self) -> Dataset:
+        """The number of rows of each group, in column ``count()``."""
+        return self._aggregate("count", None)
+
+    def sum(self, on: str | Sequence[str]) -> Dataset:
+        return self._aggregate("sum", on)
+
+    def min(self, on: str | Sequence[str]) -> Dataset:
+        return self._aggregate("min", on)
+
+    def max(self, on: str | Sequence[str]) -> Dataset:
+        return self._aggregate("max", on)
+
+    def mean(self, on: str | Sequence[str]) -> Dataset:
+        return self._aggregate("mean", on)
+
+    def std(self, on: str | Sequence[str], ddof: int = 1) -> Dataset:
+        """The sample standard deviation (``ddof=1``, as pandas and Ray)."""
+        return self._aggregate("std", on, ddof)
+
+    def map_groups(self, fn: Callable[..., Any], *, batch_format: str = "default",
+                   fn_args: Sequence[Any] = (), fn_kwargs: Mapping[str, Any] | None = None,
+                   num_cpus: float = 1.0) -> Dataset:
+        """``fn(group)`` for each group (a whole group is one batch); the results' rows."""
+        if not callable(fn):
+            raise TypeError(f"map_groups takes a function of a batch, got {fn!r}")
+        check_batch_format(batch_format)
+        keys = self._keys
+        grouped = self._dataset._then(AllToAllOp(f"groupby({list(keys)})", "group_blocks",
+                                                 {"keys": keys}))
+        name = f"map_groups({_fn_name(fn)})"
+        return grouped._then(MapOp(name, MapGroups(name, keys, fn, batch_format,
+                                                   tuple(fn_args), dict(fn_kwargs or {})),
+                                   num_cpus=num_cpus))
+
+
+class DataIterator(_Iterable):
+    """An iterator over a dataset's rows: each ``iter_batches``/``iter_rows``/
+    ``iter_torch_batches`` call is one pass (one epoch). ``ds.iterator()`` gives one over a
+    whole dataset, ``train.get_dataset_shard`` one over a rank's shard.
+
+    Example:
+        >>> it = data.range(10).iterator()
+        >>> sum(len(b["id"]) for b in it.iter_batches(batch_size=4))
+        10
+    """
+
+    def materialize(self) -> Dataset:
+        """One pass of this iterator, kept in the object store as a dataset."""
+        refs, rows = [], []
+        for block in self._blocks():
+            refs.append(put_block(block))
+            rows.append(block_rows(block))
+        return Dataset(Plan(Source(block_refs=tuple(refs), block_rows=tuple(rows),
+                                   name="Materialized")))
+
+    def stats(self) -> str:
+        return "no stats for this iterator"
+
+    def schema(self) -> Any:
+        """The schema of the rows, from the first block of a pass (None if empty)."""
+        for block in self._blocks():
+            return public_schema(block.schema)
+        return None
+
+
+class _DatasetIterator(DataIterator):
+    """``ds.iterator()``: passes over a whole dataset."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self._dataset = dataset
+
+    def __repr__(self) -> str:
+        return f"DataIterator({self._dataset!r})"
+
+    def _blocks(self) -> Iterator[Any]:
+        return self._dataset._blocks()
+
+    def _wait_stats(self, waited: float) -> None:
+        self._dataset._wait_stats(waited)
+
+    def stats(self) -> str:
+        return self._dataset.stats()

@@ -19,6 +19,7 @@ import pyarrow.csv as pcsv  # type: ignore[import-untyped]
 import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
 from trainkit.data._block import to_batch
+from trainkit.data._block import unseal_block
 
 FileFormat = Literal["parquet", "csv", "json"]
 FILE_FORMATS: tuple[str, ...] = get_args(FileFormat)
@@ -45,6 +46,7 @@ def write_block(
     """
     if fmt not in _EXTENSIONS:
         raise ValueError(f"fmt is {fmt!r}, but must be one of {list(FILE_FORMATS)}")
+    block = unseal_block(block)  # no internal metadata in users' files
     folder = os.fspath(path)
     os.makedirs(folder, exist_ok=True)
     name = f"{filename_prefix}{index:06d}.{_EXTENSIONS[fmt]}"

@@ -427,7 +427,55 @@ def _row_group_runs(
 
 
 def _read_csv_file(options: dict[str, Any], file: _File) -> pa.Table:
-    return _with_partitions(pcsv.read_csv(file.path, **options), dict(file.partitions))
+    try:
+        table = pcsv.read_csv(file.path, **options)
+    except pa.ArrowInvalid as e:
+        line = _csv_error_line(file.path, options, str(e))
+        where = f"{file.path}, line {line}" if line is not None else file.path
+        raise ValueError(f"read_csv: {where}: {e} (fix the file, or pass "
+                         "parse_options/convert_options)") from e
+    return _with_partitions(table, dict(file.partitions))
+
+
+def _csv_error_line(path: str, options: dict[str, Any], message: str) -> int | None:
+    """The line of ``path`` that made pyarrow fail with ``message`` (None if not found).
+
+    pyarrow's own message has no line number: a parse error is read again, in one thread,
+    with a row handler that learns it; a conversion error names the bad value, which is
+    looked up cell by cell.
+    """
+    if "conversion error" not in message:
+        rows: list[Any] = []
+
+        def handler(row: Any) -> str:
+            rows.append(row)
+            return "error"
+
+        parse = options.get("parse_options") or pcsv.ParseOptions()
+        read = options.get("read_options") or pcsv.ReadOptions()
+        try:
+            pcsv.read_csv(path, read_options=pcsv.ReadOptions(
+                use_threads=False, skip_rows=read.skip_rows, column_names=read.column_names,
+                autogenerate_column_names=read.autogenerate_column_names,
+                encoding=read.encoding), parse_options=pcsv.ParseOptions(
+                delimiter=parse.delimiter, quote_char=parse.quote_char,
+                double_quote=parse.double_quote, escape_char=parse.escape_char,
+                newlines_in_values=parse.newlines_in_values,
+                ignore_empty_lines=parse.ignore_empty_lines, invalid_row_handler=handler))
+        except (pa.ArrowInvalid, OSError):
+            pass
+        return int(rows[0].number) if rows and rows[0].number is not None else None
+    value = message.rsplit("invalid value ", 1)[-1].strip().strip("'\"")
+    import csv
+    import io
+
+    with pa.input_stream(path) as raw, io.TextIOWrapper(raw, encoding="utf-8",
+                                                        errors="replace") as text:
+        reader = csv.reader(text)
+        for cells in reader:
+            if value in cells:
+                return reader.line_num
+    return None
 
 
 def _read_json_file(options: dict[str, Any], file: _File) -> pa.Table:

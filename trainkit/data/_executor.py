@@ -2,9 +2,10 @@
 
 Stateless maps next to each other are fused into one task per block (a read task fuses with
 the maps after it). Callable classes run on an actor pool. Each stage keeps a bounded number
-of blocks in flight, sized from a byte budget (a share of the object store), so upstream
-stages wait while downstream ones, or the consumer, catch up: a dataset larger than the
-object store streams through. Outputs come out in input order.
+of blocks in flight, sized from a byte budget (a share of the object store, or
+``DataContext``'s ``resource_limits.object_store_memory``), so upstream stages wait while
+downstream ones, or the consumer, catch up: a dataset larger than the object store streams
+through. Outputs come out in input order unless ``execution_options.preserve_order`` is off.
 """
 
 from __future__ import annotations
@@ -24,7 +25,10 @@ from trainkit.data._block import block_bytes
 from trainkit.data._block import block_rows
 from trainkit.data._block import compact_block
 from trainkit.data._block import concat_blocks
+from trainkit.data._block import seal_block
 from trainkit.data._block import slice_block
+from trainkit.data._block import unseal_block
+from trainkit.data._context import DataContext
 from trainkit.data._datasource import ReadTask
 from trainkit.data._plan import ActorPoolSpec
 from trainkit.data._plan import AllToAllOp
@@ -80,6 +84,7 @@ _CPU_KEY = b"trainkit.cpu_s"
 
 def _with_cpu(block: Any, cpu_s: float) -> Any:
     """The block, carrying its task's CPU time in its schema metadata (no copy)."""
+    block = seal_block(block)
     meta = dict(block.schema.metadata or {})
     meta[_CPU_KEY] = f"{cpu_s:.6f}".encode()
     return block.replace_schema_metadata(meta)
@@ -92,7 +97,7 @@ def _run_task(item: Any, transforms: tuple[Any, ...]) -> Any:
         blocks = item.read()
         block = concat_blocks(blocks) if len(blocks) != 1 else blocks[0]
     else:
-        block = item
+        block = unseal_block(item)
     for transform in transforms:
         block = transform(block)
     return _with_cpu(block, time.process_time() - cpu)
@@ -108,7 +113,8 @@ class _PoolWorker:
 
     def process(self, block: Any) -> Any:
         cpu = time.process_time()
-        return _with_cpu(self.transform(block, self.instance), time.process_time() - cpu)
+        block = self.transform(unseal_block(block), self.instance)
+        return _with_cpu(block, time.process_time() - cpu)
 
 
 WAIT_WARNING_S = 60.0
@@ -127,17 +133,37 @@ def _get_patiently(ref: Any, what: str) -> Any:
     return rt.get(ref)
 
 
+def put_block(block: Any) -> Any:
+    """``rt.put`` a block (one without columns keeps its rows: see ``seal_block``)."""
+    return rt.put(seal_block(block))
+
+
+def get_block(ref: Any) -> Any:
+    """A block from the store, as it was put and without internal metadata."""
+    return unseal_block(rt.get(ref))
+
+
 class Executor:
     """Runs one pass over a plan; iterate it for the output blocks in order."""
 
-    def __init__(self, plan: Plan, stats: ExecutionStats | None = None) -> None:
+    def __init__(self, plan: Plan, stats: ExecutionStats | None = None,
+                 context: DataContext | None = None) -> None:
         if not rt.is_initialized():
             rt.init()
         self.plan = plan
         self.stats = stats or ExecutionStats()
+        self.context = (context or DataContext.get_current()).copy()
+        options = self.context.execution_options
+        limits = options.resource_limits
+        self.preserve_order = options.preserve_order
         total = rt.cluster_resources()  # one request for both limits
-        self.budget = int(total.get("object_store_memory", 0.0) * BUDGET_SHARE) or 512 * 2**20
-        self.max_tasks = MAX_TASKS_PER_CPU * max(1, int(total.get("CPU", 1)))
+        self.cpus = max(1, int(total.get("CPU", 1)))
+        if limits.object_store_memory is not None:
+            self.budget = max(1, int(limits.object_store_memory))
+        else:
+            self.budget = int(total.get("object_store_memory", 0.0) * BUDGET_SHARE) or 512 * 2**20
+        self.max_tasks = MAX_TASKS_PER_CPU * self.cpus
+        self.cpu_limit = limits.cpu
         self.started = time.monotonic()
         self.progress = _Progress()
 
@@ -170,7 +196,7 @@ class Executor:
         if src.read_tasks:
             yield from src.read_tasks
         else:
-            yield from ((ref, rt.get(ref)) for ref in src.block_refs)
+            yield from ((ref, get_block(ref)) for ref in src.block_refs)
 
     def _tasks(self, upstream: Iterator[Any], ops: list[MapOp], reads: bool) -> Iterator[Item]:
         transforms = tuple(op.transform for op in ops)
@@ -181,12 +207,17 @@ class Executor:
         num_gpus = max([op.num_gpus for op in ops] + [0.0])
         task = rt.remote(_run_task).options(num_cpus=num_cpus, num_gpus=num_gpus,
                                             name=stats.name)
+        max_tasks = self.max_tasks
+        for op in ops:
+            if op.task_limit is not None:
+                max_tasks = min(max_tasks, op.task_limit)
+        if self.cpu_limit is not None and num_cpus > 0:
+            max_tasks = min(max_tasks, max(1, int(self.cpu_limit / num_cpus)))
         pending: collections.deque[tuple[Any, float]] = collections.deque()
         avg = 0.0
         exhausted = False
         while True:
-            limit = self.max_tasks if avg <= 0 else \
-                max(1, min(self.max_tasks, int(self.budget / avg)))
+            limit = max_tasks if avg <= 0 else max(1, min(max_tasks, int(self.budget / avg)))
             while not exhausted and len(pending) < limit:
                 try:
                     item = next(upstream)
@@ -198,19 +229,27 @@ class Executor:
                 stats.tasks += 1
             if not pending:
                 return
+            if not self.preserve_order and len(pending) > 1:  # the first to finish goes first
+                ready, _ = rt.wait([r for r, _ in pending], num_returns=1)
+                at = next(i for i, (r, _) in enumerate(pending) if r == ready[0])
+                pending.rotate(-at)
             ref, submitted = pending.popleft()
             block = _get_patiently(ref, stats.name)
             stats.add(block, submitted)
             avg = stats.bytes / stats.blocks
             self.progress.update(self.stats)
-            yield ref, block
+            yield ref, unseal_block(block)
 
     def _pool(self, upstream: Iterator[Item], op: MapOp) -> Iterator[Item]:
         spec = op.pool
         assert spec is not None
         stats = OpStats(op.name)
         self.stats.ops.append(stats)
-        worker = rt.remote(_PoolWorker).options(num_cpus=spec.num_cpus, num_gpus=spec.num_gpus)
+        worker = rt.remote(_PoolWorker).options(num_cpus=spec.num_cpus, num_gpus=spec.num_gpus,
+                                                max_concurrency=spec.max_concurrency)
+        max_size = spec.max_size if spec.max_size is not None else \
+            max(spec.min_size, self._fits(spec))
+        per_actor = spec.max_tasks_in_flight or 2 * spec.max_concurrency
         actors = [worker.remote(op.udf_class, tuple(spec.constructor_args),
                                 dict(spec.constructor_kwargs), op.transform)
                   for _ in range(spec.min_size)]
@@ -219,8 +258,8 @@ class Executor:
         exhausted = False
         try:
             while True:
-                while not exhausted and min(load) < 2:
-                    if min(load) > 0 and len(actors) < spec.max_size:  # all busy: grow
+                while not exhausted and min(load) < per_actor:
+                    if min(load) > 0 and len(actors) < max_size:  # all busy: grow
                         actors.append(worker.remote(op.udf_class, tuple(spec.constructor_args),
                                                     dict(spec.constructor_kwargs), op.transform))
                         load.append(0)
@@ -240,10 +279,20 @@ class Executor:
                 load[i] -= 1
                 stats.add(block, submitted)
                 self.progress.update(self.stats)
-                yield out, block
+                yield out, unseal_block(block)
         finally:
             for actor in actors:
                 rt.kill(actor)
+
+    def _fits(self, spec: ActorPoolSpec) -> int:
+        """How many actors of ``spec`` the cluster holds (an unbounded pool's ceiling)."""
+        total = rt.cluster_resources()
+        counts = [self.cpus if self.cpu_limit is None else int(self.cpu_limit)]
+        if spec.num_cpus > 0:
+            counts.append(int(total.get("CPU", 1) / spec.num_cpus))
+        if spec.num_gpus > 0:
+            counts.append(int(total.get("GPU", 0) / spec.num_gpus))
+        return max(1, min(counts))
 
     def _all_to_all(self, upstream: Iterator[Item], op: AllToAllOp) -> Iterator[Item]:
         stats = OpStats(op.name)
@@ -251,34 +300,42 @@ class Executor:
         if op.kind == "limit":
             yield from self._limit(upstream, int(op.args["n"]), stats)
             return
+        if op.kind == "random_sample":
+            yield from self._sample(upstream, op, stats)
+            return
         if op.kind == "union":
             yield from upstream
             for other in op.args["others"]:
-                yield from Executor(other, self.stats)
+                yield from Executor(other, self.stats, self.context)
             return
         started = time.monotonic()
         blocks = [block for _, block in upstream]
         table = concat_blocks(blocks) if blocks else None
-        if op.kind == "random_shuffle" and table is not None:
-            import numpy as np
-
-            order = np.random.default_rng(op.args.get("seed")).permutation(table.num_rows)
-            table = table.take(order)
-            n = max(1, len(blocks))
-        else:
-            n = int(op.args["num_blocks"])
+        n = max(1, len(blocks))
         del blocks
         if table is None:
             return
-        size = -(-table.num_rows // n)
-        for start in range(0, max(table.num_rows, 1), max(size, 1)):
-            part = slice_block(table, start, min(size, table.num_rows - start))
+        parts = _whole_table(table, op, n)
+        for part in parts:
             stats.blocks += 1
             stats.rows += part.num_rows
             stats.bytes += block_bytes(part)
             part = compact_block(part)
-            yield rt.put(part), part
+            yield put_block(part), part
         stats.wall_s = time.monotonic() - started
+
+    @staticmethod
+    def _sample(upstream: Iterator[Item], op: AllToAllOp, stats: OpStats) -> Iterator[Item]:
+        import pyarrow as pa  # type: ignore[import-untyped]
+
+        from trainkit.data._aggregate import sample_mask
+
+        for i, (_, block) in enumerate(upstream):
+            mask = sample_mask(block_rows(block), float(op.args["fraction"]), op.args["seed"], i)
+            part = compact_block(block.filter(pa.array(mask, type=pa.bool_())))
+            stats.blocks += 1
+            stats.rows += part.num_rows
+            yield put_block(part), part
 
     @staticmethod
     def _limit(upstream: Iterator[Item], n: int, stats: OpStats) -> Iterator[Item]:
@@ -289,7 +346,7 @@ class Executor:
             rows = block_rows(block)
             if rows > left:
                 block = compact_block(slice_block(block, 0, left))
-                ref = rt.put(block)
+                ref = put_block(block)
                 rows = left
             left -= rows
             stats.blocks += 1
@@ -342,15 +399,28 @@ class _Progress:
             self.stream.flush()
 
 
-def pool_spec(concurrency: Any, num_cpus: float, num_gpus: float, args: Any,
-              kwargs: Any) -> ActorPoolSpec:
-    if isinstance(concurrency, int) and not isinstance(concurrency, bool) and concurrency >= 1:
-        lo = hi = concurrency
-    elif isinstance(concurrency, tuple) and len(concurrency) == 2 and \
-            all(isinstance(c, int) and c >= 1 for c in concurrency) and \
-            concurrency[0] <= concurrency[1]:
-        lo, hi = concurrency
+def _whole_table(table: Any, op: AllToAllOp, num_blocks: int) -> list[Any]:
+    """The output blocks of an all-to-all operator over its whole input ``table``."""
+    import numpy as np
+
+    from trainkit.data import _aggregate
+
+    kind, args = op.kind, op.args
+    if kind == "sort":
+        table = _aggregate.sort_table(table, args["keys"], args["descending"], op.name)
+    elif kind == "aggregate":
+        return [_aggregate.aggregate(table, args["keys"], args["aggs"], op.name)]
+    elif kind == "group_blocks":  # whole groups per block, for map_groups
+        table = _aggregate.sort_table(table, args["keys"], [False] * len(args["keys"]), op.name)
+        return _aggregate.split_groups(table, args["keys"], num_blocks)
+    elif kind in ("random_shuffle", "repartition"):
+        if kind == "repartition":
+            num_blocks = int(args["num_blocks"])
+        if kind == "random_shuffle" or args.get("shuffle"):
+            order = np.random.default_rng(args.get("seed")).permutation(table.num_rows)
+            table = table.take(order)
     else:
-        raise ValueError(f"concurrency is {concurrency!r}; for a callable class give an int >= 1 "
-                         "or a (min, max) tuple of them")
-    return ActorPoolSpec(lo, hi, num_cpus, num_gpus, tuple(args or ()), dict(kwargs or {}))
+        raise ValueError(f"{op.name}: unknown operator kind {kind!r}")
+    size = max(1, -(-table.num_rows // num_blocks))
+    return [slice_block(table, start, min(size, table.num_rows - start))
+            for start in range(0, max(table.num_rows, 1), size)]

@@ -28,11 +28,13 @@ class ActorPoolSpec:
     """Where a callable class runs: a pool of actors, each holding one instance."""
 
     min_size: int
-    max_size: int
+    max_size: int | None  # None: as many as the cluster's resources allow
     num_cpus: float
     num_gpus: float
     constructor_args: tuple[Any, ...] = ()
     constructor_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    max_concurrency: int = 1  # calls one actor runs at once (threads)
+    max_tasks_in_flight: int | None = None  # per actor; None: 2 * max_concurrency
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,15 +48,17 @@ class MapOp:
     udf_class: Any = None  # the callable class for actor pools
     num_cpus: float = 1.0
     num_gpus: float = 0.0
+    task_limit: int | None = None  # the most tasks at once (``concurrency=n`` for functions)
 
 
 @dataclass(frozen=True, slots=True)
 class AllToAllOp:
-    """An operator that needs every block of its input: repartition, random_shuffle,
-    union, limit (limit streams), materialize."""
+    """An operator the driver runs over its whole input: repartition, random_shuffle, sort,
+    groupby aggregations and map_groups, union; limit and random_sample stream."""
 
     name: str
-    kind: str  # "repartition" | "random_shuffle" | "union" | "limit"
+    kind: str  # "repartition" | "random_shuffle" | "sort" | "aggregate" | "map_groups"
+    #            | "union" | "limit" | "random_sample"
     args: Mapping[str, Any] = field(default_factory=dict)
 
 

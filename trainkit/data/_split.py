@@ -21,8 +21,11 @@ import trainkit.runtime as rt
 from trainkit.data._block import block_rows
 from trainkit.data._block import concat_blocks
 from trainkit.data._block import slice_block
-from trainkit.data._dataset import _Iterable
+from trainkit.data._context import DataContext
+from trainkit.data._dataset import DataIterator
 from trainkit.data._executor import Executor
+from trainkit.data._executor import get_block
+from trainkit.data._executor import put_block
 from trainkit.data._plan import Plan
 
 QUEUE_BLOCKS = 2  # per consumer, dealt ahead of its requests
@@ -32,9 +35,9 @@ LAG_TIMEOUT_S = 600.0
 class _Epoch:
     """One pass over the dataset: its executor and what it has dealt, per consumer."""
 
-    def __init__(self, plan: Plan, n: int) -> None:
+    def __init__(self, plan: Plan, n: int, context: DataContext | None) -> None:
         self.queues: list[collections.deque[Any]] = [collections.deque() for _ in range(n)]
-        self.stream: Iterator[Any] = iter(Executor(plan))
+        self.stream: Iterator[Any] = iter(Executor(plan, context=context))
         self.carry: Any = None
         self.done = False
         self.pulling = False
@@ -45,8 +48,10 @@ class _Epoch:
 class SplitCoordinator:
     """The actor behind a streaming split (threaded: one call per waiting consumer)."""
 
-    def __init__(self, plan: Plan, n: int, equal: bool, lag_timeout_s: float) -> None:
+    def __init__(self, plan: Plan, n: int, equal: bool, lag_timeout_s: float,
+                 context: DataContext | None = None) -> None:
         self.plan = plan
+        self.context = context  # the driver's, when the split was made
         self.n = n
         self.equal = equal
         self.lag_timeout_s = lag_timeout_s
@@ -60,12 +65,12 @@ class SplitCoordinator:
         rows = block_rows(block)
         if not self.equal:
             target = min(range(self.n), key=lambda r: len(ep.queues[r]))
-            ep.queues[target].append(rt.put(block))
+            ep.queues[target].append(put_block(block))
             return
         share = rows // self.n
         if share:
             for r in range(self.n):
-                ep.queues[r].append(rt.put(slice_block(block, r * share, share)))
+                ep.queues[r].append(put_block(slice_block(block, r * share, share)))
         if rows - share * self.n:
             ep.carry = slice_block(block, share * self.n, rows - share * self.n)
 
@@ -83,7 +88,7 @@ class SplitCoordinator:
         with self.cv:
             if block is None:
                 if ep.carry is not None and not self.equal:
-                    ep.queues[0].append(rt.put(ep.carry))
+                    ep.queues[0].append(put_block(ep.carry))
                 ep.carry = None  # equal: fewer than n rows left over are dropped
                 ep.done = True
             else:
@@ -97,7 +102,7 @@ class SplitCoordinator:
         with self.cv:
             ep = self.epochs.get(epoch)
             if ep is None:
-                ep = self.epochs[epoch] = _Epoch(self.plan, self.n)
+                ep = self.epochs[epoch] = _Epoch(self.plan, self.n, self.context)
             while True:
                 if ep.error is not None:
                     raise ep.error
@@ -125,7 +130,7 @@ class SplitCoordinator:
                 self.cv.wait(1.0)
 
 
-class DataIterator(_Iterable):
+class StreamSplitDataIterator(DataIterator):
     """One consumer's view of a streaming split: each ``iter_*`` call is one epoch."""
 
     def __init__(self, coordinator: Any, rank: int, n: int) -> None:
@@ -144,11 +149,11 @@ class DataIterator(_Iterable):
             ref = rt.get(self._coordinator.next_block.remote(self._rank, epoch))
             if ref is None:
                 return
-            yield rt.get(ref)
+            yield get_block(ref)
 
 
 def make_streaming_split(plan: Plan, n: int, equal: bool,
-                         lag_timeout_s: float = LAG_TIMEOUT_S) -> list[DataIterator]:
+                         lag_timeout_s: float = LAG_TIMEOUT_S) -> list[StreamSplitDataIterator]:
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"streaming_split({n!r}): n must be an int >= 1")
     if not lag_timeout_s > 0:
@@ -156,5 +161,6 @@ def make_streaming_split(plan: Plan, n: int, equal: bool,
     if not rt.is_initialized():
         rt.init()
     coordinator = rt.remote(SplitCoordinator).options(
-        num_cpus=0, max_concurrency=n + 2).remote(plan, n, equal, lag_timeout_s)
-    return [DataIterator(coordinator, rank, n) for rank in range(n)]
+        num_cpus=0, max_concurrency=n + 2).remote(plan, n, equal, lag_timeout_s,
+                                      DataContext.get_current().copy())
+    return [StreamSplitDataIterator(coordinator, rank, n) for rank in range(n)]

@@ -3,6 +3,7 @@ block (a pyarrow Table) and returns a block, and names its operator in every err
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from collections.abc import Mapping
 from collections.abc import Sequence
@@ -10,10 +11,13 @@ from dataclasses import dataclass
 from dataclasses import field
 from typing import Any
 
+import numpy as np
+
 from trainkit.data._block import BATCH_FORMATS
 from trainkit.data._block import block_rows
 from trainkit.data._block import block_to_rows
 from trainkit.data._block import concat_blocks
+from trainkit.data._block import empty_block
 from trainkit.data._block import rows_to_block
 from trainkit.data._block import slice_block
 from trainkit.data._block import to_batch
@@ -51,11 +55,57 @@ class MapBatches:
         size = self.batch_size or max(n, 1)
         outs = []
         for start in range(0, max(n, 1), size):
-            batch = to_batch(slice_block(block, start, min(size, n - start)), self.batch_format,
-                             zero_copy=self.zero_copy)
-            out = fn(batch, *self.fn_args, **self.fn_kwargs)
-            outs.append(to_block(out, where=self.name))
+            piece = slice_block(block, start, min(size, n - start))
+            batch = to_batch(piece, self.batch_format, zero_copy=self.zero_copy)
+            if self.zero_copy:
+                _read_only(batch)
+            try:
+                out = fn(batch, *self.fn_args, **self.fn_kwargs)
+                if inspect.isgenerator(out):  # a generator function: each yield is a batch
+                    for i, part in enumerate(out):
+                        outs.append(_yielded_block(part, i, self.name))
+                    continue
+            except KeyError as e:
+                raise _key_error(e, self.name, block.column_names) from e
+            out_block = to_block(out, where=self.name)
+            if not out_block.num_columns and not piece.num_columns:
+                out_block = piece  # a batch of rows without columns ({}): keep its rows
+            outs.append(out_block)
+        if not outs:  # a generator that yielded nothing
+            return empty_block(block.schema)
         return outs[0] if len(outs) == 1 else concat_blocks(outs)
+
+
+def _read_only(batch: Any) -> None:
+    """``zero_copy_batch=True``: the batch's arrays may be views of the block, so none of them
+    may be written (even those pyarrow had to copy, so the rule does not depend on dtype)."""
+    if isinstance(batch, dict):
+        for value in batch.values():
+            if isinstance(value, np.ndarray):
+                value.flags.writeable = False
+
+
+def _yielded_block(part: Any, index: int, where: str) -> Any:
+    try:
+        return to_block(part, where=where)
+    except TypeError as e:
+        raise TypeError(f"{where}: the generator's yield #{index} was a "
+                        f"{type(part).__module__}.{type(part).__qualname__} ({_short(part)}); "
+                        "each yield must be one batch: a dict of column name -> numpy array, "
+                        "a pyarrow.Table or a pandas.DataFrame") from e
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _key_error(e: KeyError, where: str, columns: Sequence[str],
+               what: str = "batch") -> KeyError:
+    """A KeyError from the user's function, saying which columns the batch really has."""
+    key = e.args[0] if e.args else None
+    return KeyError(f"{where}: the function looked up {key!r}, but the {what}'s columns are "
+                    f"{list(columns)}")
 
 
 @dataclass(frozen=True)
@@ -65,12 +115,19 @@ class MapRows:
 
     name: str
     kind: str  # "map" | "flat_map" | "filter"
-    fn: Callable[..., Any]
+    fn: Callable[..., Any] | None  # None: the actor's instance is the function
     fn_args: Sequence[Any] = ()
     fn_kwargs: Mapping[str, Any] = field(default_factory=dict)
 
     def __call__(self, block: Any, instance: Any = None) -> Any:
         fn = self.fn if instance is None else instance
+        assert fn is not None
+        try:
+            return self._apply(fn, block)
+        except KeyError as e:
+            raise _key_error(e, self.name, block.column_names, "row") from e
+
+    def _apply(self, fn: Callable[..., Any], block: Any) -> Any:
         rows = block_to_rows(block)
         if self.kind == "filter":
             import pyarrow as pa  # type: ignore[import-untyped]
@@ -129,7 +186,10 @@ class Columns:
                                  f"{block.column_names}")
             return block.select(list(self.columns))
         assert self.fn is not None
-        values = self.fn(to_batch(block, self.batch_format))
+        try:
+            values = self.fn(to_batch(block, self.batch_format))
+        except KeyError as e:
+            raise _key_error(e, self.name, block.column_names) from e
         column = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else \
             to_block({self.columns[0]: _as_array(values)}, where=self.name).column(0)
         if self.columns[0] in block.column_names:

@@ -6,26 +6,31 @@ Layout of a run folder::
     checkpoints.json           the index: written atomically, after the data
     .staging/<key>/                 where workers copy a checkpoint before it is committed
 
-A commit renames a complete staging folder to ``checkpoint_NNNNNN`` (atomic on one file
-system), then rewrites the index (temporary file, fsync, rename), and only then deletes the
-checkpoints retention dropped. A crash at any point leaves the index naming only complete
-checkpoints; folders the index does not name are removed when the run folder is opened again.
+The run folder is a ``StorageLocation`` (local or object storage; see ``_storage``). A
+commit moves a complete staging folder to ``checkpoint_NNNNNN`` (a rename locally; a
+server-side copy on object storage), then rewrites the index (atomically: a rename locally, a
+single object put remotely), and only then deletes the checkpoints retention dropped. A crash
+at any point leaves the index naming only complete checkpoints; folders the index does not
+name are removed when the run folder is opened again.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from typing import Any
 
-from trainkit._atomic import write_atomic
 from trainkit.train import _faults
+from trainkit.train import _storage
 from trainkit.train._checkpoint import Checkpoint
 from trainkit.train._config import CheckpointConfig
+from trainkit.train._storage import StorageLocation
+
+if TYPE_CHECKING:
+    import pyarrow.fs  # type: ignore[import-untyped]
 
 INDEX_FILE = "checkpoints.json"
 STAGING_DIR = ".staging"
@@ -48,79 +53,90 @@ class CheckpointRecord:
     """One committed checkpoint and the metrics reported with it."""
 
     number: int
-    path: str
+    path: str  # on ``filesystem`` (None: the local filesystem)
     metrics: dict[str, Any]
+    filesystem: pyarrow.fs.FileSystem | None = None
 
     @property
     def checkpoint(self) -> Checkpoint:
-        return Checkpoint(self.path)
+        return Checkpoint(self.path, self.filesystem)
+
+
+def read_index(run: StorageLocation) -> list[CheckpointRecord] | None:
+    """The committed checkpoints the index of ``run`` names; None if it has no index."""
+    data = _storage.read_file(run.join(INDEX_FILE))
+    if data is None:
+        return None
+    fs = None if run.is_local else run.filesystem
+    return [CheckpointRecord(int(r["number"]), run.join(r["dir"]).path, dict(r["metrics"]), fs)
+            for r in json.loads(data)["checkpoints"]]
 
 
 class CheckpointManager:
-    """Commits the checkpoints of the run in ``run_dir`` and applies ``CheckpointConfig``.
+    """Commits the checkpoints of the run in ``run`` and applies ``CheckpointConfig``.
 
     Used by one thread of the driver (the controller, or the loop itself in local mode).
     """
 
-    def __init__(self, run_dir: str, config: CheckpointConfig) -> None:
-        self.run_dir = run_dir
+    def __init__(self, run: StorageLocation | str, config: CheckpointConfig) -> None:
+        run = run if isinstance(run, StorageLocation) else _storage.local_location(run)
+        self.run = run
         self.config = config
         self.records: list[CheckpointRecord] = []
         self.next_number = 1
         self._warned_missing = False
-        index = os.path.join(run_dir, INDEX_FILE)
-        if os.path.exists(index):
-            with open(index) as f:
-                data = json.load(f)
-            self.next_number = int(data["next_number"])
-            self.records = [CheckpointRecord(int(r["number"]), os.path.join(run_dir, r["dir"]),
-                                             dict(r["metrics"])) for r in data["checkpoints"]]
+        data = _storage.read_file(run.join(INDEX_FILE))
+        if data is not None:
+            self.next_number = int(json.loads(data)["next_number"])
+            self.records = read_index(run) or []
         self._remove_uncommitted()
 
     def _remove_uncommitted(self) -> None:
-        live = {os.path.basename(r.path) for r in self.records}
-        for name in os.listdir(self.run_dir) if os.path.isdir(self.run_dir) else ():
-            path = os.path.join(self.run_dir, name)
-            if name.startswith(_PREFIX) and name not in live and os.path.isdir(path):
-                shutil.rmtree(path, ignore_errors=True)
+        live = {_name(r.path) for r in self.records}
+        for name, is_dir in _storage.list_dir(self.run):
+            if name.startswith(_PREFIX) and name not in live and is_dir:
+                _storage.delete_dir(self.run.join(name))
         self.clear_staging()
 
     @property
-    def staging_root(self) -> str:
-        return os.path.join(self.run_dir, STAGING_DIR)
+    def staging_root(self) -> StorageLocation:
+        return self.run.join(STAGING_DIR)
 
-    def staging_dir(self, key: str) -> str:
-        return os.path.join(self.staging_root, key)
+    def staging_dir(self, key: str) -> StorageLocation:
+        return self.staging_root.join(key)
 
     def clear_staging(self) -> None:
         """Drop what a failed attempt staged but never committed."""
-        shutil.rmtree(self.staging_root, ignore_errors=True)
+        _storage.delete_dir(self.staging_root)
 
     @property
     def latest(self) -> CheckpointRecord | None:
         return self.records[-1] if self.records else None
 
-    def commit(self, staged: str, metrics: dict[str, Any]) -> CheckpointRecord:
+    def commit(self, staged: StorageLocation | str, metrics: dict[str, Any]
+               ) -> CheckpointRecord:
         """Make the complete folder ``staged`` the run's newest checkpoint."""
+        if not isinstance(staged, StorageLocation):
+            staged = _storage.local_location(staged)
         number = self.next_number
-        path = os.path.join(self.run_dir, checkpoint_dir_name(number))
-        os.replace(staged, path)
+        target = self.run.join(checkpoint_dir_name(number))
+        _storage.move_dir(staged, target)
         self.next_number = number + 1
-        record = CheckpointRecord(number, path, metrics)
+        record = CheckpointRecord(number, target.path, metrics,
+                                  None if self.run.is_local else self.run.filesystem)
         keep, drop = self._retain([*self.records, record])
         self.records = keep
         _faults.maybe("checkpoint_commit", rank=-1)
         self._write_index()
         for r in drop:
-            shutil.rmtree(r.path, ignore_errors=True)
+            _storage.delete_dir(self.run.join(_name(r.path)))
         return record
 
     def _write_index(self) -> None:
         index = {"next_number": self.next_number,
-                 "checkpoints": [{"number": r.number, "dir": os.path.basename(r.path),
+                 "checkpoints": [{"number": r.number, "dir": _name(r.path),
                                   "metrics": r.metrics} for r in self.records]}
-        write_atomic(os.path.join(self.run_dir, INDEX_FILE),
-                     json.dumps(index, default=repr).encode())
+        _storage.write_file(self.run.join(INDEX_FILE), json.dumps(index, default=repr).encode())
 
     def _score(self, record: CheckpointRecord) -> float:
         attr = self.config.checkpoint_score_attribute
@@ -153,3 +169,7 @@ class CheckpointManager:
     def best_checkpoints(self) -> list[tuple[Checkpoint, dict[str, Any]]]:
         """Every kept checkpoint with its metrics, oldest first (as Ray's ``Result``)."""
         return [(r.checkpoint, r.metrics) for r in self.records]
+
+
+def _name(path: str) -> str:
+    return path.rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1]

@@ -14,6 +14,9 @@ from typing import Any
 from typing import Literal
 
 from trainkit.train import _constants
+from trainkit.train._storage import StorageLocation
+from trainkit.train._storage import check_scheme
+from trainkit.train._storage import resolve
 
 PlacementStrategy = Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
 _STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
@@ -151,8 +154,14 @@ class RunConfig:
     Args:
         name: the run's folder under ``storage_path``; running again with the same name
             resumes from its latest checkpoint. Default: ``Trainer_<date>_<time>``.
-        storage_path: a folder every worker can write (shared storage across nodes).
+        storage_path: where runs go: ``s3://bucket/prefix``, ``gs://bucket/prefix``, or a
+            local folder (shared across nodes, for a multi-node run). With
+            ``storage_filesystem``, a URI or a path on that filesystem (``bucket/prefix``).
             Default: ``$TRAINKIT_STORAGE_PATH`` or ``~/trainkit_results``.
+        storage_filesystem: a ``pyarrow.fs.FileSystem`` to write through, e.g.
+            ``pyarrow.fs.S3FileSystem(endpoint_override="127.0.0.1:9000", scheme="http")``;
+            None picks it from the ``storage_path`` URI. Every file a run writes goes through
+            it; it is pickled to every worker.
         checkpoint_config: retention, see :class:`CheckpointConfig`.
         failure_config: restarts and hang detection, see :class:`FailureConfig`.
         callbacks: objects with any of ``on_report(metrics, checkpoint)``,
@@ -165,6 +174,7 @@ class RunConfig:
 
     name: str | None = None
     storage_path: str | os.PathLike[str] | None = None
+    storage_filesystem: Any = None  # a pyarrow.fs.FileSystem; Any keeps pyarrow unimported
     checkpoint_config: CheckpointConfig = field(default_factory=CheckpointConfig)
     failure_config: FailureConfig = field(default_factory=FailureConfig)
     callbacks: Sequence[Any] = ()
@@ -177,6 +187,15 @@ class RunConfig:
             raise ValueError(f"`name` is {self.name!r}, but must be a folder name (no {os.sep!r})")
         if self.storage_path is not None and not isinstance(self.storage_path, (str, os.PathLike)):
             raise TypeError(f"`storage_path` is {self.storage_path!r}, but must be a path")
+        if self.storage_filesystem is not None:
+            import pyarrow.fs  # type: ignore[import-untyped]
+
+            if not isinstance(self.storage_filesystem, pyarrow.fs.FileSystem):
+                raise TypeError(f"`storage_filesystem` is {self.storage_filesystem!r}, but must "
+                                "be a pyarrow.fs.FileSystem (e.g. pyarrow.fs.S3FileSystem(...)) "
+                                "or None")
+        if self.storage_path is not None:
+            check_scheme(os.fspath(self.storage_path), self.storage_filesystem is not None)
         if not isinstance(self.checkpoint_config, CheckpointConfig):
             raise TypeError(f"`checkpoint_config` is {self.checkpoint_config!r}, but must be a "
                             "CheckpointConfig")
@@ -189,5 +208,15 @@ class RunConfig:
 
     @property
     def resolved_storage_path(self) -> str:
+        """The local folder ``storage_path`` names (not for URIs: see ``storage_location``)."""
         path = self.storage_path if self.storage_path is not None else _constants.storage_path()
         return os.path.abspath(os.path.expanduser(os.fspath(path)))
+
+    def storage_location(self) -> StorageLocation:
+        """``storage_path`` on its filesystem (``_storage.resolve``; no I/O for local paths).
+
+        Raises:
+            ValueError: an unknown scheme, or a ``gs://`` path with no GCS credentials.
+        """
+        path = self.storage_path if self.storage_path is not None else _constants.storage_path()
+        return resolve(path, self.storage_filesystem)

@@ -28,6 +28,7 @@ from typing import Final
 from trainkit.exceptions import InvalidTransitionError
 from trainkit.exceptions import TaskError
 from trainkit.exceptions import TrainingFailedError
+from trainkit.train._checkpoint import Checkpoint
 from trainkit.train._config import RunConfig
 from trainkit.train._config import ScalingConfig
 from trainkit.train._constants import FAILURE_GRACE_S
@@ -87,7 +88,7 @@ class TrainController:
 
     def __init__(self, *, fn_blob: bytes, config: Mapping[str, Any] | None,
                  scaling: ScalingConfig, run_config: RunConfig, backend: str,
-                 recorder: RunRecorder, name: str, start_checkpoint: str | None,
+                 recorder: RunRecorder, name: str, start_checkpoint: Checkpoint | None,
                  shards: list[dict[str, Any]]) -> None:
         self.fn_blob = fn_blob
         self.config = config
@@ -157,7 +158,7 @@ class TrainController:
         self._reset_attempt()
         self.group.start()
         latest = self.recorder.latest_checkpoint
-        checkpoint = latest.path if latest else self.start_checkpoint
+        checkpoint = latest if latest else self.start_checkpoint
         self.group.run(self.fn_blob, self.config, checkpoint, self.shards)
         self.last_active = [time.monotonic()] * self.scaling.num_workers
         self._transition(ControllerState.RUNNING, f"attempt {self.attempt} started")

@@ -22,6 +22,7 @@ from typing import Any
 from typing import TypeAlias
 from typing import final
 
+from trainkit.train import _storage
 from trainkit.train._checkpoint import Checkpoint
 from trainkit.train._checkpoint_manager import CheckpointManager
 from trainkit.train._checkpoint_manager import CheckpointRecord
@@ -32,6 +33,8 @@ from trainkit.train._session import Session
 from trainkit.train._session import TrainContext
 from trainkit.train._session import current_session
 from trainkit.train._session import set_session
+from trainkit.train._storage import StorageLocation
+from trainkit.train._storage import local_location
 
 ReportSink: TypeAlias = Callable[[dict[str, Any], "Checkpoint | None"], None]
 """Called with each ``train.report(metrics, checkpoint=...)`` of the hosted loop, in the
@@ -91,13 +94,17 @@ class RunCheckpoints:
     commit left behind. Used by one thread at a time.
 
     Args:
-        run_dir: the run's folder (created if missing).
+        run_dir: the run's folder (created if missing): a local path, or a
+            ``StorageLocation`` (``RunConfig.storage_location().join(...)``) that may be in
+            object storage; a remote checkpoint is written to a local temporary folder
+            first, then uploaded.
         config: retention (``num_to_keep``, ``checkpoint_score_attribute``/``_order``).
     """
 
-    def __init__(self, run_dir: str, config: CheckpointConfig) -> None:
-        os.makedirs(run_dir, exist_ok=True)
-        self._manager = CheckpointManager(run_dir, config)
+    def __init__(self, run_dir: str | StorageLocation, config: CheckpointConfig) -> None:
+        run = run_dir if isinstance(run_dir, StorageLocation) else local_location(run_dir)
+        _storage.make_dirs(run)
+        self._manager = CheckpointManager(run, config)
 
     @property
     def latest(self) -> CheckpointRecord | None:
@@ -127,7 +134,15 @@ class RunCheckpoints:
         If ``write`` raises, nothing is committed.
         """
         staged = self._manager.staging_dir(self.next_dir_name)
-        shutil.rmtree(staged, ignore_errors=True)  # what a write that raised left there
-        os.makedirs(staged)
-        write(staged)
+        _storage.delete_dir(staged)  # what a write that raised left there
+        if staged.is_local:
+            os.makedirs(staged.path)
+            write(staged.path)
+            return self._manager.commit(staged, dict(metrics))
+        local = _storage.temp_dir("trainkit-checkpoint-")
+        try:
+            write(local)
+            _storage.upload_dir(local, staged)
+        finally:
+            shutil.rmtree(local, ignore_errors=True)
         return self._manager.commit(staged, dict(metrics))

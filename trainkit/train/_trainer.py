@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import inspect
+import json
 import os
 import pickle
 import shutil
@@ -19,10 +20,14 @@ import cloudpickle  # type: ignore[import-untyped]
 
 import trainkit.runtime as rt
 from trainkit._pickling import unpicklable_capture
+from trainkit._result_log import PROGRESS_FILE
+from trainkit._result_log import RESULT_FILE
 from trainkit._result_log import read_results
 from trainkit.exceptions import InfeasibleError
 from trainkit.exceptions import TrainingFailedError
+from trainkit.train import _storage
 from trainkit.train._checkpoint import Checkpoint
+from trainkit.train._checkpoint_manager import read_index
 from trainkit.train._config import RunConfig
 from trainkit.train._config import ScalingConfig
 from trainkit.train._controller import TrainController
@@ -33,6 +38,7 @@ from trainkit.train._session import set_session
 
 if TYPE_CHECKING:
     import pandas  # type: ignore[import-untyped]
+    import pyarrow.fs  # type: ignore[import-untyped]
 
 _BACKENDS = ("gloo", "nccl")
 # Imported once in the runtime's worker forkserver, so each training worker starts with
@@ -44,14 +50,15 @@ _WORKER_MODULES = ("torch", "torch.distributed", "torch.nn.parallel.distributed"
 
 @dataclass(frozen=True)
 class Result:
-    """What ``Trainer.fit()`` returns.
+    """What ``Trainer.fit()`` returns, or ``Result.from_path`` reads back from storage.
 
     Attributes:
         metrics: rank 0's last reported metrics.
         checkpoint: the latest persisted checkpoint (None if none was reported).
         best_checkpoints: every kept checkpoint with its metrics, oldest first.
-        path: the run's folder.
+        path: the run's folder, a path on ``filesystem`` (no URI scheme).
         error: the failure, when the run failed (``fit()`` raises it as well).
+        filesystem: the ``pyarrow.fs.FileSystem`` holding the run (None: the local one).
     """
 
     metrics: dict[str, Any]
@@ -59,11 +66,78 @@ class Result:
     path: str
     best_checkpoints: list[tuple[Checkpoint, dict[str, Any]]] = field(default_factory=list)
     error: BaseException | None = None
+    filesystem: pyarrow.fs.FileSystem | None = None
 
     @property
     def metrics_dataframe(self) -> pandas.DataFrame:
         """One row per ``report()`` of rank 0, read from the run's ``result.json``."""
-        return read_results(self.path)
+        if self.filesystem is None or _storage.same(self.filesystem, None):
+            return read_results(self.path)
+        run = _storage.StorageLocation(self.filesystem, self.path, self.path)
+        local = _storage.temp_dir("trainkit-result-")
+        try:
+            for name in (RESULT_FILE, PROGRESS_FILE):
+                data = _storage.read_file(run.join(name))
+                if data is not None:
+                    with open(os.path.join(local, name), "wb") as f:
+                        f.write(data)
+            return read_results(local)
+        finally:
+            shutil.rmtree(local, ignore_errors=True)
+
+    def get_best_checkpoint(self, metric: str, mode: str) -> Checkpoint | None:
+        """The kept checkpoint whose reported ``metric`` is best (``mode`` "min" or "max");
+        None if the run kept no checkpoint.
+
+        Raises:
+            ValueError: a bad ``mode``, or no kept checkpoint was reported with ``metric``.
+        """
+        if mode not in ("min", "max"):
+            raise ValueError(f"`mode` is {mode!r}, but must be 'min' or 'max'")
+        if not self.best_checkpoints:
+            return None
+        scored = [(float(m[metric]), c) for c, m in self.best_checkpoints
+                  if isinstance(m.get(metric), (int, float)) and not isinstance(m[metric], bool)]
+        if not scored:
+            seen = sorted({k for _, m in self.best_checkpoints for k in m})
+            raise ValueError(f"no kept checkpoint was reported with the metric {metric!r}; "
+                             f"they were reported with {seen}")
+        pick = min if mode == "min" else max
+        return pick(scored, key=lambda pair: pair[0])[1]
+
+    @classmethod
+    def from_path(cls, path: str | os.PathLike[str],
+                  storage_filesystem: pyarrow.fs.FileSystem | None = None) -> Result:
+        """A finished (or failed) run read back from its folder: a local path, a URI
+        (``s3://bucket/runs/exp``) or a path on ``storage_filesystem``.
+
+        Example:
+            >>> result = Result.from_path("s3://bucket/runs/exp")
+            >>> result.get_best_checkpoint("loss", "min")
+
+        Raises:
+            ValueError: ``path`` holds no run (no result.json and no checkpoint index).
+        """
+        run = _storage.resolve(path, storage_filesystem)
+        fs = None if run.is_local else run.filesystem
+        records = read_index(run)
+        results = _storage.read_file(run.join(RESULT_FILE))
+        if records is None and results is None:
+            raise ValueError(f"{run.uri} holds no run (no {RESULT_FILE} and no checkpoint "
+                             "index): pass the run's folder, <storage_path>/<name>")
+        metrics: dict[str, Any] = {}
+        for line in reversed((results or b"").decode().splitlines()):
+            try:
+                metrics = dict(json.loads(line))
+                break
+            except json.JSONDecodeError:
+                continue  # a line torn by a crash
+        for key in ("training_iteration", "timestamp", "checkpoint_dir_name"):
+            metrics.pop(key, None)
+        records = records or []
+        return cls(metrics=metrics, checkpoint=records[-1].checkpoint if records else None,
+                   path=run.path, best_checkpoints=[(r.checkpoint, r.metrics) for r in records],
+                   filesystem=fs)
 
 
 class Trainer:
@@ -118,24 +192,25 @@ class Trainer:
         """Run the loop to the end; raise ``TrainingFailedError`` when it fails for good."""
         name = self.run_config.name or \
             f"Trainer_{datetime.datetime.now():%Y-%m-%d_%H-%M-%S}"
-        run_dir = os.path.join(self.run_config.resolved_storage_path, name)
-        _check_writable(run_dir)
+        run = self.run_config.storage_location().join(name)
+        _storage.check_writable(run)
+        run_dir = run.uri
         n = self.scaling.num_workers
         if n > 0:
             if not rt.is_initialized():
                 rt.init()
             rt.preload_worker_modules(*_WORKER_MODULES)
             _check_fits(self.scaling)
-        recorder = RunRecorder(run_dir, self.run_config, name)
-        start = self.resume_from_checkpoint.path if self.resume_from_checkpoint else None
+        recorder = RunRecorder(run, self.run_config, name)
+        start = self.resume_from_checkpoint
         latest = recorder.latest_checkpoint
         if latest is not None:
             recorder.progress.say(f"resuming run {name!r} from {latest.path}")
         elif start is not None:
-            recorder.progress.say(f"run {name!r} starts from checkpoint {start}")
+            recorder.progress.say(f"run {name!r} starts from checkpoint {start.path}")
         try:
             if n == 0:
-                _run_local(self, recorder, name, latest.path if latest else start)
+                _run_local(self, recorder, name, latest or start)
                 error: TrainingFailedError | None = None
             else:
                 controller = TrainController(
@@ -147,8 +222,8 @@ class Trainer:
         finally:
             recorder.close()
         result = Result(metrics=recorder.metrics, checkpoint=recorder.latest_checkpoint,
-                        path=run_dir, best_checkpoints=recorder.checkpoints.best_checkpoints(),
-                        error=error)
+                        path=run.path, best_checkpoints=recorder.checkpoints.best_checkpoints(),
+                        error=error, filesystem=None if run.is_local else run.filesystem)
         for cb in self.run_config.callbacks:
             if hasattr(cb, "on_end"):
                 cb.on_end(result)
@@ -169,7 +244,7 @@ class Trainer:
 
 
 def _run_local(trainer: Trainer, recorder: RunRecorder, name: str,
-               checkpoint: str | None) -> None:
+               checkpoint: Checkpoint | None) -> None:
     """Local mode (``num_workers=0``): the loop runs here, in this thread, so pdb works."""
     seq = 0
 
@@ -179,13 +254,13 @@ def _run_local(trainer: Trainer, recorder: RunRecorder, name: str,
         staged = None
         if ckpt is not None:
             staged = recorder.checkpoints.staging_dir(f"local-{seq:06d}")
-            shutil.copytree(ckpt.path, staged, dirs_exist_ok=True)
+            _storage.upload_dir(ckpt.path, staged)
         recorder.record(metrics, staged)
 
     context = TrainContext(world_size=1, world_rank=0, local_rank=0, local_world_size=1,
                            node_rank=0, experiment_name=name, run_path=recorder.run_dir)
-    set_session(Session(context, Checkpoint(checkpoint) if checkpoint else None,
-                        trainer._shards(1)[0], reporter, trainer.scaling.uses_gpu))
+    set_session(Session(context, checkpoint, trainer._shards(1)[0], reporter,
+                        trainer.scaling.uses_gpu))
     try:
         if trainer.config is not None:
             trainer.fn(dict(trainer.config))
@@ -248,18 +323,6 @@ def _picklable(value: Any) -> bool:
         return True
     except Exception:
         return False
-
-
-def _check_writable(run_dir: str) -> None:
-    try:
-        os.makedirs(run_dir, exist_ok=True)
-        probe = os.path.join(run_dir, ".write_probe")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
-    except OSError as e:
-        raise PermissionError(f"the run folder {run_dir} cannot be written ({e}); pass "
-                              "RunConfig(storage_path=...) a folder you can write") from e
 
 
 def _check_fits(scaling: ScalingConfig) -> None:

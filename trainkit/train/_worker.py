@@ -2,7 +2,8 @@
 
 It is a threaded actor: ``run`` executes the user's loop in one thread, while the driver's
 ``poll`` (a long poll for reports), ``joined_ranks`` and ``dump_stacks`` are answered from
-others. ``report()`` in the loop copies the checkpoint folder into the run's staging folder,
+others. ``report()`` in the loop uploads the checkpoint folder into the run's staging folder
+in storage (each rank its own files, straight from its node: nothing goes through the driver),
 queues the report for ``poll`` and waits until the driver has seen every rank's report of
 this iteration and persisted the checkpoint (the driver's next ``poll`` carries that ack).
 """
@@ -10,7 +11,6 @@ this iteration and persisted the checkpoint (the driver's next ``poll`` carries 
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import threading
 import traceback
@@ -21,6 +21,7 @@ from typing import Any
 import cloudpickle  # type: ignore[import-untyped]
 
 from trainkit.train import _faults
+from trainkit.train import _storage
 from trainkit.train._checkpoint import Checkpoint
 from trainkit.train._ddp import Rendezvous
 from trainkit.train._ddp import free_port
@@ -28,6 +29,7 @@ from trainkit.train._ddp import set_torchrun_env
 from trainkit.train._session import Session
 from trainkit.train._session import TrainContext
 from trainkit.train._session import set_session
+from trainkit.train._storage import StorageLocation
 
 MAX_CONCURRENCY = 4  # run + poll + joined_ranks/dump_stacks, with one to spare
 
@@ -39,7 +41,7 @@ class Report:
     seq: int  # 1, 2, ... within this attempt
     rank: int
     metrics: dict[str, Any]
-    staged: str | None  # the staging folder the rank copied its checkpoint into
+    staged: StorageLocation | None  # the staging folder the rank uploaded its checkpoint to
 
 
 def staging_key(attempt: int, seq: int) -> str:
@@ -47,7 +49,8 @@ def staging_key(attempt: int, seq: int) -> str:
 
 
 class TrainWorker:
-    def __init__(self, rank: int, attempt: int, staging_root: str, fault_rules: str) -> None:
+    def __init__(self, rank: int, attempt: int, staging_root: StorageLocation,
+                 fault_rules: str) -> None:
         _faults.install(fault_rules)
         self.rank = rank
         self.attempt = attempt
@@ -90,11 +93,10 @@ class TrainWorker:
     def joined_ranks(self) -> list[int]:
         return self.rendezvous.joined_ranks()
 
-    def run(self, fn_blob: bytes, config: Mapping[str, Any] | None, checkpoint: str | None,
-            shards: Mapping[str, Any]) -> None:
+    def run(self, fn_blob: bytes, config: Mapping[str, Any] | None,
+            checkpoint: Checkpoint | None, shards: Mapping[str, Any]) -> None:
         fn = cloudpickle.loads(fn_blob)
-        set_session(Session(self.context, Checkpoint(checkpoint) if checkpoint else None,
-                            shards, self._report, self.use_gpu))
+        set_session(Session(self.context, checkpoint, shards, self._report, self.use_gpu))
         try:
             fn(dict(config)) if config is not None else fn()
         finally:
@@ -127,8 +129,8 @@ class TrainWorker:
         seq = self.seq + 1
         staged = None
         if checkpoint is not None:
-            staged = os.path.join(self.staging_root, staging_key(self.attempt, seq))
-            shutil.copytree(checkpoint.path, staged, dirs_exist_ok=True)
+            staged = self.staging_root.join(staging_key(self.attempt, seq))
+            _storage.upload_dir(checkpoint.path, staged)
             _faults.maybe("checkpoint_upload", rank=self.rank, attempt=self.attempt)
         with self.cv:
             self.seq = seq

@@ -18,10 +18,12 @@ import trainkit.runtime as rt
 from trainkit.exceptions import GetTimeoutError
 from trainkit.exceptions import TrainkitError
 from trainkit.train import _faults
+from trainkit.train._checkpoint import Checkpoint
 from trainkit.train._config import FailureConfig
 from trainkit.train._config import ScalingConfig
 from trainkit.train._constants import PLACEMENT_TIMEOUT_S
 from trainkit.train._session import TrainContext
+from trainkit.train._storage import StorageLocation
 from trainkit.train._worker import MAX_CONCURRENCY
 from trainkit.train._worker import Report
 from trainkit.train._worker import TrainWorker
@@ -55,7 +57,8 @@ class WorkerGroup:
     """The actors of one attempt. Used from the driver's controller thread only."""
 
     def __init__(self, scaling: ScalingConfig, failure: FailureConfig, *, attempt: int,
-                 staging_root: str, experiment_name: str, run_path: str, backend: str) -> None:
+                 staging_root: StorageLocation, experiment_name: str, run_path: str,
+                 backend: str) -> None:
         self.scaling = scaling
         self.failure = failure
         self.attempt = attempt
@@ -156,7 +159,8 @@ class WorkerGroup:
             raise WorkerGroupError(what + " failed", self._errors_of(refs, refs)) from None
 
     # -- run -----------------------------------------------------------------------------
-    def run(self, fn_blob: bytes, config: Mapping[str, Any] | None, checkpoint: str | None,
+    def run(self, fn_blob: bytes, config: Mapping[str, Any] | None,
+            checkpoint: Checkpoint | None,
             shards: list[dict[str, Any]]) -> None:
         blob = rt.put(fn_blob)
         for rank, w in enumerate(self.workers):

@@ -39,6 +39,7 @@ from trainkit.tune._search_space import randn
 from trainkit.tune._search_space import sample_from
 from trainkit.tune._search_space import uniform
 from trainkit.tune._stopper import Stopper
+from trainkit.tune._trainable import PlacementGroupFactory
 from trainkit.tune._trainable import Trainable
 from trainkit.tune._trainable import with_parameters
 from trainkit.tune._trainable import with_resources
@@ -51,6 +52,7 @@ __all__ = [
     "Experiment",
     "ExperimentAnalysis",
     "FailureConfig",
+    "PlacementGroupFactory",
     "Result",
     "ResultGrid",
     "RunConfig",

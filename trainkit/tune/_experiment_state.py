@@ -5,13 +5,16 @@
 a crash loses at most the line being written (a torn last line is skipped on replay).
 ``search_state.pkl`` holds the searcher's ``get_state()`` and the scheduler (written
 atomically at each trial start and end); ``tuner.pkl`` holds the sweep's definition
-(param_space, TuneConfig, RunConfig), written once.
+(param_space, TuneConfig, RunConfig), written once; ``fingerprint`` the hash of that
+definition (see ``_fingerprint``), which decides whether a rerun continues the experiment.
+An experiment whose definition changed goes to ``<name>-2`` (``-3``, ...), its *family*.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from dataclasses import field
 from typing import Any
@@ -23,6 +26,7 @@ from trainkit._atomic import write_atomic
 JOURNAL = "experiment_state.jsonl"
 SEARCH_STATE = "search_state.pkl"
 TUNER_STATE = "tuner.pkl"
+FINGERPRINT = "fingerprint"
 
 
 @dataclass
@@ -101,3 +105,47 @@ def load_search_state(exp_dir: str) -> tuple[Any, Any] | None:
             return state
     except FileNotFoundError:
         return None
+
+
+def write_fingerprint(exp_dir: str, digest: str) -> None:
+    write_atomic(os.path.join(exp_dir, FINGERPRINT), digest.encode())
+
+
+def read_fingerprint(exp_dir: str) -> str | None:
+    try:
+        with open(os.path.join(exp_dir, FINGERPRINT)) as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        return None
+
+
+def is_experiment(exp_dir: str) -> bool:
+    return os.path.exists(os.path.join(exp_dir, JOURNAL)) and \
+        os.path.exists(os.path.join(exp_dir, TUNER_STATE))
+
+
+def experiment_family(storage: str, name: str) -> list[str]:
+    """The experiments ``<name>``, ``<name>-2``, ``<name>-3``, ... that exist in ``storage``."""
+    out = []
+    for folder in _family_folders(storage, name):
+        if not os.path.exists(folder):
+            break
+        if is_experiment(folder):
+            out.append(folder)
+    return out
+
+
+def next_free_folder(storage: str, name: str) -> str:
+    """The first folder of the family that holds no experiment."""
+    for folder in _family_folders(storage, name):
+        if not is_experiment(folder):
+            return folder
+    raise AssertionError("unreachable")
+
+
+def _family_folders(storage: str, name: str) -> Iterator[str]:
+    yield os.path.join(storage, name)
+    n = 2
+    while True:
+        yield os.path.join(storage, f"{name}-{n}")
+        n += 1

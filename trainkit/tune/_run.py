@@ -82,9 +82,11 @@ def run(run_or_experiment: Any, *, config: Mapping[str, Any] | None = None,
     """Run a sweep (Ray's ``tune.run``) and return its ``ExperimentAnalysis``.
 
     ``run_or_experiment`` is a trainable or a ``tune.Experiment``. ``config`` is the search
-    space (the Tuner's ``param_space``; give it once). ``resume``: False runs as a Tuner does
-    (an existing experiment of the same ``name`` is continued); True or "AUTO" restores the
-    experiment ``name`` in ``storage_path`` if there is one.
+    space (the Tuner's ``param_space``; give it once). ``resume`` follows the Tuner's rules
+    (see ``Tuner(resume=...)``): False (default, as in Ray) starts a new experiment (in a new
+    folder ``<name>-2`` if ``name`` holds one); True continues the experiment ``name`` whatever
+    changed (a ``ValueError`` if there is none); "AUTO" continues it only if the trainable's
+    code and the search space are the same, else starts a new one in a new folder.
     """
     if config is not None and param_space is not None:
         raise ValueError("tune.run() got both `config` and `param_space`: they are the same "
@@ -118,11 +120,11 @@ def run(run_or_experiment: Any, *, config: Mapping[str, Any] | None = None,
                              scheduler=scheduler, num_samples=num_samples,
                              max_concurrent_trials=max_concurrent_trials,
                              time_budget_s=time_budget_s, reuse_actors=reuse_actors)
-    tuner = Tuner(trainable, param_space=space, tune_config=tune_config, run_config=run_config)
-    if resume and name is not None:
-        path = os.path.join(run_config.resolved_storage_path, name)
-        if Tuner.can_restore(path):
-            tuner = Tuner.restore(path, trainable, param_space=space)
+    if resume is True and name is None:
+        raise ValueError("tune.run(resume=True) needs the experiment's name=: without one "
+                         "each run gets a new, dated folder")
+    tuner = Tuner(trainable, param_space=space, tune_config=tune_config, run_config=run_config,
+                  resume="auto" if isinstance(resume, str) else resume)
     exp_dir, trials = tuner._fit_trials()
     analysis = ExperimentAnalysis(trial_records(trials, results_of(trials)), exp_dir,
                                   metric, mode)

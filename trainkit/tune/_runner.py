@@ -28,6 +28,7 @@ from trainkit.tune._config import TuneConfig
 from trainkit.tune._config import fail_fast_of
 from trainkit.tune._experiment_state import Journal
 from trainkit.tune._experiment_state import save_search_state
+from trainkit.tune._optuna_journal import OptunaJournal
 from trainkit.tune._progress import TrialTable
 from trainkit.tune._scheduler import Decision
 from trainkit.tune._scheduler import Exploit
@@ -43,6 +44,7 @@ from trainkit.tune._trial_actor import TrialSpec
 
 POLL_WAIT_S = 5.0
 MAX_PENDING_TRIALS = 16  # created ahead of capacity with the default searcher
+WAIT_CHECK_S = 2.0  # a placement group pending this long while its trial is quiet is looked at
 HISTORY_LENGTH = 20  # moves a trial remembers for an InvalidTransitionError (the journal has all)
 
 
@@ -65,6 +67,8 @@ class Trial:
     exploit: Exploit | None = None
     exploits: int = 0
     stop_requested: bool = False
+    quiet_since: float = 0.0  # when it last sent an event (or started)
+    pruned: bool = False  # the scheduler stopped it early
     history: deque[str] = field(default_factory=lambda: deque(maxlen=HISTORY_LENGTH))
 
     @property
@@ -80,7 +84,7 @@ class TuneRunner:
     def __init__(self, *, blob: bytes, kind: str, trainable_name: str, resources: dict[str, float],
                  tune_config: TuneConfig, run_config: RunConfig, exp_dir: str, exp_name: str,
                  searcher: Searcher, scheduler: TrialScheduler, trials: list[Trial],
-                 capacity: int) -> None:
+                 capacity: int, param_space: dict[str, Any] | None = None) -> None:
         self.blob = blob
         self.kind = kind
         self.trainable_name = trainable_name
@@ -107,6 +111,14 @@ class TuneRunner:
                          if tune_config.time_budget_s else math.inf)
         self.stopping_all = False
         self.fail_fast_error: BaseException | None = None  # fail_fast="raise": fit() raises it
+        self.next_wait_check = 0.0
+        self.pg_seen: dict[str, float] = {}  # pending placement group -> when first seen
+        self.pg_said: set[str] = set()
+        self.optuna = OptunaJournal(exp_dir, exp_name, param_space or {}, tune_config.metric,
+                                    tune_config.mode, self.table.say)
+        for trial in trials:
+            if not trial.state.is_terminal:
+                self.optuna.add(trial.trial_id, trial.config)
 
     # -- the loop ------------------------------------------------------------------------
     def run(self) -> None:
@@ -120,6 +132,8 @@ class TuneRunner:
                 ready, _ = rt.wait(list(self.by_ref), num_returns=1, timeout=timeout)
                 for ref in ready:
                     self._on_event(self.by_ref.pop(ref), ref)
+                if not ready:
+                    self._check_waits()
                 self._apply_pending()
                 if time.monotonic() >= self.deadline and not self.stopping_all:
                     self._stop_all("time_budget_s is spent")
@@ -183,6 +197,7 @@ class TuneRunner:
                     trial.stop_requested = True  # said at its next result
                 else:
                     self._set_state(trial, TrialState.TERMINATED)
+                    self.optuna.end(trial.trial_id, trial.last_result, "pruned")
                     self.searcher.on_trial_complete(trial.trial_id, trial.last_result or None)
                     self.scheduler.on_trial_complete(trial.snapshot(), trial.last_result)
 
@@ -207,6 +222,7 @@ class TuneRunner:
         self.journal.append(e="add", id=trial_id, name=name, config=config, dir=trial.trial_dir,
                             res=trial.resources)
         self.scheduler.on_trial_add(trial.snapshot())
+        self.optuna.add(trial_id, config)
         save_search_state(self.exp_dir, self.searcher, self.scheduler)
         return trial
 
@@ -237,6 +253,7 @@ class TuneRunner:
                          self.run_config.checkpoint_config,
                          float(trial.last_result.get("time_total_s", 0.0)))
         actor.start.remote(spec)
+        trial.quiet_since = time.monotonic()
         self._poll(trial, None)
         self._set_state(trial, TrialState.RUNNING)
 
@@ -283,10 +300,12 @@ class TuneRunner:
             self._on_error(trial, f"{type(error).__name__}: {error}\n{tb}", error, healthy=True)
 
     def _on_result(self, trial: Trial, result: dict[str, Any], checkpoint: str | None) -> None:
+        trial.quiet_since = time.monotonic()
         trial.last_result = result
         if checkpoint:
             trial.checkpoint = checkpoint
         self.journal.append(e="result", id=trial.trial_id, result=result, ckpt=checkpoint)
+        self.optuna.result(trial.trial_id, result)
         self._check_metric(result)
         self.searcher.on_trial_result(trial.trial_id, result)
         # As in Ray, the stop criteria come first: a trial that meets them stops at this very
@@ -296,6 +315,11 @@ class TuneRunner:
         else:
             decision = self.scheduler.on_trial_result(trial.snapshot(), result)
             action = decision.decision
+            # Stopped early by the scheduler (not at its own max_t): PRUNED to Optuna.
+            max_t = getattr(self.scheduler, "max_t", None)
+            time_attr = getattr(self.scheduler, "time_attr", "training_iteration")
+            trial.pruned = action is Decision.STOP and not (
+                isinstance(max_t, (int, float)) and result.get(time_attr, 0) >= max_t)
             if decision.exploit is not None:
                 trial.exploit = decision.exploit
                 action = Decision.STOP  # end this run; _on_done restarts it from the donor
@@ -324,6 +348,8 @@ class TuneRunner:
             self._set_state(trial, TrialState.PAUSED)
             return
         self._set_state(trial, TrialState.TERMINATED)
+        self.optuna.end(trial.trial_id, trial.last_result,
+                        "pruned" if trial.pruned else "complete")
         self.searcher.on_trial_complete(trial.trial_id, trial.last_result or None)
         self.scheduler.on_trial_complete(trial.snapshot(), trial.last_result)
         save_search_state(self.exp_dir, self.searcher, self.scheduler)
@@ -343,6 +369,7 @@ class TuneRunner:
         write_atomic(os.path.join(trial.trial_dir, "params.json"), _json_bytes(trial.config))
         self.journal.append(e="config", id=trial.trial_id, config=trial.config,
                             ckpt=trial.checkpoint)
+        self.optuna.config(trial.trial_id, trial.config)
         self._set_state(trial, TrialState.PENDING)
 
     def _on_error(self, trial: Trial, text: str, error: BaseException | None,
@@ -357,6 +384,7 @@ class TuneRunner:
             self._set_state(trial, TrialState.PENDING)
             return
         self._set_state(trial, TrialState.ERRORED, error=text)
+        self.optuna.end(trial.trial_id, trial.last_result, "fail")
         self.searcher.on_trial_complete(trial.trial_id, trial.last_result or None, error=True)
         self.scheduler.on_trial_error(trial.snapshot())
         save_search_state(self.exp_dir, self.searcher, self.scheduler)
@@ -368,6 +396,92 @@ class TuneRunner:
             self._stop_all(f"trial {trial.name} failed and FailureConfig(fail_fast="
                            f"{fail_fast!r}) is set")
 
+    # -- trials waiting on resources -----------------------------------------------------
+    def _check_waits(self) -> None:
+        """Trials that wait on resources which cannot come: refused, or said.
+
+        A trial that starts a Trainer asks for a placement group of the workers' bundles.
+        When that group, added to what a trial itself holds, is more than the cluster has,
+        it can never be reserved while its trial runs: the trial would wait forever, so it
+        is refused (errored, not retried) with what to reserve instead. A group that waits
+        only because other trials hold the resources is said once in the progress display.
+        Runs only when no event came for a whole wait (a quiet sweep), once per second.
+        """
+        now = time.monotonic()
+        if now < self.next_wait_check:
+            return
+        self.next_wait_check = now + 1.0
+        quiet = sorted((t for t in self.trials.values() if t.state is TrialState.RUNNING
+                        and now - t.quiet_since >= WAIT_CHECK_S), key=lambda t: t.quiet_since)
+        if not quiet:
+            return
+        try:
+            table = rt.placement_group_table()
+        except Exception:  # a backend without the table: nothing to look at
+            return
+        pending = {pid: row for pid, row in table.items()
+                   if row.get("state") in ("PENDING", "RESCHEDULING")}
+        self.pg_seen = {pid: self.pg_seen.get(pid, now) for pid in pending}
+        total = rt.cluster_resources()
+        # CPUs of a trial blocked in a wait are lent back by the runtime (as Ray does), so
+        # only its other resources (GPUs, custom ones) keep a group from forming.
+        keys = {k for t in quiet for k in t.resources if k != "CPU"}
+        held = {k: min(t.resources.get(k, 0.0) for t in quiet) for k in keys}
+        never, busy = [], []
+        for pid, row in pending.items():
+            if now - self.pg_seen[pid] < WAIT_CHECK_S:
+                continue
+            demand = _sum_bundles(row["bundles"].values())
+            if _exceeds(demand, held, total):
+                never.append((pid, row))
+            else:
+                busy.append((pid, row))
+        running = [t for t in self.trials.values() if t.state is TrialState.RUNNING]
+        if busy and len(quiet) == len(running) and len(busy) + len(never) >= len(running):
+            held_all = _sum_bundles({k: v for k, v in t.resources.items() if k != "CPU"}
+                                    for t in running)
+            if all(_exceeds(_sum_bundles(row["bundles"].values()), held_all, total)
+                   for _, row in busy):
+                # Every trial waits on a group the others' holdings keep from it: a deadlock.
+                never, busy = never + busy, []
+        busy = [(pid, row) for pid, row in busy if pid not in self.pg_said]
+        # The longest-quiet trial asked for the longest-pending group (both in time order).
+        never.sort(key=lambda item: self.pg_seen[item[0]])
+        for trial, (pid, row) in zip(quiet, never, strict=False):
+            self._refuse(trial, pid, list(row["bundles"].values()), total)
+        for pid, row in busy:
+            self.pg_said.add(pid)
+            self.table.say(
+                f"{len(quiet)} trial(s) wait for a placement group of "
+                f"{_bundles_text(list(row['bundles'].values()))} (a Trainer's workers?) for "
+                f"{now - self.pg_seen[pid]:.0f} s: available now {rt.available_resources()}, "
+                "the running trials hold the rest; reserve the Trainer's bundles with each "
+                "trial (tune.with_resources(trainable, tune.PlacementGroupFactory([...])))")
+
+    def _refuse(self, trial: Trial, pg_id: str, bundles: list[dict[str, float]],
+                total: dict[str, float]) -> None:
+        head = {k: v for k, v in trial.resources.items() if v}
+        text = (f"trial {trial.name} started a Trainer (or another placement group) needing "
+                f"{_bundles_text(bundles)}, but the trial itself holds {head} of the "
+                f"cluster's {_short(total)} and the other running trials the rest: it would "
+                "wait forever. "
+                "Reserve the Trainer's bundles with the trial: tune.with_resources(trainable, "
+                f"tune.PlacementGroupFactory([{head}] + {_bundles_text(bundles)})), or lower "
+                "the Trainer's ScalingConfig(num_workers=..., resources_per_worker=...)")
+        self.table.say(text)
+        self.by_ref.pop(trial.ref, None)
+        self._release(trial, healthy=False)
+        try:
+            rt.remove_placement_group(rt.PlacementGroup(pg_id, bundles, "PACK", ""))
+        except Exception:
+            pass  # gone with its trial already
+        trial.failures = max(trial.failures, 1)
+        self._set_state(trial, TrialState.ERRORED, error=f"TuneError: {text}")
+        self.optuna.end(trial.trial_id, trial.last_result, "fail")
+        self.searcher.on_trial_complete(trial.trial_id, trial.last_result or None, error=True)
+        self.scheduler.on_trial_error(trial.snapshot())
+        save_search_state(self.exp_dir, self.searcher, self.scheduler)
+
     def _stop_all(self, why: str) -> None:
         """End the sweep now: running trials are killed, the others never start."""
         self.stopping_all = True
@@ -377,9 +491,11 @@ class TuneRunner:
                 self.by_ref.pop(trial.ref, None)
                 self._release(trial, healthy=False)
                 self._set_state(trial, TrialState.TERMINATED)
+                self.optuna.end(trial.trial_id, trial.last_result, "complete")
                 self.scheduler.on_trial_complete(trial.snapshot(), trial.last_result)
             elif trial.state is TrialState.PAUSED:
                 self._set_state(trial, TrialState.TERMINATED)
+                self.optuna.end(trial.trial_id, trial.last_result, "complete")
 
     def _shutdown(self) -> None:
         for trial in list(self.trials.values()):
@@ -397,6 +513,34 @@ class TuneRunner:
 
 _AUTO_KEYS = frozenset({"training_iteration", "time_this_iter_s", "time_total_s", "timestamp",
                         "trial_id", "checkpoint_dir_name", "done"})
+
+
+def _sum_bundles(bundles: Any) -> dict[str, float]:
+    total: dict[str, float] = {}
+    for bundle in bundles:
+        for key, amount in bundle.items():
+            total[key] = total.get(key, 0.0) + float(amount)
+    return total
+
+
+def _exceeds(demand: dict[str, float], held: dict[str, float],
+             total: dict[str, float]) -> bool:
+    """Whether ``demand`` (CPUs aside) cannot fit in ``total`` next to ``held``."""
+    return any(amount + held.get(key, 0.0) > total.get(key, 0.0) + 1e-9
+               for key, amount in demand.items() if key != "CPU" and amount > 0)
+
+
+def _short(resources: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in resources.items()
+            if k not in ("memory", "object_store_memory") and not k.startswith("node:")}
+
+
+def _bundles_text(bundles: list[dict[str, float]]) -> str:
+    """``[{'CPU': 1.0}] * 2`` for equal bundles, else the list."""
+    clean = [{k: v for k, v in b.items() if v} for b in bundles]
+    if clean and all(b == clean[0] for b in clean):
+        return f"[{clean[0]}] * {len(clean)}"
+    return repr(clean)
 
 
 def _json_bytes(value: Any) -> bytes:

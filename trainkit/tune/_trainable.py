@@ -7,12 +7,67 @@ import functools
 import inspect
 from collections.abc import Callable
 from collections.abc import Mapping
+from collections.abc import Sequence
 from typing import Any
+from typing import final
 
 import trainkit.runtime as rt
 from trainkit.train import Trainer
 
 _RESOURCES_ATTR = "_tune_resources"
+_RESERVED_ATTR = "_tune_reserved"
+
+
+@final
+class PlacementGroupFactory:
+    """What one trial reserves, as bundles (Ray's ``tune.PlacementGroupFactory``).
+
+    The first bundle is what the trial's own process holds; the others are kept free for
+    what the trial starts, typically a ``Trainer``'s workers (one bundle per worker, as its
+    ``ScalingConfig`` asks: ``num_workers`` bundles of ``resources_per_worker``, 1 CPU by
+    default). Tune runs no more trials at once than the cluster holds whole reservations
+    of, so the Trainer inside each trial always finds its workers' resources::
+
+        tune.with_resources(train_fn, tune.PlacementGroupFactory(
+            [{"CPU": 1}] + [{"CPU": 1}] * num_workers))
+
+    Args:
+        bundles: a non-empty list of resource dicts (``"cpu"``/``"gpu"`` or ``"CPU"``/...).
+        strategy: kept for Ray's signature ("PACK", "SPREAD", ...); the bundles after the
+            first are reserved as a count, not placed.
+    """
+
+    def __init__(self, bundles: Sequence[Mapping[str, float]], strategy: str = "PACK") -> None:
+        if not isinstance(bundles, (list, tuple)) or not bundles or \
+                not all(isinstance(b, Mapping) for b in bundles):
+            raise ValueError(f"PlacementGroupFactory: `bundles` is {bundles!r}, but must be a "
+                             "non-empty list of dicts, e.g. [{'CPU': 1}, {'CPU': 1}]")
+        self.bundles = [normalize_resources(b) for b in bundles]
+        self.strategy = strategy
+
+    @property
+    def head_bundle(self) -> dict[str, float]:
+        """What the trial's own process holds."""
+        return dict(self.bundles[0])
+
+    @property
+    def required_resources(self) -> dict[str, float]:
+        """All the bundles together: what one trial takes of the cluster."""
+        total: dict[str, float] = {}
+        for bundle in self.bundles:
+            for key, amount in bundle.items():
+                total[key] = total.get(key, 0.0) + amount
+        return total
+
+    def __repr__(self) -> str:
+        return f"PlacementGroupFactory({self.bundles!r}, strategy={self.strategy!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PlacementGroupFactory) and \
+            (self.bundles, self.strategy) == (other.bundles, other.strategy)
+
+    def __hash__(self) -> int:
+        return hash(repr(self))
 
 
 class Trainable:
@@ -68,23 +123,42 @@ def normalize_resources(resources: Mapping[str, float]) -> dict[str, float]:
     return out
 
 
-def with_resources(trainable: Any, resources: Mapping[str, float]) -> Any:
-    """The trainable, run with ``resources`` per trial (e.g. ``{"cpu": 2, "gpu": 1}``)."""
-    res = normalize_resources(resources)
+def with_resources(trainable: Any,
+                   resources: Mapping[str, float] | PlacementGroupFactory) -> Any:
+    """The trainable, run with ``resources`` per trial (e.g. ``{"cpu": 2, "gpu": 1}``), or
+    with a ``PlacementGroupFactory``: its first bundle for the trial, the others reserved
+    for what the trial starts (a Trainer's workers)."""
+    if isinstance(resources, PlacementGroupFactory):
+        res, reserved = resources.head_bundle, resources.required_resources
+    elif isinstance(resources, Mapping):
+        res = normalize_resources(resources)
+        reserved = dict(res)
+    else:
+        raise TypeError(f"with_resources: `resources` is {resources!r}; pass a dict like "
+                        "{'cpu': 2, 'gpu': 1} or a tune.PlacementGroupFactory")
     if trainable_kind(trainable) == "class":
-        return type(trainable.__name__, (trainable,), {_RESOURCES_ATTR: res,
-                                                       "__module__": trainable.__module__})
+        return type(trainable.__name__, (trainable,), {
+            _RESOURCES_ATTR: res, _RESERVED_ATTR: reserved, "__module__": trainable.__module__})
 
     @functools.wraps(trainable)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
         return trainable(*args, **kwargs)
 
     setattr(wrapped, _RESOURCES_ATTR, res)
+    setattr(wrapped, _RESERVED_ATTR, reserved)
     return wrapped
 
 
 def resources_of(trainable: Any) -> dict[str, float] | None:
+    """What the trial's own process holds (None: the default, 1 CPU)."""
     res: dict[str, float] | None = getattr(trainable, _RESOURCES_ATTR, None)
+    return res
+
+
+def reserved_of(trainable: Any) -> dict[str, float] | None:
+    """What one trial takes of the cluster: its own resources plus the bundles reserved for
+    what it starts (None: the same as ``resources_of``)."""
+    res: dict[str, float] | None = getattr(trainable, _RESERVED_ATTR, None)
     return res
 
 
@@ -104,4 +178,5 @@ def with_parameters(trainable: Callable[..., Any], **kwargs: Any) -> Callable[..
 
     if res is not None:
         setattr(wrapped, _RESOURCES_ATTR, res)
+        setattr(wrapped, _RESERVED_ATTR, reserved_of(trainable) or res)
     return wrapped

@@ -21,8 +21,14 @@ from trainkit.train import RunConfig
 from trainkit.tune._config import TuneConfig
 from trainkit.tune._experiment_state import JOURNAL
 from trainkit.tune._experiment_state import TUNER_STATE
+from trainkit.tune._experiment_state import experiment_family
 from trainkit.tune._experiment_state import load_search_state
+from trainkit.tune._experiment_state import next_free_folder
+from trainkit.tune._experiment_state import read_fingerprint
 from trainkit.tune._experiment_state import replay
+from trainkit.tune._experiment_state import write_fingerprint
+from trainkit.tune._fingerprint import check_resume
+from trainkit.tune._fingerprint import fingerprint
 from trainkit.tune._result_grid import ResultGrid
 from trainkit.tune._result_grid import results_of
 from trainkit.tune._runner import Trial
@@ -31,6 +37,7 @@ from trainkit.tune._scheduler import TrialScheduler
 from trainkit.tune._search_space import flatten_space
 from trainkit.tune._searcher import Searcher
 from trainkit.tune._stopper import make_stopper
+from trainkit.tune._trainable import reserved_of
 from trainkit.tune._trainable import resources_of
 from trainkit.tune._trainable import trainable_kind
 from trainkit.tune._trial import TrialState
@@ -53,11 +60,21 @@ class Tuner:
         param_space: the search space: sampling domains, ``grid_search`` and constants.
         tune_config: metric, mode, searcher, scheduler, number of trials.
         run_config: name, storage, stop criteria, per-trial failures and checkpoints.
+        resume: what a rerun with the same ``run_config.name`` and storage does when that
+            folder already holds an experiment. ``"auto"`` (default): continue it only if it
+            is the same experiment (same trainable code, search space, metric, mode,
+            searcher and scheduler types, compared by a fingerprint kept in the folder);
+            otherwise start a new experiment in a new folder ``<name>-2`` (``-3``, ...) and
+            print one line naming it. A folder of that family holding the same definition
+            is continued, so rerunning an edited cell twice continues the second one.
+            ``True``: continue the experiment in ``<name>`` whatever changed (a
+            ``ValueError`` if there is none). ``False``: always start a new experiment (in
+            ``<name>`` if it holds none, else in a new folder, as above).
     """
 
     def __init__(self, trainable: Any, *, param_space: Mapping[str, Any] | None = None,
                  tune_config: TuneConfig | None = None,
-                 run_config: RunConfig | None = None) -> None:
+                 run_config: RunConfig | None = None, resume: bool | str = "auto") -> None:
         self.trainable = trainable
         self.kind = trainable_kind(trainable)
         self.param_space = dict(param_space or {})
@@ -68,7 +85,9 @@ class Tuner:
         if not isinstance(self.run_config, RunConfig):
             raise TypeError(f"run_config is {run_config!r}; pass a train.RunConfig")
         make_stopper(self.run_config.stop)  # a bad stop criterion fails here, not at a result
+        self.resume = check_resume(resume)
         self.blob = _pickle_trainable(trainable)
+        self.fingerprint = fingerprint(trainable, self.param_space, self.tune_config)
         self.searcher = self._make_searcher()
         self.scheduler = self._make_scheduler()
         self._restored: dict[str, Any] | None = None
@@ -148,7 +167,8 @@ class Tuner:
         tc, run = self.tune_config, self.run_config
         name = run.name or f"{_trainable_name(self.trainable)}_" \
             f"{datetime.datetime.now():%Y-%m-%d_%H-%M-%S}"
-        exp_dir = os.path.join(run.resolved_storage_path, name)
+        exp_dir, resuming = self._choose_folder(run.resolved_storage_path, name)
+        name = os.path.basename(exp_dir)
         os.makedirs(exp_dir, exist_ok=True)
         if not rt.is_initialized():
             rt.init()
@@ -159,8 +179,9 @@ class Tuner:
         resources, need = self._resources()
         capacity = self._capacity(need)
         trials: list[Trial] = []
-        if self._restored is not None or self.can_restore(exp_dir):
+        if resuming:
             trials = self._load(exp_dir)
+            write_fingerprint(exp_dir, self.fingerprint)
             if run.verbose:
                 done = sum(t.state.is_terminal for t in trials)
                 print(f"[trainkit] resuming experiment {name!r} from {exp_dir}: {len(trials)} "
@@ -169,11 +190,12 @@ class Tuner:
             write_atomic(os.path.join(exp_dir, TUNER_STATE), cloudpickle.dumps({
                 "param_space": self.param_space, "tune_config": self.tune_config,
                 "run_config": self.run_config}))
+            write_fingerprint(exp_dir, self.fingerprint)
         runner = TuneRunner(
             blob=self.blob, kind=self.kind, trainable_name=_trainable_name(self.trainable),
             resources=resources, tune_config=tc, run_config=run, exp_dir=exp_dir,
             exp_name=name, searcher=self.searcher, scheduler=self.scheduler, trials=trials,
-            capacity=capacity)
+            capacity=capacity, param_space=self.param_space)
         runner.run()
         if runner.fail_fast_error is not None:
             raise runner.fail_fast_error
@@ -181,6 +203,33 @@ class Tuner:
         ran = [t for t in runner.trials.values()
                if t.last_result or t.state is not TrialState.PENDING]
         return exp_dir, ran
+
+    def _choose_folder(self, storage: str, name: str) -> tuple[str, bool]:
+        """(the experiment folder, whether to continue the experiment in it); see ``resume``."""
+        exp_dir = os.path.join(storage, name)
+        if self._restored is not None:
+            return exp_dir, True
+        if self.resume is True:
+            if not self.can_restore(exp_dir):
+                raise ValueError(f"resume=True, but {exp_dir} holds no experiment to continue: "
+                                 "check the name and storage_path, or pass resume='auto' to "
+                                 "start one when there is none")
+            return exp_dir, True
+        family = experiment_family(storage, name)
+        if self.resume == "auto":
+            for folder in family:
+                stored = read_fingerprint(folder)
+                # An experiment from before fingerprints were kept counts as the same.
+                if stored == self.fingerprint or (stored is None and folder == exp_dir):
+                    return folder, True
+        fresh = next_free_folder(storage, name)
+        if fresh != exp_dir and self.run_config.verbose:
+            why = ("resume=False" if self.resume is False else
+                   "the trainable's code or the search space changed")
+            print(f"[trainkit] starting a new experiment in {fresh} ({why}; "
+                  f"{exp_dir} holds the earlier one; Tuner(resume=True) continues that)",
+                  flush=True)
+        return fresh, False
 
     def _load(self, exp_dir: str) -> list[Trial]:
         opts = self._restored or {}
@@ -215,7 +264,7 @@ class Tuner:
                     for k, v in scaling.worker_resources.items()}
             return ({"CPU": 0.0} if scaling.num_workers > 0 else need), need
         res = resources_of(self.trainable) or {"CPU": 1.0}
-        return res, res
+        return res, reserved_of(self.trainable) or res
 
     def _capacity(self, need: dict[str, float]) -> int:
         total = rt.cluster_resources()
