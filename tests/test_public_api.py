@@ -42,8 +42,11 @@ PUBLIC = {
     ],
     "trainkit.train.torch": ["get_device", "prepare_data_loader", "prepare_model"],
     # The seam for hosts that run a training loop outside a Trainer (Tune's trial actor).
-    "trainkit.train.hosting": ["CheckpointRecord", "ReportSink", "RunCheckpoints", "TrainContext",
-                               "hosted_loop", "run_loop"],
+    "trainkit.train.hosting": [
+        "CheckpointRecord", "ReportSink", "RunCheckpoints", "RunFiles", "StorageLocation",
+        "TrainContext", "check_writable", "delete_dir", "download_dir", "hosted_loop", "list_dir",
+        "read_file", "run_loop", "upload_dir", "write_file",
+    ],
     "trainkit.tune": [
         "Checkpoint", "CheckpointConfig", "Experiment", "ExperimentAnalysis", "FailureConfig",
         "PlacementGroupFactory",

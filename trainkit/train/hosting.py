@@ -18,6 +18,12 @@ What it promises (and a change to it is a deliberate diff: its ``__all__`` is ch
   way a Trainer does (atomically, retained by ``CheckpointConfig``) and lists them as
   ``CheckpointRecord``s (``number``, ``path``, ``metrics``, ``checkpoint``).
 - ``TrainContext`` (also in ``trainkit.train``) is what the host describes the rank with.
+- Storage (``RunConfig(storage_path=..., storage_filesystem=...)``, local or object
+  storage): ``StorageLocation`` (``RunConfig.storage_location()``; a folder on a
+  ``pyarrow.fs`` filesystem, picklable), the file operations a host needs on it
+  (``check_writable``, ``read_file``, ``write_file`` atomic, ``list_dir``, ``delete_dir``,
+  ``upload_dir``, ``download_dir``), and ``RunFiles``: the local folder a ``ResultLog``
+  writes into, uploaded to the run's folder by ``sync()``.
 
 Example:
     >>> from trainkit.train.hosting import run_loop
@@ -35,13 +41,31 @@ from trainkit.train._host import ReportSink
 from trainkit.train._host import RunCheckpoints
 from trainkit.train._host import hosted_loop
 from trainkit.train._host import run_loop
+from trainkit.train._recorder import ResultFiles as RunFiles
 from trainkit.train._session import TrainContext
+from trainkit.train._storage import StorageLocation
+from trainkit.train._storage import check_writable
+from trainkit.train._storage import delete_dir
+from trainkit.train._storage import download_dir
+from trainkit.train._storage import list_dir
+from trainkit.train._storage import read_file
+from trainkit.train._storage import upload_dir
+from trainkit.train._storage import write_file
 
 __all__ = [
     "CheckpointRecord",
     "ReportSink",
     "RunCheckpoints",
+    "RunFiles",
+    "StorageLocation",
     "TrainContext",
+    "check_writable",
+    "delete_dir",
+    "download_dir",
     "hosted_loop",
+    "list_dir",
+    "read_file",
     "run_loop",
+    "upload_dir",
+    "write_file",
 ]

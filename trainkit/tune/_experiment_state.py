@@ -22,6 +22,9 @@ from typing import Any
 import cloudpickle  # type: ignore[import-untyped]
 
 from trainkit._atomic import write_atomic
+from trainkit.train.hosting import StorageLocation
+from trainkit.train.hosting import list_dir
+from trainkit.train.hosting import read_file
 
 JOURNAL = "experiment_state.jsonl"
 SEARCH_STATE = "search_state.pkl"
@@ -111,31 +114,28 @@ def write_fingerprint(exp_dir: str, digest: str) -> None:
     write_atomic(os.path.join(exp_dir, FINGERPRINT), digest.encode())
 
 
-def read_fingerprint(exp_dir: str) -> str | None:
-    try:
-        with open(os.path.join(exp_dir, FINGERPRINT)) as f:
-            return f.read().strip()
-    except FileNotFoundError:
-        return None
+def read_fingerprint(exp: StorageLocation) -> str | None:
+    data = read_file(exp.join(FINGERPRINT))
+    return data.decode().strip() if data is not None else None
 
 
-def is_experiment(exp_dir: str) -> bool:
-    return os.path.exists(os.path.join(exp_dir, JOURNAL)) and \
-        os.path.exists(os.path.join(exp_dir, TUNER_STATE))
+def is_experiment(exp: StorageLocation) -> bool:
+    names = {name for name, _ in list_dir(exp)}
+    return JOURNAL in names and TUNER_STATE in names
 
 
-def experiment_family(storage: str, name: str) -> list[str]:
+def experiment_family(storage: StorageLocation, name: str) -> list[StorageLocation]:
     """The experiments ``<name>``, ``<name>-2``, ``<name>-3``, ... that exist in ``storage``."""
     out = []
     for folder in _family_folders(storage, name):
-        if not os.path.exists(folder):
+        if not list_dir(folder):
             break
         if is_experiment(folder):
             out.append(folder)
     return out
 
 
-def next_free_folder(storage: str, name: str) -> str:
+def next_free_folder(storage: StorageLocation, name: str) -> StorageLocation:
     """The first folder of the family that holds no experiment."""
     for folder in _family_folders(storage, name):
         if not is_experiment(folder):
@@ -143,9 +143,9 @@ def next_free_folder(storage: str, name: str) -> str:
     raise AssertionError("unreachable")
 
 
-def _family_folders(storage: str, name: str) -> Iterator[str]:
-    yield os.path.join(storage, name)
+def _family_folders(storage: StorageLocation, name: str) -> Iterator[StorageLocation]:
+    yield storage.join(name)
     n = 2
     while True:
-        yield os.path.join(storage, f"{name}-{n}")
+        yield storage.join(f"{name}-{n}")
         n += 1

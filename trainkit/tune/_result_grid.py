@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from dataclasses import field
@@ -14,6 +13,9 @@ from typing import Any
 from trainkit._result_log import flatten_metrics
 from trainkit.train import Checkpoint
 from trainkit.train import Result as TrainResult
+from trainkit.train import RunConfig
+from trainkit.train.hosting import StorageLocation
+from trainkit.train.hosting import read_file
 
 if TYPE_CHECKING:
     import pandas  # type: ignore[import-untyped]
@@ -27,22 +29,26 @@ class Result(TrainResult):
     config: dict[str, Any] = field(default_factory=dict)
 
 
-def _kept_checkpoints(trial_dir: str) -> list[tuple[Checkpoint, dict[str, Any]]]:
+def _kept_checkpoints(trial: StorageLocation) -> list[tuple[Checkpoint, dict[str, Any]]]:
+    fs = None if trial.is_local else trial.filesystem
     try:
-        with open(os.path.join(trial_dir, "checkpoints.json")) as f:
-            index = json.load(f)
-    except (FileNotFoundError, json.JSONDecodeError):
+        index = json.loads(read_file(trial.join("checkpoints.json")) or b"")
+    except json.JSONDecodeError:
         return []
-    return [(Checkpoint(os.path.join(trial_dir, c["dir"])), c["metrics"])
+    return [(Checkpoint(trial.join(c["dir"]).path, fs), c["metrics"])
             for c in index["checkpoints"]]
 
 
-def trial_result(trial: Any) -> Result:
+def trial_result(trial: Any, exp: StorageLocation | None = None) -> Result:
+    """A trial's ``Result``; its folder is in ``exp`` (default: its local ``trial_dir``)."""
     error = RuntimeError(trial.error) if trial.error else None
-    checkpoint = Checkpoint(trial.checkpoint) if trial.checkpoint else None
-    return Result(metrics=dict(trial.last_result), checkpoint=checkpoint, path=trial.trial_dir,
-                  best_checkpoints=_kept_checkpoints(trial.trial_dir), error=error,
-                  config=dict(trial.config))
+    where = exp.join(trial.name) if exp is not None and not exp.is_local else None
+    fs = where.filesystem if where is not None else None
+    checkpoint = Checkpoint(trial.checkpoint, fs) if trial.checkpoint else None
+    kept = _kept_checkpoints(where or RunConfig(storage_path=trial.trial_dir).storage_location())
+    return Result(metrics=dict(trial.last_result), checkpoint=checkpoint,
+                  path=where.path if where is not None else trial.trial_dir,
+                  best_checkpoints=kept, error=error, config=dict(trial.config), filesystem=fs)
 
 
 def _finite(value: Any) -> bool:
@@ -144,6 +150,6 @@ class ResultGrid:
                 f"{self.experiment_path!r})")
 
 
-def results_of(trials: list[Any]) -> list[Result]:
-    return [trial_result(t) for t in trials]
+def results_of(trials: list[Any], exp: StorageLocation | None = None) -> list[Result]:
+    return [trial_result(t, exp) for t in trials]
 

@@ -125,8 +125,8 @@ def run(run_or_experiment: Any, *, config: Mapping[str, Any] | None = None,
                          "each run gets a new, dated folder")
     tuner = Tuner(trainable, param_space=space, tune_config=tune_config, run_config=run_config,
                   resume="auto" if isinstance(resume, str) else resume)
-    exp_dir, trials = tuner._fit_trials()
-    analysis = ExperimentAnalysis(trial_records(trials, results_of(trials)), exp_dir,
+    folder, trials = tuner._fit_trials()
+    analysis = ExperimentAnalysis(trial_records(trials, results_of(trials, folder)), folder.path,
                                   metric, mode)
     failed = [t for t in trials if t.state is TrialState.ERRORED]
     if failed and raise_on_failed_trial:

@@ -23,11 +23,15 @@ import trainkit.runtime as rt
 from trainkit._atomic import write_atomic
 from trainkit.exceptions import InvalidTransitionError
 from trainkit.exceptions import TuneError
+from trainkit.train import Checkpoint
 from trainkit.train import RunConfig
+from trainkit.train.hosting import delete_dir
+from trainkit.train.hosting import upload_dir
 from trainkit.tune._config import TuneConfig
 from trainkit.tune._config import fail_fast_of
 from trainkit.tune._experiment_state import Journal
 from trainkit.tune._experiment_state import save_search_state
+from trainkit.tune._experiment_sync import ExperimentFolder
 from trainkit.tune._optuna_journal import OptunaJournal
 from trainkit.tune._progress import TrialTable
 from trainkit.tune._scheduler import Decision
@@ -84,7 +88,8 @@ class TuneRunner:
     def __init__(self, *, blob: bytes, kind: str, trainable_name: str, resources: dict[str, float],
                  tune_config: TuneConfig, run_config: RunConfig, exp_dir: str, exp_name: str,
                  searcher: Searcher, scheduler: TrialScheduler, trials: list[Trial],
-                 capacity: int, param_space: dict[str, Any] | None = None) -> None:
+                 capacity: int, param_space: dict[str, Any] | None = None,
+                 folder: ExperimentFolder | None = None) -> None:
         self.blob = blob
         self.kind = kind
         self.trainable_name = trainable_name
@@ -92,6 +97,7 @@ class TuneRunner:
         self.tune_config = tune_config
         self.run_config = run_config
         self.exp_dir = exp_dir
+        self.folder = folder  # mirrors exp_dir to remote storage (None: exp_dir is the storage)
         self.exp_name = exp_name
         self.searcher = searcher
         self.scheduler = scheduler
@@ -138,6 +144,8 @@ class TuneRunner:
                 if time.monotonic() >= self.deadline and not self.stopping_all:
                     self._stop_all("time_budget_s is spent")
                 self.table.refresh(self.trials.values())
+                if self.folder is not None:
+                    self.folder.sync()
         finally:
             self._shutdown()
 
@@ -248,10 +256,13 @@ class TuneRunner:
         pool = self.pool[self._pool_key(trial)]
         actor = pool.pop() if pool else self._new_actor(trial.resources)
         trial.actor = actor
+        remote = self.folder is not None and not self.folder.location.is_local
         spec = TrialSpec(trial.trial_id, trial.name, self.kind, self.blob, dict(trial.config),
                          trial.trial_dir, self.exp_name, trial.checkpoint,
                          self.run_config.checkpoint_config,
-                         float(trial.last_result.get("time_total_s", 0.0)))
+                         float(trial.last_result.get("time_total_s", 0.0)),
+                         self.folder.location.join(trial.name)
+                         if remote and self.folder is not None else None)
         actor.start.remote(spec)
         trial.quiet_since = time.monotonic()
         self._poll(trial, None)
@@ -359,7 +370,17 @@ class TuneRunner:
         trial.exploit = None
         donor = self.trials[exploit.donor_id]
         trial.exploits += 1
-        if donor.checkpoint:
+        if donor.checkpoint and self.folder is not None and not self.folder.location.is_local:
+            trial_loc = self.folder.location.join(trial.name)
+            target_loc = trial_loc.join(f"exploit_{trial.exploits:04d}")
+            local = Checkpoint(donor.checkpoint, trial_loc.filesystem).to_directory()
+            try:
+                upload_dir(local, target_loc)
+            finally:
+                shutil.rmtree(local, ignore_errors=True)
+            delete_dir(trial_loc.join(f"exploit_{trial.exploits - 1:04d}"))
+            trial.checkpoint = target_loc.path
+        elif donor.checkpoint:
             target = os.path.join(trial.trial_dir, f"exploit_{trial.exploits:04d}")
             shutil.copytree(donor.checkpoint, target, dirs_exist_ok=True)
             old = os.path.join(trial.trial_dir, f"exploit_{trial.exploits - 1:04d}")

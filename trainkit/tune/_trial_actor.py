@@ -8,7 +8,9 @@ actor is reused for the next trial with the same resources (``reuse_actors``).
 
 The actor owns its trial's folder while the trial runs: it commits checkpoints (function and
 class trainables; a Trainer commits its own) and writes ``result.json``, ``progress.csv`` and
-TensorBoard events.
+TensorBoard events. With remote storage (``TrialSpec.storage``) the actor writes them
+straight to it, from its own node: checkpoints through ``RunCheckpoints`` on the storage
+location, the result files into a local folder uploaded after every result (``RunFiles``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import copy
 import dataclasses
 import os
 import shutil
+import tempfile
 import threading
 import time
 import traceback
@@ -33,7 +36,10 @@ from trainkit.train import Checkpoint
 from trainkit.train import CheckpointConfig
 from trainkit.train import TrainContext
 from trainkit.train.hosting import RunCheckpoints
+from trainkit.train.hosting import RunFiles
+from trainkit.train.hosting import StorageLocation
 from trainkit.train.hosting import hosted_loop
+from trainkit.train.hosting import upload_dir
 from trainkit.tune._hparams import write_session_end
 from trainkit.tune._hparams import write_session_start
 
@@ -52,6 +58,7 @@ class TrialSpec:
     checkpoint: str | None  # resume from here
     checkpoint_config: CheckpointConfig
     time_total_s: float  # carried over from earlier runs of this trial
+    storage: StorageLocation | None = None  # the trial's folder in remote storage, if any
 
 
 class _EndTrial(BaseException):
@@ -155,13 +162,19 @@ class _TrialRun:
     def __init__(self, actor: TrialActor, spec: TrialSpec) -> None:
         self.actor = actor
         self.spec = spec
-        self.iteration = count_results(spec.trial_dir)
+        # Where result.json & co. are written: the trial folder, or a local folder of this
+        # node uploaded to the trial's remote folder.
+        self.files = RunFiles(spec.storage) if spec.storage is not None else None
+        self.log_dir = self.files.local_dir if self.files is not None else spec.trial_dir
+        self.fs = spec.storage.filesystem if spec.storage is not None else None
+        self.iteration = count_results(self.log_dir)
         self.started = time.monotonic()
         self.last_report = self.started
         self.checkpoints: RunCheckpoints | None = None
         self.log: ResultLog | None = None  # result.json & co. (a Trainer writes its own)
         self.hparams_log: ResultLog | None = None  # a Trainer trial's HParams summaries
         self.committed: str | None = spec.checkpoint
+        self.hparams_dir: str | None = None  # a remote Trainer trial's local HParams folder
 
     def latest_checkpoint(self) -> str | None:
         return self.committed
@@ -171,6 +184,17 @@ class _TrialRun:
             if log is not None:
                 write_session_end(log, ok)
                 log.close()
+        if self.files is not None:
+            self.files.close()
+        if self.hparams_dir is not None and self.spec.storage is not None:
+            # Only the HParams events: the Trainer wrote the trial's result.json itself.
+            events = [n for n in os.listdir(self.hparams_dir) if n.startswith("events.")]
+            for name in events:
+                os.makedirs(os.path.join(self.hparams_dir, "up"), exist_ok=True)
+                shutil.move(os.path.join(self.hparams_dir, name),
+                            os.path.join(self.hparams_dir, "up", name))
+            upload_dir(os.path.join(self.hparams_dir, "up"), self.spec.storage)
+            shutil.rmtree(self.hparams_dir, ignore_errors=True)
 
     def run(self) -> None:
         spec = self.spec
@@ -178,22 +202,23 @@ class _TrialRun:
         if spec.kind == "trainer":
             self._run_trainer(trainable)
             return
-        self.checkpoints = RunCheckpoints(spec.trial_dir, spec.checkpoint_config)
+        self.checkpoints = RunCheckpoints(spec.storage or spec.trial_dir, spec.checkpoint_config)
         self.committed = _newest(spec.checkpoint, self.checkpoints)
         resumed = _iteration_of(self.committed, self.checkpoints)
         if resumed is not None:  # rows logged after that checkpoint are run again
-            trim_results(spec.trial_dir, resumed)
+            trim_results(self.log_dir, resumed)
             self.iteration = resumed
         elif self.committed is None:
-            trim_results(spec.trial_dir, 0)
+            trim_results(self.log_dir, 0)
             self.iteration = 0
-        self.log = ResultLog(spec.trial_dir)
+        self.log = ResultLog(self.log_dir)
         write_session_start(self.log, spec.trial_name, spec.config)
         context = TrainContext(world_size=1, world_rank=0, local_rank=0, local_world_size=1,
                                node_rank=0, experiment_name=spec.experiment_name,
-                               run_path=spec.trial_dir, trial_id=spec.trial_id,
+                               run_path=spec.storage.uri if spec.storage else spec.trial_dir,
+                               trial_id=spec.trial_id,
                                trial_name=spec.trial_name)
-        checkpoint = Checkpoint(self.committed) if self.committed else None
+        checkpoint = Checkpoint(self.committed, self.fs) if self.committed else None
         with hosted_loop(context, on_report=self._report_copying, checkpoint=checkpoint):
             if spec.kind == "function":
                 trainable(dict(spec.config))
@@ -234,6 +259,8 @@ class _TrialRun:
             result["checkpoint_dir_name"] = os.path.basename(checkpoint_path)
         if self.log is not None:
             self.log.append(result, step=self.iteration)
+            if self.files is not None:
+                self.files.sync()
         if write is not None:
             checkpoint_path = self._commit(write, metrics)
         self.actor._emit("result", result, checkpoint_path)
@@ -253,8 +280,11 @@ class _TrialRun:
                 cached.cleanup()
             self.actor.cached = None
             obj = cls(config)
-        if self.committed:
+        if self.committed and self.fs is None:
             obj.load_checkpoint(self.committed)
+        elif self.committed:
+            with Checkpoint(self.committed, self.fs).as_directory() as d:
+                obj.load_checkpoint(d)
         ckpt_cfg = self.spec.checkpoint_config
         try:
             while True:
@@ -286,12 +316,17 @@ class _TrialRun:
         if trainer.config is not None or loop_config:
             trainer.config = loop_config
         run = trainer.run_config
+        where: dict[str, Any] = {"name": os.path.basename(spec.trial_dir),
+                                 "storage_path": os.path.dirname(spec.trial_dir)}
+        if spec.storage is not None:
+            where = {"name": spec.storage.name, "storage_filesystem": spec.storage.filesystem,
+                     "storage_path": spec.storage.path.rsplit("/", 1)[0]}
         trainer.run_config = dataclasses.replace(
-            run, name=os.path.basename(spec.trial_dir),
-            storage_path=os.path.dirname(spec.trial_dir), verbose=0,
-            callbacks=(*run.callbacks, _TrainerReports(self)))
+            run, **where, verbose=0, callbacks=(*run.callbacks, _TrainerReports(self)))
         # The Trainer writes the trial's metrics; the HParams summaries go to a file of ours.
-        self.hparams_log = ResultLog(spec.trial_dir)
+        if spec.storage is not None:
+            self.hparams_dir = tempfile.mkdtemp(prefix="trainkit-hparams-")
+        self.hparams_log = ResultLog(self.hparams_dir or spec.trial_dir)
         write_session_start(self.hparams_log, spec.trial_name, spec.config)
         trainer.fit()
 

@@ -6,6 +6,7 @@ import dataclasses
 import datetime
 import math
 import os
+import posixpath
 import shutil
 import sys
 from collections.abc import Mapping
@@ -18,15 +19,21 @@ from trainkit._atomic import write_atomic
 from trainkit._pickling import unpicklable_capture
 from trainkit.exceptions import InfeasibleError
 from trainkit.train import RunConfig
+from trainkit.train.hosting import StorageLocation
+from trainkit.train.hosting import check_writable
+from trainkit.train.hosting import delete_dir
+from trainkit.train.hosting import read_file
 from trainkit.tune._config import TuneConfig
 from trainkit.tune._experiment_state import JOURNAL
 from trainkit.tune._experiment_state import TUNER_STATE
 from trainkit.tune._experiment_state import experiment_family
+from trainkit.tune._experiment_state import is_experiment
 from trainkit.tune._experiment_state import load_search_state
 from trainkit.tune._experiment_state import next_free_folder
 from trainkit.tune._experiment_state import read_fingerprint
 from trainkit.tune._experiment_state import replay
 from trainkit.tune._experiment_state import write_fingerprint
+from trainkit.tune._experiment_sync import ExperimentFolder
 from trainkit.tune._fingerprint import check_resume
 from trainkit.tune._fingerprint import fingerprint
 from trainkit.tune._result_grid import ResultGrid
@@ -129,27 +136,33 @@ class Tuner:
 
     # -- restore ---------------------------------------------------------------------------
     @classmethod
-    def can_restore(cls, path: str | os.PathLike[str]) -> bool:
-        """Whether ``path`` holds an experiment ``Tuner.restore`` can continue."""
-        p = os.path.expanduser(os.fspath(path))
-        return os.path.exists(os.path.join(p, JOURNAL)) and \
-            os.path.exists(os.path.join(p, TUNER_STATE))
+    def can_restore(cls, path: str | os.PathLike[str],
+                    storage_filesystem: Any = None) -> bool:
+        """Whether ``path`` (a local folder, a URI such as ``s3://bucket/runs/sweep``, or a
+        path on ``storage_filesystem``) holds an experiment ``Tuner.restore`` can continue."""
+        return is_experiment(_location(path, storage_filesystem))
 
     @classmethod
     def restore(cls, path: str | os.PathLike[str], trainable: Any, *,
+                storage_filesystem: Any = None,
                 resume_errored: bool = False, restart_errored: bool = False,
                 param_space: Mapping[str, Any] | None = None) -> Tuner:
-        """Continue the experiment in ``path``: finished trials are kept, unfinished ones
-        resume from their checkpoints, pending ones start; errored ones stay errored unless
-        ``resume_errored`` (from their checkpoint) or ``restart_errored`` (from scratch)."""
-        exp_dir = os.path.abspath(os.path.expanduser(os.fspath(path)))
-        if not cls.can_restore(exp_dir):
-            raise ValueError(f"{exp_dir} holds no experiment to restore (no {JOURNAL}); check "
-                             "the path, or start a new Tuner")
-        with open(os.path.join(exp_dir, TUNER_STATE), "rb") as f:
-            saved = cloudpickle.load(f)
-        run_config = dataclasses.replace(saved["run_config"], name=os.path.basename(exp_dir),
-                                         storage_path=os.path.dirname(exp_dir))
+        """Continue the experiment in ``path`` (local, a URI, or a path on
+        ``storage_filesystem``, a ``pyarrow.fs.FileSystem``): finished trials are kept,
+        unfinished ones resume from their checkpoints, pending ones start; errored ones stay
+        errored unless ``resume_errored`` (from their checkpoint) or ``restart_errored``
+        (from scratch)."""
+        exp = _location(path, storage_filesystem)
+        if not is_experiment(exp):
+            raise ValueError(f"{exp.uri} holds no experiment to restore (no {JOURNAL}); check "
+                             "the path (and storage_filesystem), or start a new Tuner")
+        data = read_file(exp.join(TUNER_STATE))
+        assert data is not None
+        saved = cloudpickle.loads(data)
+        parent = os.path.dirname(exp.path) if exp.is_local else posixpath.dirname(exp.path)
+        run_config = dataclasses.replace(saved["run_config"], name=exp.name, storage_path=parent,
+                                         storage_filesystem=None if exp.is_local else
+                                         exp.filesystem)
         tuner = cls(trainable, param_space=param_space or saved["param_space"],
                     tune_config=saved["tune_config"], run_config=run_config)
         tuner._restored = {"resume_errored": resume_errored, "restart_errored": restart_errored}
@@ -158,18 +171,29 @@ class Tuner:
     # -- fit -------------------------------------------------------------------------------
     def fit(self) -> ResultGrid:
         """Run the sweep; every trial's outcome, errors included (they do not raise)."""
-        exp_dir, ran = self._fit_trials()
+        exp, ran = self._fit_trials()
         tc = self.tune_config
-        return ResultGrid(results_of(ran), exp_dir, tc.single_metric, tc.single_mode)
+        return ResultGrid(results_of(ran, exp), exp.path, tc.single_metric, tc.single_mode)
 
-    def _fit_trials(self) -> tuple[str, list[Trial]]:
+    def _fit_trials(self) -> tuple[StorageLocation, list[Trial]]:
         """Run the sweep: (the experiment folder, the trials that ran)."""
-        tc, run = self.tune_config, self.run_config
+        run = self.run_config
         name = run.name or f"{_trainable_name(self.trainable)}_" \
             f"{datetime.datetime.now():%Y-%m-%d_%H-%M-%S}"
-        exp_dir, resuming = self._choose_folder(run.resolved_storage_path, name)
-        name = os.path.basename(exp_dir)
-        os.makedirs(exp_dir, exist_ok=True)
+        storage = run.storage_location()
+        if not storage.is_local:  # a missing bucket or refused keys fail before any trial
+            check_writable(storage)
+        exp, resuming = self._choose_folder(storage, name)
+        name = exp.name
+        folder = ExperimentFolder(exp)
+        try:
+            return exp, self._run(folder, name, resuming)
+        finally:
+            folder.close()
+
+    def _run(self, folder: ExperimentFolder, name: str, resuming: bool) -> list[Trial]:
+        tc, run = self.tune_config, self.run_config
+        exp_dir = folder.local_dir
         if not rt.is_initialized():
             rt.init()
         # Trials of a script that uses torch will import it too: have the forkserver do it once.
@@ -180,7 +204,7 @@ class Tuner:
         capacity = self._capacity(need)
         trials: list[Trial] = []
         if resuming:
-            trials = self._load(exp_dir)
+            trials = self._load(exp_dir, folder.location)
             write_fingerprint(exp_dir, self.fingerprint)
             if run.verbose:
                 done = sum(t.state.is_terminal for t in trials)
@@ -195,22 +219,22 @@ class Tuner:
             blob=self.blob, kind=self.kind, trainable_name=_trainable_name(self.trainable),
             resources=resources, tune_config=tc, run_config=run, exp_dir=exp_dir,
             exp_name=name, searcher=self.searcher, scheduler=self.scheduler, trials=trials,
-            capacity=capacity, param_space=self.param_space)
+            capacity=capacity, param_space=self.param_space, folder=folder)
         runner.run()
         if runner.fail_fast_error is not None:
             raise runner.fail_fast_error
         # Trials created ahead that never started (the sweep ran out of time) are left out.
-        ran = [t for t in runner.trials.values()
-               if t.last_result or t.state is not TrialState.PENDING]
-        return exp_dir, ran
+        return [t for t in runner.trials.values()
+                if t.last_result or t.state is not TrialState.PENDING]
 
-    def _choose_folder(self, storage: str, name: str) -> tuple[str, bool]:
+    def _choose_folder(self, storage: StorageLocation, name: str
+                       ) -> tuple[StorageLocation, bool]:
         """(the experiment folder, whether to continue the experiment in it); see ``resume``."""
-        exp_dir = os.path.join(storage, name)
+        exp_dir = storage.join(name)
         if self._restored is not None:
             return exp_dir, True
         if self.resume is True:
-            if not self.can_restore(exp_dir):
+            if not is_experiment(exp_dir):
                 raise ValueError(f"resume=True, but {exp_dir} holds no experiment to continue: "
                                  "check the name and storage_path, or pass resume='auto' to "
                                  "start one when there is none")
@@ -231,7 +255,7 @@ class Tuner:
                   flush=True)
         return fresh, False
 
-    def _load(self, exp_dir: str) -> list[Trial]:
+    def _load(self, exp_dir: str, exp: StorageLocation) -> list[Trial]:
         opts = self._restored or {}
         state = load_search_state(exp_dir)
         if state is not None:
@@ -241,13 +265,16 @@ class Tuner:
                 self.scheduler = scheduler
         trials = []
         for rec in replay(exp_dir).values():
-            trial = Trial(rec.trial_id, rec.name, rec.config, rec.trial_dir, rec.resources,
+            # The folder by name: a remote experiment's local folder differs on each run.
+            trial = Trial(rec.trial_id, rec.name, rec.config, os.path.join(exp_dir, rec.name),
+                          rec.resources,
                           last_result=rec.last_result, checkpoint=rec.checkpoint,
                           error=rec.error, failures=rec.failures)
             trial.state = {"terminated": TrialState.TERMINATED, "errored": TrialState.ERRORED,
                            "paused": TrialState.PAUSED}.get(rec.state, TrialState.PENDING)
             if trial.state is TrialState.ERRORED and opts.get("restart_errored"):
                 shutil.rmtree(trial.trial_dir, ignore_errors=True)
+                delete_dir(exp.join(rec.name))
                 os.makedirs(trial.trial_dir)
                 trial.state, trial.checkpoint, trial.last_result = TrialState.PENDING, None, {}
                 trial.error, trial.failures = None, 0
@@ -315,3 +342,9 @@ def _pickle_trainable(trainable: Any) -> bytes:
         raise TypeError(f"the trainable cannot be pickled to send to the trials{where}: {e}. "
                         "Pass large or unpicklable objects with tune.with_parameters(trainable, "
                         "name=value), or create them inside the trainable") from e
+
+
+def _location(path: str | os.PathLike[str], filesystem: Any) -> StorageLocation:
+    """``path`` on ``filesystem``, resolved as ``RunConfig(storage_path=...)`` is."""
+    return RunConfig(storage_path=path, storage_filesystem=filesystem).storage_location()
+
