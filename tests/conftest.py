@@ -31,6 +31,10 @@ from pathlib import Path
 import psutil
 import pytest
 
+# Every message any runtime process of the suite sends is checked against the wire's FIELDS
+# (trainkit.runtime.wire.protocol): set before trainkit is imported, inherited by every process.
+os.environ["TRAINKIT_WIRE_CHECK"] = "1"
+
 pytest_plugins = ["pytester"]
 
 LEAK_KINDS = frozenset({"processes", "threads", "shm", "tmp", "env"})

@@ -25,7 +25,7 @@ import psutil
 import pytest
 
 from trainkit import cli
-from trainkit.runtime._secret import SECRET_ENV
+from trainkit.runtime.wire.secret import SECRET_ENV
 
 
 @pytest.fixture
@@ -66,7 +66,7 @@ def _node_services() -> list[int]:
     pids = []
     for child in psutil.Process().children():
         try:
-            if "trainkit.runtime._node" in " ".join(child.cmdline()) \
+            if "trainkit.runtime.node.node_service" in " ".join(child.cmdline()) \
                     and child.status() != psutil.STATUS_ZOMBIE:
                 pids.append(child.pid)
         except psutil.Error:

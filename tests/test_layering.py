@@ -44,3 +44,23 @@ def test_import_does_not_load_torch(module: str) -> None:
         "must stay torch-free"
     )
     assert proc.returncode == 0, f"`import {module}` failed:\n{proc.stderr}"
+
+
+def test_the_runtime_has_no_import_cycles() -> None:
+    """Module by module, what the runtime imports at run time forms no cycle (imports made
+    only for type checking may point back)."""
+    import grimp
+
+    graph = grimp.build_graph("trainkit", exclude_type_checking_imports=True)
+    modules = {m for m in graph.modules if m.startswith("trainkit.runtime")}
+    edges = {m: graph.find_modules_directly_imported_by(m) & modules for m in modules}
+    # Kahn: repeatedly drop modules that import nothing left; what remains is on cycles.
+    left = dict(edges)
+    while True:
+        leaves = [m for m, deps in left.items() if not deps & left.keys()]
+        if not leaves:
+            break
+        for m in leaves:
+            del left[m]
+    assert not left, f"import cycles among: {sorted(left)}"
+

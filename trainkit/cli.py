@@ -28,12 +28,10 @@ import json
 import math
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from collections.abc import Sequence
@@ -43,19 +41,18 @@ from typing import Any
 from trainkit._atomic import write_atomic
 from trainkit.exceptions import GetTimeoutError
 from trainkit.exceptions import RuntimeSystemError
-from trainkit.runtime._cluster import DEFAULT_PORT
-from trainkit.runtime._cluster import cleanup_node_files
-from trainkit.runtime._cluster import parse_address
-from trainkit.runtime._cluster import route_ip
-from trainkit.runtime._cluster import start_node_process
-from trainkit.runtime._secret import SECRET_ENV
-from trainkit.runtime._secret import ClusterSecretError
-from trainkit.runtime._secret import default_secret_path
-from trainkit.runtime._secret import load_secret
+from trainkit.runtime.cluster.nodes import DEFAULT_PORT
+from trainkit.runtime.cluster.nodes import parse_address
+from trainkit.runtime.cluster.nodes import route_ip
+from trainkit.runtime.cluster.nodes import start_node_process
+from trainkit.runtime.wire.secret import SECRET_ENV
+from trainkit.runtime.wire.secret import ClusterSecretError
+from trainkit.runtime.wire.secret import default_secret_path
+from trainkit.runtime.wire.secret import load_secret
 
 HEAD_QUERY_TIMEOUT_S = 5.0
 STOP_TIMEOUT_S = 10.0
-_NODE_MODULE = "trainkit.runtime._node"
+_NODE_MODULE = "trainkit.runtime.node.node_service"
 _BUILTIN_RESOURCES = {"cpu": "--num-cpus", "gpu": "--num-gpus", "memory": None}
 # The last line of a Python traceback: "pkg.mod.SomeError: message".
 _EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?[A-Za-z_]\w*(?:Error|Exception): (.+)$")
@@ -359,13 +356,6 @@ def _live_processes(state: dict[str, Any] | None) -> list[dict[str, Any]]:
     return [p for p in (state or {}).get("processes", []) if _is_running(p)]
 
 
-def _drop_stale(state: dict[str, Any] | None) -> None:
-    """Clean up after recorded processes that are gone (killed, or the machine rebooted)."""
-    for proc in (state or {}).get("processes", []):
-        if not _is_running(proc):
-            cleanup_node_files(str(proc.get("session_dir", "")), str(proc.get("arena_path", "")))
-
-
 def _record(info: dict[str, Any], role: str, log: Path) -> dict[str, Any]:
     return {"pid": info["pid"], "role": role, "node_id": info["node_id"],
             "session_dir": info["session_dir"], "arena_path": info["arena_path"],
@@ -382,9 +372,9 @@ def _describe_resources(resources: dict[str, float]) -> str:
 def _default_gpus(num_gpus: int | None) -> int:
     if num_gpus is not None:
         return num_gpus
-    from trainkit.runtime._session import _detect_gpus
+    from trainkit.runtime.node.machine import detect_gpus
 
-    return len(_detect_gpus())
+    return len(detect_gpus())
 
 
 def _start_head(args: argparse.Namespace) -> int:
@@ -409,7 +399,6 @@ def _start_head(args: argparse.Namespace) -> int:
         info = _start_service("head", log, host=host, port=port, secret=secret,
                               num_cpus=args.num_cpus, num_gpus=_default_gpus(args.num_gpus),
                               resources=args.resources)
-        _drop_stale(state)
         _write_state({"address": address, "processes": [_record(info, "head", log)]})
     lines = [f"Started the trainkit head at {address} (node {info['node_id'][:8]}, "
              f"{_describe_resources(info['resources'])}; pid {info['pid']})."]
@@ -463,7 +452,6 @@ def _start_node(args: argparse.Namespace) -> int:
     with _state_lock():
         state = _read_state()
         if state is None or not _live_processes(state):
-            _drop_stale(state)
             state = {"address": address, "processes": []}
         state["processes"].append(_record(info, "node", log))
         _write_state(state)
@@ -488,9 +476,9 @@ def _start(args: argparse.Namespace) -> int:
 def _query_head(address: str, secret: bytes,
                 secret_file: str | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The head's CLUSTER_INFO and CLUSTER_NODES answers, asked as a short-lived client."""
-    from trainkit.runtime._auth import FrameAuth
-    from trainkit.runtime._core import CoreWorker
-    from trainkit.runtime._protocol import Msg
+    from trainkit.runtime.core.core_worker import CoreWorker
+    from trainkit.runtime.wire.auth import FrameAuth
+    from trainkit.runtime.wire.protocol import Msg
 
     host, port = parse_address(address)
     try:
@@ -499,9 +487,8 @@ def _query_head(address: str, secret: bytes,
         raise _CliError(f"cannot resolve the head's host {host!r} ({e.strerror}); check the "
                         "address, or give the head's IP") from None
     head_addr = f"tcp://{host}:{port}"
-    session_dir = tempfile.mkdtemp(prefix=f"trainkit-{os.getpid()}-cli-", dir="/tmp")
     try:
-        core = CoreWorker(session_dir=session_dir, node_addr=head_addr, node_id="",
+        core = CoreWorker(session=f"trainkit-{os.getpid()}-cli", node_addr=head_addr, node_id="",
                           arena_path="", arena_capacity=1 << 20, name="cli",
                           cluster_resources={}, control_addr=head_addr, host=route_ip(host),
                           auth=FrameAuth(secret))
@@ -519,8 +506,6 @@ def _query_head(address: str, secret: bytes,
             "the head is not reachable at that address, or its secret differs from the one "
             f"used here ({_secret_source(secret_file)}); frames signed with another secret are "
             "dropped unanswered") from None
-    finally:
-        shutil.rmtree(session_dir, ignore_errors=True)
     return info, nodes
 
 
@@ -652,8 +637,6 @@ def _stop(args: argparse.Namespace) -> int:
                 child = _started.pop(proc.get("pid", 0), None)
                 if child is not None:
                     child.poll()  # reaps it (it has exited)
-                cleanup_node_files(str(proc.get("session_dir", "")),
-                                   str(proc.get("arena_path", "")))
         if survivors:
             state["processes"] = survivors
             _write_state(state)

@@ -15,15 +15,15 @@ from pathlib import Path
 import pytest
 import zmq
 
-from trainkit.runtime._auth import FRAME_OVERHEAD_BYTES
-from trainkit.runtime._auth import REASONS
-from trainkit.runtime._auth import AuthError
-from trainkit.runtime._auth import FrameAuth
-from trainkit.runtime._secret import SECRET_ENV
-from trainkit.runtime._secret import ClusterSecretError
-from trainkit.runtime._secret import default_secret_path
-from trainkit.runtime._secret import load_secret
-from trainkit.runtime._secret import write_secret
+from trainkit.runtime.wire.auth import FRAME_OVERHEAD_BYTES
+from trainkit.runtime.wire.auth import REASONS
+from trainkit.runtime.wire.auth import AuthError
+from trainkit.runtime.wire.auth import FrameAuth
+from trainkit.runtime.wire.secret import SECRET_ENV
+from trainkit.runtime.wire.secret import ClusterSecretError
+from trainkit.runtime.wire.secret import default_secret_path
+from trainkit.runtime.wire.secret import load_secret
+from trainkit.runtime.wire.secret import write_secret
 
 SECRET = b"0123456789abcdef-cluster-secret"
 PORT = 6380

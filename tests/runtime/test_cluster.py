@@ -149,7 +149,7 @@ def test_pulled_copies_are_freed_with_their_readers(cluster):
 
 
 def _node_store_used(node_id: str) -> int:
-    from trainkit.runtime._api import _cluster_info
+    from trainkit.runtime._builtin_backend import cluster_info as _cluster_info
 
     for n in _cluster_info()["nodes"]:
         if n["node_id"] == node_id:

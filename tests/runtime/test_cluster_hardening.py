@@ -21,9 +21,10 @@ import zmq
 
 import trainkit as tk
 from trainkit import cli
-from trainkit.runtime._auth import FrameAuth
-from trainkit.runtime._protocol import Msg
-from trainkit.runtime._secret import SECRET_ENV
+from trainkit.runtime.core import context as _context
+from trainkit.runtime.wire.auth import FrameAuth
+from trainkit.runtime.wire.protocol import Msg
+from trainkit.runtime.wire.secret import SECRET_ENV
 from trainkit.testing import LocalCluster
 
 pytestmark = pytest.mark.leaking("processes")  # idle pool workers; the fixture checks the end
@@ -51,9 +52,9 @@ def _listening_ports(c: LocalCluster) -> list[int]:
 
 
 def _nodes() -> list[dict[str, Any]]:
-    from trainkit.runtime._core import NODE_REQUEST_TIMEOUT_S
+    from trainkit.runtime.core.core_worker import NODE_REQUEST_TIMEOUT_S
 
-    nodes: list[dict[str, Any]] = tk.runtime._context.core.request_control(  # type: ignore[union-attr]
+    nodes: list[dict[str, Any]] = _context.core.request_control(  # type: ignore[union-attr]
         Msg.CLUSTER_NODES, what="nodes", timeout=NODE_REQUEST_TIMEOUT_S)
     return nodes
 
@@ -117,7 +118,7 @@ def _closed_by_peer(s: socket.socket) -> bool:
 
 def test_unauthenticated_peers_are_pushed_out_and_timed_out_never_authenticated_ones(
         cluster: LocalCluster) -> None:
-    from trainkit.runtime import _transfer
+    from trainkit.runtime.store import transfer as _transfer
 
     head = next(n for n in _nodes() if n["is_head"])
     port = int(head["transfer_addr"].rsplit(":", 1)[1])
@@ -177,7 +178,7 @@ NOT_MESSAGES = [
 def test_signed_frames_that_are_not_messages_are_dropped_and_counted(
         cluster: LocalCluster, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from trainkit.runtime._api import _cluster_info
+    from trainkit.runtime._builtin_backend import cluster_info as _cluster_info
 
     head_port = int(cluster.address.rsplit(":", 1)[1])
     node_b = next(n for n in _nodes() if not n["is_head"])
@@ -223,7 +224,7 @@ def test_payloads_that_are_not_messages_leave_every_port_serving(
 
 def test_object_server_drops_signed_requests_that_are_not_requests(
         cluster: LocalCluster) -> None:
-    from trainkit.runtime._transfer import _send
+    from trainkit.runtime.store.transfer import _send
 
     bad = [pickle.dumps(5), b"garbage", pickle.dumps(("get",)), pickle.dumps(("get", 5)),
            pickle.dumps(("put", b"x"))]
@@ -242,6 +243,6 @@ def test_object_server_drops_signed_requests_that_are_not_requests(
 
 
 def _object_counts() -> int:
-    from trainkit.runtime._api import _cluster_info
+    from trainkit.runtime._builtin_backend import cluster_info as _cluster_info
 
     return int(_cluster_info()["rejected_frames"]["objects"].get("bad_message", 0))

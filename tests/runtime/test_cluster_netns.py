@@ -27,9 +27,8 @@ from typing import Any
 import psutil
 import pytest
 
-from trainkit.runtime._cluster import cleanup_node_files
-from trainkit.runtime._cluster import start_node_process
-from trainkit.runtime._secret import SECRET_ENV
+from trainkit.runtime.cluster.nodes import start_node_process
+from trainkit.runtime.wire.secret import SECRET_ENV
 
 REPO = Path(__file__).resolve().parents[2]
 IP_TIMEOUT_S = 10.0
@@ -181,13 +180,12 @@ def _stop(procs: list[tuple[subprocess.Popen[bytes], dict[str, Any]]]) -> None:
     for proc, _ in procs:
         if proc.poll() is None:
             proc.terminate()
-    for proc, info in procs:
+    for proc, _ in procs:
         try:
             proc.wait(STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
             proc.wait(STOP_TIMEOUT_S)
-        cleanup_node_files(info["session_dir"], info["arena_path"])
 
 
 def test_cluster_across_network_namespaces() -> None:

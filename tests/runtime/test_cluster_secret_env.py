@@ -14,7 +14,8 @@ import psutil
 import pytest
 
 import trainkit as tk
-from trainkit.runtime._secret import SECRET_ENV
+from trainkit.runtime.core import context as _context
+from trainkit.runtime.wire.secret import SECRET_ENV
 from trainkit.testing import LocalCluster
 
 pytestmark = pytest.mark.leaking("processes")  # idle pool workers; the fixture checks the end
@@ -64,7 +65,7 @@ def test_the_secret_is_in_no_environment_of_the_cluster(cluster: LocalCluster) -
     pids = {p.pid for p in procs}
     assert {task["pid"] for task in seen} <= pids
     names = " ".join(" ".join(p.cmdline()) for p in procs)
-    assert "trainkit.runtime._node" in names and "trainkit.runtime._zygote" in names
+    assert "trainkit.runtime.node.node_service" in names and "trainkit.runtime.node.zygote" in names
     for p in procs:
         with open(f"/proc/{p.pid}/environ", "rb") as f:
             environ = f.read()
@@ -79,11 +80,11 @@ def test_a_secret_in_the_launcher_environment_goes_no_further(
     monkeypatch.setenv(SECRET_ENV, cluster.secret.decode())
     node_id = cluster.add_node(num_cpus=1, resources={"c": 1})
     try:
-        from trainkit.runtime._api import _cluster_info
+        from trainkit.runtime._builtin_backend import cluster_info as _cluster_info
 
         # A driver attached to the head does not refresh the totals its feasibility check
         # uses when a node joins (it would refuse "c"): refresh them here.
-        core = tk.runtime._context.core
+        core = _context.core
         assert core is not None
         core.cluster_resources = _cluster_info()["total"]
         on_c = _environment_on_b.options(resources={"c": 0.1})

@@ -22,10 +22,11 @@ import zmq
 import trainkit as tk
 from trainkit.exceptions import RuntimeSystemError
 from trainkit.runtime import _session
-from trainkit.runtime._auth import FrameAuth
-from trainkit.runtime._cluster import start_node_process
-from trainkit.runtime._protocol import Msg
-from trainkit.runtime._secret import SECRET_ENV
+from trainkit.runtime.cluster.nodes import start_node_process
+from trainkit.runtime.core import context as _context
+from trainkit.runtime.wire.auth import FrameAuth
+from trainkit.runtime.wire.protocol import Msg
+from trainkit.runtime.wire.secret import SECRET_ENV
 from trainkit.testing import LocalCluster
 
 pytestmark = pytest.mark.leaking("processes")  # idle pool workers; the fixture checks the end
@@ -139,13 +140,13 @@ def _object_server_attacks(port: int, evil: bytes, secret: bytes) -> None:
 
 
 def test_no_unauthenticated_tampered_or_replayed_frame_is_unpickled(cluster, tmp_path):
-    from trainkit.runtime._api import _cluster_info
-    from trainkit.runtime._core import NODE_REQUEST_TIMEOUT_S
+    from trainkit.runtime._builtin_backend import cluster_info as _cluster_info
+    from trainkit.runtime.core.core_worker import NODE_REQUEST_TIMEOUT_S
 
     keep = _spawn_workers_everywhere()
     canary = str(tmp_path / "canary")
     evil = pickle.dumps(_Canary(canary), protocol=5)
-    nodes = tk.runtime._context.core.request_control(  # type: ignore[union-attr]
+    nodes = _context.core.request_control(  # type: ignore[union-attr]
         Msg.CLUSTER_NODES, what="nodes", timeout=NODE_REQUEST_TIMEOUT_S)
     object_ports = {int(n["transfer_addr"].rsplit(":", 1)[1]) for n in nodes}
     ports = [port for _, port in _listening(cluster)]

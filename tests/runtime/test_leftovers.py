@@ -25,7 +25,7 @@ import trainkit as tk
 
 tk.init(num_cpus=1, object_store_memory=32 << 20)
 refs = [tk.put(np.full(12 << 20, i, dtype=np.uint8)) for i in range(4)]  # the arena, spilled
-from trainkit.runtime._api import _cluster_info
+from trainkit.runtime._builtin_backend import cluster_info as _cluster_info
 store = _cluster_info()["store"]
 assert store["num_spilled"] >= 1, store
 

@@ -17,12 +17,12 @@ import pytest
 
 import trainkit as tk
 from trainkit.exceptions import RuntimeSystemError
-from trainkit.runtime import _context
-from trainkit.runtime._local_channel import LOCAL_PREFIX
-from trainkit.runtime._local_channel import LocalChannel
-from trainkit.runtime._local_channel import LocalChannelServer
-from trainkit.runtime._local_channel import store_socket_path
-from trainkit.runtime._protocol import Msg
+from trainkit.runtime.core import context as _context
+from trainkit.runtime.wire.local_channel import LOCAL_PREFIX
+from trainkit.runtime.wire.local_channel import LocalChannel
+from trainkit.runtime.wire.local_channel import LocalChannelServer
+from trainkit.runtime.wire.local_channel import store_socket_path
+from trainkit.runtime.wire.protocol import Msg
 
 
 class _Node:
@@ -93,8 +93,8 @@ def test_requests_are_answered_on_the_calling_thread(node_factory):
     node = node_factory(_echo)
     channel = LocalChannel(node.server.path)
     try:
-        assert channel.request(Msg.STORE_ALLOC, 7, (b"id", 4096), timeout=5) == \
-            (True, (b"id", 4096))
+        assert channel.request(Msg.STORE_ALLOC, 7, (b"id", 4096, "me"), timeout=5) == \
+            (True, (b"id", 4096, "me"))
         channel.send((Msg.STORE_SEAL, b"id"))
         # one connection per thread: another thread gets its own reply address
         other: list[Any] = []
@@ -129,9 +129,9 @@ def test_a_timed_out_request_drops_its_connection_and_stale_replies_are_skipped(
     channel = LocalChannel(node.server.path)
     try:
         t = time.monotonic()
-        assert channel.request(Msg.STORE_PIN, 1, (), timeout=0.3) is None
+        assert channel.request(Msg.STORE_PIN, 1, (b"oid",), timeout=0.3) is None
         assert 0.25 < time.monotonic() - t < 3
-        assert channel.request(Msg.STORE_PIN, 2, (), timeout=5) == (True, "fresh")
+        assert channel.request(Msg.STORE_PIN, 2, (b"oid",), timeout=5) == (True, "fresh")
         deadline = time.monotonic() + 5
         while not node.closed and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -147,9 +147,9 @@ def test_a_node_that_goes_away_fails_the_waiting_request(node_factory):
     threading.Timer(0.3, node.close).start()
     try:
         with pytest.raises(OSError):
-            channel.request(Msg.STORE_PIN, 1, (), timeout=30)
+            channel.request(Msg.STORE_PIN, 1, (b"oid",), timeout=30)
         with pytest.raises(OSError):  # and the next one cannot connect
-            channel.request(Msg.STORE_PIN, 2, (), timeout=30)
+            channel.request(Msg.STORE_PIN, 2, (b"oid",), timeout=30)
     finally:
         node.thread.join(5)
         channel.close()
@@ -200,14 +200,14 @@ BIG = np.arange(2_000_000, dtype=np.float64)  # 16 MB: written to the store, not
 
 def test_put_and_get_go_over_the_store_socket(rt, monkeypatch):
     core = _context.core
-    assert core is not None and core.store_channel is not None
-    real = core.request_node
+    assert core is not None and core.store.channel is not None
+    real = core.store.request_node
 
     def no_store_requests(kind: int, *fields: Any, **kwargs: Any) -> Any:
         assert kind not in (Msg.STORE_ALLOC, Msg.STORE_PIN), "store request on the inbox"
         return real(kind, *fields, **kwargs)
 
-    monkeypatch.setattr(core, "request_node", no_store_requests)
+    monkeypatch.setattr(core.store, "request_node", no_store_requests)
     ref = tk.put(BIG)
     np.testing.assert_array_equal(tk.get(ref), BIG)
 
@@ -232,18 +232,18 @@ def test_put_and_get_go_over_the_store_socket(rt, monkeypatch):
 def test_store_requests_fall_back_to_the_inbox_without_the_socket(rt, tmp_path):
     core = _context.core
     assert core is not None
-    core.store_channel = LocalChannel(str(tmp_path / "missing.sock"))
+    core.store.channel = LocalChannel(str(tmp_path / "missing.sock"))
     ref = tk.put(BIG)
-    assert core.store_channel is None  # fell back, once
+    assert core.store.channel is None  # fell back, once
     np.testing.assert_array_equal(tk.get(ref), BIG)
 
 
 def test_a_store_connection_closed_by_the_node_is_a_runtime_error(rt, node_factory):
     core = _context.core
     assert core is not None
-    real = core.store_channel
+    real = core.store.channel
     node = node_factory(lambda *_: None)  # takes the request, then goes away
-    core.store_channel = LocalChannel(node.server.path)
+    core.store.channel = LocalChannel(node.server.path)
     threading.Timer(0.3, node.close).start()
     try:
         t = time.monotonic()
@@ -252,5 +252,5 @@ def test_a_store_connection_closed_by_the_node_is_a_runtime_error(rt, node_facto
         assert time.monotonic() - t < 10
     finally:
         node.thread.join(5)
-        core.store_channel.close()
-        core.store_channel = real
+        core.store.channel.close()
+        core.store.channel = real

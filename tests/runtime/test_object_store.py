@@ -19,15 +19,15 @@ import numpy.typing as npt
 import pytest
 
 from trainkit.exceptions import OutOfMemoryError
-from trainkit.runtime._allocator import ArenaAllocator
-from trainkit.runtime._object_layout import BUFFER_ALIGNMENT
-from trainkit.runtime._object_layout import PAGE_MATCH_BYTES
-from trainkit.runtime._object_layout import layout_size
-from trainkit.runtime._object_layout import map_range
-from trainkit.runtime._object_layout import read_object
-from trainkit.runtime._object_layout import write_object
-from trainkit.runtime._object_store import ObjectState
-from trainkit.runtime._object_store import SharedMemoryStore
+from trainkit.runtime.store.allocator import ArenaAllocator
+from trainkit.runtime.store.object_layout import BUFFER_ALIGNMENT
+from trainkit.runtime.store.object_layout import PAGE_MATCH_BYTES
+from trainkit.runtime.store.object_layout import layout_size
+from trainkit.runtime.store.object_layout import map_range
+from trainkit.runtime.store.object_layout import read_object
+from trainkit.runtime.store.object_layout import write_object
+from trainkit.runtime.store.object_store import ObjectState
+from trainkit.runtime.store.object_store import SharedMemoryStore
 
 MiB = 2**20
 PAGE = mmap.ALLOCATIONGRANULARITY
@@ -603,7 +603,7 @@ def test_acceptance_800_mib_through_a_75_mib_store(
 
 @pytest.mark.parametrize("cpus", [1, 2, 8])
 def test_large_buffers_are_copied_exactly_by_one_or_several_threads(monkeypatch, cpus):
-    from trainkit.runtime import _copy_pool
+    from trainkit.runtime.store import copy_pool as _copy_pool
 
     monkeypatch.setattr(_copy_pool.os, "cpu_count", lambda: cpus)
     pool = _copy_pool.CopyPool()

@@ -14,8 +14,8 @@ import torch
 
 import trainkit as tk
 from trainkit.exceptions import OutOfMemoryError
-from trainkit.runtime import _context
-from trainkit.runtime._protocol import Msg
+from trainkit.runtime.core import context as _context
+from trainkit.runtime.wire.protocol import Msg
 
 
 def _store_stats():
@@ -45,20 +45,22 @@ def test_put_get_zero_copy_numpy_arrow_torch(rt):
 
 
 def test_get_of_large_object_does_not_copy(rt):
-    small, big = np.ones(2 << 20, np.uint8), np.ones(256 << 20, np.uint8)
-    _rs, rb = tk.put(small), tk.put(big)
+    """A large value is read in place: the array returned lies inside this process's one
+    mapping of the store's arena, and a second get returns the same memory."""
+    import ctypes
+
+    big = np.ones(256 << 20, np.uint8)
+    ref = tk.put(big)
     del big
-
-    def best(ref):
-        times = []
-        for _ in range(5):
-            t = time.perf_counter()
-            tk.get(ref)
-            times.append(time.perf_counter() - t)
-        return min(times)
-
-    # A copy of 256 MB takes tens of ms; a zero-copy read takes well under one.
-    assert best(rb) < 0.005
+    first, second = tk.get(ref), tk.get(ref)
+    core = _context.core
+    assert core is not None
+    arena = core.store._arena
+    assert arena is not None
+    base = ctypes.addressof(ctypes.c_char.from_buffer(arena))
+    start = first.ctypes.data
+    assert base <= start and start + first.nbytes <= base + len(arena)
+    assert second.ctypes.data == start and not first.flags.writeable
 
 
 def test_small_values_inline_and_objects_are_freed(rt):
@@ -163,7 +165,7 @@ def test_objects_owned_by_a_dead_worker_are_lost(rt):
 def test_a_view_released_after_its_ref_frees_the_object(rt) -> None:
     """The owner drops the ref while a zero-copy view is alive; when the view goes, the
     store must release the object (it used to stay pinned forever)."""
-    from trainkit.runtime._api import _cluster_info
+    from trainkit.runtime._builtin_backend import cluster_info as _cluster_info
 
     for _ in range(3):
         ref = tk.put(np.ones(1 << 20))  # 8 MiB, stored in the arena

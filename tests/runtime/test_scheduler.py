@@ -11,12 +11,12 @@ import pytest
 
 from trainkit.exceptions import InfeasibleError
 from trainkit.exceptions import TrainkitInternalError
-from trainkit.runtime import _scheduler as _scheduler_module
-from trainkit.runtime._scheduler import PLACEMENT_STRATEGIES
-from trainkit.runtime._scheduler import Grant
-from trainkit.runtime._scheduler import PlacementGroupReady
-from trainkit.runtime._scheduler import ResourceScheduler
-from trainkit.runtime._scheduler import make_resource_request
+from trainkit.runtime.node import scheduler as _scheduler_module
+from trainkit.runtime.node.scheduler import PLACEMENT_STRATEGIES
+from trainkit.runtime.node.scheduler import Grant
+from trainkit.runtime.node.scheduler import PlacementGroupReady
+from trainkit.runtime.node.scheduler import ResourceScheduler
+from trainkit.runtime.node.scheduler import make_resource_request
 
 
 def _scheduler(*nodes: tuple[str, Mapping[str, float]]) -> ResourceScheduler:

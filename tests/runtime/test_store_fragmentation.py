@@ -26,17 +26,17 @@ import pytest
 
 import trainkit as tk
 from trainkit.exceptions import OutOfMemoryError
-from trainkit.runtime._object_layout import layout_size
-from trainkit.runtime._object_layout import map_range
-from trainkit.runtime._object_layout import read_object
-from trainkit.runtime._object_layout import write_object
-from trainkit.runtime._object_store import Location
-from trainkit.runtime._object_store import ObjectState
-from trainkit.runtime._object_store import SharedMemoryStore
-from trainkit.runtime._spill_policy import Hole
-from trainkit.runtime._spill_policy import Segment
-from trainkit.runtime._spill_policy import cheapest_hole
-from trainkit.runtime._spill_policy import largest_hole
+from trainkit.runtime.store.object_layout import layout_size
+from trainkit.runtime.store.object_layout import map_range
+from trainkit.runtime.store.object_layout import read_object
+from trainkit.runtime.store.object_layout import write_object
+from trainkit.runtime.store.object_store import Location
+from trainkit.runtime.store.object_store import ObjectState
+from trainkit.runtime.store.object_store import SharedMemoryStore
+from trainkit.runtime.store.spill_policy import Hole
+from trainkit.runtime.store.spill_policy import Segment
+from trainkit.runtime.store.spill_policy import cheapest_hole
+from trainkit.runtime.store.spill_policy import largest_hole
 
 MiB = 2**20
 PAGE = mmap.ALLOCATIONGRANULARITY
@@ -361,7 +361,7 @@ def test_a_fallback_file_lives_until_freed_and_the_last_reader_unpins(make_store
 
 
 def _store_stats() -> dict[str, int]:
-    from trainkit.runtime._api import _cluster_info
+    from trainkit.runtime._builtin_backend import cluster_info as _cluster_info
 
     stats: dict[str, int] = _cluster_info()["store"]
     return stats
@@ -375,13 +375,6 @@ def _eventually(predicate: Callable[[], bool], timeout_s: float = 30.0) -> bool:
             return predicate()
         time.sleep(0.01)
     return True
-
-
-_NEEDS_PUT_INTO_FILES = pytest.mark.xfail(
-    strict=True, raises=OutOfMemoryError,
-    reason="needs the writer (_objects.store_value) to map a fallback file that STORE_ALLOC "
-           "returns and to ask for one (files_ok=True); the node, the store, readers and "
-           "transfers handle them already")
 
 
 def test_runtime_reads_a_spilled_object_that_cannot_come_back_in_place(runtime) -> None:
@@ -403,7 +396,6 @@ def test_runtime_reads_a_spilled_object_that_cannot_come_back_in_place(runtime) 
     assert _eventually(lambda: _store_stats()["num_pinned"] == 0)
 
 
-@_NEEDS_PUT_INTO_FILES
 def test_runtime_put_into_a_store_fragmented_by_held_arrays(runtime) -> None:
     """Arrays the driver holds from ``tk.get`` pin every other object; a 6 MiB put into the
     32 MiB store must still succeed (and stay zero-copy for readers)."""

@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from trainkit.runtime._object_store import SharedMemoryStore
-from trainkit.runtime._protocol import Msg
-from trainkit.runtime._transfer import Puller
-from trainkit.runtime._transfer import TransferServer
+from trainkit.runtime.store.object_store import SharedMemoryStore
+from trainkit.runtime.store.transfer import Puller
+from trainkit.runtime.store.transfer import TransferServer
+from trainkit.runtime.wire.protocol import Msg
 
 MiB = 1 << 20
 SECRET = b"s" * 32

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from trainkit.runtime import _stream_copy
+from trainkit.runtime.store import stream_copy as _stream_copy
 
 X86_64_LINUX = sys.platform == "linux" and os.uname().machine == "x86_64"
 

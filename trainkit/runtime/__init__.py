@@ -30,7 +30,7 @@ from trainkit.runtime._placement_group import get_current_placement_group
 from trainkit.runtime._placement_group import placement_group
 from trainkit.runtime._placement_group import placement_group_table
 from trainkit.runtime._placement_group import remove_placement_group
-from trainkit.runtime._refs import ObjectRef
+from trainkit.runtime.core.refs import ObjectRef
 
 __all__ = [
     "ActorClass",

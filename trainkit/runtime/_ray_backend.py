@@ -35,6 +35,9 @@ from trainkit.exceptions import TaskCancelledError
 from trainkit.exceptions import TaskError
 from trainkit.exceptions import TrainkitError
 from trainkit.exceptions import WorkerCrashedError
+from trainkit.runtime._definitions import ActorDef
+from trainkit.runtime._definitions import TaskDef
+from trainkit.runtime._strategies import NodeAffinitySchedulingStrategy
 
 INSTALL_HINT = "pip install 'trainkit[ray]'"
 # How long kill() waits for Ray to record an actor as dead.
@@ -183,31 +186,36 @@ class RayBackend:
             out["retry_exceptions"] = list(out["retry_exceptions"])
         return out
 
-    def submit_task(self, fn: Any, shared: list[Any], options: dict[str, Any],
-                    resources: dict[str, float], name: str, args: tuple[Any, ...],
+    def submit_task(self, fn: TaskDef, args: tuple[Any, ...],
                     kwargs: dict[str, Any]) -> Any:
-        """``shared`` caches Ray's remote function for every ``.options()`` copy of it (a
-        new ``ray.remote`` would export the function again)."""
-        self._check_feasible(resources, options.get("scheduling_strategy"), name)
+        """Ray's remote function is made once and kept with every ``.options()`` copy of
+        ``fn`` (a new ``ray.remote`` would export the function again)."""
+        options = fn.options
+        self._check_feasible(fn.resources, options.get("scheduling_strategy"), fn.name)
+        shared = fn.shared[2]
         if shared[0] is None:
-            shared[0] = self.ray.remote(fn)
+            shared[0] = self.ray.remote(fn.fn)
         remote = shared[0].options(**self._ray_options(options))
         try:
             return remote.remote(*args, **kwargs)
         except TypeError as e:
-            raise _arity_error(fn, name, args, kwargs) or e from None
+            raise _arity_error(fn.fn, fn.name, args, kwargs) or e from None
 
-    def create_actor(self, cls: type, shared: list[Any], options: dict[str, Any],
-                     resources: dict[str, float], label: str, args: tuple[Any, ...],
+    def create_actor(self, cls: ActorDef, args: tuple[Any, ...],
                      kwargs: dict[str, Any]) -> Any:
-        self._check_feasible(resources, options.get("scheduling_strategy"), label)
+        options = cls.options
+        self._check_feasible(cls.resources, options.get("scheduling_strategy"), cls.label)
+        shared = cls.shared[1]
         if shared[0] is None:
-            shared[0] = self.ray.remote(self._with_method_options(cls))
+            shared[0] = self.ray.remote(self._with_method_options(cls.cls))
         remote = shared[0].options(**self._ray_options(options))
         try:
             return remote.remote(*args, **kwargs)
         except TypeError as e:
-            raise _arity_error(cls, cls.__name__, args, kwargs) or e from None
+            raise _arity_error(cls.cls, cls.cls.__name__, args, kwargs) or e from None
+
+    def preload_worker_modules(self, modules: list[str]) -> None:
+        """Ray starts its own workers: nothing to preload."""
 
     def _with_method_options(self, cls: type) -> type:
         """``cls``, or a subclass of it of the same name whose ``@tk.method(...)`` methods
@@ -354,14 +362,6 @@ class RayBackend:
 
 
 def _is_node_affinity(strategy: Any) -> bool:
-    """trainkit's NodeAffinitySchedulingStrategy (imported late: it may not exist yet in
-    an older checkout of _api.py)."""
-    if strategy is None or isinstance(strategy, str):
-        return False
-    try:
-        from trainkit.runtime import NodeAffinitySchedulingStrategy
-    except ImportError:
-        return False
     return isinstance(strategy, NodeAffinitySchedulingStrategy)
 
 

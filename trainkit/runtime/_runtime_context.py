@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from trainkit.runtime import _context
+from trainkit.runtime.core import context as _context
 
 __all__ = ["RuntimeContext"]
 

@@ -8,11 +8,9 @@ unnamed. Nothing is written to /tmp or /dev/shm, so nothing can be left there.
 from __future__ import annotations
 
 import atexit
-import glob
 import json
 import os
-import secrets
-import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -20,13 +18,20 @@ from typing import Any
 
 from trainkit.exceptions import GetTimeoutError
 from trainkit.exceptions import RuntimeSystemError
-from trainkit.runtime import _context
-from trainkit.runtime._core import CoreWorker
-from trainkit.runtime._local_channel import LocalChannel
-from trainkit.runtime._local_channel import store_socket_address
-from trainkit.runtime._protocol import Msg
-from trainkit.runtime._scheduler import make_resource_request
-from trainkit.runtime._transport import endpoint
+from trainkit.runtime.cluster.discovery import Embedded
+from trainkit.runtime.cluster.discovery import ancestors
+from trainkit.runtime.cluster.discovery import choose
+from trainkit.runtime.cluster.discovery import embedded_runtimes
+from trainkit.runtime.core import context as _context
+from trainkit.runtime.core.core_worker import CoreWorker
+from trainkit.runtime.node.machine import NODE_SERVICE_MODULE
+from trainkit.runtime.node.machine import default_store_bytes
+from trainkit.runtime.node.machine import detect_gpus
+from trainkit.runtime.node.machine import new_session_name
+from trainkit.runtime.node.scheduler import make_resource_request
+from trainkit.runtime.wire.local_channel import store_socket_address
+from trainkit.runtime.wire.protocol import Msg
+from trainkit.runtime.wire.transport import endpoint
 
 NODE_START_TIMEOUT_S = 30.0
 CONNECT_TIMEOUT_S = 10.0
@@ -38,24 +43,6 @@ _namespace = "default"
 
 def namespace() -> str:
     return _namespace
-
-
-def _detect_gpus() -> list[int]:
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return [int(x) for x in visible.split(",") if x.strip().isdigit()]
-    return list(range(len(glob.glob("/proc/driver/nvidia/gpus/*"))))
-
-
-def default_store_bytes() -> int:
-    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    want = int(total * 0.3)
-    try:
-        shm_free = shutil.disk_usage("/dev/shm").free
-        want = min(want, int(shm_free * 0.9))
-    except OSError:
-        pass
-    return want
 
 
 def _check_number(name: str, value: Any) -> None:
@@ -74,7 +61,7 @@ def start(*, num_cpus: float | None, num_gpus: float | None,
         _check_number(name, value)
     if num_gpus is not None and int(num_gpus) != num_gpus:
         raise ValueError(f"init(num_gpus={num_gpus!r}): must be a whole number of GPUs")
-    gpu_ids = _detect_gpus() if num_gpus is None else list(range(int(num_gpus)))
+    gpu_ids = detect_gpus() if num_gpus is None else list(range(int(num_gpus)))
     cpus = float(num_cpus if num_cpus is not None else (os.cpu_count() or 1))
     total_mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     node_resources = make_resource_request(
@@ -89,7 +76,7 @@ def start(*, num_cpus: float | None, num_gpus: float | None,
     session = new_session_name("")
     node_id = os.urandom(8).hex()
     core = CoreWorker(
-        session_dir=session, node_addr=endpoint(session, "node.ctl", None), node_id=node_id,
+        session=session, node_addr=endpoint(session, "node.ctl", None), node_id=node_id,
         arena_path="", arena_capacity=store_bytes, name="driver",
         cluster_resources=node_resources, store_socket=store_socket_address(session))
     ready = threading.Event()
@@ -107,7 +94,7 @@ def start(*, num_cpus: float | None, num_gpus: float | None,
         "driver_addr": core.ctl_addr, "sys_path": [p or os.getcwd() for p in sys.path],
         "cwd": os.getcwd(), "prestart": min(int(cpus), 4), "log_to_driver": log_to_driver,
     }
-    proc = subprocess.Popen([sys.executable, "-m", "trainkit.runtime._node", json.dumps(cfg)],
+    proc = subprocess.Popen([sys.executable, "-m", NODE_SERVICE_MODULE, json.dumps(cfg)],
                             stdin=subprocess.PIPE, close_fds=True)
     deadline_ok = False
     waited = 0.0
@@ -124,7 +111,7 @@ def start(*, num_cpus: float | None, num_gpus: float | None,
         core.close()
         raise RuntimeSystemError(
             f"the trainkit node service did not start (exit code {proc.returncode}); its "
-            f"error output is above. Command: {sys.executable} -m trainkit.runtime._node")
+            f"error output is above. Command: {sys.executable} -m {NODE_SERVICE_MODULE}")
     _node_proc = proc
     _namespace = namespace or "default"
     _context.core = core
@@ -133,23 +120,29 @@ def start(*, num_cpus: float | None, num_gpus: float | None,
 def connect(address: str, *, namespace: str | None, log_to_driver: bool) -> None:
     """Attach this process, as a driver, to a running cluster through a node on this machine.
 
-    ``address`` is "auto" (the cluster `trainkit start` started here) or "HOST:PORT" of the
-    head. The secret comes from TRAINKIT_CLUSTER_SECRET or ~/.trainkit/cluster_secret.
+    ``address`` is "HOST:PORT" of the head, or "auto": the embedded runtime of the nearest
+    parent process that has one, else the only runtime on this machine (see
+    ``_discovery``). The secret comes from TRAINKIT_CLUSTER_SECRET or
+    ~/.trainkit/cluster_secret.
     """
     global _namespace, _cluster_driver
-    from trainkit.runtime._auth import FrameAuth
-    from trainkit.runtime._cluster import machine_key
-    from trainkit.runtime._cluster import parse_address
-    from trainkit.runtime._cluster import route_ip
-    from trainkit.runtime._secret import load_secret
+    from trainkit.runtime.cluster.nodes import parse_address
+    from trainkit.runtime.cluster.nodes import route_ip
+    from trainkit.runtime.node.machine import machine_key
+    from trainkit.runtime.wire.auth import FrameAuth
+    from trainkit.runtime.wire.secret import load_secret
 
     if address == "auto":
-        address = _auto_address()
+        target = choose(embedded_runtimes(), ancestors(os.getpid()), _started_cluster())
+        if isinstance(target, Embedded):
+            _attach_embedded(target, namespace=namespace, log_to_driver=log_to_driver)
+            return
+        address = target
     host, port = parse_address(address)
     _check_listening(address, host, port)
     auth = FrameAuth(load_secret())
     head_addr = f"tcp://{host}:{port}"
-    core = CoreWorker(session_dir=new_session_name("driver"), node_addr=head_addr, node_id="",
+    core = CoreWorker(session=new_session_name("driver"), node_addr=head_addr, node_id="",
                       arena_path="", arena_capacity=1 << 20, name="driver",
                       cluster_resources={}, control_addr=head_addr, host=route_ip(host),
                       auth=auth)
@@ -174,13 +167,42 @@ def connect(address: str, *, namespace: str | None, log_to_driver: bool) -> None
                 f"the cluster at {address} has no node on this machine; start one here with "
                 f"`trainkit start --address {address}` and connect again")
         node = local[0]
-        core.node_addr, core.node_id = node["addr"], node["node_id"]
-        core.arena_path = node["arena_path"]
-        core.arena_capacity = int(node["object_store_memory"])
-        core._mapped_cap = core.arena_capacity // 20
-        core.store_channel = LocalChannel(node["store_socket"])
+        core.attach_store(node["addr"], node["node_id"], node["arena_path"],
+                          int(node["object_store_memory"]), node["store_socket"])
         core.request_node(Msg.REGISTER_DRIVER, os.getpid(), what="attaching to the node",
                           timeout=CONNECT_TIMEOUT_S)
+        core.cluster_resources = core.request_control(
+            Msg.CLUSTER_INFO, what="cluster resources")["total"]
+    except BaseException:
+        core.close()
+        raise
+    _cluster_driver = True
+    _namespace = namespace or "default"
+    _context.core = core
+
+
+def _attach_embedded(runtime: Embedded, *, namespace: str | None,
+                     log_to_driver: bool) -> None:
+    """Attach this process as a second driver to another driver's embedded runtime: its
+    node takes this process's tasks and actors, and drops them when this process ends."""
+    global _namespace, _cluster_driver
+    node_addr = endpoint(runtime.session, "node.ctl", None)
+    core = CoreWorker(session=new_session_name("driver"), node_addr=node_addr, node_id="",
+                      arena_path="", arena_capacity=1 << 20, name="driver",
+                      cluster_resources={}, control_addr=node_addr)
+    core.log_sink = _print_log if log_to_driver else None
+    core.start()
+    try:
+        try:
+            node = core.request_node(Msg.REGISTER_DRIVER, os.getpid(),
+                                     what="attaching to the node", timeout=CONNECT_TIMEOUT_S)
+        except GetTimeoutError:
+            raise ConnectionError(
+                f"init(address='auto'): the embedded runtime of driver pid "
+                f"{runtime.driver_pid} (session {runtime.session}) did not answer within "
+                f"{CONNECT_TIMEOUT_S:.0f} s; it may be stopping") from None
+        core.attach_store(node["addr"], node["node_id"], node["arena_path"],
+                          int(node["object_store_memory"]), node["store_socket"])
         core.cluster_resources = core.request_control(
             Msg.CLUSTER_INFO, what="cluster resources")["total"]
     except BaseException:
@@ -207,18 +229,22 @@ def _check_listening(address: str, host: str, port: int) -> None:
                               f"({e})") from None
 
 
-def _auto_address() -> str:
-    from trainkit.runtime._secret import default_secret_path
+def _started_cluster() -> str | None:
+    """The address of the cluster `trainkit start` started on this machine, if any."""
+    from trainkit.runtime.wire.secret import default_secret_path
 
     state = default_secret_path().parent / "cluster.json"
     try:
         with open(state) as f:
             address: str = json.load(f)["address"]
     except (OSError, ValueError, KeyError):
-        raise ConnectionError(
-            f"init(address='auto'): no cluster was started on this machine ({state} is "
-            "missing); start one with `trainkit start --head`, or pass "
-            "address='HOST:PORT'") from None
+        return None
+    from trainkit.runtime.cluster.nodes import parse_address
+
+    try:  # a file left by a cluster that stopped names no runtime
+        socket.create_connection(parse_address(address), timeout=1.0).close()
+    except (OSError, ValueError):
+        return None
     return address
 
 
@@ -229,12 +255,6 @@ def _print_log(stream: str, text: str) -> None:
         out.flush()
     except Exception:
         pass
-
-
-def new_session_name(role: str) -> str:
-    """``trainkit-<pid>-[<role>-]<random>``: unique on this machine, names no file."""
-    middle = f"{role}-" if role else ""
-    return f"trainkit-{os.getpid()}-{middle}{secrets.token_hex(4)}"
 
 
 def stop() -> None:

@@ -58,7 +58,7 @@ class LocalCluster:
     def _start(self, role: str, num_cpus: float, num_gpus: int,
                resources: dict[str, float] | None, object_store_memory: int | None,
                ) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
-        from trainkit.runtime._cluster import start_node_process
+        from trainkit.runtime.cluster.nodes import start_node_process
 
         head_addr = f"tcp://{self.address}" if role == "node" else ""
         log = None
@@ -84,23 +84,17 @@ class LocalCluster:
 
     def remove_node(self, node_id: str) -> None:
         """Kill a node's service with SIGKILL, as a machine failure would; its workers exit."""
-        from trainkit.runtime._cluster import cleanup_node_files
-
         if node_id == self.head_node_id:
             raise ValueError("remove_node() takes a non-head node; use kill_head() for the head")
-        proc, info = self._procs.pop(node_id)
+        proc, _ = self._procs.pop(node_id)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        cleanup_node_files(info["session_dir"], info["arena_path"])
 
     def kill_head(self) -> None:
         """SIGKILL the head's service (every node then stops within a bounded time)."""
-        from trainkit.runtime._cluster import cleanup_node_files
-
-        proc, info = self._procs.pop(self.head_node_id)
+        proc, _ = self._procs.pop(self.head_node_id)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        cleanup_node_files(info["session_dir"], info["arena_path"])
 
     def log_path(self, node_id: str) -> Path:
         """The file a node's output goes to (only with ``log_dir``)."""
@@ -122,7 +116,7 @@ class LocalCluster:
     def connect(self, **init_kwargs: Any) -> None:
         """``trainkit.init(address=self.address)`` with this cluster's secret."""
         import trainkit
-        from trainkit.runtime._secret import SECRET_ENV
+        from trainkit.runtime.wire.secret import SECRET_ENV
 
         self._env_before = os.environ.get(SECRET_ENV)
         os.environ[SECRET_ENV] = self.secret.decode()
@@ -131,7 +125,7 @@ class LocalCluster:
 
     def disconnect(self) -> None:
         """``trainkit.shutdown()`` of the driver that :meth:`connect` attached."""
-        from trainkit.runtime._secret import SECRET_ENV
+        from trainkit.runtime.wire.secret import SECRET_ENV
 
         if not self._connected:
             return
@@ -146,20 +140,17 @@ class LocalCluster:
 
     def shutdown(self) -> None:
         """Disconnect the driver and stop every node and the head."""
-        from trainkit.runtime._cluster import cleanup_node_files
-
         self.disconnect()
         procs = list(self._procs.values())
         self._procs.clear()
         for proc, _ in procs:
             proc.terminate()
-        for proc, info in procs:
+        for proc, _ in procs:
             try:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-            cleanup_node_files(info["session_dir"], info["arena_path"])
 
     def __enter__(self) -> LocalCluster:
         return self

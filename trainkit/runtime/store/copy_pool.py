@@ -22,7 +22,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from trainkit.runtime._stream_copy import stream_copy
+from trainkit.runtime.store.stream_copy import stream_copy
 
 __all__ = ["COPY_CHUNK_BYTES", "COPY_THREADS", "PARALLEL_COPY_BYTES", "CopyPool"]
 

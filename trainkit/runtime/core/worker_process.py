@@ -1,9 +1,9 @@
 """Worker process: runs leased tasks, or hosts one actor, for the node service that started it.
 
-``python -m trainkit.runtime._worker`` with the node's settings in the environment. Normal
-tasks and actor calls arrive on the execution inbox and run in the main thread (threaded
-actors use a pool, async actors an event loop thread); everything else (object requests,
-replies, cancellation) is handled by the core worker's I/O thread.
+``python -m trainkit.runtime.core.worker_process`` with the node's settings in the
+environment. Normal tasks and actor calls arrive on the execution inbox and run in the main
+thread (threaded actors use a pool, async actors an event loop thread); everything else
+(object requests, replies, cancellation) is handled by the core worker's I/O thread.
 """
 
 from __future__ import annotations
@@ -20,21 +20,22 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from typing import ClassVar
 
 from trainkit.exceptions import ActorDiedError
-from trainkit.runtime import _context
-from trainkit.runtime._auth import FrameAuth
-from trainkit.runtime._context import ActorExit
-from trainkit.runtime._core import CoreWorker
-from trainkit.runtime._local_channel import store_socket_address
-from trainkit.runtime._objects import error_value
-from trainkit.runtime._objects import task_error_value
-from trainkit.runtime._protocol import Msg
-from trainkit.runtime._secret import SECRET_ENV
-from trainkit.runtime._serialization import dumps
-from trainkit.runtime._serialization import loads
-from trainkit.runtime._transport import Inbox
-from trainkit.runtime._transport import endpoint
+from trainkit.runtime.core import context as _context
+from trainkit.runtime.core.context import ActorExit
+from trainkit.runtime.core.core_worker import CoreWorker
+from trainkit.runtime.core.values import error_value
+from trainkit.runtime.core.values import task_error_value
+from trainkit.runtime.wire.auth import FrameAuth
+from trainkit.runtime.wire.local_channel import store_socket_address
+from trainkit.runtime.wire.protocol import Msg
+from trainkit.runtime.wire.secret import SECRET_ENV
+from trainkit.runtime.wire.serialization import dumps
+from trainkit.runtime.wire.serialization import loads
+from trainkit.runtime.wire.transport import Inbox
+from trainkit.runtime.wire.transport import endpoint
 
 
 def die_with_parent() -> None:
@@ -87,6 +88,20 @@ class _PrefixedStream(io.TextIOBase):
 
 
 class Worker:
+    """A worker process's executor: tasks, or the one actor it hosts."""
+
+    # What its execution inbox is told, and the method for each kind (EXIT ends the loop);
+    # CORE_HANDLERS are added to its core worker's inbox. tests/runtime/test_wire.py holds
+    # each method's parameters to the kind's FIELDS.
+    HANDLERS: ClassVar[dict[int, str]] = {
+        Msg.EXEC_TASK: "exec_task",
+        Msg.BECOME_ACTOR: "become_actor",
+        Msg.ACTOR_CALL: "actor_call",
+        Msg.ACTOR_EXIT: "actor_exit",
+        Msg.RETIRE: "retire",
+    }
+    CORE_HANDLERS: ClassVar[dict[int, str]] = {Msg.CANCEL_TASK: "_on_cancel"}
+
     def __init__(self, core: CoreWorker, worker_id: bytes, exec_inbox: Inbox) -> None:
         self.core = core
         self.worker_id = worker_id
@@ -100,17 +115,13 @@ class Worker:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.sem: asyncio.Semaphore | None = None
         self.exiting = False  # exit_actor() was called: leave after answering this call
-        core.extra_handlers[Msg.CANCEL_TASK] = self._on_cancel
+        for kind, name in self.CORE_HANDLERS.items():
+            core.extra_handlers[kind] = getattr(self, name)
 
     # -------------------------------------------------------------- main loop
     def run(self) -> None:
         handlers: dict[int, Callable[..., None]] = {
-            Msg.EXEC_TASK: self.exec_task,
-            Msg.BECOME_ACTOR: self.become_actor,
-            Msg.ACTOR_CALL: self.actor_call,
-            Msg.ACTOR_EXIT: self.actor_exit,
-            Msg.RETIRE: self.retire,
-        }
+            kind: getattr(self, name) for kind, name in self.HANDLERS.items()}
         while True:
             try:
                 msg = self.inbox.recv()
@@ -125,9 +136,7 @@ class Worker:
                 continue  # a cancel that arrived just after its task finished
 
     def retire(self) -> None:
-        with self.core.lock:
-            owns = bool(self.core.owned) or bool(self.core.held_for_caller)
-        if not owns:
+        if not self.core.holds_anything():
             _flush_and_exit(0)
         self.core.out.send(self.core.node_addr, (
             Msg.REGISTER_WORKER, self.worker_id, os.getpid(), self.inbox.address,
@@ -171,8 +180,7 @@ class Worker:
         holder = None
         if refs:
             # Keep the refs inside the result alive until the caller frees the result.
-            with self.core.lock:
-                self.core.held_for_caller[return_id] = refs
+            self.core.hold_for_caller(return_id, refs)
             holder = self.core.ctl_addr
         return value, holder
 
@@ -393,7 +401,7 @@ def main(secret: bytes | None = None) -> None:
         _flush_and_exit(1)
     auth = FrameAuth(secret) if host is not None and secret else None
     core = CoreWorker(
-        session_dir=session_dir,
+        session=session_dir,
         node_addr=env["TRAINKIT_NODE_ADDR"],
         node_id=env["TRAINKIT_NODE_ID"],
         arena_path=env["TRAINKIT_ARENA_PATH"],

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from typing import Any
 
 if TYPE_CHECKING:
-    from trainkit.runtime._core import CoreWorker
+    from trainkit.runtime.core.core_worker import CoreWorker
 
 core: CoreWorker | None = None
 # The Ray backend (trainkit.runtime._ray_backend.RayBackend) when it carries the API instead.

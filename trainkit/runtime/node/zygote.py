@@ -24,8 +24,8 @@ import signal
 import socket
 import warnings
 
-from trainkit.runtime import _protocol
-from trainkit.runtime import _worker
+from trainkit.runtime.core import worker_process as _worker
+from trainkit.runtime.wire import protocol as _protocol
 
 
 def _child(spec: dict[str, object], fds: list[int], sock: socket.socket,

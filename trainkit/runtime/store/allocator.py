@@ -2,7 +2,7 @@
 
 The allocator only does bookkeeping: it hands out ``[offset, offset + size)`` ranges of an
 arena of ``capacity`` bytes and never touches memory itself. The object store
-(:mod:`trainkit.runtime._object_store`) owns one and decides what to spill when it is full.
+(:mod:`trainkit.runtime.store.object_store`) owns one and decides what to spill when it is full.
 """
 
 from __future__ import annotations

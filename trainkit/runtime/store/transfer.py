@@ -10,7 +10,7 @@ buffer) and verified there before the copy is sealed, so a tampered chunk is nev
 node then answers the readers waiting for it, who read it zero-copy like any local object.
 
 Wire format, both ways: ``u32 length | header | mac | payload``, signed as in
-:mod:`trainkit.runtime._auth`. Requests are small pickles ``("get", object id)``, verified
+:mod:`trainkit.runtime.wire.auth`. Requests are small pickles ``("get", object id)``, verified
 before they are unpickled; a request longer than 64 KiB, one that fails verification, or an
 authentic one that is not a request (counted as ``bad_message``) closes the connection.
 Chunk payloads are raw bytes.
@@ -31,14 +31,14 @@ import struct
 import threading
 import time
 
-from trainkit.runtime._auth import FRAME_OVERHEAD_BYTES
-from trainkit.runtime._auth import MAC_BYTES
-from trainkit.runtime._auth import AuthError
-from trainkit.runtime._auth import FrameAuth
-from trainkit.runtime._object_store import SharedMemoryStore
-from trainkit.runtime._protocol import Msg
-from trainkit.runtime._transport import Outbox
-from trainkit.runtime._transport import port_of
+from trainkit.runtime.store.object_store import SharedMemoryStore
+from trainkit.runtime.wire.auth import FRAME_OVERHEAD_BYTES
+from trainkit.runtime.wire.auth import MAC_BYTES
+from trainkit.runtime.wire.auth import AuthError
+from trainkit.runtime.wire.auth import FrameAuth
+from trainkit.runtime.wire.protocol import Msg
+from trainkit.runtime.wire.transport import Outbox
+from trainkit.runtime.wire.transport import port_of
 
 CHUNK_BYTES = 8 << 20
 REQUEST_LIMIT = 1 << 16

@@ -17,15 +17,18 @@ import time
 from dataclasses import dataclass
 from dataclasses import field
 from typing import Any
+from typing import ClassVar
 
 from trainkit.exceptions import InfeasibleError
-from trainkit.runtime._protocol import ActorStatus
-from trainkit.runtime._protocol import Msg
-from trainkit.runtime._protocol import new_id
-from trainkit.runtime._scheduler import Grant
-from trainkit.runtime._scheduler import PlacementGroupReady
-from trainkit.runtime._scheduler import RequestId
-from trainkit.runtime._scheduler import ResourceScheduler
+from trainkit.runtime.node.actor_table import ActorRecord
+from trainkit.runtime.node.actor_table import ActorTable
+from trainkit.runtime.node.scheduler import Grant
+from trainkit.runtime.node.scheduler import PlacementGroupReady
+from trainkit.runtime.node.scheduler import RequestId
+from trainkit.runtime.node.scheduler import ResourceScheduler
+from trainkit.runtime.wire.protocol import ActorStatus
+from trainkit.runtime.wire.protocol import Msg
+from trainkit.runtime.wire.protocol import new_id
 
 # A node silent for this long is declared dead (it sends a heartbeat every second).
 NODE_DEATH_TIMEOUT_S = 5.0
@@ -64,26 +67,6 @@ class _Lease:
 
 
 @dataclass(eq=False)
-class _Actor:
-    actor_id: bytes
-    owner: str
-    name: str
-    registered_name: tuple[str, str] | None
-    spec: tuple[Any, ...]  # (cls_blob, payload, descs, max_concurrency)
-    resources: dict[str, float]
-    placement: tuple[Any, ...] | None
-    restarts_left: int
-    meta: dict[str, Any]
-    status: ActorStatus = ActorStatus.PENDING
-    cause: str = ""
-    lease_id: bytes | None = None
-    worker: _WorkerProc | None = None
-    no_restart: bool = False
-    detached: bool = False  # lifetime="detached": outlives its owner
-    subscribers: set[str] = field(default_factory=set)
-
-
-@dataclass(eq=False)
 class _NodeRecord:
     info: dict[str, Any]  # what the node registered: addr, transfer_addr, host, resources...
     last_seen: float
@@ -98,8 +81,7 @@ class ControlMixin:
     addr: str
     scheduler: ResourceScheduler
     leases: dict[RequestId, _Lease]
-    actors: dict[bytes, _Actor]
-    named: dict[tuple[str, str], bytes]
+    actors: ActorTable
     pg_waiters: dict[str, list[tuple[str, int]]]
     remote_workers: dict[bytes, _WorkerProc]
     cluster_nodes: dict[str, _NodeRecord]
@@ -138,33 +120,33 @@ class ControlMixin:
     def node_table(self) -> dict[str, Any]:
         raise NotImplementedError
 
-    def control_handlers(self) -> dict[int, Any]:
-        return {
-            Msg.REQUEST_LEASE: self.on_request_lease,
-            Msg.RETURN_LEASE: self.on_return_lease,
-            Msg.CREATE_ACTOR: self.on_create_actor,
-            Msg.SUBSCRIBE_ACTOR: self.on_subscribe_actor,
-            Msg.GET_NAMED_ACTOR: self.on_get_named_actor,
-            Msg.KILL_ACTOR: self.on_kill_actor,
-            Msg.ACTOR_READY: self.on_actor_ready,
-            Msg.ACTOR_INIT_FAILED: self.on_actor_init_failed,
-            Msg.ACTOR_EXITING: self.on_actor_exiting,
-            Msg.WORKER_BLOCKED: self.on_worker_blocked,
-            Msg.WORKER_UNBLOCKED: self.on_worker_unblocked,
-            Msg.KILL_WORKER: self.on_kill_worker,
-            Msg.CREATE_PG: self.on_create_pg,
-            Msg.REMOVE_PG: self.on_remove_pg,
-            Msg.WAIT_PG: self.on_wait_pg,
-            Msg.CLUSTER_INFO: self.on_cluster_info,
-            Msg.REGISTER_NODE: self.on_register_node,
-            Msg.NODE_HEARTBEAT: self.on_node_heartbeat,
-            Msg.NODE_ASSIGNED: self.on_node_assigned,
-            Msg.NODE_WORKER_EXIT: self.on_node_worker_exit,
-            Msg.NODE_LEASE_FAILED: self.on_node_lease_failed,
-            Msg.CLUSTER_NODES: self.on_cluster_nodes,
-            Msg.LIST_NAMED_ACTORS: self.on_list_named_actors,
-            Msg.PG_TABLE: self.on_pg_table,
-        }
+    # What the control plane is told, and the method that handles each kind.
+    CONTROL_HANDLERS: ClassVar[dict[int, str]] = {
+        Msg.REQUEST_LEASE: "on_request_lease",
+        Msg.RETURN_LEASE: "on_return_lease",
+        Msg.CREATE_ACTOR: "on_create_actor",
+        Msg.SUBSCRIBE_ACTOR: "on_subscribe_actor",
+        Msg.GET_NAMED_ACTOR: "on_get_named_actor",
+        Msg.KILL_ACTOR: "on_kill_actor",
+        Msg.ACTOR_READY: "on_actor_ready",
+        Msg.ACTOR_INIT_FAILED: "on_actor_init_failed",
+        Msg.ACTOR_EXITING: "on_actor_exiting",
+        Msg.WORKER_BLOCKED: "on_worker_blocked",
+        Msg.WORKER_UNBLOCKED: "on_worker_unblocked",
+        Msg.KILL_WORKER: "on_kill_worker",
+        Msg.CREATE_PG: "on_create_pg",
+        Msg.REMOVE_PG: "on_remove_pg",
+        Msg.WAIT_PG: "on_wait_pg",
+        Msg.CLUSTER_INFO: "on_cluster_info",
+        Msg.REGISTER_NODE: "on_register_node",
+        Msg.NODE_HEARTBEAT: "on_node_heartbeat",
+        Msg.NODE_ASSIGNED: "on_node_assigned",
+        Msg.NODE_WORKER_EXIT: "on_node_worker_exit",
+        Msg.NODE_LEASE_FAILED: "on_node_lease_failed",
+        Msg.CLUSTER_NODES: "on_cluster_nodes",
+        Msg.LIST_NAMED_ACTORS: "on_list_named_actors",
+        Msg.PG_TABLE: "on_pg_table",
+    }
 
     # ------------------------------------------------------------------ workers
     def find_worker(self, worker_id: bytes) -> _WorkerProc | None:
@@ -201,9 +183,8 @@ class ControlMixin:
         if origin != self.node_id:
             self.notify_process_died(addr, cause)
         # Actors owned by the dead process die with it (fate sharing), unless detached.
-        for actor in list(self.actors.values()):
-            if actor.owner == addr and actor.status is not ActorStatus.DEAD \
-                    and not actor.detached:
+        for actor in self.actors:
+            if actor.owner == addr and actor.live and not actor.detached:
                 self.kill_actor(actor, f"its owner died ({cause})")
         self.drop_leases_of(addr, f"their owner died ({cause})")
 
@@ -277,7 +258,7 @@ class ControlMixin:
         lease.grant = grant
         if lease.actor_id is not None:
             actor = self.actors.get(lease.actor_id)
-            if actor is None or actor.status is ActorStatus.DEAD:
+            if actor is None or not actor.live:
                 self.release_lease(lease)
                 return
             blob, payload, descs, max_concurrency = actor.spec
@@ -296,7 +277,7 @@ class ControlMixin:
         if lease.actor_id is None:
             return True
         actor = self.actors.get(lease.actor_id)
-        if actor is None or actor.status is ActorStatus.DEAD:
+        if actor is None or not actor.live:
             return False
         actor.worker = w
         w.actor_id = actor.actor_id
@@ -361,53 +342,31 @@ class ControlMixin:
                         registered_name: tuple[str, str] | None, spec: tuple[Any, ...],
                         resources: dict[str, float], placement: tuple[Any, ...] | None,
                         max_restarts: int, meta: dict[str, Any]) -> None:
-        if registered_name is not None and registered_name in self.named:
-            other = self.actors.get(self.named[registered_name])
-            if other is not None and other.status is not ActorStatus.DEAD:
-                self.reply(reply_to, req_id, False, ValueError(
-                    f"an actor named {registered_name[1]!r} already exists in namespace "
-                    f"{registered_name[0]!r}; pick another name or get it with "
-                    f"get_actor({registered_name[1]!r})"))
-                return
+        if registered_name is not None and self.actors.named_live(registered_name):
+            self.reply(reply_to, req_id, False, ValueError(
+                f"an actor named {registered_name[1]!r} already exists in namespace "
+                f"{registered_name[0]!r}; pick another name or get it with "
+                f"get_actor({registered_name[1]!r})"))
+            return
         lease_id = new_id()
         try:
             self.submit_request(lease_id, resources, placement)
         except (InfeasibleError, ValueError) as e:
             self.reply(reply_to, req_id, False, e)
             return
-        actor = _Actor(actor_id, reply_to, name, registered_name, spec, resources, placement,
-                       max_restarts, meta, lease_id=lease_id,
-                       detached=bool(meta.get("detached")))
-        actor.subscribers.add(reply_to)
-        self.actors[actor_id] = actor
-        if registered_name is not None:
-            self.named[registered_name] = actor_id
+        self.actors.add(ActorRecord(actor_id, reply_to, name, registered_name, spec, resources,
+                                    placement, max_restarts, meta, lease_id=lease_id,
+                                    detached=bool(meta.get("detached"))))
         self.leases[lease_id] = _Lease(lease_id, reply_to, actor_id=actor_id)
         self.reply(reply_to, req_id, True, None)
         self.schedule()
 
-    def publish(self, actor: _Actor) -> None:
-        addr = actor.worker.exec_addr if actor.worker and actor.status is ActorStatus.ALIVE \
-            else None
-        for sub in actor.subscribers:
-            self.send(sub, (Msg.ACTOR_STATE, actor.actor_id, actor.status.value, addr,
-                            actor.cause))
-
     def on_subscribe_actor(self, actor_id: bytes, addr: str) -> None:
-        actor = self.actors.get(actor_id)
-        if actor is None:
-            self.send(addr, (Msg.ACTOR_STATE, actor_id, ActorStatus.DEAD.value, None,
-                             "the actor is unknown to this node (its owner may have died)"))
-            return
-        actor.subscribers.add(addr)
-        addr_exec = actor.worker.exec_addr if actor.worker and \
-            actor.status is ActorStatus.ALIVE else None
-        self.send(addr, (Msg.ACTOR_STATE, actor_id, actor.status.value, addr_exec, actor.cause))
+        self.actors.subscribe(actor_id, addr)
 
     def on_get_named_actor(self, req_id: int, reply_to: str, name: str, namespace: str) -> None:
-        actor_id = self.named.get((namespace, name))
-        actor = self.actors.get(actor_id) if actor_id else None
-        if actor is None or actor.status is ActorStatus.DEAD:
+        actor = self.actors.named_live((namespace, name))
+        if actor is None:
             self.reply(reply_to, req_id, False, ValueError(
                 f"no live actor named {name!r} in namespace {namespace!r}"))
             return
@@ -417,17 +376,16 @@ class ControlMixin:
         actor = self.actors.get(actor_id)
         if actor is None or actor.worker is None or actor.worker.worker_id != worker_id:
             return
-        if actor.status is ActorStatus.DEAD:
+        if not actor.live:
             self.kill_worker(actor.worker, "the actor was killed")
             return
-        actor.status = ActorStatus.ALIVE
-        self.publish(actor)
+        self.actors.set_status(actor, ActorStatus.ALIVE)
 
     def on_actor_init_failed(self, actor_id: bytes, error: tuple[Any, ...]) -> None:
         actor = self.actors.get(actor_id)
         if actor is None:
             return
-        from trainkit.runtime._serialization import loads
+        from trainkit.runtime.wire.serialization import loads
 
         try:
             err = loads(error[1], error[2])
@@ -449,13 +407,7 @@ class ControlMixin:
 
     def on_list_named_actors(self, req_id: int, reply_to: str, namespace: str | None) -> None:
         """Live named actors: names in ``namespace``, or {name, namespace} rows for all."""
-        live = sorted(key for key, actor_id in self.named.items()
-                      if (a := self.actors.get(actor_id)) is not None
-                      and a.status is not ActorStatus.DEAD)
-        if namespace is None:
-            self.reply(reply_to, req_id, True, [{"name": n, "namespace": ns} for ns, n in live])
-        else:
-            self.reply(reply_to, req_id, True, [n for ns, n in live if ns == namespace])
+        self.reply(reply_to, req_id, True, self.actors.live_names(namespace))
 
     def on_pg_table(self, req_id: int, reply_to: str, pg_id: str | None) -> None:
         try:
@@ -467,14 +419,14 @@ class ControlMixin:
 
     def on_kill_actor(self, actor_id: bytes, no_restart: bool) -> None:
         actor = self.actors.get(actor_id)
-        if actor is None or actor.status is ActorStatus.DEAD:
+        if actor is None or not actor.live:
             return
         if no_restart:
             self.kill_actor(actor, "it was killed with kill()")
         elif actor.worker is not None:
             self.kill_worker(actor.worker, "it was killed with kill(no_restart=False)")
 
-    def kill_actor(self, actor: _Actor, cause: str) -> None:
+    def kill_actor(self, actor: ActorRecord, cause: str) -> None:
         actor.no_restart = True
         if actor.worker is not None and not actor.worker.exited:
             actor.cause = cause
@@ -482,38 +434,29 @@ class ControlMixin:
         else:
             self.set_dead(actor, cause)
 
-    def on_actor_died(self, actor: _Actor, cause: str) -> None:
-        actor.worker = None
-        if actor.status is ActorStatus.DEAD:
+    def on_actor_died(self, actor: ActorRecord, cause: str) -> None:
+        """Its worker is gone: start it again on a new lease if it may restart."""
+        if not self.actors.died(actor, cause):
+            self.cancel_actor_lease(actor)
             return
-        if actor.no_restart or actor.restarts_left == 0:
-            self.set_dead(actor, actor.cause or cause)
-            return
-        if actor.restarts_left > 0:
-            actor.restarts_left -= 1
-        actor.status = ActorStatus.RESTARTING
-        actor.cause = cause
-        self.publish(actor)
         lease_id = new_id()
         actor.lease_id = lease_id
         self.submit_request(lease_id, actor.resources, actor.placement)
         self.leases[lease_id] = _Lease(lease_id, actor.owner, actor_id=actor.actor_id)
 
-    def set_dead(self, actor: _Actor, cause: str) -> None:
-        if actor.status is ActorStatus.DEAD:
+    def set_dead(self, actor: ActorRecord, cause: str) -> None:
+        if not actor.live:
             return
-        actor.status = ActorStatus.DEAD
-        actor.cause = cause
+        self.cancel_actor_lease(actor)
+        self.actors.set_status(actor, ActorStatus.DEAD, cause)
+
+    def cancel_actor_lease(self, actor: ActorRecord) -> None:
+        """A dead actor's lease that was not granted yet is withdrawn."""
         if actor.lease_id is not None:
             lease = self.leases.get(actor.lease_id)
             if lease is not None and lease.grant is None:
                 self.scheduler.cancel(actor.lease_id)
                 self.leases.pop(actor.lease_id, None)
-        if actor.registered_name is not None:
-            self.named.pop(actor.registered_name, None)
-        self.publish(actor)
-        actor.subscribers.clear()
-        actor.spec = ()
 
     # ------------------------------------------------------------------ placement groups
     def on_create_pg(self, req_id: int, reply_to: str, pg_id: str,

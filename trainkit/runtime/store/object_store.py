@@ -3,19 +3,19 @@
 Who does what (DESIGN.md, lessons 3 and 4):
 
 - The node service owns a :class:`SharedMemoryStore`: it creates the arena, decides
-  where each object goes (:class:`~trainkit.runtime._allocator.ArenaAllocator`), spills and
+  where each object goes (:class:`~trainkit.runtime.store.allocator.ArenaAllocator`), spills and
   restores, and frees an object when its owner says so or dies.
 - Writers (driver, workers) map the whole arena once and write an object into the range
   :meth:`SharedMemoryStore.allocate` returned, then ask the node service to ``seal`` it.
 - Readers ``pin`` an object, map just its range, read it without copying
-  (:mod:`trainkit.runtime._object_layout`), and ``unpin`` when the last view of it is gone.
+  (:mod:`trainkit.runtime.store.object_layout`), and ``unpin`` when the last view of it is gone.
   A pinned object is never spilled and its range never reused, so readers need no locks.
 
 Where an object goes, cheapest first:
 
 1. a free range of the arena (the hot path: one first-fit lookup);
 2. a range made free by spilling the cheapest run of adjacent unpinned objects
-   (:func:`~trainkit.runtime._spill_policy.cheapest_hole`), never more than that run;
+   (:func:`~trainkit.runtime.store.spill_policy.cheapest_hole`), never more than that run;
 3. when pinned objects leave no range that spilling could make large enough (readers pinning
    every other object, say), a *fallback allocation*: a file of its own in ``fallback_dir``,
    on disk, that writers and readers map instead of the arena, still zero-copy (Ray's plasma
@@ -50,10 +50,10 @@ from typing import Final
 
 from trainkit.exceptions import OutOfMemoryError
 from trainkit.exceptions import TrainkitInternalError
-from trainkit.runtime._allocator import ArenaAllocator
-from trainkit.runtime._spill_policy import Segment
-from trainkit.runtime._spill_policy import cheapest_hole
-from trainkit.runtime._spill_policy import largest_hole
+from trainkit.runtime.store.allocator import ArenaAllocator
+from trainkit.runtime.store.spill_policy import Segment
+from trainkit.runtime.store.spill_policy import cheapest_hole
+from trainkit.runtime.store.spill_policy import largest_hole
 
 __all__ = ["Location", "ObjectState", "SharedMemoryStore"]
 
@@ -138,7 +138,7 @@ class SharedMemoryStore:
 
     Lives in the node service process. Not thread-safe: the node service calls it from its
     one event loop. Clients never call it directly; they map the arena themselves
-    (:func:`~trainkit.runtime._object_layout.map_range` of :attr:`arena_path`, a
+    (:func:`~trainkit.runtime.store.object_layout.map_range` of :attr:`arena_path`, a
     ``/proc/<pid>/fd/<n>`` path valid while this process lives) at the offsets it hands out.
 
     Memory: the arena (a memfd) is sparse; pages are committed on first write and kept after an

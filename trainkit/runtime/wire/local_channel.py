@@ -27,6 +27,9 @@ import time
 import weakref
 from typing import Any
 
+from trainkit.runtime.wire.protocol import CHECK_WIRE
+from trainkit.runtime.wire.protocol import check
+
 __all__ = ["LOCAL_PREFIX", "LocalChannel", "LocalChannelServer", "store_socket_address",
            "store_socket_path"]
 
@@ -180,6 +183,8 @@ class LocalChannel:
 
     def send(self, msg: tuple[Any, ...]) -> None:
         """Send without waiting for an answer."""
+        if CHECK_WIRE:
+            check(msg)
         try:
             self._socket().send(pickle.dumps(msg, protocol=5))
         except OSError:
@@ -194,6 +199,8 @@ class LocalChannel:
         Raises:
             OSError: the node cannot be reached or closed the connection.
         """
+        if CHECK_WIRE:
+            check((kind, req_id, None, *fields))
         sock = self._socket()
         deadline = None if timeout is None else time.monotonic() + timeout
         try:

@@ -8,7 +8,7 @@ one can make a sender hang or lose a message it still can deliver.
 Embedded mode binds ipc:// names in the abstract namespace (``ipc://@<session>/<name>``: no
 socket file, so a killed process leaves nothing behind) that only processes of this user may
 connect to (``ZMQ_IPC_FILTER_UID``), and sends bare pickles. Cluster mode binds tcp:// on the
-node's address and signs every frame (:class:`~trainkit.runtime._auth.FrameAuth`): an inbox
+node's address and signs every frame (:class:`~trainkit.runtime.wire.auth.FrameAuth`): an inbox
 verifies a frame before a single byte of it is unpickled, drops what fails and counts it
 (``rejected``), and refuses frames over the size limit without allocating them
 (``ZMQ_MAXMSGSIZE``). An authentic frame whose payload is not a ``(kind, ...)`` tuple is
@@ -31,9 +31,11 @@ from typing import Any
 
 import zmq
 
-from trainkit.runtime._auth import FRAME_OVERHEAD_BYTES
-from trainkit.runtime._auth import AuthError
-from trainkit.runtime._auth import FrameAuth
+from trainkit.runtime.wire.auth import FRAME_OVERHEAD_BYTES
+from trainkit.runtime.wire.auth import AuthError
+from trainkit.runtime.wire.auth import FrameAuth
+from trainkit.runtime.wire.protocol import CHECK_WIRE
+from trainkit.runtime.wire.protocol import check
 
 # A tcp peer that has not completed the ZMTP handshake by then is disconnected (libzmq's
 # default is 30 s). Loopback and LAN handshakes take milliseconds, done by zmq's I/O thread.
@@ -173,6 +175,8 @@ class Outbox:
         self._peer(address)
 
     def send(self, address: str, msg: tuple[Any, ...]) -> None:
+        if CHECK_WIRE:
+            check(msg)
         data = pickle.dumps(msg, protocol=5)
         sock, lock, port = self._peer(address)
         auth = self._auth

@@ -1,6 +1,6 @@
 """Starting cluster node services (head or node) as processes, for the CLI and LocalCluster.
 
-A cluster node service is ``python -m trainkit.runtime._node`` with ``role`` "head" or
+A cluster node service is ``python -m trainkit.runtime.node.node_service`` with ``role`` "head" or
 "node". The secret reaches it on its stdin, never its command line or environment (where
 its workers, the user's tasks and their subprocesses would inherit it). It writes
 its registered info (addresses, resources), or why it could not start, to a pipe the
@@ -20,26 +20,16 @@ import time
 from typing import Any
 
 from trainkit.exceptions import RuntimeSystemError
-from trainkit.runtime._scheduler import make_resource_request
-from trainkit.runtime._secret import SECRET_ENV
-from trainkit.runtime._secret import hand_secret
+from trainkit.runtime.node.machine import NODE_SERVICE_MODULE
+from trainkit.runtime.node.machine import default_store_bytes
+from trainkit.runtime.node.machine import detect_gpus
+from trainkit.runtime.node.machine import new_session_name
+from trainkit.runtime.node.scheduler import make_resource_request
+from trainkit.runtime.wire.secret import SECRET_ENV
+from trainkit.runtime.wire.secret import hand_secret
 
 NODE_START_TIMEOUT_S = 30.0
 DEFAULT_PORT = 6380
-
-
-def machine_key() -> str:
-    """Identifies this machine and network namespace: a driver attaches to a node here."""
-    try:
-        with open("/etc/machine-id") as f:
-            machine = f.read().strip()
-    except OSError:
-        machine = socket.gethostname()
-    try:
-        netns = os.stat("/proc/self/ns/net").st_ino
-    except OSError:
-        netns = 0
-    return f"{machine}:{netns}"
 
 
 def route_ip(host: str) -> str:
@@ -64,10 +54,9 @@ def parse_address(address: str) -> tuple[str, int]:
 
 def node_resources(num_cpus: float | None, num_gpus: int | None,
                    resources: dict[str, float] | None) -> tuple[dict[str, float], list[int]]:
-    from trainkit.runtime._session import _detect_gpus
 
     cpus = float(num_cpus if num_cpus is not None else (os.cpu_count() or 1))
-    detected = _detect_gpus()  # the devices CUDA_VISIBLE_DEVICES allows, by their real ids
+    detected = detect_gpus()  # the devices CUDA_VISIBLE_DEVICES allows, by their real ids
     gpus = len(detected) if num_gpus is None else int(num_gpus)
     gpu_ids = detected[:gpus] if len(detected) >= gpus else list(range(gpus))  # fakes
     total_mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -94,8 +83,6 @@ def start_node_process(*, role: str, host: str, secret: bytes, port: int = 0,
     ``command_prefix`` runs it through another command (e.g. ``ip netns exec NS``);
     ``head_timeout_s``: how long a node waits for a silent head before it stops.
     """
-    from trainkit.runtime._session import default_store_bytes
-    from trainkit.runtime._session import new_session_name
 
     res, gpu_ids = node_resources(num_cpus, num_gpus, resources)
     store_bytes = int(object_store_memory) if object_store_memory else default_store_bytes()
@@ -119,7 +106,7 @@ def start_node_process(*, role: str, host: str, secret: bytes, port: int = 0,
     out = open(log_path, "ab") if log_path else None  # noqa: SIM115 (handed to the child)
     try:
         proc = subprocess.Popen(
-            [*command_prefix, sys.executable, "-m", "trainkit.runtime._node", json.dumps(cfg)],
+            [*command_prefix, sys.executable, "-m", NODE_SERVICE_MODULE, json.dumps(cfg)],
             env=env,
             stdin=subprocess.PIPE, stdout=out, stderr=out, start_new_session=detach,
             close_fds=True, pass_fds=(ready_w,))
@@ -170,9 +157,3 @@ def _read_report(fd: int, deadline: float) -> dict[str, Any] | None:
     except ValueError:
         return None
     return report
-
-
-def cleanup_node_files(session_dir: str, arena_path: str) -> None:
-    """Nothing to do: a node names no file (abstract sockets, a memfd arena, unnamed spill
-    files; see ``_node``), so even a killed one leaves nothing. Kept for its callers."""
-    del session_dir, arena_path

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from trainkit.runtime import _context
-from trainkit.runtime._serialization import collect_ref
+from trainkit.runtime.core import context as _context
+from trainkit.runtime.wire.serialization import collect_ref
 
 
 class ObjectRef:

@@ -1,9 +1,9 @@
 """The node service: the worker pool, leases on this node, the store; the control plane too.
 
-``python -m trainkit.runtime._node`` (started by ``trainkit.init()``, ``trainkit start`` or
-``trainkit.testing.LocalCluster``). One thread runs a zmq poller over the control inbox,
-every worker's pidfd (so a worker's death is seen the moment it happens) and output pipes,
-and the parent's pipe. Roles (``cfg["role"]``):
+``python -m trainkit.runtime.node.node_service`` (started by ``trainkit.init()``,
+``trainkit start`` or ``trainkit.testing.LocalCluster``). One thread runs a zmq poller over
+the control inbox, every worker's pidfd (so a worker's death is seen the moment it happens)
+and output pipes, and the parent's pipe. Roles (``cfg["role"]``):
 
 - ``embedded``: one node owned by one driver, on ipc sockets; the driver's pipe closing
   (EOF) means it died: tear everything down.
@@ -36,37 +36,38 @@ import traceback
 from collections import deque
 from collections.abc import Callable
 from typing import Any
+from typing import ClassVar
 
 import zmq
 
 from trainkit.exceptions import ObjectLostError
 from trainkit.exceptions import RuntimeSystemError
-from trainkit.runtime._auth import FrameAuth
-from trainkit.runtime._cluster import machine_key
-from trainkit.runtime._local_channel import LOCAL_PREFIX
-from trainkit.runtime._local_channel import LocalChannelServer
-from trainkit.runtime._local_channel import store_socket_address
-from trainkit.runtime._node_control import ControlMixin
-from trainkit.runtime._node_control import _Actor
-from trainkit.runtime._node_control import _Lease
-from trainkit.runtime._node_control import _NodeRecord
-from trainkit.runtime._node_control import _WorkerProc
-from trainkit.runtime._object_store import SharedMemoryStore
-from trainkit.runtime._protocol import Msg
-from trainkit.runtime._protocol import msg_name
-from trainkit.runtime._protocol import new_id
-from trainkit.runtime._scheduler import Grant
-from trainkit.runtime._scheduler import RequestId
-from trainkit.runtime._scheduler import ResourceScheduler
-from trainkit.runtime._secret import SECRET_ENV
-from trainkit.runtime._secret import ClusterSecretError
-from trainkit.runtime._secret import receive_secret
-from trainkit.runtime._transfer import Puller
-from trainkit.runtime._transfer import TransferServer
-from trainkit.runtime._transport import Inbox
-from trainkit.runtime._transport import Outbox
-from trainkit.runtime._transport import endpoint
-from trainkit.runtime._transport import make_context
+from trainkit.runtime.node.actor_table import ActorTable
+from trainkit.runtime.node.control_plane import ControlMixin
+from trainkit.runtime.node.control_plane import _Lease
+from trainkit.runtime.node.control_plane import _NodeRecord
+from trainkit.runtime.node.control_plane import _WorkerProc
+from trainkit.runtime.node.machine import machine_key
+from trainkit.runtime.node.scheduler import Grant
+from trainkit.runtime.node.scheduler import RequestId
+from trainkit.runtime.node.scheduler import ResourceScheduler
+from trainkit.runtime.store.object_store import SharedMemoryStore
+from trainkit.runtime.store.transfer import Puller
+from trainkit.runtime.store.transfer import TransferServer
+from trainkit.runtime.wire.auth import FrameAuth
+from trainkit.runtime.wire.local_channel import LOCAL_PREFIX
+from trainkit.runtime.wire.local_channel import LocalChannelServer
+from trainkit.runtime.wire.local_channel import store_socket_address
+from trainkit.runtime.wire.protocol import Msg
+from trainkit.runtime.wire.protocol import msg_name
+from trainkit.runtime.wire.protocol import new_id
+from trainkit.runtime.wire.secret import SECRET_ENV
+from trainkit.runtime.wire.secret import ClusterSecretError
+from trainkit.runtime.wire.secret import receive_secret
+from trainkit.runtime.wire.transport import Inbox
+from trainkit.runtime.wire.transport import Outbox
+from trainkit.runtime.wire.transport import endpoint
+from trainkit.runtime.wire.transport import make_context
 
 HEARTBEAT_S = 1.0
 # A node whose head has not answered for this long exits (and its workers with it).
@@ -75,6 +76,34 @@ REGISTER_TIMEOUT_S = 15.0
 
 
 class NodeService(ControlMixin):
+    """One node's service: its workers, its object store, and (embedded or head) the
+    control plane."""
+
+    # What this node service is told, and the method that handles each kind (a control
+    # plane, embedded or head, adds CONTROL_HANDLERS). tests/runtime/test_wire.py holds each
+    # method's parameters to the kind's FIELDS.
+    HANDLERS: ClassVar[dict[int, str]] = {
+        Msg.REGISTER_WORKER: "on_register_worker",
+        Msg.WORKER_TAINTED: "on_worker_tainted",
+        Msg.STORE_ALLOC: "on_store_alloc",
+        Msg.STORE_SEAL: "on_store_seal",
+        Msg.STORE_PIN: "on_store_pin",
+        Msg.STORE_UNPIN: "on_store_unpin",
+        Msg.STORE_FREE: "on_store_free",
+        Msg.STORE_PULLED: "on_store_pulled",
+        Msg.SHUTDOWN: "on_shutdown",
+        Msg.PRELOAD_MODULES: "on_preload_modules",
+        Msg.REGISTER_DRIVER: "on_register_driver",
+        Msg.DRIVER_EXIT: "on_driver_exit",
+        Msg.NODE_ASSIGN: "on_node_assign",
+        Msg.NODE_RELEASE: "on_node_release",
+        Msg.NODE_KILL_WORKER: "on_node_kill_worker",
+        Msg.NODE_PROCESS_DIED: "on_node_process_died",
+        Msg.NODE_DIED: "notify_node_died",
+        Msg.NODE_TABLE: "on_node_table",
+        Msg.NODE_HEARTBEAT_ACK: "on_heartbeat_ack",
+    }
+
     def __init__(self, cfg: dict[str, Any], secret: bytes | None = None) -> None:
         self.cfg = cfg
         self.role: str = cfg.get("role", "embedded")
@@ -111,8 +140,7 @@ class NodeService(ControlMixin):
         self.waiting_for_worker: deque[_Lease] = deque()
         self.leases: dict[RequestId, _Lease] = {}
         self.local_leases: dict[bytes, _Lease] = {}  # node role: what the head assigned here
-        self.actors: dict[bytes, _Actor] = {}
-        self.named: dict[tuple[str, str], bytes] = {}
+        self.actors = ActorTable(self.send)
         self.pg_waiters: dict[str, list[tuple[str, int]]] = {}
         self.cluster_nodes: dict[str, _NodeRecord] = {}
         self.peers: dict[str, dict[str, Any]] = {}  # node id -> its registered info
@@ -157,28 +185,10 @@ class NodeService(ControlMixin):
         self.last_ack = time.monotonic()
         self.next_tick = 0.0
         self.handlers: dict[int, Callable[..., None]] = {
-            Msg.REGISTER_WORKER: self.on_register_worker,
-            Msg.WORKER_TAINTED: self.on_worker_tainted,
-            Msg.STORE_ALLOC: self.on_store_alloc,
-            Msg.STORE_SEAL: self.on_store_seal,
-            Msg.STORE_PIN: self.on_store_pin,
-            Msg.STORE_UNPIN: self.on_store_unpin,
-            Msg.STORE_FREE: self.on_store_free,
-            Msg.STORE_PULLED: self.on_store_pulled,
-            Msg.SHUTDOWN: self.on_shutdown,
-            Msg.PRELOAD_MODULES: self.on_preload_modules,
-            Msg.REGISTER_DRIVER: self.on_register_driver,
-            Msg.DRIVER_EXIT: self.on_driver_exit,
-            Msg.NODE_ASSIGN: self.on_node_assign,
-            Msg.NODE_RELEASE: self.on_node_release,
-            Msg.NODE_KILL_WORKER: self.on_node_kill_worker,
-            Msg.NODE_PROCESS_DIED: self.on_node_process_died,
-            Msg.NODE_DIED: self.notify_node_died,
-            Msg.NODE_TABLE: self.on_node_table,
-            Msg.NODE_HEARTBEAT_ACK: self.on_heartbeat_ack,
-        }
+            kind: getattr(self, name) for kind, name in self.HANDLERS.items()}
         if self.is_control:
-            self.handlers.update(self.control_handlers())
+            self.handlers.update(
+                (kind, getattr(self, name)) for kind, name in self.CONTROL_HANDLERS.items())
         if self.role == "head":
             self.cluster_nodes[self.node_id] = _NodeRecord(self.info, time.monotonic())
             self.peers[self.node_id] = self.info
@@ -328,7 +338,7 @@ class NodeService(ControlMixin):
     # Requests (kind, req_id, <reply address>, ...) and one-way messages allowed on a local
     # store connection; nothing else is dispatched from there.
     LOCAL_REQUESTS = frozenset({Msg.STORE_ALLOC, Msg.STORE_PIN})
-    LOCAL_MESSAGES = frozenset({Msg.STORE_SEAL, Msg.STORE_UNPIN})
+    LOCAL_MESSAGES = frozenset({Msg.STORE_SEAL, Msg.STORE_UNPIN, Msg.STORE_FREE})
 
     def on_local_request(self, fd: int) -> None:
         got = self.local.read(fd)
@@ -351,7 +361,7 @@ class NodeService(ControlMixin):
         env = dict(self.env)
         env["TRAINKIT_ZYGOTE_FD"] = str(theirs.fileno())
         self.zygote = subprocess.Popen(
-            [sys.executable, "-m", "trainkit.runtime._zygote"], stdin=subprocess.DEVNULL,
+            [sys.executable, "-m", "trainkit.runtime.node.zygote"], stdin=subprocess.DEVNULL,
             env=env, cwd=self.cfg["cwd"], pass_fds=(theirs.fileno(),))
         theirs.close()
         if self._secret:  # first on the socket, so before any fork request
@@ -524,7 +534,7 @@ class NodeService(ControlMixin):
             return
         err = RuntimeSystemError(
             f"worker processes fail to start ({cause}); their output above says why. "
-            f"Command: {sys.executable} -m trainkit.runtime._worker")
+            f"Command: {sys.executable} -m trainkit.runtime.core.worker_process")
         while self.waiting_for_worker:
             lease = self.waiting_for_worker.popleft()
             if not self.is_control:

@@ -1,0 +1,160 @@
+"""Handles of the built-in runtime: actors, their methods, placement groups, and the refs
+a call returns. (On the Ray backend, Ray's own handles stand in their place.)"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from trainkit.runtime import _session
+from trainkit.runtime._options import METHOD_OPTIONS
+from trainkit.runtime._options import check_options
+from trainkit.runtime.core import context as _context
+from trainkit.runtime.core.actor_caller import ActorCall
+from trainkit.runtime.core.core_worker import CoreWorker
+from trainkit.runtime.core.refs import ObjectRef
+from trainkit.runtime.core.values import INLINE
+from trainkit.runtime.core.values import error_value
+from trainkit.runtime.wire.protocol import Msg
+from trainkit.runtime.wire.protocol import new_id
+from trainkit.runtime.wire.serialization import collect_ref
+from trainkit.runtime.wire.serialization import dumps
+from trainkit.runtime.wire.serialization import inline_buffers
+
+
+def new_returns(core: CoreWorker, num_returns: int) -> tuple[Any, Any]:
+    """The return id(s) a call's worker fills, and what ``.remote()`` gives the caller: one
+    ref, a list of ``num_returns`` refs, or None for ``num_returns=0`` (the call still runs;
+    its hidden result is freed when it finishes)."""
+    if num_returns == 1:
+        return_id = core.new_owned(None)
+        return return_id, ObjectRef(return_id, core.ctl_addr)
+    if num_returns == 0:
+        return_id = core.new_owned(None)
+        ObjectRef(return_id, core.ctl_addr)  # dropped at once: freed when the call ends
+        return return_id, None
+    ids = tuple(core.new_owned(None) for _ in range(num_returns))
+    return ids, [ObjectRef(i, core.ctl_addr) for i in ids]
+
+
+class ActorMethod:
+    __slots__ = ("_handle", "_method", "_num_returns")
+
+    def __init__(self, handle: ActorHandle, method: str, num_returns: int = 1) -> None:
+        self._handle = handle
+        self._method = method
+        self._num_returns = num_returns
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        return self._handle._call(self._method, args, kwargs, self._num_returns)
+
+    def options(self, **options: Any) -> ActorMethod:
+        check_options(options, METHOD_OPTIONS, "an actor method")
+        return ActorMethod(self._handle, self._method,
+                           options.get("num_returns", self._num_returns))
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(f"actor method {self._method} cannot be called directly; use "
+                        f"handle.{self._method}.remote(...)")
+
+
+class ActorHandle:
+    """A handle to an actor; calls from one handle run in the order they were made."""
+
+    def __init__(self, actor_id: bytes, owner: str, name: str, methods: tuple[str, ...],
+                 max_task_retries: int, method_info: dict[str, Any] | None = None) -> None:
+        self._actor_id = actor_id
+        self._owner = owner
+        self._name = name
+        self._methods = methods
+        self._max_task_retries = max_task_retries
+        # method -> (num_returns, Arity or None)
+        self._method_info: dict[str, Any] = method_info or {}
+        core = _session.ensure_started()
+        core.add_ref(actor_id, owner)
+        self._client = core.actor_client(actor_id, name, owner, max_task_retries)
+
+    def __getattr__(self, item: str) -> ActorMethod:
+        if item.startswith("_"):
+            if item.startswith("__") or item not in self._methods:
+                raise AttributeError(item)
+        elif item not in self._methods:
+            raise AttributeError(
+                f"actor {self._name} has no method {item!r}; its methods are: "
+                f"{', '.join(m for m in self._methods if not m.startswith('_')) or 'none'}")
+        info = self._method_info.get(item)
+        return ActorMethod(self, item, info[0] if info is not None else 1)
+
+    def _call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any],
+              num_returns: int = 1) -> Any:
+        core = _context.core
+        if core is None:
+            raise RuntimeError("trainkit was shut down; this actor handle is no longer valid")
+        info = self._method_info.get(method)
+        if info is not None and info[1] is not None:
+            info[1].check(f"{self._name}.{method}", args, kwargs)
+        payload, arg_refs, nested = core.encode_args(
+            args, kwargs, f"an argument of {self._name}.{method}")
+        return_id, refs = new_returns(core, num_returns)
+        core.call_actor(self._client, ActorCall(new_id(), method, payload, arg_refs, nested,
+                                                return_id, self._max_task_retries))
+        return refs
+
+    def __repr__(self) -> str:
+        return f"ActorHandle({self._name}, {self._actor_id.hex()})"
+
+    def __del__(self) -> None:
+        core = _context.core
+        if core is not None:
+            try:
+                core.remove_ref(self._actor_id, self._owner)
+            except Exception:
+                pass
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Like an ObjectRef: the serializing process keeps this handle (so the actor) alive
+        # while the copy may still be read (a task's arguments until the task ends).
+        collect_ref(self)
+        return (ActorHandle, (self._actor_id, self._owner, self._name, self._methods,
+                              self._max_task_retries, self._method_info))
+
+
+class PlacementGroup:
+    """A handle to a placement group. ``ready()`` is an ObjectRef set once it is reserved."""
+
+    def __init__(self, pg_id: str, bundles: list[dict[str, float]], strategy: str,
+                 name: str) -> None:
+        self.id = pg_id
+        self.bundle_specs = bundles
+        self.strategy = strategy
+        self.name = name
+
+    @property
+    def bundle_count(self) -> int:
+        return len(self.bundle_specs)
+
+    def ready(self) -> ObjectRef:
+        core = _session.ensure_started()
+        oid = core.new_owned(None)
+        ref = ObjectRef(oid, core.ctl_addr)
+
+        def done(ok: bool, payload: Any) -> None:
+            if ok:
+                meta, bufs, _ = dumps(self)
+                core.set_result(oid, (INLINE, meta, inline_buffers(bufs)))
+            else:
+                core.set_result(oid, error_value(payload))
+
+        core.request_async(core.control_addr, Msg.WAIT_PG, self.id,
+                           what=f"placement group {self.id}", callback=done)
+        return ref
+
+    def wait(self, timeout_seconds: float | None = 30) -> bool:
+        """True once every bundle is reserved; False if that did not happen in time."""
+        core = _session.ensure_started()
+        return core.wait_refs([self.ready()], 1, timeout_seconds)[0]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (PlacementGroup, (self.id, self.bundle_specs, self.strategy, self.name))
+
+    def __repr__(self) -> str:
+        return f"PlacementGroup({self.id}, {self.bundle_specs}, {self.strategy})"
