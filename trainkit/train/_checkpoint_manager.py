@@ -12,6 +12,11 @@ server-side copy on object storage), then rewrites the index (atomically: a rena
 single object put remotely), and only then deletes the checkpoints retention dropped. A crash
 at any point leaves the index naming only complete checkpoints; folders the index does not
 name are removed when the run folder is opened again.
+
+Opening a run folder also repairs its index (``load_index``): checkpoint folders the index
+names but that are gone are dropped with a warning (the run resumes from the newest intact
+one), and an index that does not parse is rebuilt from the folders, with a warning naming
+the file and the run folder.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from typing import Any
 
+from trainkit._result_log import RESULT_FILE
 from trainkit.train import _faults
 from trainkit.train import _storage
 from trainkit.train._checkpoint import Checkpoint
@@ -63,13 +69,85 @@ class CheckpointRecord:
 
 
 def read_index(run: StorageLocation) -> list[CheckpointRecord] | None:
-    """The committed checkpoints the index of ``run`` names; None if it has no index."""
-    data = _storage.read_file(run.join(INDEX_FILE))
+    """The intact committed checkpoints of ``run``; None if it has no index (nor, when the
+    index is unreadable, any checkpoint folder to recover). Warns as ``load_index`` does."""
+    loaded = load_index(run)
+    return None if loaded is None else loaded.records
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedIndex:
+    records: list[CheckpointRecord]
+    next_number: int
+    repaired: bool  # the index on storage no longer matches ``records``: rewrite it
+    recovered: bool  # rebuilt by scanning the folders (keep folders it could not place)
+
+
+def load_index(run: StorageLocation) -> LoadedIndex | None:
+    """Read the index of ``run``, repairing what a lost folder or a torn file broke.
+
+    - Checkpoint folders the index names but that are gone are dropped, with a warning
+      naming them and the checkpoint the run resumes from instead.
+    - An index that does not parse (truncated, corrupt) is reported, naming the file and the
+      run folder, and rebuilt from the ``checkpoint_NNNNNN`` folders: those ``result.json``
+      names as committed (with the metrics reported with them), or, without such rows, every
+      folder there.
+
+    None if there is no index and nothing to recover.
+    """
+    fs = None if run.is_local else run.filesystem
+    index = run.join(INDEX_FILE)
+    data = _storage.read_file(index)
     if data is None:
         return None
-    fs = None if run.is_local else run.filesystem
-    return [CheckpointRecord(int(r["number"]), run.join(r["dir"]).path, dict(r["metrics"]), fs)
-            for r in json.loads(data)["checkpoints"]]
+    try:
+        parsed = json.loads(data)
+        records = [CheckpointRecord(int(r["number"]), run.join(str(r["dir"])).path,
+                                    dict(r["metrics"]), fs) for r in parsed["checkpoints"]]
+        next_number = int(parsed["next_number"])
+        recovered = False
+    except (ValueError, KeyError, TypeError) as e:
+        records = _scan(run, fs)
+        numbers = [n for n in (checkpoint_number(name) for name, d in _storage.list_dir(run)
+                               if d) if n is not None]
+        next_number = max(numbers, default=0) + 1
+        found = f"recovered {[_name(r.path) for r in records]} from the checkpoint folders" \
+            if records else "found no checkpoint folder to recover, so the run starts afresh"
+        warnings.warn(f"the checkpoint index {index} of the run folder {run} is unreadable "
+                      f"({type(e).__name__}: {e}); {found}", stacklevel=3)
+        recovered = True
+    present = {name for name, is_dir in _storage.list_dir(run) if is_dir}
+    missing = [r for r in records if _name(r.path) not in present]
+    if missing:
+        records = [r for r in records if _name(r.path) in present]
+        instead = f"the newest intact one, {_name(records[-1].path)}" if records else \
+            "none (no checkpoint named there is left, so the run starts afresh)"
+        warnings.warn(f"the checkpoint index {index} names "
+                      f"{[_name(r.path) for r in missing]}, but those folders are missing from "
+                      f"the run folder {run}; resuming from {instead}", stacklevel=3)
+    next_number = max([next_number, *(r.number + 1 for r in records)])
+    return LoadedIndex(records, next_number, bool(missing) or recovered, recovered)
+
+
+def _scan(run: StorageLocation, fs: pyarrow.fs.FileSystem | None) -> list[CheckpointRecord]:
+    """The committed checkpoints of ``run`` as its folders and ``result.json`` tell them."""
+    folders = sorted((n, name) for name, is_dir in _storage.list_dir(run) if is_dir
+                     for n in [checkpoint_number(name)] if n is not None)
+    committed: dict[str, dict[str, Any]] = {}
+    for line in (_storage.read_file(run.join(RESULT_FILE)) or b"").decode(
+            errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line torn by a crash
+        if isinstance(row, dict) and isinstance(row.get("checkpoint_dir_name"), str):
+            committed[row["checkpoint_dir_name"]] = {
+                k: v for k, v in row.items()
+                if k not in ("training_iteration", "timestamp", "checkpoint_dir_name")}
+    if committed:
+        folders = [(n, name) for n, name in folders if name in committed]
+    return [CheckpointRecord(n, run.join(name).path, committed.get(name, {}), fs)
+            for n, name in folders]
 
 
 class CheckpointManager:
@@ -85,16 +163,20 @@ class CheckpointManager:
         self.records: list[CheckpointRecord] = []
         self.next_number = 1
         self._warned_missing = False
-        data = _storage.read_file(run.join(INDEX_FILE))
-        if data is not None:
-            self.next_number = int(json.loads(data)["next_number"])
-            self.records = read_index(run) or []
-        self._remove_uncommitted()
+        loaded = load_index(run)
+        if loaded is not None:
+            self.records = loaded.records
+            self.next_number = loaded.next_number
+            if loaded.repaired:
+                self._write_index()
+        # After a recovery, folders the scan could not place are left alone (never delete
+        # what might be a user's only copy on a guess).
+        self._remove_uncommitted(keep_unnamed=loaded is not None and loaded.recovered)
 
-    def _remove_uncommitted(self) -> None:
+    def _remove_uncommitted(self, keep_unnamed: bool = False) -> None:
         live = {_name(r.path) for r in self.records}
         for name, is_dir in _storage.list_dir(self.run):
-            if name.startswith(_PREFIX) and name not in live and is_dir:
+            if name.startswith(_PREFIX) and name not in live and is_dir and not keep_unnamed:
                 _storage.delete_dir(self.run.join(name))
         self.clear_staging()
 
