@@ -54,10 +54,21 @@ class ExecutionOptions:
         preserve_order: blocks come out in the order of the input. Ray's default is False;
             trainkit's is True, so that a pass over a dataset is deterministic (a Trainer's
             resumable shard positions rely on it). False lets a fast block pass a slow one.
+        stall_timeout_s: seconds without any task of the execution finishing before a
+            warning names the stuck operator; after twice as long the execution fails
+            (``GetTimeoutError``). None: wait forever. (Not in Ray, whose stalls are silent.)
     """
 
     resource_limits: ExecutionResources = field(default_factory=ExecutionResources)
     preserve_order: bool = True
+    stall_timeout_s: float | None = 300.0
+
+    def __post_init__(self) -> None:
+        value = self.stall_timeout_s
+        if value is not None and (isinstance(value, bool) or
+                                  not isinstance(value, (int, float)) or value <= 0):
+            raise ValueError(f"ExecutionOptions: stall_timeout_s is {value!r}, but must be a "
+                             "number of seconds > 0, or None (never time out)")
 
 
 @dataclass(kw_only=True)
