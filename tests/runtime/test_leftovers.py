@@ -97,12 +97,7 @@ def test_sigkill_of_driver_and_every_runtime_process_at_once_leaves_nothing(tmp_
         assert _new_names_of(before, pids) == []
         assert not any(f"/proc/{pid}" in n for n in _trainkit_names() for pid in pids)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        for stream in (proc.stdin, proc.stdout):
-            if stream is not None:
-                stream.close()
+        _reap(proc)
 
 
 def test_a_normal_shutdown_leaves_nothing(tmp_path):
@@ -116,10 +111,13 @@ def test_a_normal_shutdown_leaves_nothing(tmp_path):
         assert proc.wait(30) == 0
         assert _new_names_of(before, pids) == []
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        for stream in (proc.stdin, proc.stdout):
-            if stream is not None:
-                stream.close()
+        _reap(proc)
 
+
+def _reap(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    for stream in (proc.stdin, proc.stdout):
+        if stream is not None:
+            stream.close()
