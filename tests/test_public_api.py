@@ -65,10 +65,10 @@ PUBLIC = {
         "MedianStoppingRule", "PopulationBasedTraining", "TrialScheduler",
     ],
     "trainkit.exceptions": [
-        "ActorDiedError", "GetTimeoutError", "InfeasibleError", "InvalidTransitionError",
-        "ObjectLostError", "OutOfMemoryError", "RuntimeSystemError", "TaskCancelledError",
-        "TaskError", "TrainingFailedError", "TrainkitError", "TrainkitInternalError",
-        "TransportClosedError", "TuneError", "WorkerCrashedError",
+        "ActorDiedError", "CheckpointUploadError", "GetTimeoutError", "InfeasibleError",
+        "InvalidTransitionError", "ObjectLostError", "OutOfMemoryError", "RuntimeSystemError",
+        "TaskCancelledError", "TaskError", "TrainingFailedError", "TrainkitError",
+        "TrainkitInternalError", "TransportClosedError", "TuneError", "WorkerCrashedError",
     ],
 }
 

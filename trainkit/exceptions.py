@@ -10,6 +10,7 @@ TrainkitError
   InfeasibleError                (also ValueError) a request no node can ever satisfy
   OutOfMemoryError               (also MemoryError) object store full, nothing spillable
   TrainingFailedError            Trainer.fit() failed and the failure budget is spent
+  CheckpointUploadError          a rank could not upload its checkpoint to the run's storage
   TuneError                      the sweep itself cannot go on (e.g. a metric no trial reports)
   RuntimeSystemError             the runtime itself failed
     ActorDiedError
@@ -36,6 +37,7 @@ from typing import Any
 
 __all__ = [
     "ActorDiedError",
+    "CheckpointUploadError",
     "GetTimeoutError",
     "InfeasibleError",
     "InvalidTransitionError",
@@ -167,6 +169,11 @@ class InvalidTransitionError(TrainkitInternalError):
 
 def _state_name(state: object) -> str:
     return state.name if isinstance(state, enum.Enum) else str(state)
+
+
+class CheckpointUploadError(TrainkitError):
+    """A rank could not upload its checkpoint files to the run's storage; the attempt fails
+    as it does for a rank's error (the message names the storage path and the cause)."""
 
 
 class TuneError(TrainkitError):

@@ -65,7 +65,8 @@ def test_only_the_transitions_of_the_table_are_allowed(start: ActorStatus,
         table.set_status(actor, end)
         assert actor.status is end
     else:
-        with pytest.raises(InvalidTransitionError, match=f"from {start.value} to {end.value}"):
+        with pytest.raises(InvalidTransitionError,
+                           match=f"move to {end.name} is not allowed in state {start.name}"):
             table.set_status(actor, end)
         assert actor.status is start
 

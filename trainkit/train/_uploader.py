@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from typing import Any
 from typing import Final
 
+from trainkit.exceptions import CheckpointUploadError
 from trainkit.train import _faults
 from trainkit.train import _storage
 from trainkit.train._checkpoint import Checkpoint
@@ -74,10 +75,6 @@ class Report:
 
 def staging_key(attempt: int, seq: int) -> str:
     return f"a{attempt:04d}-{seq:06d}"
-
-
-class CheckpointUploadError(RuntimeError):
-    """A rank could not upload its checkpoint files to the run's storage."""
 
 
 class ReportQueue:

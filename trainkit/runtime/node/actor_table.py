@@ -113,9 +113,8 @@ class ActorTable:
     def set_status(self, actor: ActorRecord, status: ActorStatus, cause: str = "") -> None:
         """The one way an actor's state changes (see ``TRANSITIONS``)."""
         if status not in TRANSITIONS[actor.status]:
-            raise InvalidTransitionError(
-                f"actor {actor.name} ({actor.actor_id.hex()}) cannot go from "
-                f"{actor.status.value} to {status.value}")
+            raise InvalidTransitionError("Actor", f"{actor.name} ({actor.actor_id.hex()})",
+                                         actor.status, f"move to {status.name}")
         actor.status = status
         if cause:
             actor.cause = cause
