@@ -59,9 +59,12 @@ class BuiltinBackend:
         request. ``what`` names the task or actor; messages are only formatted on failure.
         """
         if isinstance(strategy, PlacementGroupSchedulingStrategy):
-            bundles = strategy.placement_group.bundle_specs
+            pg = strategy.placement_group
             idx = strategy.placement_group_bundle_index
-            candidates = bundles if idx == -1 else [bundles[idx]]
+            spec = pg.bundle_spec(idx)
+            candidates = pg.bundle_specs if idx == -1 else [spec] if spec is not None else []
+            if not candidates:  # a bundle this handle does not know: the scheduler checks
+                return
             if any(all(b.get(k, 0.0) >= v for k, v in resources.items()) for b in candidates):
                 return
             raise InfeasibleError(
@@ -271,6 +274,22 @@ class BuiltinBackend:
                                 what=f"creating placement group {bundles}")
         return PlacementGroup(pg_id, bundles, strategy, name)
 
+    def add_bundles(self, pg: PlacementGroup, bundles: Any) -> ObjectRef:
+        if not isinstance(bundles, (list, tuple)):
+            raise ValueError(f"bundles is {bundles!r}, but add_bundles takes a list of bundles, "
+                             "e.g. [{'CPU': 1}]")
+        clean = [dict(b) if isinstance(b, dict) else b for b in bundles]
+        indices: list[int] = _core().request_control(
+            Msg.ADD_BUNDLES, pg.id, clean, what=f"adding bundles to placement group {pg.id}")
+        pg.changed(dict(zip(indices, clean, strict=True)), [])
+        return pg.reserved_ref(indices)
+
+    def remove_bundles(self, pg: PlacementGroup, indices: Any) -> None:
+        wire = list(indices) if isinstance(indices, (list, tuple)) else indices
+        _core().request_control(Msg.REMOVE_BUNDLES, pg.id, wire,
+                                what=f"removing bundles of placement group {pg.id}")
+        pg.changed({}, list(wire))
+
     def remove_placement_group(self, pg: Any) -> None:
         if not isinstance(pg, PlacementGroup):
             raise TypeError(f"remove_placement_group() takes a PlacementGroup, got "
@@ -293,5 +312,7 @@ class BuiltinBackend:
         if placement is None:
             return None
         row = self.placement_group_table(PlacementGroup(placement[0], [], "", ""))
-        bundles = [dict(b) for _, b in sorted(row["bundles"].items())]
-        return PlacementGroup(placement[0], bundles, row["strategy"], row.get("name", ""))
+        indices = sorted(row["bundles"])
+        bundles = [dict(row["bundles"][i]) for i in indices]
+        return PlacementGroup(placement[0], bundles, row["strategy"], row.get("name", ""),
+                              indices)

@@ -119,12 +119,27 @@ class ActorHandle:
 
 
 class PlacementGroup:
-    """A handle to a placement group. ``ready()`` is an ObjectRef set once it is reserved."""
+    """A handle to a placement group. ``ready()`` is an ObjectRef set once it is reserved.
+
+    The group can change size while it runs (:meth:`add_bundles`, :meth:`remove_bundles`).
+    A bundle keeps its index for the group's whole life: removing bundle 1 of 0..2 leaves
+    bundles 0 and 2 (not a renumbered 0 and 1), and later additions get new indices (3, ...),
+    so a task or actor placed with an index stays in the bundle it was placed in.
+    ``placement_group_table`` shows the gaps the same way (``bundles`` keyed by index).
+
+    Attributes:
+        id: the group's id.
+        bundle_specs: the live bundles, in index order, as this handle last saw them.
+        bundle_indices: the index of each of ``bundle_specs``.
+        strategy: PACK, SPREAD, STRICT_PACK or STRICT_SPREAD.
+        name: its name; "" for none.
+    """
 
     def __init__(self, pg_id: str, bundles: list[dict[str, float]], strategy: str,
-                 name: str) -> None:
+                 name: str, indices: list[int] | None = None) -> None:
         self.id = pg_id
         self.bundle_specs = bundles
+        self.bundle_indices = list(range(len(bundles))) if indices is None else list(indices)
         self.strategy = strategy
         self.name = name
 
@@ -132,19 +147,32 @@ class PlacementGroup:
     def bundle_count(self) -> int:
         return len(self.bundle_specs)
 
+    def bundle_spec(self, index: int) -> dict[str, float] | None:
+        """What bundle ``index`` reserves, as this handle knows it; None if it does not."""
+        for i, spec in zip(self.bundle_indices, self.bundle_specs, strict=True):
+            if i == index:
+                return spec
+        return None
+
     def ready(self) -> ObjectRef:
+        return self.reserved_ref(None)
+
+    def reserved_ref(self, indices: list[int] | None) -> ObjectRef:
+        """A ref set once the group (or only bundles ``indices``) is reserved: to this
+        handle, or to ``indices``."""
         core = _session.ensure_started()
         oid = core.new_owned(None)
         ref = ObjectRef(oid, core.ctl_addr)
 
         def done(ok: bool, payload: Any) -> None:
             if ok:
-                meta, bufs, _ = dumps(self)
+                meta, bufs, _ = dumps(self if indices is None else payload)
                 core.set_result(oid, (INLINE, meta, inline_buffers(bufs)))
             else:
                 core.set_result(oid, error_value(payload))
 
-        core.request_async(core.control_addr, Msg.WAIT_PG, self.id,
+        fields = (self.id,) if indices is None else (self.id, indices)
+        core.request_async(core.control_addr, Msg.WAIT_PG, *fields,
                            what=f"placement group {self.id}", callback=done)
         return ref
 
@@ -153,8 +181,77 @@ class PlacementGroup:
         core = _session.ensure_started()
         return core.wait_refs([self.ready()], 1, timeout_seconds)[0]
 
+    def add_bundles(self, bundles: list[dict[str, float]]) -> ObjectRef:
+        """Add bundles to this live group, all of them or none (Ray has no such call).
+
+        The bundles it has, and the tasks and actors in them, are not touched. On a reserved
+        group the new bundles are reserved together as the group's strategy says for the
+        whole group (STRICT_PACK: on the node of its bundles; STRICT_SPREAD: each on a node
+        that holds none of its bundles; PACK: its nodes first; SPREAD: its least used nodes
+        first); a group not reserved yet just gets bigger and is reserved whole. Until they
+        are reserved, ``placement_group_table`` lists the new bundles without a node and
+        ``ready()`` waits for them too.
+
+        Args:
+            bundles: what each new bundle reserves, e.g. ``[{"CPU": 1}]``.
+
+        Returns:
+            An ObjectRef set to the new bundles' indices (a list) once they are reserved; it
+            fails with ValueError if the group or one of them is removed first.
+
+        Raises:
+            ValueError: an empty list, a malformed bundle, or a removed group.
+            InfeasibleError: the bundles could never be reserved next to the group's, even on
+                idle nodes; the group is unchanged.
+
+        Example:
+            >>> pg = placement_group([{"CPU": 1}])
+            >>> tk.get(pg.add_bundles([{"CPU": 1}]))
+            [1]
+        """
+        from trainkit.runtime._backend import current
+
+        ref: ObjectRef = current().add_bundles(self, bundles)
+        return ref
+
+    def remove_bundles(self, indices: list[int]) -> None:
+        """Remove bundles from this live group, all of them or none; free what they reserve.
+
+        What runs in them is killed, as ``remove_placement_group`` does for the whole group
+        (actors are not restarted); the other bundles, and what runs in them, are not
+        touched. The other bundles keep their indices; the removed indices are never used
+        again.
+
+        Args:
+            indices: the bundles to remove, e.g. ``[1]``.
+
+        Raises:
+            ValueError: an empty list, an index that is not a bundle of the group, an index
+                named twice, or every bundle (use ``remove_placement_group``); the group is
+                unchanged.
+
+        Example:
+            >>> pg = placement_group([{"CPU": 1}] * 2)
+            >>> pg.remove_bundles([1])
+            >>> pg.bundle_indices
+            [0]
+        """
+        from trainkit.runtime._backend import current
+
+        current().remove_bundles(self, indices)
+
+    def changed(self, added: dict[int, dict[str, float]], removed: list[int]) -> None:
+        """Record a resize this process made (handles elsewhere learn it from the table)."""
+        specs = dict(zip(self.bundle_indices, self.bundle_specs, strict=True))
+        specs.update(added)
+        for i in removed:
+            specs.pop(i, None)
+        self.bundle_indices = sorted(specs)
+        self.bundle_specs = [specs[i] for i in self.bundle_indices]
+
     def __reduce__(self) -> tuple[Any, ...]:
-        return (PlacementGroup, (self.id, self.bundle_specs, self.strategy, self.name))
+        return (PlacementGroup, (self.id, self.bundle_specs, self.strategy, self.name,
+                                 self.bundle_indices))
 
     def __repr__(self) -> str:
         return f"PlacementGroup({self.id}, {self.bundle_specs}, {self.strategy})"

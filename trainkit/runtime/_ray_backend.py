@@ -43,6 +43,9 @@ INSTALL_HINT = "pip install 'trainkit[ray]'"
 # How long kill() waits for Ray to record an actor as dead.
 KILL_CONFIRM_TIMEOUT_S = 10.0
 
+_NO_RESIZE = ("Ray cannot resize a placement group: remove it with remove_placement_group() "
+              "and create a new one with the bundles you need")
+
 # The keys of ``@tk.method(...)`` that Ray's ``ray.method`` takes (trainkit's "name" is not).
 _RAY_METHOD_OPTIONS = ("num_returns", "concurrency_group", "max_task_retries",
                        "retry_exceptions")
@@ -345,6 +348,12 @@ class RayBackend:
         from ray.util import remove_placement_group
 
         remove_placement_group(pg)
+
+    def add_bundles(self, pg: Any, bundles: Any) -> Any:
+        raise NotImplementedError(_NO_RESIZE)
+
+    def remove_bundles(self, pg: Any, indices: Any) -> None:
+        raise NotImplementedError(_NO_RESIZE)
 
     def placement_group_table(self, pg: Any) -> dict[str, Any]:
         """Ray's row for ``pg`` (id, name, bundles, bundles_to_node_id, strategy, state,

@@ -52,9 +52,15 @@ def placement_of(strategy: Any) -> tuple[Any, ...] | None:
     if isinstance(strategy, PlacementGroupSchedulingStrategy):
         pg = strategy.placement_group
         idx = strategy.placement_group_bundle_index
-        if not isinstance(idx, int) or idx < -1 or idx >= len(pg.bundle_specs):
+        # The bundles this handle knows: it sees its own add_bundles/remove_bundles calls
+        known = list(getattr(pg, "bundle_indices", range(len(pg.bundle_specs))))
+        if not isinstance(idx, int) or isinstance(idx, bool) or (idx != -1
+                                                                 and idx not in known):
             raise ValueError(f"placement_group_bundle_index={idx!r}: the group has "
-                             f"{len(pg.bundle_specs)} bundles (use -1 for any)")
+                             f"{len(pg.bundle_specs)} bundles (use -1 for any)"
+                             if known == list(range(len(known))) else
+                             f"placement_group_bundle_index={idx!r}: the group's bundles are "
+                             f"{', '.join(map(str, known))} (use -1 for any)")
         return (pg.id, idx)
     raise ValueError(f"scheduling_strategy={strategy!r}: use 'DEFAULT', 'SPREAD', a "
                      "PlacementGroupSchedulingStrategy or a NodeAffinitySchedulingStrategy")

@@ -22,6 +22,7 @@ from typing import ClassVar
 from trainkit.exceptions import InfeasibleError
 from trainkit.runtime.node.actor_table import ActorRecord
 from trainkit.runtime.node.actor_table import ActorTable
+from trainkit.runtime.node.scheduler import BundlesReady
 from trainkit.runtime.node.scheduler import Grant
 from trainkit.runtime.node.scheduler import PlacementGroupReady
 from trainkit.runtime.node.scheduler import RequestId
@@ -82,7 +83,8 @@ class ControlMixin:
     scheduler: ResourceScheduler
     leases: dict[RequestId, _Lease]
     actors: ActorTable
-    pg_waiters: dict[str, list[tuple[str, int]]]
+    # pg id -> (reply address, req id, bundle indices or None for the whole group)
+    pg_waiters: dict[str, list[tuple[str, int, tuple[int, ...] | None]]]
     remote_workers: dict[bytes, _WorkerProc]
     cluster_nodes: dict[str, _NodeRecord]
     waiting_for_worker: Any
@@ -146,6 +148,8 @@ class ControlMixin:
         Msg.CLUSTER_NODES: "on_cluster_nodes",
         Msg.LIST_NAMED_ACTORS: "on_list_named_actors",
         Msg.PG_TABLE: "on_pg_table",
+        Msg.ADD_BUNDLES: "on_add_bundles",
+        Msg.REMOVE_BUNDLES: "on_remove_bundles",
     }
 
     # ------------------------------------------------------------------ workers
@@ -244,9 +248,8 @@ class ControlMixin:
 
     def schedule(self) -> None:
         for ev in self.scheduler.schedule():
-            if isinstance(ev, PlacementGroupReady):
-                for addr, req_id in self.pg_waiters.pop(ev.pg_id, []):
-                    self.reply(addr, req_id, True, True)
+            if isinstance(ev, (PlacementGroupReady, BundlesReady)):
+                self.answer_pg_waiters(ev.pg_id)
             else:
                 self.on_grant(ev)
 
@@ -441,7 +444,12 @@ class ControlMixin:
             return
         lease_id = new_id()
         actor.lease_id = lease_id
-        self.submit_request(lease_id, actor.resources, actor.placement)
+        try:
+            self.submit_request(lease_id, actor.resources, actor.placement)
+        except (InfeasibleError, ValueError) as e:  # e.g. its placement group bundle is gone
+            actor.no_restart = True
+            self.set_dead(actor, f"{cause}; it could not be restarted: {e}")
+            return
         self.leases[lease_id] = _Lease(lease_id, actor.owner, actor_id=actor.actor_id)
 
     def set_dead(self, actor: ActorRecord, cause: str) -> None:
@@ -469,17 +477,68 @@ class ControlMixin:
         self.reply(reply_to, req_id, True, None)
         self.schedule()
 
-    def on_wait_pg(self, req_id: int, reply_to: str, pg_id: str) -> None:
-        if self.scheduler.is_placement_group_ready(pg_id):
-            self.reply(reply_to, req_id, True, True)
-        else:
-            self.pg_waiters.setdefault(pg_id, []).append((reply_to, req_id))
+    def on_wait_pg(self, req_id: int, reply_to: str, pg_id: str,
+                   indices: list[int] | None = None) -> None:
+        """Answer once the group (or only ``indices``, bundles add_bundles added) is reserved:
+        True for the whole group, the indices for bundles."""
+        waiter = (reply_to, req_id, None if indices is None else tuple(indices))
+        self.pg_waiters.setdefault(pg_id, []).append(waiter)
+        self.answer_pg_waiters(pg_id)
+
+    def answer_pg_waiters(self, pg_id: str) -> None:
+        """Answer the waiters of ``pg_id`` whose bundles are reserved, or can never be."""
+        waiting = []
+        for addr, wid, indices in self.pg_waiters.pop(pg_id, []):
+            try:
+                ready = self.scheduler.are_bundles_ready(pg_id, indices)
+            except ValueError as e:
+                self.reply(addr, wid, False, e)
+                continue
+            if ready:
+                self.reply(addr, wid, True, True if indices is None else list(indices))
+            else:
+                waiting.append((addr, wid, indices))
+        if waiting:
+            self.pg_waiters[pg_id] = waiting
 
     def on_remove_pg(self, req_id: int, reply_to: str, pg_id: str) -> None:
         for request_id in self.scheduler.remove_placement_group(pg_id):
             self.drop_grant(request_id, f"its placement group {pg_id} was removed")
-        for addr, wid in self.pg_waiters.pop(pg_id, []):
+        for addr, wid, _ in self.pg_waiters.pop(pg_id, []):
             self.reply(addr, wid, False, ValueError(f"placement group {pg_id} was removed"))
+        self.reply(reply_to, req_id, True, None)
+        self.schedule()
+
+    def on_add_bundles(self, req_id: int, reply_to: str, pg_id: str,
+                       bundles: list[dict[str, float]]) -> None:
+        """Add bundles to a live group (all or none); the reply is their indices, and
+        WAIT_PG with those indices answers once they are reserved."""
+        try:
+            indices = self.scheduler.add_bundles(pg_id, bundles)
+        except (InfeasibleError, ValueError) as e:
+            self.reply(reply_to, req_id, False, e)
+            return
+        self.reply(reply_to, req_id, True, indices)
+        self.schedule()
+
+    def on_remove_bundles(self, req_id: int, reply_to: str, pg_id: str,
+                          indices: list[int]) -> None:
+        """Remove bundles (all or none): what runs in them is killed, actors for good (as by
+        remove_placement_group); the other bundles are not touched."""
+        try:
+            lost = self.scheduler.remove_bundles(pg_id, indices)
+        except ValueError as e:
+            self.reply(reply_to, req_id, False, e)
+            return
+        cause = f"its bundle of placement group {pg_id} was removed (remove_bundles({indices}))"
+        for request_id in lost:
+            lease = self.leases.get(request_id)
+            actor = self.actors.get(lease.actor_id) if lease and lease.actor_id else None
+            if actor is not None:
+                self.kill_actor(actor, cause)
+            else:
+                self.drop_grant(request_id, cause)
+        self.answer_pg_waiters(pg_id)
         self.reply(reply_to, req_id, True, None)
         self.schedule()
 

@@ -141,7 +141,7 @@ class NodeService(ControlMixin):
         self.leases: dict[RequestId, _Lease] = {}
         self.local_leases: dict[bytes, _Lease] = {}  # node role: what the head assigned here
         self.actors = ActorTable(self.send)
-        self.pg_waiters: dict[str, list[tuple[str, int]]] = {}
+        self.pg_waiters: dict[str, list[tuple[str, int, tuple[int, ...] | None]]] = {}
         self.cluster_nodes: dict[str, _NodeRecord] = {}
         self.peers: dict[str, dict[str, Any]] = {}  # node id -> its registered info
         self.drivers: dict[int, str] = {}  # pidfd -> control address of a driver here

@@ -1,9 +1,9 @@
 """Resource accounting for the node service: leases and placement groups over explicit nodes.
 
 Pure (no I/O, threads or clocks): the node service feeds it nodes, requests and groups, calls
-:meth:`ResourceScheduler.schedule`, and acts on the :class:`Grant` and
-:class:`PlacementGroupReady` it returns. Amounts are integer units of 1/10000 inside, so
-0.1 + 0.2 never drifts; the public methods take and return floats.
+:meth:`ResourceScheduler.schedule`, and acts on the :class:`Grant`, :class:`PlacementGroupReady`
+and :class:`BundlesReady` it returns. Amounts are integer units of 1/10000 inside, so 0.1 + 0.2
+never drifts; the public methods take and return floats.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from trainkit.exceptions import TrainkitInternalError
 
 __all__ = [
     "PLACEMENT_STRATEGIES",
+    "BundlesReady",
     "Grant",
     "PlacementGroupReady",
     "ResourceScheduler",
@@ -190,6 +191,27 @@ class PlacementGroupReady:
     bundle_nodes: tuple[str, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class BundlesReady:
+    """The bundles that one :meth:`ResourceScheduler.add_bundles` call added to a reserved
+    group are reserved.
+
+    Attributes:
+        pg_id: the group.
+        bundle_nodes: ``(bundle_index, node_id)`` of each added bundle, in bundle order.
+
+    Example:
+        >>> BundlesReady("pg", ((2, "n1"),)).bundle_nodes
+        ((2, 'n1'),)
+    """
+
+    pg_id: str
+    bundle_nodes: tuple[tuple[int, str], ...]
+
+
+Event = Grant | PlacementGroupReady | BundlesReady
+
+
 @dataclass(slots=True)
 class _Pool:
     """Free amounts of a node or of a bundle's reservation; GPUs are tracked per device."""
@@ -264,10 +286,24 @@ class _Bundle:
 class _PlacementGroup:
     pg_id: str
     strategy: str
-    bundles: list[_Bundle]
+    # By bundle index. A removed bundle's index is never used again, so the index a task or
+    # actor was placed with keeps naming the same bundle for the group's whole life.
+    bundles: dict[int, _Bundle]
     name: str = ""
     ready: bool = False
     lost_a_node: bool = False  # was reserved, then a node with a bundle died: Ray's RESCHEDULING
+    # The indices each add_bundles call added to the group while it was reserved, until they
+    # are reserved too (each call all or nothing). Empty while the group is not reserved: then
+    # every bundle is reserved together.
+    adding: list[tuple[int, ...]] = field(default_factory=list)
+    next_index: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.next_index = max(self.bundles, default=-1) + 1
+
+    def used_nodes(self) -> list[str]:
+        """The nodes its reserved bundles are on, each once, in bundle order."""
+        return list(dict.fromkeys(b.node_id for b in self.bundles.values() if b.node_id))
 
 
 @dataclass(slots=True)
@@ -421,7 +457,9 @@ class ResourceScheduler:
         if self._nodes.pop(node_id, None) is None:
             return []
         hit = {
-            g.pg_id for g in self._groups.values() if any(b.node_id == node_id for b in g.bundles)
+            g.pg_id
+            for g in self._groups.values()
+            if any(b.node_id == node_id for b in g.bundles.values())
         }
         lost = [
             r
@@ -547,16 +585,12 @@ class ResourceScheduler:
             raise ValueError(f"name is {name!r}, but must be a str ('' for no name)")
         if not bundles:
             raise ValueError("bundles is empty, but a placement group needs at least one bundle")
-        needs = [_parse(bundle, f"bundles[{i}]") for i, bundle in enumerate(bundles)]
-        for i, need in enumerate(needs):
-            if not need:
-                raise ValueError(
-                    f"bundles[{i}] is {dict(bundles[i])!r}, but a bundle must reserve a positive "
-                    "amount of at least one resource, e.g. {'CPU': 1}"
-                )
+        needs = _parse_bundles(bundles)
         self._check_group_feasible(pg_id, needs, strategy)
         self._removed.pop(pg_id, None)  # the id is live again: its old row would mislead
-        self._groups[pg_id] = _PlacementGroup(pg_id, strategy, [_Bundle(n) for n in needs], name)
+        self._groups[pg_id] = _PlacementGroup(
+            pg_id, strategy, {i: _Bundle(need) for i, need in enumerate(needs)}, name
+        )
 
     def remove_placement_group(self, pg_id: str) -> list[RequestId]:
         """Free a group; return the ids granted inside it, then the queued ids dropped with it.
@@ -577,9 +611,109 @@ class ResourceScheduler:
         return [r.request_id for r in sorted(hit, key=lambda r: r.grant is None)]
 
     def is_placement_group_ready(self, pg_id: str) -> bool:
-        """True once every bundle is reserved; False while queued, and for unknown ids."""
+        """True once every bundle is reserved (also those added since); False while queued
+        or while an addition waits, and for unknown ids."""
         group = self._groups.get(pg_id)
-        return group is not None and group.ready
+        return group is not None and group.ready and not group.adding
+
+    def are_bundles_ready(self, pg_id: str, indices: Sequence[int] | None = None) -> bool:
+        """True once the group is reserved and so are ``indices`` (None: every bundle).
+
+        Raises:
+            ValueError: the group is unknown, or an index names no bundle of it (never was one,
+                or was removed): what waits for it would wait forever.
+        """
+        group = self._group(pg_id)
+        for i in indices or ():
+            if i not in group.bundles:
+                raise ValueError(
+                    f"bundle {i!r} of placement group {pg_id!r} is not there (removed, or never "
+                    f"added); its bundles are {_indices(group)}"
+                )
+        if indices is None:
+            return group.ready and not group.adding
+        return group.ready and all(group.bundles[i].node_id is not None for i in indices)
+
+    def add_bundles(self, pg_id: str, bundles: Sequence[Mapping[str, float]]) -> list[int]:
+        """Add bundles to a live group, all of them or none; return their indices.
+
+        A reserved group keeps its bundles (and what runs in them) and :meth:`schedule`
+        reserves the new ones together, as the group's strategy says relative to the bundles
+        it has: STRICT_PACK on the node of its bundles, STRICT_SPREAD on nodes that hold none
+        of them, PACK on its nodes first, SPREAD on its least used nodes first. It reports
+        them with :class:`BundlesReady`; until then the group stays "CREATED" and the new
+        bundles have no node in :meth:`placement_group_table`. A group still waiting to be
+        reserved just gets bigger and is reserved whole. New indices follow the highest index
+        the group ever had (a removed bundle's index is never reused).
+
+        Raises:
+            ValueError: unknown group, no bundles, an empty bundle or invalid amounts.
+            InfeasibleError: the new bundles could never be reserved next to the group's,
+                even on idle nodes; nothing is changed.
+
+        Example:
+            >>> s = ResourceScheduler()
+            >>> s.add_node("n1", {"CPU": 2})
+            >>> s.create_placement_group("pg", [{"CPU": 1}], "STRICT_PACK")
+            >>> _ = s.schedule()
+            >>> s.add_bundles("pg", [{"CPU": 1}])
+            [1]
+            >>> s.schedule()
+            [BundlesReady(pg_id='pg', bundle_nodes=((1, 'n1'),))]
+        """
+        group = self._group(pg_id)
+        if isinstance(bundles, (str, bytes, Mapping)) or not isinstance(bundles, Sequence):
+            raise ValueError(
+                f"bundles is {bundles!r}, but add_bundles takes a list of bundles, e.g. "
+                "[{'CPU': 1}]"
+            )
+        if not bundles:
+            raise ValueError(
+                "bundles is [], but add_bundles needs at least one bundle to add, e.g. [{'CPU': 1}]"
+            )
+        needs = _parse_bundles(bundles)
+        if group.ready:
+            self._check_addition_feasible(group, needs)
+        else:
+            self._check_group_feasible(
+                pg_id, [*(b.need for b in group.bundles.values()), *needs], group.strategy
+            )
+        indices = tuple(range(group.next_index, group.next_index + len(needs)))
+        group.next_index += len(needs)
+        group.bundles.update(zip(indices, map(_Bundle, needs), strict=True))
+        if group.ready:
+            group.adding.append(indices)
+        return list(indices)
+
+    def remove_bundles(self, pg_id: str, indices: Sequence[int]) -> list[RequestId]:
+        """Remove bundles from a live group, all of them or none; free what they reserve.
+
+        The other bundles, and what runs in them, are not touched; their indices do not
+        change, and the removed indices stay unused. Returns the ids granted in the removed
+        bundles, then the queued ids that asked for one of them (the caller stops or fails
+        them, as for :meth:`remove_placement_group`); requests for any bundle (index -1) stay
+        queued.
+
+        Raises:
+            ValueError: unknown group, no indices, an index that is not one of the group's
+                bundles, an index named twice, or every bundle of the group (use
+                :meth:`remove_placement_group`); nothing is changed.
+        """
+        group = self._group(pg_id)
+        self._check_removal(group, indices)
+        gone = set(indices)
+        hit = [r for r in self._requests.values() if _in_bundles(r, pg_id, gone)]
+        for request in hit:
+            del self._requests[request.request_id]
+        for i in sorted(gone):
+            bundle = group.bundles.pop(i)
+            if bundle.node_id in self._nodes:
+                self._nodes[bundle.node_id].pool.give(bundle.need, bundle.devices)
+        batches = (tuple(i for i in batch if i not in gone) for batch in group.adding)
+        group.adding = [batch for batch in batches if batch]
+        if group.ready and not group.used_nodes():  # only unreserved additions are left
+            group.ready, group.adding = False, []
+        return [r.request_id for r in sorted(hit, key=lambda r: r.grant is None)]
 
     def placement_group_table(self, pg_id: str | None = None) -> dict[str, Any]:
         """What Ray's ``ray.util.placement_group_table()`` reports, without ``stats``.
@@ -625,21 +759,26 @@ class ResourceScheduler:
         )
 
     def placement_group_bundles(self, pg_id: str) -> list[dict[str, float]]:
-        """The bundles as created, in bundle order."""
-        return [_floats(b.need) for b in self._group(pg_id).bundles]
+        """The bundles (as created or added, not those removed), in bundle order."""
+        return [_floats(b.need) for b in self._group(pg_id).bundles.values()]
 
-    def schedule(self) -> list[Grant | PlacementGroupReady]:
+    def schedule(self) -> list[Event]:
         """Reserve what can be reserved and grant what can be granted, now.
 
-        Queued groups go first, in creation order, each all or nothing; then queued requests in
-        submission order. Nothing blocks the line: whatever does not fit now is skipped and later
-        entries may go ahead of it.
+        Queued groups go first, in creation order, each all or nothing, and so do the bundles
+        each :meth:`add_bundles` call added to a reserved group; then queued requests in
+        submission order. Nothing blocks the line: whatever does not fit now is skipped and
+        later entries may go ahead of it.
         """
-        events: list[Grant | PlacementGroupReady] = []
+        events: list[Event] = []
         for group in self._groups.values():
             if not group.ready and self._reserve(group):
-                nodes = tuple(str(b.node_id) for b in group.bundles)
+                nodes = tuple(str(b.node_id) for b in group.bundles.values())
                 events.append(PlacementGroupReady(group.pg_id, nodes))
+            for batch in [*group.adding] if group.ready else []:
+                if self._reserve_addition(group, batch):
+                    placed = tuple((i, str(group.bundles[i].node_id)) for i in batch)
+                    events.append(BundlesReady(group.pg_id, placed))
         # Free amounts only shrink during a pass, so a shape that failed once fails again;
         # skipping it keeps a long queue of identical requests cheap.
         failed: set[tuple[object, ...]] = set()
@@ -702,8 +841,8 @@ class ResourceScheduler:
             group = self._groups[pg_id]
             if not group.ready:
                 return None
-            bundles = enumerate(group.bundles) if index == -1 else [(index, group.bundles[index])]
-            spots = [(str(b.node_id), b.pool, (pg_id, i)) for i, b in bundles]
+            bundles = group.bundles.items() if index == -1 else [(index, group.bundles[index])]
+            spots = [(b.node_id, b.pool, (pg_id, i)) for i, b in bundles if b.node_id is not None]
         for node_id, pool, placement in spots:
             devices = pool.fit(request.need)
             if devices is not None:
@@ -731,25 +870,47 @@ class ResourceScheduler:
     def _reserve(self, group: _PlacementGroup) -> bool:
         pools = {node_id: node.pool for node_id, node in self._nodes.items()}
         try:
-            placed = _place_bundles([b.need for b in group.bundles], pools, group.strategy)
+            needs = [b.need for b in group.bundles.values()]
+            placed = _place_bundles(needs, pools, group.strategy)
         except _SearchGaveUp:
             placed = None
         if placed is None:
             return False
-        for bundle, (node_id, devices) in zip(group.bundles, placed, strict=True):
+        self._take_bundles(list(group.bundles.values()), placed)
+        group.ready, group.lost_a_node, group.adding = True, False, []
+        return True
+
+    def _reserve_addition(self, group: _PlacementGroup, batch: tuple[int, ...]) -> bool:
+        """Reserve one add_bundles call's bundles next to the group's reserved ones."""
+        pools = {node_id: node.pool for node_id, node in self._nodes.items()}
+        bundles = [group.bundles[i] for i in batch]
+        try:
+            placed = _place_bundles(
+                [b.need for b in bundles], _addition_pools(group, pools), group.strategy
+            )
+        except _SearchGaveUp:
+            placed = None
+        if placed is None:
+            return False
+        self._take_bundles(bundles, placed)
+        group.adding.remove(batch)
+        return True
+
+    def _take_bundles(
+        self, bundles: Sequence[_Bundle], placed: Sequence[tuple[str, _Devices]]
+    ) -> None:
+        for bundle, (node_id, devices) in zip(bundles, placed, strict=True):
             self._nodes[node_id].pool.take(bundle.need, devices)
             bundle.node_id, bundle.devices = node_id, devices
             bundle.pool = _Pool(_without_gpu(bundle.need), dict(devices))
-        group.ready, group.lost_a_node = True, False
-        return True
 
     def _unreserve(self, group: _PlacementGroup) -> None:
         """Return every bundle to its node if that is still here; its grants must be gone."""
-        for bundle in group.bundles:
+        for bundle in group.bundles.values():
             if bundle.node_id in self._nodes:
                 self._nodes[bundle.node_id].pool.give(bundle.need, bundle.devices)
             bundle.node_id, bundle.devices, bundle.pool = None, {}, _Pool({}, {})
-        group.ready = False
+        group.ready, group.adding = False, []
 
     def _describe_nodes(self) -> str:
         if not self._nodes:
@@ -767,13 +928,14 @@ class ResourceScheduler:
             fix = "Lower num_cpus=/num_gpus=/memory=/resources=, or add a node that has it."
         else:
             pg_id, index = placement
-            bundles = self._group(pg_id).bundles
-            if type(index) is not int or not -1 <= index < len(bundles):
+            group = self._group(pg_id)
+            bundles = group.bundles
+            if type(index) is not int or (index != -1 and index not in bundles):
                 raise ValueError(
                     f"bundle index is {index!r}, but placement group {pg_id!r} has "
-                    f"{len(bundles)} bundles: use 0..{len(bundles) - 1}, or -1 for any bundle"
+                    f"{len(bundles)} bundles: use {_indices(group)}, or -1 for any bundle"
                 )
-            indices = range(len(bundles)) if index == -1 else (index,)
+            indices = list(bundles) if index == -1 else [index]
             pools = [_capacity(bundles[i].need) for i in indices]
             where = f"{'any bundle' if index == -1 else f'bundle {index}'} of group {pg_id!r}"
             have = "; ".join(f"bundle {i} reserves {_show(bundles[i].need)}" for i in indices)
@@ -866,6 +1028,75 @@ class ResourceScheduler:
             )
         raise InfeasibleError(f"{what}: {why}.")
 
+    def _check_addition_feasible(self, group: _PlacementGroup, needs: list[_Units]) -> None:
+        """Could ``needs`` ever be reserved next to a reserved group's bundles, on idle nodes?"""
+        capacities = {node_id: node.capacity() for node_id, node in self._nodes.items()}
+        for bundle in group.bundles.values():  # its own bundles stay where they are
+            if bundle.node_id in capacities:
+                capacities[bundle.node_id].take(bundle.need, bundle.devices)
+        try:
+            if _place_bundles(needs, _addition_pools(group, capacities), group.strategy):
+                return
+        except _SearchGaveUp:
+            return  # undecided: let it wait rather than reject bundles that might fit
+        what = (
+            f"adding {', '.join(_show(n) for n in needs)} to placement group {group.pg_id!r} "
+            f"({group.strategy}) can never succeed"
+        )
+        used, nodes = group.used_nodes(), self._describe_nodes()
+        if group.strategy == "STRICT_PACK":
+            mine = _sum(b.need for b in group.bundles.values() if b.node_id is not None)
+            why = (
+                f"STRICT_PACK keeps every bundle on node {used[0]!r}, which has "
+                f"{_show(self._nodes[used[0]].total)} and already reserves {_show(mine)} for "
+                "the group. Add smaller bundles, or make a new group (PACK may use several nodes)"
+            )
+        elif group.strategy == "STRICT_SPREAD":
+            free = [n for n in self._nodes if n not in used]
+            why = (
+                f"STRICT_SPREAD puts each new bundle on a node of its own that holds none of the "
+                f"group's bundles, and only {len(free)} node(s) hold none "
+                f"({', '.join(map(repr, free)) or 'none'}; {nodes}). Add fewer bundles, or add "
+                "nodes"
+            )
+        else:
+            why = (
+                f"they do not fit next to the group's bundles even on idle nodes ({nodes}). "
+                "Make the bundles smaller, or add a node that can hold them"
+            )
+        raise InfeasibleError(f"{what}: {why}.")
+
+    def _check_removal(self, group: _PlacementGroup, indices: object) -> None:
+        pg_id = group.pg_id
+        if isinstance(indices, (str, bytes)) or not isinstance(indices, Sequence):
+            raise ValueError(
+                f"indices is {indices!r}, but remove_bundles takes a list of bundle indices, "
+                "e.g. [1]"
+            )
+        if not indices:
+            raise ValueError(
+                f"indices is [], but remove_bundles needs at least one bundle index of "
+                f"placement group {pg_id!r} ({_indices(group)})"
+            )
+        for i in indices:
+            if type(i) is not int or i not in group.bundles:
+                was = isinstance(i, int) and 0 <= i < group.next_index
+                raise ValueError(
+                    f"bundle index {i!r} is not a bundle of placement group {pg_id!r}"
+                    f"{' (it was removed)' if was else ''}: its bundles are {_indices(group)}"
+                )
+        twice = sorted({i for i in indices if list(indices).count(i) > 1})
+        if twice:
+            raise ValueError(
+                f"indices {list(indices)!r} names bundle {twice[0]} more than once: name each "
+                "bundle once"
+            )
+        if set(indices) == set(group.bundles):
+            raise ValueError(
+                f"indices {list(indices)!r} names every bundle of placement group {pg_id!r}, "
+                "but a group keeps at least one: use remove_placement_group() to remove it whole"
+            )
+
     def _validate(self) -> None:
         """Check the bookkeeping invariants; raise TrainkitInternalError on any breach.
 
@@ -878,9 +1109,17 @@ class ResourceScheduler:
         for node_id, node in self._nodes.items():
             expected[f"node {node_id!r}"], actual[f"node {node_id!r}"] = node.capacity(), node.pool
         for pg_id, group in self._groups.items():
-            if any((b.node_id is not None) != group.ready for b in group.bundles):
+            adding = [i for batch in group.adding for i in batch]
+            if (adding and not group.ready) or len(set(adding)) != len(adding):
+                problems.append(f"group {pg_id!r} has additions {group.adding} out of turn")
+            if not set(adding) <= set(group.bundles) or max(group.bundles) >= group.next_index:
+                problems.append(f"group {pg_id!r} has unknown or reusable indices")
+            if any(
+                (b.node_id is not None) != (group.ready and i not in adding)
+                for i, b in group.bundles.items()
+            ):
                 problems.append(f"group {pg_id!r} is partly reserved")
-            for i, b in enumerate(group.bundles):
+            for i, b in group.bundles.items():
                 if b.node_id is not None:
                     where = f"bundle {i} of {pg_id!r}"
                     holders.append((where, f"node {b.node_id!r}", b.need, b.devices))
@@ -929,6 +1168,53 @@ def _held(request: _Request) -> _Units:
     return {k: v for k, v in request.need.items() if k != "CPU"}
 
 
+def _parse_bundles(bundles: Sequence[Mapping[str, float]]) -> list[_Units]:
+    needs = [_parse(bundle, f"bundles[{i}]") for i, bundle in enumerate(bundles)]
+    for i, need in enumerate(needs):
+        if not need:
+            raise ValueError(
+                f"bundles[{i}] is {dict(bundles[i])!r}, but a bundle must reserve a positive "
+                "amount of at least one resource, e.g. {'CPU': 1}"
+            )
+    return needs
+
+
+def _addition_pools(group: _PlacementGroup, pools: Mapping[str, _Pool]) -> dict[str, _Pool]:
+    """Where bundles added to a reserved group may go, in the order to try the nodes.
+
+    The strategy holds for the whole group: STRICT_PACK stays on its node, STRICT_SPREAD
+    avoids its nodes, PACK tries its nodes first and SPREAD its least used nodes first.
+    """
+    used = group.used_nodes()
+    if group.strategy == "STRICT_PACK" and used:
+        return {used[0]: pools[used[0]]} if used[0] in pools else {}
+    if group.strategy == "STRICT_SPREAD":
+        return {n: pool for n, pool in pools.items() if n not in used}
+    if group.strategy == "PACK":
+        order = [*(n for n in used if n in pools), *(n for n in pools if n not in used)]
+    else:  # SPREAD; sorted() is stable, so node order breaks ties
+        counts = {n: 0 for n in pools}
+        for b in group.bundles.values():
+            if b.node_id in counts:
+                counts[b.node_id] += 1
+        order = sorted(pools, key=counts.__getitem__)
+    return {n: pools[n] for n in order}
+
+
+def _in_bundles(request: _Request, pg_id: str, indices: set[int]) -> bool:
+    """True if ``request`` is held in, or waits for, one of these bundles of ``pg_id``."""
+    placement = request.grant.placement if request.grant is not None else request.placement
+    return placement is not None and placement[0] == pg_id and placement[1] in indices
+
+
+def _indices(group: _PlacementGroup) -> str:
+    """The group's bundle indices for messages: ``0..3`` while they have no gaps."""
+    indices = list(group.bundles)
+    if indices == list(range(len(indices))) and len(indices) > 1:
+        return f"0..{len(indices) - 1}"
+    return ", ".join(map(str, indices))
+
+
 def _strip(units: Mapping[str, int]) -> _Units:
     return {name: amount for name, amount in units.items() if amount}
 
@@ -938,9 +1224,9 @@ def _table_row(group: _PlacementGroup) -> dict[str, Any]:
     return {
         "placement_group_id": group.pg_id,
         "name": group.name,
-        "bundles": {i: _floats(b.need) for i, b in enumerate(group.bundles)},
+        "bundles": {i: _floats(b.need) for i, b in group.bundles.items()},
         "bundles_to_node_id": {
-            i: b.node_id for i, b in enumerate(group.bundles) if b.node_id is not None
+            i: b.node_id for i, b in group.bundles.items() if b.node_id is not None
         },
         "strategy": group.strategy,
         "state": state,

@@ -106,6 +106,8 @@ class Msg:
     # core worker -> control plane (Ray Core parity)
     LIST_NAMED_ACTORS = 85
     PG_TABLE = 86
+    ADD_BUNDLES = 87  # resize a live placement group
+    REMOVE_BUNDLES = 88
 
 
 _R = ("req_id", "reply_to")  # the head of every request
@@ -124,7 +126,7 @@ FIELDS: dict[int, tuple[str, ...]] = {
     Msg.KILL_ACTOR: ("actor_id", "no_restart"),
     Msg.CREATE_PG: (*_R, "pg_id", "bundles", "strategy", "name"),
     Msg.REMOVE_PG: (*_R, "pg_id"),
-    Msg.WAIT_PG: (*_R, "pg_id"),
+    Msg.WAIT_PG: (*_R, "pg_id", "indices?"),  # indices: only those bundles (add_bundles)
     Msg.STORE_ALLOC: (*_R, "oid", "size", "owner", "files_ok?"),
     Msg.STORE_SEAL: ("oid",),
     Msg.STORE_PIN: (*_R, "oid", "node_id?", "size?"),
@@ -180,6 +182,8 @@ FIELDS: dict[int, tuple[str, ...]] = {
     Msg.NODE_DIED: ("node_id", "cause"),
     Msg.LIST_NAMED_ACTORS: (*_R, "namespace"),
     Msg.PG_TABLE: (*_R, "pg_id"),
+    Msg.ADD_BUNDLES: (*_R, "pg_id", "bundles"),
+    Msg.REMOVE_BUNDLES: (*_R, "pg_id", "indices"),
 }
 
 # Set from the environment once: every message sent is checked against FIELDS (tests).
