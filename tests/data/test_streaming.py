@@ -23,6 +23,7 @@ from trainkit.data._streaming import ClusterResources
 from trainkit.data._streaming import PoolNeed
 from trainkit.data._streaming import Stage
 from trainkit.data._streaming import StallDetector
+from trainkit.data._streaming import check_tasks
 from trainkit.data._streaming import next_launch
 from trainkit.data._streaming import size_pools
 from trainkit.exceptions import GetTimeoutError
@@ -176,6 +177,10 @@ def test_size_pools_leaves_the_tasks_a_cpu_or_names_the_stage() -> None:
         size_pools([PoolNeed("map_batches(Big)", 1, 1, 2.0, 0.0)], 1.0, 0.0, two, "Read")
     with pytest.raises(InfeasibleError, match=r"map_batches\(Gpu\).*1 GPU.*0 GPU"):
         size_pools([PoolNeed("map_batches(Gpu)", 1, 1, 0.0, 1.0)], 1.0, 0.0, two)
+    check_tasks([("Read->map_batches(f)", 2.0, 0.0)], two)
+    with pytest.raises(InfeasibleError, match=r"map_batches\(g\): a task asks for 1 CPU and 1 "
+                                              r"GPU, but the cluster has 2 CPU and 0 GPU"):
+        check_tasks([("map_batches(g)", 1.0, 1.0)], two)
 
 
 def test_stall_detector_warns_then_fails_with_a_fake_clock() -> None:

@@ -47,6 +47,7 @@ from trainkit.data._streaming import PoolNeed
 from trainkit.data._streaming import PoolPlan
 from trainkit.data._streaming import Stage
 from trainkit.data._streaming import StallDetector
+from trainkit.data._streaming import check_tasks
 from trainkit.data._streaming import next_launch
 from trainkit.data._streaming import size_pools
 
@@ -427,6 +428,7 @@ class Executor:
                           spec.pool.num_cpus, spec.pool.num_gpus)
                  for spec in specs if isinstance(spec, MapOp) and spec.pool is not None]
         res = self.resources
+        check_tasks([(t.name, t.num_cpus, t.num_gpus) for t in tasks], res)
         if self.cpu_limit is not None:
             res = ClusterResources(min(res.cpus, self.cpu_limit), res.gpus, res.store_bytes)
         plan = size_pools(needs, max([t.num_cpus for t in tasks] + [0.0]),

@@ -13,7 +13,8 @@ a task; this module decides.
   an execution always makes progress (a single block larger than the budget goes through alone).
 * :func:`size_pools`: actor pools may never hold the CPUs (or GPUs) the execution's tasks need:
   a pool is shrunk, with a warning, so that one task of every task stage can still run, or the
-  execution fails at its start naming the stage and the resources (``InfeasibleError``).
+  execution fails at its start naming the stage and the resources (``InfeasibleError``);
+  :func:`check_tasks` does the same for a task that no cluster node could ever run.
 * :class:`StallDetector`: no task of the execution finished for ``stall_timeout_s``: a warning
   naming the stuck operator; for twice that: an error.
 """
@@ -236,6 +237,18 @@ def size_pools(pools: list[PoolNeed], tasks_cpus: float, tasks_gpus: float,
     plan = [(n, max(n, pool.max_size if pool.max_size is not None else math.floor(cpus)))
             for pool, n in zip(pools, sizes, strict=True)]
     return PoolPlan(plan, free_cpu, free_gpu, warnings)
+
+
+def check_tasks(tasks: list[tuple[str, float, float]], resources: ClusterResources) -> None:
+    """Fail at the start if one task of a stage (name, CPUs, GPUs) asks for more than the
+    cluster has: it could never run."""
+    for name, cpus, gpus in tasks:
+        if cpus > resources.cpus + 1e-9 or gpus > resources.gpus + 1e-9:
+            raise InfeasibleError(
+                f"{name}: a task asks for {_fmt(cpus)} CPU and {_fmt(gpus)} GPU, but the "
+                f"cluster has {_fmt(resources.cpus)} CPU and {_fmt(resources.gpus)} GPU: no "
+                "task of this stage could ever run; ask for less (num_cpus=, num_gpus=) or "
+                "start the runtime with more")
 
 
 def _fits(pool: PoolNeed, free_cpu: float, free_gpu: float) -> bool:
