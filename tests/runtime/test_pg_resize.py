@@ -35,7 +35,8 @@ def test_add_and_remove_bundles_leave_the_other_bundles_actors_alone(
     pg = placement_group([{"CPU": 1}] * 2, strategy="PACK")
     assert pg.wait(30)
     a0 = Pid.options(scheduling_strategy=_in_bundle(pg, 0)).remote()
-    a1 = Pid.options(scheduling_strategy=_in_bundle(pg, 1)).remote()
+    # max_restarts: a removed bundle's actor dies for good, as with remove_placement_group
+    a1 = Pid.options(scheduling_strategy=_in_bundle(pg, 1), max_restarts=2).remote()
     pid0 = tk.get(a0.pid.remote(), timeout=60)
     tk.get(a1.pid.remote(), timeout=60)
     node = placement_group_table(pg)["bundles_to_node_id"][0]
@@ -101,3 +102,14 @@ def test_a_pending_addition_that_is_removed_fails_its_ref(rt: None) -> None:
     assert pg.wait(30)
     tk.kill(hog)
     remove_placement_group(pg)
+
+
+def test_the_ray_backend_says_ray_cannot_resize_a_group() -> None:
+    from trainkit.runtime._ray_backend import RayBackend
+
+    ray_backend = object.__new__(RayBackend)  # no Ray cluster needed to refuse
+    with pytest.raises(NotImplementedError, match=r"Ray cannot resize a placement group: "
+                                                  r"remove it with remove_placement_group\(\)"):
+        ray_backend.add_bundles(None, [{"CPU": 1}])
+    with pytest.raises(NotImplementedError, match="Ray cannot resize"):
+        ray_backend.remove_bundles(None, [0])
