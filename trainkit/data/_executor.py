@@ -347,6 +347,8 @@ class Executor:
                             hint = (item.size_bytes or 0) if isinstance(item, ReadTask) else \
                                 block_bytes(item[1]) if item[1] is not None else 0
                             stages[0].inputs.append((item, 0, hint))
+                            if not raw:  # an operator upstream made progress too
+                                stall.progress()
                     for i, pool in pool_of.items():
                         grow = len(pool.actors) < pool.most and \
                             stages[i].num_cpus <= spare[0] + 1e-9 and \
