@@ -90,6 +90,8 @@ def replay(exp_dir: str) -> dict[str, TrialRecord]:
             elif kind == "result":
                 rec.last_result = ev["result"]
                 rec.checkpoint = ev.get("ckpt") or rec.checkpoint
+            elif kind == "ckpt":
+                rec.checkpoint = ev["ckpt"]
             elif kind == "config":
                 rec.config = ev["config"]
                 rec.checkpoint = ev.get("ckpt")

@@ -65,7 +65,11 @@ class PopulationBasedTraining(MetricScheduler):
     the top trials with a checkpoint (none: no exploit), the config explores the donor's (see
     ``_pbt_explore``). The runner restarts the trial from a copy of the donor's latest
     checkpoint with that config; PBT takes the donor's config, time and perturbation time as
-    the trial's, and appends an ``ExploitRecord`` to ``history``. Like Ray, a trial that is not
+    the trial's, and appends an ``ExploitRecord`` to ``history``. As in Ray, a top trial is
+    asked to save its state at its perturbation step (``SchedulerDecision(save=True)``, unless
+    its result came with a checkpoint), so a class trainable is a donor without
+    ``checkpoint_frequency``; a function trainable donates its last reported checkpoint, and
+    a donor whose checkpoint has not come yet is not drawn. Like Ray, a trial that is not
     exploited at its step yields (PAUSE) when other trials wait to run, so a population larger
     than the cluster time-shares, and ``choose_trial_to_run`` picks the waiting trial that is
     furthest behind.
@@ -174,10 +178,14 @@ class PopulationBasedTraining(MetricScheduler):
                 return SchedulerDecision(Decision.CONTINUE, exploit=exploit, reason=(
                     f"PBT: {self.metric}={value:g} is in the bottom {len(lower)} of "
                     f"{self._ranked_count()}; exploiting trial {exploit.donor_id}"))
-        if self._waiting.any_besides(trial_id):
+        if self._waiting.any_besides(trial_id):  # a paused trial commits a checkpoint
             self._waiting.add(trial_id)
             return SchedulerDecision(Decision.PAUSE, reason=(
                 "PBT: perturbation step done; yielding to waiting trials"))
+        if trial_id in upper and "checkpoint_dir_name" not in result:
+            return SchedulerDecision(Decision.CONTINUE, save=True, reason=(
+                f"PBT: {self.metric}={value:g} is in the top {len(upper)}; saving its state "
+                "for the bottom trials to exploit"))
         return CONTINUE
 
     def _synch_step(self, trial_id: str, time: float) -> SchedulerDecision:
@@ -255,6 +263,11 @@ class PopulationBasedTraining(MetricScheduler):
 
     def on_trial_error(self, trial: TrialSnapshot) -> None:
         self._end(trial.trial_id)
+
+    def on_trial_save(self, trial: TrialSnapshot) -> None:
+        member = self._members.get(trial.trial_id)
+        if member is not None:
+            member.has_checkpoint = True
 
     def choose_trial_to_run(self, candidates: Sequence[TrialSnapshot]) -> str | None:
         """The waiting trial furthest behind (in a synch step, only those not there yet)."""

@@ -300,6 +300,11 @@ class TuneRunner:
         kind = event[0]
         if kind == "result":
             self._on_result(trial, event[1], event[2])
+        elif kind == "saved":  # the checkpoint a scheduler asked for (save=True)
+            trial.checkpoint = event[1]
+            self.journal.append(e="ckpt", id=trial.trial_id, ckpt=event[1])
+            self.scheduler.on_trial_save(trial.snapshot())
+            self._poll(trial, None)
         elif kind == "done":
             if event[2]:
                 trial.checkpoint = event[2]
@@ -321,6 +326,7 @@ class TuneRunner:
         self.searcher.on_trial_result(trial.trial_id, result)
         # As in Ray, the stop criteria come first: a trial that meets them stops at this very
         # result, and the scheduler is not asked (no pause, no exploit past the criterion).
+        action_value: str | None = None
         if self.stopper(trial.trial_id, result) or result.get("done") or trial.stop_requested:
             action = Decision.STOP
         else:
@@ -334,10 +340,12 @@ class TuneRunner:
             if decision.exploit is not None:
                 trial.exploit = decision.exploit
                 action = Decision.STOP  # end this run; _on_done restarts it from the donor
+            elif decision.save and action is Decision.CONTINUE and self.kind == "class":
+                action_value = "save"  # the actor saves, says "saved", and goes on
         if self.stopper.stop_all():
             self._stop_all("the stopper said stop_all()")
             return
-        self._poll(trial, action.value)
+        self._poll(trial, action_value or action.value)
 
     def _check_metric(self, result: dict[str, Any]) -> None:
         if self.metric_checked:

@@ -35,6 +35,9 @@ class SchedulerDecision:
     decision: Decision
     exploit: Exploit | None = None
     reason: str = ""
+    # With CONTINUE: save the trial's state now (a class trainable's ``save_checkpoint``), as
+    # Ray's PBT saves its top trials at their perturbation steps; ``on_trial_save`` follows.
+    save: bool = False
 
 
 CONTINUE = SchedulerDecision(Decision.CONTINUE)
@@ -72,6 +75,10 @@ class TrialScheduler:
 
     def on_trial_error(self, trial: TrialSnapshot) -> None:
         """The trial failed for good."""
+
+    def on_trial_save(self, trial: TrialSnapshot) -> None:
+        """The checkpoint a ``SchedulerDecision(save=True)`` asked for is committed (a
+        trainable that cannot save on demand, a function one, never gets here)."""
 
     def choose_trial_to_run(self, candidates: Sequence[TrialSnapshot]) -> str | None:
         """Which PENDING or PAUSED trial to start next (candidates in creation order), or None

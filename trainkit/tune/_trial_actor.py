@@ -242,10 +242,12 @@ class _TrialRun:
         return self.committed
 
     def _report(self, metrics: dict[str, Any], checkpoint_path: str | None,
-                write: Any = None) -> None:
+                write: Any = None, save: Any = None) -> None:
         """Log the result, then commit its checkpoint (``write``), then await the decision.
         In that order a crash leaves either no checkpoint for a logged row (the row is
-        dropped on resume and the iteration runs again) or both."""
+        dropped on resume and the iteration runs again) or both. The decision "save" (a
+        scheduler wants the state now) commits ``save``'s checkpoint, says "saved" and goes
+        on; a trainable without ``save`` (a function one) just goes on."""
         now = time.monotonic()
         self.iteration += 1
         result = {**metrics, "training_iteration": self.iteration,
@@ -265,6 +267,10 @@ class _TrialRun:
             checkpoint_path = self._commit(write, metrics)
         self.actor._emit("result", result, checkpoint_path)
         decision = self.actor._await_decision()
+        if decision == "save":
+            if save is not None and self.checkpoints is not None:
+                self.actor._emit("saved", self._commit(save, metrics))
+            return
         if decision != "continue":
             raise _EndTrial(decision)
 
@@ -295,7 +301,8 @@ class _TrialRun:
                     and (self.iteration + 1) % ckpt_cfg.checkpoint_frequency == 0) or (
                     done and ckpt_cfg.checkpoint_at_end is not False)
                 try:
-                    self._report(result, None, obj.save_checkpoint if want else None)
+                    self._report(result, None, obj.save_checkpoint if want else None,
+                                 save=obj.save_checkpoint)
                 except _EndTrial as end:
                     if end.decision == "pause" or ckpt_cfg.checkpoint_at_end is not False:
                         self._commit(obj.save_checkpoint, result)
