@@ -156,6 +156,15 @@ def _picklable(e: BaseException) -> BaseException:
         return RuntimeError(f"{type(e).__name__}: {e}")
 
 
+_active: _TrialRun | None = None  # the function or class trial running in this process
+
+
+def active_trial() -> _TrialRun | None:
+    """The function or class trial running in this process, if any (for
+    ``TuneReportCallback``: a Trainer's callbacks run in its driver, the trial's thread)."""
+    return _active
+
+
 class _TrialRun:
     """One run of one trial inside a TrialActor."""
 
@@ -219,11 +228,16 @@ class _TrialRun:
                                trial_id=spec.trial_id,
                                trial_name=spec.trial_name)
         checkpoint = Checkpoint(self.committed, self.fs) if self.committed else None
-        with hosted_loop(context, on_report=self._report_copying, checkpoint=checkpoint):
-            if spec.kind == "function":
-                trainable(dict(spec.config))
-            else:
-                self._run_class(trainable)
+        global _active
+        _active = self
+        try:
+            with hosted_loop(context, on_report=self._report_copying, checkpoint=checkpoint):
+                if spec.kind == "function":
+                    trainable(dict(spec.config))
+                else:
+                    self._run_class(trainable)
+        finally:
+            _active = None
 
     # -- reporting -----------------------------------------------------------------------
     def _report_copying(self, metrics: dict[str, Any], checkpoint: Checkpoint | None) -> None:
@@ -233,6 +247,19 @@ class _TrialRun:
             def write(d: str) -> None:
                 shutil.copytree(checkpoint.path, d, dirs_exist_ok=True)
         self._report(metrics, None, write)
+
+    def report_from_trainer(self, metrics: dict[str, Any], checkpoint: Checkpoint | None
+                            ) -> None:
+        """A report of a Trainer this trial runs (``TuneReportCallback``): as ``tune.report``,
+        the checkpoint (on any storage) copied into the trial's own."""
+        if checkpoint is None:
+            self._report(metrics, None)
+            return
+        with checkpoint.as_directory() as source:
+            def write(d: str) -> None:
+                shutil.copytree(source, d, dirs_exist_ok=True)
+
+            self._report(metrics, None, write)
 
     def _commit(self, write: Any, metrics: dict[str, Any]) -> str:
         """Commit the checkpoint ``write`` makes, as that of iteration ``self.iteration``."""
