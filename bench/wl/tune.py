@@ -1,4 +1,4 @@
-"""The tune workloads: tune_overhead, tune_overhead_asha, tune_sleep, tune_memory.
+"""The tune workloads: tune_overhead, tune_overhead_asha, tune_sleep, tune_memory, tune_2000.
 
 The trainables run inside the backends' trial processes; like the train loops they are
 written once and get the backend's tune.report through _tune_api(config["backend"]).
@@ -30,6 +30,8 @@ TUNE_SLEEP_TRIALS = 200
 TUNE_SLEEP_S = 1.0
 TUNE_MEM_TRIALS = 2000
 TUNE_MEM_WARMUP_TRIALS = 20
+TUNE_2000_TRIALS = 2000
+TUNE_2000_TARGET_S = 20.0  # issue 17: 2,000 one-report trials on 2 CPUs in <= 20 s
 ASHA_KW = {"max_t": TUNE_REPORTS, "grace_period": 1, "reduction_factor": 4}
 
 
@@ -266,5 +268,84 @@ def wl_tune_memory(args, line):
         )
 
     line["mem_trials"] = n
+    line["reuse_actors"] = "default (True)" if reuse is None else reuse
+    _tune_session(args, line, body)
+
+
+class _JournalTimer:
+    """Time spent in trainkit's optuna.journal writes (OptunaJournal's add/result/end/config,
+    all in the driver) during a fit, and the number of reports written: its methods are
+    wrapped for the fit and put back after."""
+
+    METHODS = ("add", "result", "end", "config")
+
+    def __init__(self):
+        from trainkit.tune._optuna_journal import OptunaJournal
+
+        self.cls = OptunaJournal
+        self.spent = dict.fromkeys(self.METHODS, 0.0)
+        self.reports = 0
+        self.saved = {name: getattr(OptunaJournal, name) for name in self.METHODS}
+        for name, fn in self.saved.items():
+            setattr(OptunaJournal, name, self._timed(name, fn))
+
+    def _timed(self, name, fn):
+        def timed(*a, **k):
+            t = pc()
+            try:
+                return fn(*a, **k)
+            finally:
+                self.spent[name] += pc() - t
+                self.reports += name == "result"
+
+        return timed
+
+    def stop(self):
+        for name, fn in self.saved.items():
+            setattr(self.cls, name, fn)
+
+
+# Ray with reuse_actors=True: 2,000 trials took 164-215 s in tune_memory (with its warm-up)
+@workload(
+    "tune_2000",
+    about="Tuner.fit() of 2,000 one-report trials on 2 CPUs, FIFO (issue 17: <= 20 s); Ray "
+    "with reuse_actors=True; trainkit's optuna.journal time per report",
+    deadline_s=360.0,
+)
+def wl_tune_2000(args, line):
+    """2,000 trials of _tune_trivial with one report each, FIFO, the first fit after init
+    (no warm-up: what a user's sweep costs). trainkit with its defaults (reuse_actors=True),
+    Ray with reuse_actors=True (its default would start 2,000 processes). For trainkit, the
+    share of the fit spent writing optuna.journal."""
+    reuse = True if args.backend == "ray" else None
+    n = TUNE_2000_TRIALS
+
+    def body(storage):
+        journal = _JournalTimer() if is_trainkit(args.backend) else None
+        try:
+            wall, s, grid = _tune_fit(
+                args.backend, _tune_trivial, n, storage, "t2000", {"n_reports": 1}, reuse
+            )
+        finally:
+            if journal is not None:
+                journal.stop()
+        del grid
+        line["t2000_s"] = round(wall, 3)
+        line["t2000_trials_s"] = round(n / wall, 1)
+        line["t2000_ms_per_trial"] = round(wall * 1000 / n, 3)
+        line["t2000_within_target"] = wall <= TUNE_2000_TARGET_S
+        for k, v in s.items():
+            line[f"t2000_{k}"] = v
+        if journal is not None:
+            spent = sum(journal.spent.values())
+            line["journal_s"] = round(spent, 3)
+            line["journal_share_pct"] = round(spent / wall * 100, 2)
+            line["journal_ms_per_trial"] = round(spent * 1000 / n, 4)  # add, report, end
+            per_report = journal.spent["result"] * 1000 / max(journal.reports, 1)
+            line["journal_ms_per_report"] = round(per_report, 4)
+        log(f"[bench] t2000: {wall:.2f} s, {s}")
+
+    line["t2000_trials"] = n
+    line["t2000_target_s"] = TUNE_2000_TARGET_S
     line["reuse_actors"] = "default (True)" if reuse is None else reuse
     _tune_session(args, line, body)
