@@ -8,6 +8,7 @@
                    [--resources JSON] [--secret-file PATH]
     trainkit status [--address HOST:PORT] [--secret-file PATH]
     trainkit stop
+    trainkit report PATH [--json]
 
 ``start`` runs a node service detached from the terminal and records it in
 ``~/.trainkit/cluster.json`` (the head's address, for ``status`` and ``init(address="auto")``,
@@ -15,6 +16,10 @@ and each process started here, for ``stop``). Its output goes to ``~/.trainkit/l
 cluster secret reaches the service on its stdin, never its command line or environment (which
 the tasks it runs would inherit), and is never printed. Exit codes: 0 done, 1 the cluster
 failed or cannot be reached, 2 a usage error (bad option, no usable secret).
+
+``report`` needs no runtime: it reads a run folder's ledger (a local path or a URI such as
+``s3://bucket/runs/exp``) and prints where the run's time went (see
+``trainkit.train._goodput``); exit code 2 when the path holds no run.
 """
 
 from __future__ import annotations
@@ -176,6 +181,13 @@ def _build_parser() -> argparse.ArgumentParser:
                         help="the head (default: the cluster started on this machine)")
     _secret_option(status)
     subcommands.add_parser("stop", help="stop what `trainkit start` started on this machine")
+    report = subcommands.add_parser(
+        "report", help="where a run's time went, from its ledger (no cluster needed)",
+        description="Print a run's status, wall time, productive time, badput by cause and "
+                    "failures, read from the ledger in its folder.")
+    report.add_argument("path", metavar="PATH",
+                        help="the run's folder: a local path or a URI (s3://bucket/runs/exp)")
+    report.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
 
@@ -656,6 +668,33 @@ def _stop(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- report ---------------------------------------------------------------------------------
+
+
+def _report(args: argparse.Namespace) -> int:
+    from trainkit.train import _storage
+    from trainkit.train._goodput import format_report
+    from trainkit.train._goodput import summarize
+    from trainkit.train._ledger import LEDGER_FILE
+    from trainkit.train._ledger import read_ledger
+
+    try:
+        run = _storage.resolve(args.path)
+        found = read_ledger(run)
+    except (OSError, ValueError) as e:
+        raise _CliError(f"{args.path} cannot be read: {e}") from None
+    if found is None:
+        raise _CliError(f"{run.uri} is not a run: it holds no {LEDGER_FILE} (pass a run's "
+                        "folder, <storage_path>/<name>)", code=2)
+    events, damaged = found
+    if not any(e["event"] == "run_started" for e in events):
+        raise _CliError(f"{run.uri} is not a run: its {LEDGER_FILE} records no run_started "
+                        f"event ({damaged} damaged line(s))", code=2)
+    summary = summarize(events, damaged=damaged) | {"path": run.uri}
+    print(json.dumps(summary) if args.json else format_report(summary, run.uri))
+    return 0
+
+
 # --- main -------------------------------------------------------------------------------------
 
 
@@ -677,7 +716,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse printed the usage and the error
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
-    commands = {"start": _start, "status": _status, "stop": _stop}
+    commands = {"start": _start, "status": _status, "stop": _stop, "report": _report}
     try:
         return commands[args.command](args)
     except ClusterSecretError as e:

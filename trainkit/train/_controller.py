@@ -34,6 +34,8 @@ from trainkit.train._config import ScalingConfig
 from trainkit.train._constants import FAILURE_GRACE_S
 from trainkit.train._failure_policy import FailureDecision
 from trainkit.train._failure_policy import FailurePolicy
+from trainkit.train._ledger import RunLedger
+from trainkit.train._ledger import error_fields
 from trainkit.train._recorder import RunRecorder
 from trainkit.train._uploader import Report
 from trainkit.train._worker_group import WorkerGroup
@@ -89,7 +91,7 @@ class TrainController:
     def __init__(self, *, fn_blob: bytes, config: Mapping[str, Any] | None,
                  scaling: ScalingConfig, run_config: RunConfig, backend: str,
                  recorder: RunRecorder, name: str, start_checkpoint: Checkpoint | None,
-                 shards: list[dict[str, Any]]) -> None:
+                 shards: list[dict[str, Any]], ledger: RunLedger | None = None) -> None:
         self.fn_blob = fn_blob
         self.config = config
         self.scaling = scaling
@@ -107,6 +109,7 @@ class TrainController:
         self.failures = 0
         self.group: WorkerGroup | None = None
         self.error: TrainingFailedError | None = None
+        self.ledger = ledger
         self._reset_attempt()
 
     def _reset_attempt(self) -> None:
@@ -114,6 +117,11 @@ class TrainController:
             r: collections.deque() for r in range(self.scaling.num_workers)}
         self.last_active = [time.monotonic()] * self.scaling.num_workers
         self.done_seq = 0
+        self.last_report = time.monotonic()
+
+    def _emit(self, event: str, t: float | None = None, **fields: Any) -> None:
+        if self.ledger is not None:
+            self.ledger.append(event, t=t, attempt=self.attempt, **fields)
 
     def _transition(self, to: ControllerState, reason: str) -> None:
         if to not in _TRANSITIONS[self.state]:
@@ -156,11 +164,17 @@ class TrainController:
             staging_root=checkpoints.staging_root, experiment_name=self.name,
             run_path=self.recorder.run_dir, backend=self.backend)
         self._reset_attempt()
+        self._emit("attempt_started", world_size=self.scaling.num_workers)
         self.group.start()
+        if self.ledger is not None and self.group.started_at is not None:
+            ago = time.monotonic() - self.group.started_at
+            self._emit("workers_started", t=self.ledger.now() - ago)
+        self._emit("rendezvous_done")
         latest = self.recorder.latest_checkpoint
         checkpoint = latest if latest else self.start_checkpoint
         self.group.run(self.fn_blob, self.config, checkpoint, self.shards)
         self.last_active = [time.monotonic()] * self.scaling.num_workers
+        self.last_report = time.monotonic()
         self._transition(ControllerState.RUNNING, f"attempt {self.attempt} started")
 
     def _poll(self) -> None:
@@ -179,6 +193,7 @@ class TrainController:
             self._complete_iteration()
         self._check_counts(events.finished)
         if len(events.finished) == self.scaling.num_workers:
+            self._emit("attempt_finished")
             self._transition(ControllerState.FINISHED, "every rank finished its loop")
             self.group.shutdown()
             self.group = None
@@ -190,7 +205,21 @@ class TrainController:
         heads = [self.pending[r].popleft() for r in range(self.scaling.num_workers)]
         seq = heads[0].seq
         staged = next((h.staged for h in heads if h.staged), None)
-        self.recorder.record(heads[0].metrics, staged)
+        now = time.monotonic()
+        iteration = self.recorder.iteration + 1
+        if seq == 1:
+            self._emit("first_report")
+        if staged is not None:
+            self._emit("checkpoint_snapshotted", iteration=iteration,
+                       snapshot_s=round(max(h.snapshot_s for h in heads), 6))
+        self._emit("report", iteration=iteration, step_s=round(now - self.last_report, 6),
+                   checkpoint=staged is not None)
+        self.last_report = now
+        saved = self.recorder.record(heads[0].metrics, staged)
+        if saved is not None:
+            self._emit("checkpoint_committed", iteration=iteration,
+                       dir=saved.path.rstrip("/").rsplit("/", 1)[-1],
+                       commit_s=round(time.monotonic() - now, 6))
         self.done_seq = seq
         self.group.ack(seq)
         self.last_active = [time.monotonic()] * self.scaling.num_workers
@@ -220,6 +249,10 @@ class TrainController:
                            f"{dump}", {})
 
     def _fail(self, failure: _Failure) -> None:
+        nodes = self.group.nodes if self.group is not None else []
+        for rank, e in sorted(failure.errors.items()):
+            self._emit("rank_failed", rank=rank,
+                       node=nodes[rank] if rank < len(nodes) else None, **error_fields(e))
         if self.group is not None:
             self.group.shutdown()
             self.group = None
@@ -228,6 +261,8 @@ class TrainController:
         if not failure.retryable:
             decision, why = FailureDecision.RAISE, "this error is not retryable"
         summary = describe_errors(failure.message, failure.errors)
+        self._emit("attempt_failed", decision=decision.value, reason=why,
+                   message=failure.message[:500])
         if decision is FailureDecision.RESTART:
             self.recorder.progress.say(f"{self.name}: attempt {self.attempt} failed ({why}); "
                                        f"restarting from the latest checkpoint.\n{summary}")

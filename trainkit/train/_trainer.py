@@ -8,6 +8,7 @@ import json
 import os
 import pickle
 import shutil
+import time
 from collections.abc import Callable
 from collections.abc import Mapping
 from collections.abc import Sequence
@@ -31,6 +32,8 @@ from trainkit.train._checkpoint_manager import read_index
 from trainkit.train._config import RunConfig
 from trainkit.train._config import ScalingConfig
 from trainkit.train._controller import TrainController
+from trainkit.train._ledger import RunLedger
+from trainkit.train._ledger import error_fields
 from trainkit.train._recorder import RunRecorder
 from trainkit.train._session import Session
 from trainkit.train._session import TrainContext
@@ -190,6 +193,7 @@ class Trainer:
 
     def fit(self) -> Result:
         """Run the loop to the end; raise ``TrainingFailedError`` when it fails for good."""
+        began = time.monotonic()  # the run's ledger counts starting the runtime as startup
         name = self.run_config.name or \
             f"Trainer_{datetime.datetime.now():%Y-%m-%d_%H-%M-%S}"
         run = self.run_config.storage_location().join(name)
@@ -202,25 +206,35 @@ class Trainer:
             rt.preload_worker_modules(*_WORKER_MODULES)
             _check_fits(self.scaling)
         recorder = RunRecorder(run, self.run_config, name)
+        ledger = RunLedger(run)
         start = self.resume_from_checkpoint
         latest = recorder.latest_checkpoint
+        ledger.append("run_started", t=ledger.now() - (time.monotonic() - began), name=name,
+                      kind="train", storage=run.uri, num_workers=n, resumed=latest is not None)
         if latest is not None:
             recorder.progress.say(f"resuming run {name!r} from {latest.path}")
         elif start is not None:
             recorder.progress.say(f"run {name!r} starts from checkpoint {start.path}")
         try:
             if n == 0:
-                _run_local(self, recorder, name, latest or start)
+                _run_local(self, recorder, name, latest or start, ledger)
                 error: TrainingFailedError | None = None
             else:
                 controller = TrainController(
                     fn_blob=self.fn_blob, config=self.config, scaling=self.scaling,
                     run_config=self.run_config, backend=self.backend, recorder=recorder,
-                    name=name, start_checkpoint=start, shards=self._shards(n))
+                    name=name, start_checkpoint=start, shards=self._shards(n), ledger=ledger)
                 controller.run()
                 error = controller.error
+        except BaseException as e:
+            ledger.append("run_failed", **error_fields(e))
+            raise
         finally:
             recorder.close()
+        if error is not None:
+            ledger.append("run_failed", **error_fields(error))
+        else:
+            ledger.append("run_finished", iterations=recorder.iteration)
         result = Result(metrics=recorder.metrics, checkpoint=recorder.latest_checkpoint,
                         path=run.path, best_checkpoints=recorder.checkpoints.best_checkpoints(),
                         error=error, filesystem=None if run.is_local else run.filesystem)
@@ -244,18 +258,34 @@ class Trainer:
 
 
 def _run_local(trainer: Trainer, recorder: RunRecorder, name: str,
-               checkpoint: Checkpoint | None) -> None:
+               checkpoint: Checkpoint | None, ledger: RunLedger) -> None:
     """Local mode (``num_workers=0``): the loop runs here, in this thread, so pdb works."""
     seq = 0
+    ledger.append("attempt_started", attempt=0, world_size=1)
+    ledger.append("rendezvous_done", attempt=0)
+    last = time.monotonic()
 
     def reporter(metrics: dict[str, Any], ckpt: Checkpoint | None) -> None:
-        nonlocal seq
+        nonlocal seq, last
         seq += 1
+        began = time.monotonic()
         staged = None
         if ckpt is not None:
             staged = recorder.checkpoints.staging_dir(f"local-{seq:06d}")
             _storage.upload_dir(ckpt.path, staged)
-        recorder.record(metrics, staged)
+        if seq == 1:
+            ledger.append("first_report", attempt=0)
+        ledger.append("report", attempt=0, iteration=recorder.iteration + 1,
+                      step_s=round(began - last, 6), checkpoint=ckpt is not None)
+        saved = recorder.record(metrics, staged)
+        if saved is not None:
+            # Local mode uploads and commits inside report(): the loop waited for all of it.
+            ledger.append("checkpoint_snapshotted", attempt=0, iteration=recorder.iteration,
+                          snapshot_s=round(time.monotonic() - began, 6))
+            ledger.append("checkpoint_committed", attempt=0, iteration=recorder.iteration,
+                          dir=os.path.basename(saved.path.rstrip("/")),
+                          commit_s=round(time.monotonic() - began, 6))
+        last = time.monotonic()
 
     context = TrainContext(world_size=1, world_rank=0, local_rank=0, local_world_size=1,
                            node_rank=0, experiment_name=name, run_path=recorder.run_dir)
@@ -266,7 +296,11 @@ def _run_local(trainer: Trainer, recorder: RunRecorder, name: str,
             trainer.fn(dict(trainer.config))
         else:
             trainer.fn()
+        ledger.append("attempt_finished", attempt=0)
     except Exception as e:
+        ledger.append("rank_failed", attempt=0, rank=0, node=None, **error_fields(e))
+        ledger.append("attempt_failed", attempt=0, decision="raise",
+                      reason="local mode does not retry", message=str(e)[:500])
         raise TrainingFailedError(f"the training loop raised {type(e).__name__}: {e} "
                                   "(local mode, num_workers=0)", {0: e}, e,
                                   recorder.run_dir) from e

@@ -37,6 +37,7 @@ import shutil
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -71,6 +72,7 @@ class Report:
     rank: int
     metrics: dict[str, Any]
     staged: StorageLocation | None  # the staging folder the rank uploaded its checkpoint to
+    snapshot_s: float = 0.0  # how long report() was blocked copying the checkpoint aside
 
 
 def staging_key(attempt: int, seq: int) -> str:
@@ -89,7 +91,7 @@ class ReportQueue:
         self.acked = 0  # the last report the driver committed
         self.outbox: list[Report] = []
         self.error: CheckpointUploadError | None = None
-        self._todo: collections.deque[tuple[int, dict[str, Any], str | None]] = \
+        self._todo: collections.deque[tuple[int, dict[str, Any], str | None, float]] = \
             collections.deque()
         self._pending: collections.deque[int] = collections.deque()  # seqs with a snapshot
         self._closed = False
@@ -103,15 +105,17 @@ class ReportQueue:
         self._raise_error()
         seq = self.seq + 1
         snapshot = None
+        began = time.monotonic()
         if checkpoint is not None:
             self._wait_for_slot()
             snapshot = os.path.join(self._snapshot_root(), f"{seq:06d}")
             checkpoint.to_directory(snapshot)
+        blocked = time.monotonic() - began if checkpoint is not None else 0.0
         with self.cv:
             self.seq = seq
             if snapshot is not None:
                 self._pending.append(seq)
-            self._todo.append((seq, metrics, snapshot))
+            self._todo.append((seq, metrics, snapshot, blocked))
             self.cv.notify_all()
         self._start()
         if mode == "sync":
@@ -174,7 +178,7 @@ class ReportQueue:
                 self.cv.wait_for(lambda: bool(self._todo) or self._closed)
                 if self._closed:
                     return
-                seq, metrics, snapshot = self._todo.popleft()
+                seq, metrics, snapshot, blocked = self._todo.popleft()
             staged = None
             if snapshot is not None:
                 staged = self.staging_root.join(staging_key(self.attempt, seq))
@@ -192,7 +196,7 @@ class ReportQueue:
                         self.cv.notify_all()
                     return
             with self.cv:
-                self.outbox.append(Report(seq, self.rank, metrics, staged))
+                self.outbox.append(Report(seq, self.rank, metrics, staged, blocked))
                 self.cv.notify_all()
 
     def close(self) -> None:

@@ -70,6 +70,8 @@ class WorkerGroup:
         self.pg: Any = None
         self.workers: list[Any] = []
         self.pids: list[int] = []
+        self.nodes: list[str] = []  # each rank's node (its IP), once the actors answered
+        self.started_at: float | None = None  # time.monotonic() when they answered
         self.run_refs: dict[Any, int] = {}
         self.poll_refs: dict[Any, int] = {}
         self.finished: set[int] = set()
@@ -96,7 +98,9 @@ class WorkerGroup:
             ).remote(rank, self.attempt, self.staging_root, _faults.rules()))
         infos = self._gather([w.node_info.remote() for w in self.workers], _QUICK_S + 60,
                              "starting the training workers")
+        self.started_at = time.monotonic()
         self.pids = [i["pid"] for i in infos]
+        self.nodes = [i["ip"] for i in infos]
         contexts = self._contexts(infos)
         master_addr = "127.0.0.1" if len({i["ip"] for i in infos}) == 1 else infos[0]["ip"]
         port = infos[0]["port"]
