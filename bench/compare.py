@@ -361,6 +361,13 @@ _ROWS = [
         "mem_growth_released_kb_per_trial",
         None,
     ),
+    (
+        "**tune: 2,000 one-report trials on 2 CPUs, fit() (s); Ray reuse_actors=True**",
+        "tune_2000",
+        "t2000_s",
+        abs_le(20.0, " s"),
+    ),
+    ("tune: optuna.journal per report (ms)", "tune_2000", "journal_ms_per_report", None),
     ("data images: from_numpy of 100k 32x32x3 uint8 (s)", "data_images", "create_s", None),
     ("data images: first pass, incl. warm-up (s)", "data_images", "first_pass_s", None),
     ("data images: map_batches + iter_torch_batches(256), pass (s)", "data_images", "pass_s", None),

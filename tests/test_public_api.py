@@ -56,6 +56,8 @@ PUBLIC = {
         "randint", "randn", "report", "run", "sample_from", "schedulers", "search", "uniform",
         "with_parameters", "with_resources",
     ],
+    "trainkit.tune.integration": [],
+    "trainkit.tune.integration.train": ["TuneReportCallback"],
     "trainkit.tune.search.sample": ["Categorical", "Domain", "Float", "Function", "Integer",
                                     "Normal"],
     "trainkit.tune.search": ["BasicVariantGenerator", "ConcurrencyLimiter", "OptunaSearch",

@@ -4,7 +4,7 @@
     runtime   init, actor_latency, task_throughput, object_store, baseline_zmq,
               baseline_pool, task_backlog, actor_memory
     train     train_startup, train_report
-    tune      tune_overhead, tune_overhead_asha, tune_sleep, tune_memory
+    tune      tune_overhead, tune_overhead_asha, tune_sleep, tune_memory, tune_2000
     data      data_images, data_parquet, data_pipeline
     cluster   cluster
 
