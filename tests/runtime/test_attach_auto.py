@@ -27,17 +27,17 @@ def test_the_nearest_parents_runtime_wins() -> None:
     assert choose([A, B], [300, 100, 1], "10.0.0.1:6380") is A
 
 
-def test_without_a_parents_runtime_the_only_one_is_taken() -> None:
+def test_without_a_parents_runtime_the_started_cluster_then_the_only_one_is_taken() -> None:
+    assert choose([A, B], [300, 1], "10.0.0.1:6380") == "10.0.0.1:6380"
     assert choose([A], [300, 1], None) is A
-    assert choose([], [300, 1], "10.0.0.1:6380") == "10.0.0.1:6380"
 
 
 def test_no_runtime_or_an_ambiguous_choice_is_an_error_that_lists_them() -> None:
     with pytest.raises(ConnectionError, match="no trainkit runtime runs on this machine"):
         choose([], [1], None)
-    with pytest.raises(ConnectionError, match=r"3 trainkit runtimes.*driver pid 100.*"
-                                              r"driver pid 200.*cluster at 10.0.0.1:6380"):
-        choose([A, B], [300, 1], "10.0.0.1:6380")
+    with pytest.raises(ConnectionError, match=r"2 drivers run embedded runtimes on this "
+                                              r"machine \(pids 100, 200\)"):
+        choose([A, B], [300, 1], None)
 
 
 def test_embedded_runtimes_are_read_from_the_kernels_socket_table() -> None:

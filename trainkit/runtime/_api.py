@@ -50,9 +50,9 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
         address: None starts an embedded runtime. "HOST:PORT" attaches this process as a
             driver to the cluster whose head listens there, through a node on this machine.
             "auto": the runtime of the nearest parent process that has one (a driver that
-            called init() and started this process), else the only runtime on this machine
-            (a driver's, or the cluster `trainkit start` started), else an error listing
-            them.
+            called init() and started this process), else the cluster `trainkit start`
+            started on this machine, else the only driver's runtime here, else an error
+            listing them.
         num_cpus: CPUs to offer (default: the machine's).
         num_gpus: GPUs to offer (default: the machine's); a number larger than the
             machine has fakes GPUs, for tests.

@@ -275,20 +275,10 @@ class BuiltinBackend:
         return PlacementGroup(pg_id, bundles, strategy, name)
 
     def add_bundles(self, pg: PlacementGroup, bundles: Any) -> ObjectRef:
-        if not isinstance(bundles, (list, tuple)):
-            raise ValueError(f"bundles is {bundles!r}, but add_bundles takes a list of bundles, "
-                             "e.g. [{'CPU': 1}]")
-        clean = [dict(b) if isinstance(b, dict) else b for b in bundles]
-        indices: list[int] = _core().request_control(
-            Msg.ADD_BUNDLES, pg.id, clean, what=f"adding bundles to placement group {pg.id}")
-        pg.changed(dict(zip(indices, clean, strict=True)), [])
-        return pg.reserved_ref(indices)
+        return pg.add_bundles(bundles)
 
     def remove_bundles(self, pg: PlacementGroup, indices: Any) -> None:
-        wire = list(indices) if isinstance(indices, (list, tuple)) else indices
-        _core().request_control(Msg.REMOVE_BUNDLES, pg.id, wire,
-                                what=f"removing bundles of placement group {pg.id}")
-        pg.changed({}, list(wire))
+        pg.remove_bundles(indices)
 
     def remove_placement_group(self, pg: Any) -> None:
         if not isinstance(pg, PlacementGroup):

@@ -209,10 +209,14 @@ class PlacementGroup:
             >>> tk.get(pg.add_bundles([{"CPU": 1}]))
             [1]
         """
-        from trainkit.runtime._backend import current
-
-        ref: ObjectRef = current().add_bundles(self, bundles)
-        return ref
+        if not isinstance(bundles, (list, tuple)):
+            raise ValueError(f"bundles is {bundles!r}, but add_bundles takes a list of bundles, "
+                             "e.g. [{'CPU': 1}]")
+        clean = [dict(b) if isinstance(b, dict) else b for b in bundles]
+        indices: list[int] = _session.ensure_started().request_control(
+            Msg.ADD_BUNDLES, self.id, clean, what=f"adding bundles to placement group {self.id}")
+        self.changed(dict(zip(indices, clean, strict=True)), [])
+        return self.reserved_ref(indices)
 
     def remove_bundles(self, indices: list[int]) -> None:
         """Remove bundles from this live group, all of them or none; free what they reserve.
@@ -236,9 +240,11 @@ class PlacementGroup:
             >>> pg.bundle_indices
             [0]
         """
-        from trainkit.runtime._backend import current
-
-        current().remove_bundles(self, indices)
+        wire = list(indices) if isinstance(indices, (list, tuple)) else indices
+        _session.ensure_started().request_control(
+            Msg.REMOVE_BUNDLES, self.id, wire,
+            what=f"removing bundles of placement group {self.id}")
+        self.changed({}, list(wire))
 
     def changed(self, added: dict[int, dict[str, float]], removed: list[int]) -> None:
         """Record a resize this process made (handles elsewhere learn it from the table)."""

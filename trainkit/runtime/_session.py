@@ -121,9 +121,9 @@ def connect(address: str, *, namespace: str | None, log_to_driver: bool) -> None
     """Attach this process, as a driver, to a running cluster through a node on this machine.
 
     ``address`` is "HOST:PORT" of the head, or "auto": the embedded runtime of the nearest
-    parent process that has one, else the only runtime on this machine (see
-    ``_discovery``). The secret comes from TRAINKIT_CLUSTER_SECRET or
-    ~/.trainkit/cluster_secret.
+    parent process that has one, else the cluster `trainkit start` started here, else the
+    only embedded runtime on this machine (see ``cluster.discovery``). The secret comes from
+    TRAINKIT_CLUSTER_SECRET or ~/.trainkit/cluster_secret.
     """
     global _namespace, _cluster_driver
     from trainkit.runtime.cluster.nodes import parse_address

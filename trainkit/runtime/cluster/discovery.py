@@ -2,9 +2,10 @@
 
 An embedded runtime (a driver's ``init()``) names no file: its node listens on the abstract
 unix socket ``@trainkit-<driver pid>-<random>/node.ctl``, which the kernel lists in
-``/proc/net/unix`` for as long as it exists. ``choose`` picks, as Ray does for "auto": the
-runtime of the nearest parent process that has one, else the only runtime on the machine
-(an embedded one, or the cluster ``trainkit start`` started), else an error listing them.
+``/proc/net/unix`` for as long as it exists. ``choose`` picks: the runtime of the nearest
+parent process that has one (a script or notebook that called ``init()`` and started this
+process), else the cluster ``trainkit start`` started on this machine (what "auto" means in
+Ray), else the only embedded runtime on the machine, else an error listing them.
 """
 
 from __future__ import annotations
@@ -78,25 +79,25 @@ def choose(embedded: list[Embedded], lineage: list[int], cluster: str | None
         cluster: the address of the cluster ``trainkit start`` started here, if any.
 
     Raises:
-        ConnectionError: no runtime at all, or several and none of them a parent's; the
-            message lists them.
+        ConnectionError: no runtime at all, or several embedded ones, none of them a
+            parent's, and no cluster; the message lists them.
     """
     by_pid = {e.driver_pid: e for e in embedded}
     for pid in lineage:
         if pid in by_pid:
             return by_pid[pid]
-    candidates: list[Embedded | str] = [*embedded, *([cluster] if cluster else [])]
-    if len(candidates) == 1:
-        return candidates[0]
-    if not candidates:
+    if cluster:
+        return cluster
+    if len(embedded) == 1:
+        return embedded[0]
+    if not embedded:
         raise ConnectionError(
             "init(address='auto'): no trainkit runtime runs on this machine (no driver's "
             "embedded runtime, no cluster from `trainkit start`); call init() to start one, "
             "start a cluster with `trainkit start --head`, or pass address='HOST:PORT'")
-    listed = "; ".join(f"the embedded runtime of driver pid {c.driver_pid}"
-                       if isinstance(c, Embedded) else f"the cluster at {c}"
-                       for c in candidates)
+    listed = ", ".join(str(e.driver_pid) for e in embedded)
     raise ConnectionError(
-        f"init(address='auto'): {len(candidates)} trainkit runtimes run on this machine and "
-        f"none belongs to a parent of this process: {listed}. Start this process from the "
-        "driver whose runtime it should join, or pass the cluster's address='HOST:PORT'")
+        f"init(address='auto'): {len(embedded)} drivers run embedded runtimes on this machine "
+        f"(pids {listed}) and none is a parent of this process; start this process from "
+        "the driver whose runtime it should join, or start a cluster (`trainkit start "
+        "--head`) and pass its address")
