@@ -178,6 +178,7 @@ class ControlMixin:
             actor = self.actors.get(w.actor_id)
             if actor is not None and actor.worker is w:
                 self.on_actor_died(actor, cause)
+        self.schedule()  # its resources are free (and a restarting actor asks for them)
 
     def process_gone(self, addr: str, cause: str, origin: str) -> None:
         """A driver or worker process is gone: tell every other node; its actors die."""
@@ -632,7 +633,6 @@ class ControlMixin:
             return
         w.exited = True
         self.worker_gone(w, cause, node_id)
-        self.schedule()
 
     def broadcast_node_table(self) -> None:
         table = self.node_table()

@@ -522,8 +522,6 @@ class NodeService(ControlMixin):
                                               w.ctl_addr, cause))
         if not w.ready:
             self.on_worker_start_failed(w, cause)
-        if self.is_control:
-            self.schedule()
 
     def on_worker_start_failed(self, w: _WorkerProc, cause: str) -> None:
         self.start_failures += 1
