@@ -35,3 +35,25 @@ def test_each_trial_is_a_distributed_run(tmp_path: Path) -> None:
     best = grid.get_best_result()
     assert best.config == {"train_loop_config": {"a": 2}}
     assert len(best.metrics_dataframe) == 3
+
+
+def inner_loop() -> None:
+    train.report({"inner": 1})
+
+
+def test_a_local_trainer_inside_a_function_trial_leaves_the_trials_session(
+        tmp_path: Path) -> None:
+    """A Trainer with num_workers=0 runs in the trial's own thread: when it ends, the
+    trial's session is back, so the trial's next report still reaches Tune."""
+
+    def trial(config: dict) -> None:
+        Trainer(inner_loop, scaling_config=ScalingConfig(num_workers=0),
+                run_config=RunConfig(name="inner", storage_path=tmp_path / "inner",
+                                     verbose=0)).fit()
+        tune.report({"outer": config["x"]})
+
+    grid = tune.Tuner(trial, param_space={"x": 2},
+                      run_config=RunConfig(name="outer", storage_path=tmp_path / "outer",
+                                           verbose=0)).fit()
+    assert grid.num_errors == 0, grid.errors
+    assert grid[0].metrics["outer"] == 2

@@ -37,6 +37,7 @@ from trainkit.train._ledger import error_fields
 from trainkit.train._recorder import RunRecorder
 from trainkit.train._session import Session
 from trainkit.train._session import TrainContext
+from trainkit.train._session import current_session
 from trainkit.train._session import set_session
 
 if TYPE_CHECKING:
@@ -289,6 +290,8 @@ def _run_local(trainer: Trainer, recorder: RunRecorder, name: str,
 
     context = TrainContext(world_size=1, world_rank=0, local_rank=0, local_world_size=1,
                            node_rank=0, experiment_name=name, run_path=recorder.run_dir)
+    # The loop runs in this thread: a session already here (a Tune trial's) is put back after.
+    previous = current_session()
     set_session(Session(context, checkpoint, trainer._shards(1)[0], reporter,
                         trainer.scaling.uses_gpu))
     try:
@@ -305,7 +308,7 @@ def _run_local(trainer: Trainer, recorder: RunRecorder, name: str,
                                   "(local mode, num_workers=0)", {0: e}, e,
                                   recorder.run_dir) from e
     finally:
-        set_session(None)
+        set_session(previous)
 
 
 def _check_loop(fn: Any, config: Mapping[str, Any] | None) -> bool:
