@@ -1,4 +1,10 @@
-"""trainkit's actor runtime: remote functions, actors, object refs, placement groups."""
+"""trainkit's actor runtime: remote functions, actors, object refs, placement groups.
+
+This module is the public API. Under it, each part in a subpackage, importing only
+downwards: ``cluster`` > ``node`` > ``core`` > ``store`` > ``wire`` (see each one's
+docstring); the public functions hand their work to a backend (``_backend``): trainkit's own
+runtime or Ray.
+"""
 
 from trainkit.runtime._api import ActorClass
 from trainkit.runtime._api import ActorHandle
