@@ -1,46 +1,42 @@
 """Unit tests of the control plane on its own: leases, owner death, the actor lifecycle and
-placement groups, on a fake node that records what the control plane asks of it (no
-process, no socket)."""
+placement groups, on a fake node (its ``ControlHost``) that records what the control plane
+asks of it (no process, no socket)."""
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
 import pytest
 
-from trainkit.runtime.node.actor_table import ActorTable
-from trainkit.runtime.node.control_plane import ControlMixin
+from trainkit.runtime.node.control_plane import ControlPlane
 from trainkit.runtime.node.control_plane import _Lease
 from trainkit.runtime.node.control_plane import _WorkerProc
-from trainkit.runtime.node.scheduler import ResourceScheduler
 from trainkit.runtime.wire.protocol import Msg
 from trainkit.runtime.wire.protocol import new_id
 
 OWNER = "ipc://owner"
 
 
-class FakeNode(ControlMixin):
-    """The node service's side of the control plane, recorded."""
+class FakeNode:
+    """The node service's side of the control plane (a ``ControlHost``), recorded; the
+    control plane under test is ``self.control``, and the tests call it through ``node``
+    (``__getattr__``) as the node service's handlers would."""
 
     def __init__(self, cpus: float = 2.0) -> None:
         self.node_id = "n1"
-        self.addr = "ipc://node"
-        self.scheduler = ResourceScheduler()
-        self.scheduler.add_node("n1", {"CPU": cpus})
-        self.leases = {}
-        self.actors = ActorTable(self.send)
-        self.pg_waiters = {}
-        self.remote_workers = {}
-        self.cluster_nodes = {}
-        self.waiting_for_worker = []
-        self.preloaded = set()
-        self.idle = []
-        self.running = True
+        self.waiting_for_worker: deque[_Lease] = deque()
+        self.preloaded: set[str] = set()
         self.sent: list[tuple[str, tuple[Any, ...]]] = []
         self.to_assign: list[_Lease] = []
         self.killed: list[tuple[_WorkerProc, str]] = []
         self.released: list[_WorkerProc] = []
         self.workers: dict[bytes, _WorkerProc] = {}
+        self.control = ControlPlane(self)
+        self.control.scheduler.add_node("n1", {"CPU": cpus})
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["control"], name)
 
     def send(self, addr: str, msg: tuple[Any, ...]) -> None:
         self.sent.append((addr, msg))

@@ -15,7 +15,7 @@ from trainkit.runtime.core.ownership import OwnershipTable
 from trainkit.runtime.core.requests import RequestTracker
 from trainkit.runtime.core.task_submitter import TaskSubmitter
 from trainkit.runtime.core.worker_process import Worker
-from trainkit.runtime.node.control_plane import ControlMixin
+from trainkit.runtime.node.control_plane import ControlPlane
 from trainkit.runtime.node.node_service import NodeService
 from trainkit.runtime.wire import protocol as _protocol
 from trainkit.runtime.wire.protocol import FIELDS
@@ -36,8 +36,8 @@ def _handlers() -> list[tuple[int, str, Callable[..., Any]]]:
     out: list[tuple[int, str, Callable[..., Any]]] = []
     for kind, name in NodeService.HANDLERS.items():
         out.append((kind, f"NodeService.{name}", getattr(NodeService, name)))
-    for kind, name in ControlMixin.CONTROL_HANDLERS.items():
-        out.append((kind, f"ControlMixin.{name}", getattr(ControlMixin, name)))
+    for kind, name in ControlPlane.CONTROL_HANDLERS.items():
+        out.append((kind, f"ControlPlane.{name}", getattr(ControlPlane, name)))
     for kind, name in {**Worker.HANDLERS, **Worker.CORE_HANDLERS}.items():
         out.append((kind, f"Worker.{name}", getattr(Worker, name)))
     for kind, (part, name, _) in CoreWorker.HANDLERS.items():

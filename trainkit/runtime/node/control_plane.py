@@ -1,23 +1,25 @@
 """The control plane: resources, leases, actors, placement groups and the node table.
 
-Part of the node service (see ``_node.NodeService``, which combines it with the node's own
-worker pool and store). It runs in exactly one process: the embedded node service, or the
-head of a cluster. Decisions about resources are made by the pure ``ResourceScheduler``
-over every node; a grant on this node is carried out here, a grant on another node is sent
-to that node's service (NODE_ASSIGN), which reports the worker it used (NODE_ASSIGNED) and
-its exit (NODE_WORKER_EXIT). Workers on other nodes appear here as proxies
-(``_WorkerProc`` with ``node_id`` set). The head is off the hot path: a task's owner asks
-it for a lease once, then pushes tasks straight to the leased worker; actor calls never
-pass through it.
+A part of the node service (``node_service.NodeService`` holds one as ``control`` and is its
+``ControlHost``: the node's own worker pool and store). It decides in exactly one process:
+the embedded node service, or the head of a cluster. Decisions about resources are made by
+the pure ``ResourceScheduler`` over every node; a grant on this node is carried out by the
+node (``local_assign``), a grant on another node is sent to that node's service
+(NODE_ASSIGN), which reports the worker it used (NODE_ASSIGNED) and its exit
+(NODE_WORKER_EXIT). Workers on other nodes appear here as proxies (``_WorkerProc`` with
+``node_id`` set). The head is off the hot path: a task's owner asks it for a lease once,
+then pushes tasks straight to the leased worker; actor calls never pass through it.
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass
 from dataclasses import field
 from typing import Any
 from typing import ClassVar
+from typing import Protocol
 
 from trainkit.exceptions import InfeasibleError
 from trainkit.runtime.node.actor_table import ActorRecord
@@ -74,53 +76,44 @@ class _NodeRecord:
     stats: dict[str, Any] = field(default_factory=dict)  # from its last heartbeat
 
 
-class ControlMixin:
-    """Resource control over every node; see the module docstring."""
+class ControlHost(Protocol):
+    """What the control plane asks of the node service it runs in (its own node's side)."""
 
-    # Defined by NodeService.
     node_id: str
-    addr: str
-    scheduler: ResourceScheduler
-    leases: dict[RequestId, _Lease]
-    actors: ActorTable
-    # pg id -> (reply address, req id, bundle indices or None for the whole group)
-    pg_waiters: dict[str, list[tuple[str, int, tuple[int, ...] | None]]]
-    remote_workers: dict[bytes, _WorkerProc]
-    cluster_nodes: dict[str, _NodeRecord]
-    waiting_for_worker: Any
-    preloaded: set[str]
-    idle: list[_WorkerProc]
-    running: bool
+    waiting_for_worker: deque[_Lease]  # local leases waiting for a forked worker
+    preloaded: set[str]  # modules the forkservers import before forking
 
-    def send(self, addr: str, msg: tuple[Any, ...]) -> None:
-        raise NotImplementedError
+    def send(self, addr: str, msg: tuple[Any, ...]) -> None: ...
+    def reply(self, addr: str, req_id: int, ok: bool, payload: Any) -> None: ...
+    def local_assign(self, lease: _Lease) -> None: ...
+    def local_kill_worker(self, w: _WorkerProc, reason: str) -> None: ...
+    def local_release(self, w: _WorkerProc) -> None: ...
+    def find_worker(self, worker_id: bytes) -> _WorkerProc | None: ...
+    def notify_process_died(self, addr: str, cause: str) -> None: ...
+    def notify_node_died(self, node_id: str, cause: str) -> None: ...
+    def store_info(self) -> dict[str, Any]: ...
+    def rejected_frames(self) -> dict[str, dict[str, int]]: ...
+    def node_table(self) -> dict[str, Any]: ...
 
-    def reply(self, addr: str, req_id: int, ok: bool, payload: Any) -> None:
-        raise NotImplementedError
 
-    def local_assign(self, lease: _Lease) -> None:
-        raise NotImplementedError
+class ControlPlane:
+    """Resource control over every node; see the module docstring.
 
-    def local_kill_worker(self, w: _WorkerProc, reason: str) -> None:
-        raise NotImplementedError
+    It owns the scheduler, the leases, the actor table, the placement-group waiters, the
+    proxies of other nodes' workers and the node table, and acts on its own node only
+    through ``node`` (a ``ControlHost``: the node service, or a fake one in tests).
+    """
 
-    def local_release(self, w: _WorkerProc) -> None:
-        raise NotImplementedError
-
-    def notify_process_died(self, addr: str, cause: str) -> None:
-        raise NotImplementedError
-
-    def notify_node_died(self, node_id: str, cause: str) -> None:
-        raise NotImplementedError
-
-    def store_info(self) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def rejected_frames(self) -> dict[str, dict[str, int]]:
-        raise NotImplementedError
-
-    def node_table(self) -> dict[str, Any]:
-        raise NotImplementedError
+    def __init__(self, node: ControlHost) -> None:
+        self.node = node
+        self.node_id = node.node_id
+        self.scheduler = ResourceScheduler()
+        self.leases: dict[RequestId, _Lease] = {}
+        self.actors = ActorTable(node.send)
+        # pg id -> (reply address, req id, bundle indices or None for the whole group)
+        self.pg_waiters: dict[str, list[tuple[str, int, tuple[int, ...] | None]]] = {}
+        self.remote_workers: dict[bytes, _WorkerProc] = {}  # other nodes' workers, by id
+        self.cluster_nodes: dict[str, _NodeRecord] = {}
 
     # What the control plane is told, and the method that handles each kind.
     CONTROL_HANDLERS: ClassVar[dict[int, str]] = {
@@ -153,17 +146,14 @@ class ControlMixin:
     }
 
     # ------------------------------------------------------------------ workers
-    def find_worker(self, worker_id: bytes) -> _WorkerProc | None:
-        raise NotImplementedError
-
     def kill_worker(self, w: _WorkerProc, reason: str) -> None:
         if w.node_id and w.node_id != self.node_id:
             w.killed_reason = w.killed_reason or reason
             node = self.cluster_nodes.get(w.node_id)
             if node is not None:
-                self.send(node.info["addr"], (Msg.NODE_KILL_WORKER, w.worker_id, reason))
+                self.node.send(node.info["addr"], (Msg.NODE_KILL_WORKER, w.worker_id, reason))
             return
-        self.local_kill_worker(w, reason)
+        self.node.local_kill_worker(w, reason)
 
     def worker_gone(self, w: _WorkerProc, cause: str, origin: str) -> None:
         """A worker exited (``origin``: the node it ran on): settle its lease and actor."""
@@ -173,7 +163,7 @@ class ControlMixin:
         if lease is not None:
             self.scheduler.release(lease.lease_id)
             if lease.actor_id is None:
-                self.send(lease.owner, (Msg.WORKER_DIED, lease.lease_id, cause))
+                self.node.send(lease.owner, (Msg.WORKER_DIED, lease.lease_id, cause))
         if w.actor_id is not None:
             actor = self.actors.get(w.actor_id)
             if actor is not None and actor.worker is w:
@@ -184,9 +174,9 @@ class ControlMixin:
         """A driver or worker process is gone: tell every other node; its actors die."""
         for node_id, node in self.cluster_nodes.items():
             if node_id != origin and node_id != self.node_id:
-                self.send(node.info["addr"], (Msg.NODE_PROCESS_DIED, addr, cause))
+                self.node.send(node.info["addr"], (Msg.NODE_PROCESS_DIED, addr, cause))
         if origin != self.node_id:
-            self.notify_process_died(addr, cause)
+            self.node.notify_process_died(addr, cause)
         # Actors owned by the dead process die with it (fate sharing), unless detached.
         for actor in self.actors:
             if actor.owner == addr and actor.live and not actor.detached:
@@ -207,22 +197,22 @@ class ControlMixin:
             elif lease.grant.node_id != self.node_id:
                 lease.returned = True  # released once its node says which worker took it
             else:
-                if lease in self.waiting_for_worker:
-                    self.waiting_for_worker.remove(lease)
+                if lease in self.node.waiting_for_worker:
+                    self.node.waiting_for_worker.remove(lease)
                 self.release_lease(lease)
 
     def on_worker_blocked(self, worker_id: bytes) -> None:
-        w = self.find_worker(worker_id)
+        w = self.node.find_worker(worker_id)
         if w is not None and w.lease_id is not None and self.scheduler.lend_cpus(w.lease_id):
             self.schedule()
 
     def on_worker_unblocked(self, worker_id: bytes) -> None:
-        w = self.find_worker(worker_id)
+        w = self.node.find_worker(worker_id)
         if w is not None and w.lease_id is not None:
             self.scheduler.reclaim_cpus(w.lease_id)
 
     def on_kill_worker(self, worker_id: bytes) -> None:
-        w = self.find_worker(worker_id)
+        w = self.node.find_worker(worker_id)
         if w is not None:
             self.kill_worker(w, "killed by cancel(force=True)")
 
@@ -242,7 +232,7 @@ class ControlMixin:
         try:
             self.submit_request(lease_id, resources, placement)
         except (InfeasibleError, ValueError) as e:
-            self.send(owner, (Msg.LEASE_FAILED, lease_id, e))
+            self.node.send(owner, (Msg.LEASE_FAILED, lease_id, e))
             return
         self.leases[lease_id] = _Lease(lease_id, owner)
         self.schedule()
@@ -268,10 +258,10 @@ class ControlMixin:
             blob, payload, descs, max_concurrency = actor.spec
             lease.actor_spec = (actor.name, blob, payload, descs, max_concurrency)
         if grant.node_id == self.node_id:
-            self.local_assign(lease)
+            self.node.local_assign(lease)
             return
         node = self.cluster_nodes[grant.node_id]
-        self.send(node.info["addr"], (Msg.NODE_ASSIGN, lease.lease_id, lease.owner,
+        self.node.send(node.info["addr"], (Msg.NODE_ASSIGN, lease.lease_id, lease.owner,
                                       lease.actor_id, lease.actor_spec, grant.gpu_ids))
 
     def assigned(self, lease: _Lease, w: _WorkerProc) -> bool:
@@ -305,7 +295,7 @@ class ControlMixin:
             return
         self.scheduler.release(lease_id)
         if lease.actor_id is None:
-            self.send(lease.owner, (Msg.LEASE_FAILED, lease_id, error))
+            self.node.send(lease.owner, (Msg.LEASE_FAILED, lease_id, error))
         elif (actor := self.actors.get(lease.actor_id)) is not None:
             actor.no_restart = True
             self.set_dead(actor, str(error))
@@ -321,9 +311,9 @@ class ControlMixin:
                 self.remote_workers.pop(w.worker_id, None)
                 node = self.cluster_nodes.get(w.node_id)
                 if node is not None:
-                    self.send(node.info["addr"], (Msg.NODE_RELEASE, w.worker_id))
+                    self.node.send(node.info["addr"], (Msg.NODE_RELEASE, w.worker_id))
             else:
-                self.local_release(w)
+                self.node.local_release(w)
         self.schedule()
 
     def on_return_lease(self, lease_id: bytes) -> None:
@@ -337,8 +327,8 @@ class ControlMixin:
         if lease.worker is None and lease.grant.node_id != self.node_id:
             lease.returned = True  # released when its node says which worker took it
             return
-        if lease in self.waiting_for_worker:
-            self.waiting_for_worker.remove(lease)
+        if lease in self.node.waiting_for_worker:
+            self.node.waiting_for_worker.remove(lease)
         self.release_lease(lease)
 
     # ------------------------------------------------------------------ actors
@@ -347,7 +337,7 @@ class ControlMixin:
                         resources: dict[str, float], placement: tuple[Any, ...] | None,
                         max_restarts: int, meta: dict[str, Any]) -> None:
         if registered_name is not None and self.actors.named_live(registered_name):
-            self.reply(reply_to, req_id, False, ValueError(
+            self.node.reply(reply_to, req_id, False, ValueError(
                 f"an actor named {registered_name[1]!r} already exists in namespace "
                 f"{registered_name[0]!r}; pick another name or get it with "
                 f"get_actor({registered_name[1]!r})"))
@@ -356,13 +346,13 @@ class ControlMixin:
         try:
             self.submit_request(lease_id, resources, placement)
         except (InfeasibleError, ValueError) as e:
-            self.reply(reply_to, req_id, False, e)
+            self.node.reply(reply_to, req_id, False, e)
             return
         self.actors.add(ActorRecord(actor_id, reply_to, name, registered_name, spec, resources,
                                     placement, max_restarts, meta, lease_id=lease_id,
                                     detached=bool(meta.get("detached"))))
         self.leases[lease_id] = _Lease(lease_id, reply_to, actor_id=actor_id)
-        self.reply(reply_to, req_id, True, None)
+        self.node.reply(reply_to, req_id, True, None)
         self.schedule()
 
     def on_subscribe_actor(self, actor_id: bytes, addr: str) -> None:
@@ -371,10 +361,10 @@ class ControlMixin:
     def on_get_named_actor(self, req_id: int, reply_to: str, name: str, namespace: str) -> None:
         actor = self.actors.named_live((namespace, name))
         if actor is None:
-            self.reply(reply_to, req_id, False, ValueError(
+            self.node.reply(reply_to, req_id, False, ValueError(
                 f"no live actor named {name!r} in namespace {namespace!r}"))
             return
-        self.reply(reply_to, req_id, True, (actor.actor_id, actor.owner, actor.meta))
+        self.node.reply(reply_to, req_id, True, (actor.actor_id, actor.owner, actor.meta))
 
     def on_actor_ready(self, actor_id: bytes, worker_id: bytes) -> None:
         actor = self.actors.get(actor_id)
@@ -407,19 +397,19 @@ class ControlMixin:
         if actor is not None:
             actor.no_restart = True
             actor.cause = cause
-        self.reply(reply_to, req_id, True, None)
+        self.node.reply(reply_to, req_id, True, None)
 
     def on_list_named_actors(self, req_id: int, reply_to: str, namespace: str | None) -> None:
         """Live named actors: names in ``namespace``, or {name, namespace} rows for all."""
-        self.reply(reply_to, req_id, True, self.actors.live_names(namespace))
+        self.node.reply(reply_to, req_id, True, self.actors.live_names(namespace))
 
     def on_pg_table(self, req_id: int, reply_to: str, pg_id: str | None) -> None:
         try:
             table = self.scheduler.placement_group_table(pg_id)
         except ValueError as e:
-            self.reply(reply_to, req_id, False, e)
+            self.node.reply(reply_to, req_id, False, e)
             return
-        self.reply(reply_to, req_id, True, table)
+        self.node.reply(reply_to, req_id, True, table)
 
     def on_kill_actor(self, actor_id: bytes, no_restart: bool) -> None:
         actor = self.actors.get(actor_id)
@@ -473,9 +463,9 @@ class ControlMixin:
         try:
             self.scheduler.create_placement_group(pg_id, bundles, strategy, name)
         except (InfeasibleError, ValueError) as e:
-            self.reply(reply_to, req_id, False, e)
+            self.node.reply(reply_to, req_id, False, e)
             return
-        self.reply(reply_to, req_id, True, None)
+        self.node.reply(reply_to, req_id, True, None)
         self.schedule()
 
     def on_wait_pg(self, req_id: int, reply_to: str, pg_id: str,
@@ -493,10 +483,10 @@ class ControlMixin:
             try:
                 ready = self.scheduler.are_bundles_ready(pg_id, indices)
             except ValueError as e:
-                self.reply(addr, wid, False, e)
+                self.node.reply(addr, wid, False, e)
                 continue
             if ready:
-                self.reply(addr, wid, True, True if indices is None else list(indices))
+                self.node.reply(addr, wid, True, True if indices is None else list(indices))
             else:
                 waiting.append((addr, wid, indices))
         if waiting:
@@ -506,8 +496,8 @@ class ControlMixin:
         for request_id in self.scheduler.remove_placement_group(pg_id):
             self.drop_grant(request_id, f"its placement group {pg_id} was removed")
         for addr, wid, _ in self.pg_waiters.pop(pg_id, []):
-            self.reply(addr, wid, False, ValueError(f"placement group {pg_id} was removed"))
-        self.reply(reply_to, req_id, True, None)
+            self.node.reply(addr, wid, False, ValueError(f"placement group {pg_id} was removed"))
+        self.node.reply(reply_to, req_id, True, None)
         self.schedule()
 
     def on_add_bundles(self, req_id: int, reply_to: str, pg_id: str,
@@ -517,9 +507,9 @@ class ControlMixin:
         try:
             indices = self.scheduler.add_bundles(pg_id, bundles)
         except (InfeasibleError, ValueError) as e:
-            self.reply(reply_to, req_id, False, e)
+            self.node.reply(reply_to, req_id, False, e)
             return
-        self.reply(reply_to, req_id, True, indices)
+        self.node.reply(reply_to, req_id, True, indices)
         self.schedule()
 
     def on_remove_bundles(self, req_id: int, reply_to: str, pg_id: str,
@@ -529,7 +519,7 @@ class ControlMixin:
         try:
             lost = self.scheduler.remove_bundles(pg_id, indices)
         except ValueError as e:
-            self.reply(reply_to, req_id, False, e)
+            self.node.reply(reply_to, req_id, False, e)
             return
         cause = f"its bundle of placement group {pg_id} was removed (remove_bundles({indices}))"
         for request_id in lost:
@@ -540,7 +530,7 @@ class ControlMixin:
             else:
                 self.drop_grant(request_id, cause)
         self.answer_pg_waiters(pg_id)
-        self.reply(reply_to, req_id, True, None)
+        self.node.reply(reply_to, req_id, True, None)
         self.schedule()
 
     def drop_grant(self, request_id: RequestId, cause: str) -> None:
@@ -558,7 +548,7 @@ class ControlMixin:
             self.kill_worker(lease.worker, cause)
         else:
             self.leases.pop(request_id, None)
-            self.send(lease.owner, (Msg.LEASE_FAILED, request_id, ValueError(cause)))
+            self.node.send(lease.owner, (Msg.LEASE_FAILED, request_id, ValueError(cause)))
 
     # ------------------------------------------------------------------ nodes
     def on_register_node(self, req_id: int, reply_to: str, info: dict[str, Any]) -> None:
@@ -571,10 +561,10 @@ class ControlMixin:
         try:
             self.scheduler.add_node(node_id, info["resources"], info["gpu_ids"])
         except ValueError as e:
-            self.reply(reply_to, req_id, False, e)
+            self.node.reply(reply_to, req_id, False, e)
             return
         self.cluster_nodes[node_id] = _NodeRecord(info, time.monotonic())
-        self.reply(reply_to, req_id, True, sorted(self.preloaded))
+        self.node.reply(reply_to, req_id, True, sorted(self.node.preloaded))
         self.broadcast_node_table()
         self.schedule()
 
@@ -584,7 +574,7 @@ class ControlMixin:
             return
         node.last_seen = time.monotonic()
         node.stats = stats
-        self.send(node.info["addr"], (Msg.NODE_HEARTBEAT_ACK,))
+        self.node.send(node.info["addr"], (Msg.NODE_HEARTBEAT_ACK,))
 
     def check_nodes(self) -> None:
         now = time.monotonic()
@@ -606,7 +596,7 @@ class ControlMixin:
                       and ls.grant.node_id == node_id]:
             del self.leases[lease.lease_id]
             if lease.actor_id is None:
-                self.send(lease.owner, (Msg.WORKER_DIED, lease.lease_id, cause))
+                self.node.send(lease.owner, (Msg.WORKER_DIED, lease.lease_id, cause))
             elif (actor := self.actors.get(lease.actor_id)) is not None:
                 self.on_actor_died(actor, cause)
         for request_id in lost:
@@ -618,8 +608,8 @@ class ControlMixin:
                             if queued else f"its placement group lost a node ({cause})")
         for other in list(self.cluster_nodes.values()):
             if other.info["node_id"] != self.node_id:
-                self.send(other.info["addr"], (Msg.NODE_DIED, node_id, cause))
-        self.notify_node_died(node_id, cause)
+                self.node.send(other.info["addr"], (Msg.NODE_DIED, node_id, cause))
+        self.node.notify_node_died(node_id, cause)
         self.broadcast_node_table()
         self.schedule()
 
@@ -635,30 +625,30 @@ class ControlMixin:
         self.worker_gone(w, cause, node_id)
 
     def broadcast_node_table(self) -> None:
-        table = self.node_table()
+        table = self.node.node_table()
         for node_id, node in self.cluster_nodes.items():
             if node_id != self.node_id:
-                self.send(node.info["addr"], (Msg.NODE_TABLE, table))
+                self.node.send(node.info["addr"], (Msg.NODE_TABLE, table))
 
     def on_cluster_nodes(self, req_id: int, reply_to: str) -> None:
-        self.reply(reply_to, req_id, True, [n.info for n in self.cluster_nodes.values()])
+        self.node.reply(reply_to, req_id, True, [n.info for n in self.cluster_nodes.values()])
 
     # ------------------------------------------------------------------ info
     def on_cluster_info(self, req_id: int, reply_to: str) -> None:
         nodes = self.scheduler.nodes()
-        store = self.store_info()
+        store = self.node.store_info()
         for n in nodes:
             rec = self.cluster_nodes.get(n["node_id"])
             n["address"] = rec.info["host"] if rec is not None else "127.0.0.1"
             n["store_used"] = store["used_bytes"] if n["node_id"] == self.node_id else (
                 rec.stats.get("store_used", 0) if rec is not None else 0)
-        self.reply(reply_to, req_id, True, {
+        self.node.reply(reply_to, req_id, True, {
             "total": self.scheduler.total_resources(),
             "available": self.scheduler.available_resources(),
             "nodes": nodes,
-            "store": self.store_info(),
+            "store": self.node.store_info(),
             "workers": len(self.remote_workers),
             "queued": len(self.scheduler.queued_requests()),
             "queued_groups": self.scheduler.queued_placement_groups(),
-            "rejected_frames": self.rejected_frames(),
+            "rejected_frames": self.node.rejected_frames(),
         })

@@ -42,15 +42,12 @@ import zmq
 
 from trainkit.exceptions import ObjectLostError
 from trainkit.exceptions import RuntimeSystemError
-from trainkit.runtime.node.actor_table import ActorTable
-from trainkit.runtime.node.control_plane import ControlMixin
+from trainkit.runtime.node.control_plane import ControlPlane
 from trainkit.runtime.node.control_plane import _Lease
 from trainkit.runtime.node.control_plane import _NodeRecord
 from trainkit.runtime.node.control_plane import _WorkerProc
 from trainkit.runtime.node.machine import machine_key
 from trainkit.runtime.node.scheduler import Grant
-from trainkit.runtime.node.scheduler import RequestId
-from trainkit.runtime.node.scheduler import ResourceScheduler
 from trainkit.runtime.store.object_store import SharedMemoryStore
 from trainkit.runtime.store.transfer import Puller
 from trainkit.runtime.store.transfer import TransferServer
@@ -75,7 +72,7 @@ HEAD_TIMEOUT_S = 10.0
 REGISTER_TIMEOUT_S = 15.0
 
 
-class NodeService(ControlMixin):
+class NodeService:
     """One node's service: its workers, its object store, and (embedded or head) the
     control plane."""
 
@@ -119,9 +116,6 @@ class NodeService(ControlMixin):
         self.addr = self.inbox.address
         self.out = Outbox(self.ctx, self.auth)
         self.control_addr: str = self.addr if self.is_control else cfg["head_addr"]
-        self.scheduler = ResourceScheduler()
-        if self.is_control:
-            self.scheduler.add_node(self.node_id, cfg["resources"], cfg["gpu_ids"])
         disk = cfg.get("spill_dir") or tempfile.gettempdir()
         self.store = SharedMemoryStore(f"{self.session}-arena", cfg["object_store_memory"],
                                        disk, fallback_dir=disk)
@@ -133,16 +127,11 @@ class NodeService(ControlMixin):
         self.local = LocalChannelServer(store_socket_address(self.session))
         self.driver: str | None = cfg.get("driver_addr")
         self.workers: dict[bytes, _WorkerProc] = {}
-        self.remote_workers: dict[bytes, _WorkerProc] = {}
         self.by_fd: dict[int, _WorkerProc] = {}
         self.pipes: dict[int, tuple[_WorkerProc, str]] = {}
         self.idle: list[_WorkerProc] = []
         self.waiting_for_worker: deque[_Lease] = deque()
-        self.leases: dict[RequestId, _Lease] = {}
         self.local_leases: dict[bytes, _Lease] = {}  # node role: what the head assigned here
-        self.actors = ActorTable(self.send)
-        self.pg_waiters: dict[str, list[tuple[str, int, tuple[int, ...] | None]]] = {}
-        self.cluster_nodes: dict[str, _NodeRecord] = {}
         self.peers: dict[str, dict[str, Any]] = {}  # node id -> its registered info
         self.drivers: dict[int, str] = {}  # pidfd -> control address of a driver here
         self.log_targets: list[str] = [self.driver] if self.driver else []
@@ -184,13 +173,18 @@ class NodeService(ControlMixin):
         self.max_idle = max(2, int(cfg["resources"].get("CPU", 1)))
         self.last_ack = time.monotonic()
         self.next_tick = 0.0
+        # Leases, actors, placement groups and the node table (used only where this node
+        # decides them: embedded or head).
+        self.control = ControlPlane(self)
+        if self.is_control:
+            self.control.scheduler.add_node(self.node_id, cfg["resources"], cfg["gpu_ids"])
         self.handlers: dict[int, Callable[..., None]] = {
             kind: getattr(self, name) for kind, name in self.HANDLERS.items()}
         if self.is_control:
-            self.handlers.update(
-                (kind, getattr(self, name)) for kind, name in self.CONTROL_HANDLERS.items())
+            self.handlers.update((kind, getattr(self.control, name))
+                                 for kind, name in ControlPlane.CONTROL_HANDLERS.items())
         if self.role == "head":
-            self.cluster_nodes[self.node_id] = _NodeRecord(self.info, time.monotonic())
+            self.control.cluster_nodes[self.node_id] = _NodeRecord(self.info, time.monotonic())
             self.peers[self.node_id] = self.info
 
     def _worker_env(self) -> dict[str, str]:
@@ -265,7 +259,7 @@ class NodeService(ControlMixin):
         now = time.monotonic()
         self.next_tick = now + HEARTBEAT_S / 2
         if self.role == "head":
-            self.check_nodes()
+            self.control.check_nodes()
         elif self.role == "node":
             with self.store_lock:
                 used = self.store.stats()["used_bytes"]
@@ -417,7 +411,7 @@ class NodeService(ControlMixin):
             return
         self.preloaded.update(new)
         if self.role == "head":  # every node's forkserver, and those that join later
-            for node_id, node in self.cluster_nodes.items():
+            for node_id, node in self.control.cluster_nodes.items():
                 if node_id != self.node_id:
                     self.send(node.info["addr"], (Msg.PRELOAD_MODULES, new))
         socket.send_fds(self.zsock, [json.dumps({"preload": new}).encode()], [])
@@ -476,7 +470,7 @@ class NodeService(ControlMixin):
             self.idle.append(w)
 
     def find_worker(self, worker_id: bytes) -> _WorkerProc | None:
-        return self.workers.get(worker_id) or self.remote_workers.get(worker_id)
+        return self.workers.get(worker_id) or self.control.remote_workers.get(worker_id)
 
     def local_kill_worker(self, w: _WorkerProc, reason: str) -> None:
         if not w.killed_reason:
@@ -513,7 +507,7 @@ class NodeService(ControlMixin):
         if w.ctl_addr:
             self.notify_process_died(w.ctl_addr, cause)
         if self.is_control:
-            self.worker_gone(w, cause, self.node_id)
+            self.control.worker_gone(w, cause, self.node_id)
         else:
             lease = self.local_leases.pop(w.lease_id, None) if w.lease_id else None
             if lease is not None or w.ctl_addr:
@@ -539,7 +533,7 @@ class NodeService(ControlMixin):
                 self.local_leases.pop(lease.lease_id, None)
                 self.send(self.control_addr, (Msg.NODE_LEASE_FAILED, lease.lease_id, err))
             else:
-                self.on_node_lease_failed(lease.lease_id, err)
+                self.control.on_node_lease_failed(lease.lease_id, err)
 
     def on_pipe(self, fd: int) -> bool:
         """Forward what a worker wrote; False when nothing more is there to read now."""
@@ -621,8 +615,8 @@ class NodeService(ControlMixin):
     def assign(self, lease: _Lease, w: _WorkerProc) -> None:
         assert lease.grant is not None
         if self.is_control:
-            if not self.assigned(lease, w):
-                self.release_lease(lease)
+            if not self.control.assigned(lease, w):
+                self.control.release_lease(lease)
                 return
         else:
             lease.worker = w
@@ -667,9 +661,9 @@ class NodeService(ControlMixin):
         self.log_targets = list(table["drivers"])
 
     def node_table(self) -> dict[str, Any]:
-        drivers = sorted({d for n in self.cluster_nodes.values() for d in n.info.get(
+        drivers = sorted({d for n in self.control.cluster_nodes.values() for d in n.info.get(
             "drivers", ())})
-        self.peers = {nid: n.info for nid, n in self.cluster_nodes.items()}
+        self.peers = {nid: n.info for nid, n in self.control.cluster_nodes.items()}
         self.log_targets = drivers
         return {"nodes": self.peers, "drivers": drivers}
 
@@ -689,7 +683,7 @@ class NodeService(ControlMixin):
 
     def update_drivers(self) -> None:
         if self.is_control:
-            self.broadcast_node_table()
+            self.control.broadcast_node_table()
         else:
             self.send(self.control_addr, (Msg.REGISTER_NODE, 0, self.addr, self.info))
 
@@ -707,7 +701,7 @@ class NodeService(ControlMixin):
             drivers.remove(addr)
         self.notify_process_died(addr, cause)
         if self.is_control:
-            self.process_gone(addr, cause, self.node_id)
+            self.control.process_gone(addr, cause, self.node_id)
         else:
             self.send(self.control_addr, (Msg.NODE_WORKER_EXIT, self.node_id, None, addr, cause))
         self.update_drivers()
@@ -872,9 +866,9 @@ class NodeService(ControlMixin):
         self.drain_local()
         with self.store_lock:
             stats = self.store.stats()
-        if self.cluster_nodes:
+        if self.control.cluster_nodes:
             stats["capacity"] = sum(int(n.info["object_store_memory"])
-                                    for n in self.cluster_nodes.values())
+                                    for n in self.control.cluster_nodes.values())
         return stats
 
     # ------------------------------------------------------------------ shutdown
