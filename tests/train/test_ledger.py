@@ -107,9 +107,11 @@ def failing_loop(config: dict) -> None:
 
 
 def _report(path: str, capsys: pytest.CaptureFixture[str], *flags: str) -> tuple[int, str]:
+    """The exit code and what ``trainkit report`` printed (stdout, then stderr)."""
+    capsys.readouterr()  # drop what the run printed (the workers' lines)
     code = main(["report", path, *flags])
     out, err = capsys.readouterr()
-    return code, out + err
+    return code, out if "--json" in flags and code == 0 else out + err
 
 
 def _text_numbers(text: str) -> dict[str, float]:
@@ -215,3 +217,35 @@ def test_report_reads_a_ledger_on_s3(s3, monkeypatch, capsys) -> None:
     assert s == summarize(HAND_WRITTEN) | {"path": f"s3://{s3.bucket}/ledger/remote"}
     code, out = _report(uri.replace("/remote?", "/nothing?"), capsys)
     assert code == 2 and f"s3://{s3.bucket}/ledger/nothing is not a run" in out
+
+
+def sparse_checkpoints_loop(config: dict) -> None:
+    for step in range(config["reports"]):
+        if step % 10:
+            train.report({"step": step})
+            continue
+        with tempfile.TemporaryDirectory() as d:
+            with open(os.path.join(d, f"rank{train.get_context().get_world_rank()}"), "w") as f:
+                f.write(str(step))
+            train.report({"step": step}, checkpoint=Checkpoint.from_directory(d))
+
+
+@pytest.mark.usefixtures("train_runtime")
+def test_clean_run_with_a_checkpoint_every_tenth_report(tmp_path, capsys) -> None:
+    # Many reports between checkpoints once paired reports of different steps (two long polls
+    # of a rank answering out of order) and piled up polls that delayed every ack.
+    Trainer(sparse_checkpoints_loop, train_loop_config={"reports": 60},
+            scaling_config=ScalingConfig(num_workers=2),
+            run_config=RunConfig(name="clean", storage_path=str(tmp_path), verbose=0)).fit()
+    events, damaged = read_ledger(local_location(tmp_path / "clean")) or ([], 1)
+    assert damaged == 0
+    assert [e["iteration"] for e in events if e["event"] == "checkpoint_committed"] == \
+        [1, 11, 21, 31, 41, 51]
+    assert [e["iteration"] for e in events if e["event"] == "report"] == list(range(1, 61))
+    assert not [e for e in events if e["event"] in ("rank_failed", "attempt_failed")]
+    code, out = _report(str(tmp_path / "clean"), capsys, "--json")
+    s = json.loads(out)
+    assert code == 0 and (s["status"], s["attempts"], s["iterations"]) == ("finished", 1, 60)
+    assert s["badput_s"]["lost_work"] == 0 and s["badput_s"]["restart"] == 0
+    total = s["productive_s"] + sum(s["badput_s"].values())
+    assert abs(total - s["wall_s"]) <= 0.02 * s["wall_s"]

@@ -182,14 +182,20 @@ class TrainController:
         events = self.group.events(_TICK_S)
         now = time.monotonic()
         for report in events.reports:
-            self.pending[report.rank].append(report)
+            queue = self.pending[report.rank]
+            queue.append(report)
+            if len(queue) > 1 and queue[-2].seq > report.seq:
+                # Two long polls of one rank can answer out of order: keep each rank's
+                # reports in report order, or iterations pair reports of different seqs.
+                self.pending[report.rank] = collections.deque(sorted(queue,
+                                                                     key=lambda r: r.seq))
             self.last_active[report.rank] = now
         if events.errors:
             errors = dict(events.errors)
             for rank, e in self.group.more_errors(FAILURE_GRACE_S).items():
                 errors.setdefault(rank, e)
             raise _Failure("a training worker failed", errors)
-        while all(self.pending.values()):
+        while all(q and q[0].seq == self.done_seq + 1 for q in self.pending.values()):
             self._complete_iteration()
         self._check_counts(events.finished)
         if len(events.finished) == self.scaling.num_workers:

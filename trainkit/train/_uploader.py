@@ -95,6 +95,7 @@ class ReportQueue:
             collections.deque()
         self._pending: collections.deque[int] = collections.deque()  # seqs with a snapshot
         self._closed = False
+        self._takes = 0  # how many take() calls began (the newest one waits, older ones end)
         self._snapshots: str | None = None
         self._thread: threading.Thread | None = None
         self.say: Callable[[str], None] = _say  # where the "report() waits" line goes
@@ -157,9 +158,15 @@ class ReportQueue:
 
     def take(self, wait_s: float) -> list[Report]:
         """The uploaded reports not yet taken, waiting up to ``wait_s`` for one; raises the
-        upload error once every report uploaded before it was taken."""
+        upload error once every report uploaded before it was taken. A newer ``take`` ends
+        this one's wait (it returns empty): a waiting long poll must not hold one of the
+        actor's few threads while the driver's newer poll, which carries its ack, waits."""
         with self.cv:
-            self.cv.wait_for(lambda: bool(self.outbox) or self.error is not None, wait_s)
+            self._takes += 1
+            mine = self._takes
+            self.cv.notify_all()
+            self.cv.wait_for(lambda: bool(self.outbox) or self.error is not None
+                             or self._takes != mine, wait_s)
             out, self.outbox = self.outbox, []
         if not out:
             self._raise_error()

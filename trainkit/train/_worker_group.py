@@ -197,7 +197,8 @@ class WorkerGroup:
                 self.finished.add(rank)
             elif value:
                 reports.extend(value)
-            elif rank not in self.finished:  # an empty long poll: ask again
+            elif rank not in self.finished and rank not in self.poll_refs.values():
+                # an empty long poll (timed out, or ended by a newer poll): ask again
                 self.poll_refs[self.workers[rank].poll.remote(0, POLL_WAIT_S)] = rank
         return GroupEvents(reports, errors, frozenset(self.finished))
 
