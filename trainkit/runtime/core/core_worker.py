@@ -94,18 +94,7 @@ class _Guarded:
         core._depth += 1
 
     def __exit__(self, *exc: object) -> None:
-        core = self.core
-        effects = core.effects
-        wakeups: list[Waiter] = []
-        try:
-            if effects.sends or effects.store_sends:
-                core._send_effects()
-        finally:
-            core._depth -= 1
-            if core._depth == 0 and effects.wakeups:
-                wakeups = effects.take_wakeups()
-            core.lock.release()
-        for waiter in wakeups:
+        for waiter in self.core._leave():
             waiter()
 
 
@@ -193,13 +182,42 @@ class CoreWorker:
 
     # ------------------------------------------------------------------ plumbing
     def _locked(self, fn: Callable[..., None]) -> Callable[..., None]:
-        guarded = self.guarded
+        """``fn`` run as ``with self.guarded`` would (spelled out: it wraps every handler)."""
+        lock = self.lock
 
         def run(*args: Any) -> None:
-            with guarded:
+            lock.acquire()
+            self._depth += 1
+            try:
                 fn(*args)
+            finally:
+                wakeups = self._leave()
+            for waiter in wakeups:
+                waiter()
 
         return run
+
+    def _leave(self) -> list[Waiter]:
+        """The end of a guarded block (the caller holds the lock once more than before it):
+        send what the parts decided, still under the lock, then release it; the waiters to
+        wake once the outermost block is left."""
+        effects = self.effects
+        wakeups: list[Waiter] = []
+        try:
+            sends = effects.sends
+            if sends:
+                effects.sends = []
+                send = self.send_quiet
+                for addr, msg in sends:
+                    send(addr, msg)
+            if effects.store_sends:
+                self._send_effects()
+        finally:
+            self._depth -= 1
+            if self._depth == 0 and effects.wakeups:
+                wakeups = effects.take_wakeups()
+            self.lock.release()
+        return wakeups
 
     def _guard(self, waiter: Waiter) -> Waiter:
         run: Waiter = self._locked(waiter)
@@ -299,7 +317,9 @@ class CoreWorker:
     # ------------------------------------------------------------------ handlers
     def _task_done(self, task_id: bytes, return_id: ReturnId, value: Any,
                    holder: str | None) -> None:
-        if not self.calls.call_done(task_id, return_id, value, holder):
+        if task_id in self.calls.call_owner:
+            self.calls.call_done(task_id, return_id, value, holder)
+        else:
             self.tasks.task_done(task_id, return_id, value, holder)
 
     def _process_died(self, addr: str, cause: str) -> None:
