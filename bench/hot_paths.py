@@ -3,7 +3,8 @@ comparisons of a runtime change on a busy machine (CPU seconds move far less tha
 
 Run it once per commit, alternating, each from a ``git archive`` of the commit:
 
-    git archive REV | tar -x -C /tmp/rev && PYTHONPATH=/tmp/rev .venv/bin/python bench/hot_paths.py REV
+    git archive REV | tar -x -C /tmp/rev
+    PYTHONPATH=/tmp/rev .venv/bin/python bench/hot_paths.py REV
 
 It prints one line: the median over 3 repeats of the driver process's CPU time per sync
 actor call, pipelined actor call, no-op task and small put+get, then the Python calls per
