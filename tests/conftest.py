@@ -26,7 +26,9 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -279,3 +281,53 @@ def runtime_backend(request: pytest.FixtureRequest) -> str:
 def start_backend() -> object:
     """``with start_backend(backend, **init_kwargs): ...`` (see backend_runtime)."""
     return backend_runtime
+
+
+@dataclass(frozen=True)
+class S3Server:
+    """A moto S3 server on loopback and a bucket in it (``bucket``), reached through ``fs``
+    (``endpoint`` is its ``HOST:PORT``, for URIs)."""
+
+    fs: Any  # pyarrow.fs.S3FileSystem
+    bucket: str
+    endpoint: str
+
+    def keys(self, prefix: str) -> list[str]:
+        """Every object under ``bucket/prefix``, relative to it."""
+        import pyarrow.fs
+
+        base = f"{self.bucket}/{prefix}".rstrip("/")
+        infos = self.fs.get_file_info(pyarrow.fs.FileSelector(base, recursive=True,
+                                                              allow_not_found=True))
+        return sorted(i.path[len(base) + 1:] for i in infos
+                      if i.type == pyarrow.fs.FileType.File)
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[S3Server]:
+    """A real S3-protocol server (moto) on 127.0.0.1 and a free port, with a bucket "runs";
+    stopped after the module."""
+    import logging
+    import socket
+
+    import pyarrow.fs
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"127.0.0.1:{port}"
+
+    def fs(**kwargs: Any) -> Any:
+        return pyarrow.fs.S3FileSystem(endpoint_override=endpoint, scheme="http",
+                                       access_key="test", secret_key="test",
+                                       region="us-east-1", **kwargs)
+
+    try:
+        fs(allow_bucket_creation=True).create_dir("runs")
+        yield S3Server(fs(), "runs", endpoint)
+    finally:
+        server.stop()
