@@ -49,6 +49,3 @@ class Effects:
     def take_wakeups(self) -> list[Waiter]:
         wakeups, self.wakeups = self.wakeups, []
         return wakeups
-
-    def __bool__(self) -> bool:
-        return bool(self.sends or self.store_sends or self.wakeups)
