@@ -17,9 +17,10 @@ cluster secret reaches the service on its stdin, never its command line or envir
 the tasks it runs would inherit), and is never printed. Exit codes: 0 done, 1 the cluster
 failed or cannot be reached, 2 a usage error (bad option, no usable secret).
 
-``report`` needs no runtime: it reads a run folder's ledger (a local path or a URI such as
-``s3://bucket/runs/exp``) and prints where the run's time went (see
-``trainkit.train._goodput``); exit code 2 when the path holds no run.
+``report`` needs no runtime: it reads a run's or a sweep's ledger in its folder (a local path
+or a URI such as ``s3://bucket/runs/exp``) and prints where the time went (see
+``trainkit.train._goodput`` and ``trainkit.tune._sweep_report``); exit code 2 when the path
+holds neither.
 """
 
 from __future__ import annotations
@@ -182,11 +183,13 @@ def _build_parser() -> argparse.ArgumentParser:
     _secret_option(status)
     subcommands.add_parser("stop", help="stop what `trainkit start` started on this machine")
     report = subcommands.add_parser(
-        "report", help="where a run's time went, from its ledger (no cluster needed)",
-        description="Print a run's status, wall time, productive time, badput by cause and "
-                    "failures, read from the ledger in its folder.")
+        "report", help="where a run's or sweep's time went, from its ledger (no cluster needed)",
+        description="Print a run's or a sweep's status, wall time, productive time, badput by "
+                    "cause and failures (and a sweep's trials and best trial), read from the "
+                    "ledger in its folder.")
     report.add_argument("path", metavar="PATH",
-                        help="the run's folder: a local path or a URI (s3://bucket/runs/exp)")
+                        help="the run's or sweep's folder: a local path or a URI "
+                             "(s3://bucket/runs/exp)")
     report.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
@@ -677,6 +680,8 @@ def _report(args: argparse.Namespace) -> int:
     from trainkit.train._goodput import summarize
     from trainkit.train._ledger import LEDGER_FILE
     from trainkit.train._ledger import read_ledger
+    from trainkit.tune._sweep_report import format_sweep_report
+    from trainkit.tune._sweep_report import summarize_sweep
 
     try:
         run = _storage.resolve(args.path)
@@ -684,14 +689,25 @@ def _report(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as e:
         raise _CliError(f"{args.path} cannot be read: {e}") from None
     if found is None:
-        raise _CliError(f"{run.uri} is not a run: it holds no {LEDGER_FILE} (pass a run's "
-                        "folder, <storage_path>/<name>)", code=2)
+        raise _CliError(f"{run.uri} is not a run or a sweep: it holds no {LEDGER_FILE} (pass "
+                        "a run's or a sweep's folder, <storage_path>/<name>)", code=2)
     events, damaged = found
-    if not any(e["event"] == "run_started" for e in events):
-        raise _CliError(f"{run.uri} is not a run: its {LEDGER_FILE} records no run_started "
-                        f"event ({damaged} damaged line(s))", code=2)
-    summary = summarize(events, damaged=damaged) | {"path": run.uri}
-    print(json.dumps(summary) if args.json else format_report(summary, run.uri))
+    kinds = {e["event"] for e in events}
+    if "run_started" in kinds:
+        summary = summarize(events, damaged=damaged) | {"path": run.uri}
+        text = format_report(summary, run.uri)
+    elif "sweep_started" in kinds:
+        summary = summarize_sweep(events, damaged=damaged) | {"path": run.uri}
+        text = format_sweep_report(summary, run.uri)
+    else:
+        raise _CliError(f"{run.uri} is not a run or a sweep: its {LEDGER_FILE} records no "
+                        f"run_started or sweep_started event ({damaged} damaged line(s))",
+                        code=2)
+    if damaged and not args.json:
+        print(f"trainkit report: {run.join(LEDGER_FILE).uri} is damaged: {damaged} line(s) "
+              "could not be read (a write cut short?); reporting what could be read",
+              file=sys.stderr)
+    print(json.dumps(summary) if args.json else text)
     return 0
 
 

@@ -26,6 +26,11 @@ run_finished         iterations
 run_failed           error_type, message
 ```
 
+A Tune sweep writes the same format to ``ledger.jsonl`` in its experiment folder (through
+``trainkit.train.hosting``; the events are listed in ``trainkit.tune._sweep_ledger``): it
+starts with ``sweep_started`` where a run starts with ``run_started``, which is how a reader
+tells the two apart.
+
 Cost: ``append`` only buffers a line. The buffer is written at the moments that matter (the
 run and each attempt starting, a checkpoint committed, a failure, the end) and otherwise at
 most every ``flush_interval_s``. On local storage a write appends to the file; on object
@@ -55,7 +60,11 @@ FLUSH_INTERVAL_S: Final = 10.0
 # Events written as soon as they happen: the moments `trainkit report` must not miss.
 _FLUSH_AT: Final = frozenset({"run_started", "attempt_started", "checkpoint_committed",
                               "attempt_failed", "attempt_finished", "run_finished",
-                              "run_failed"})
+                              "run_failed",
+                              # a sweep's: every trial's start and end (results are buffered)
+                              "sweep_started", "trial_started", "trial_paused",
+                              "trial_stopped", "trial_errored", "trial_completed",
+                              "sweep_finished", "sweep_failed"})
 _MESSAGE_CHARS: Final = 500
 
 

@@ -24,6 +24,9 @@ What it promises (and a change to it is a deliberate diff: its ``__all__`` is ch
   (``check_writable``, ``read_file``, ``write_file`` atomic, ``list_dir``, ``delete_dir``,
   ``upload_dir``, ``download_dir``), and ``RunFiles``: the local folder a ``ResultLog``
   writes into, uploaded to the run's folder by ``sync()``.
+- The ledger (``RunLedger``, ``read_ledger``, ``ledger_error_fields``, ``LEDGER_FILE``):
+  the one event format and reader for runs and sweeps, so a sweep appends its events to
+  ``ledger.jsonl`` in its folder exactly as a Train run does (see ``_ledger``'s docstring).
 
 Example:
     >>> from trainkit.train.hosting import run_loop
@@ -41,6 +44,10 @@ from trainkit.train._host import ReportSink
 from trainkit.train._host import RunCheckpoints
 from trainkit.train._host import hosted_loop
 from trainkit.train._host import run_loop
+from trainkit.train._ledger import LEDGER_FILE
+from trainkit.train._ledger import RunLedger
+from trainkit.train._ledger import error_fields as ledger_error_fields
+from trainkit.train._ledger import read_ledger
 from trainkit.train._recorder import ResultFiles as RunFiles
 from trainkit.train._session import TrainContext
 from trainkit.train._storage import StorageLocation
@@ -48,23 +55,29 @@ from trainkit.train._storage import check_writable
 from trainkit.train._storage import delete_dir
 from trainkit.train._storage import download_dir
 from trainkit.train._storage import list_dir
+from trainkit.train._storage import local_location
 from trainkit.train._storage import read_file
 from trainkit.train._storage import upload_dir
 from trainkit.train._storage import write_file
 
 __all__ = [
+    "LEDGER_FILE",
     "CheckpointRecord",
     "ReportSink",
     "RunCheckpoints",
     "RunFiles",
+    "RunLedger",
     "StorageLocation",
     "TrainContext",
     "check_writable",
     "delete_dir",
     "download_dir",
     "hosted_loop",
+    "ledger_error_fields",
     "list_dir",
+    "local_location",
     "read_file",
+    "read_ledger",
     "run_loop",
     "upload_dir",
     "write_file",

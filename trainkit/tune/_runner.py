@@ -39,6 +39,7 @@ from trainkit.tune._scheduler import Exploit
 from trainkit.tune._scheduler import TrialScheduler
 from trainkit.tune._searcher import Searcher
 from trainkit.tune._stopper import make_stopper
+from trainkit.tune._sweep_ledger import SweepLedger
 from trainkit.tune._trial import TRANSITIONS
 from trainkit.tune._trial import TrialSnapshot
 from trainkit.tune._trial import TrialState
@@ -105,6 +106,7 @@ class TuneRunner:
         self.capacity = capacity
         self.stopper = make_stopper(run_config.stop)
         self.journal = Journal(exp_dir)
+        self.ledger = SweepLedger(exp_dir, tune_config.metric, tune_config.mode)
         self.table = TrialTable(exp_name, run_config.verbose, tune_config.single_metric,
                                 tune_config.single_mode)
         self.pool: dict[tuple[tuple[str, float], ...], list[Any]] = defaultdict(list)
@@ -128,26 +130,47 @@ class TuneRunner:
 
     # -- the loop ------------------------------------------------------------------------
     def run(self) -> None:
+        self.ledger.sweep_started(
+            name=self.exp_name, storage=self.folder.location.uri if self.folder is not None
+            else self.exp_dir, resumed=bool(self.trials), metric=self.tune_config.metric,
+            mode=self.tune_config.mode, num_samples=self.tune_config.num_samples,
+            searcher=type(self._inner_searcher()).__name__,
+            scheduler=type(self.scheduler).__name__, trainable=self.trainable_name)
+        failed: BaseException | None = None
         try:
-            while True:
-                if not self.stopping_all:
-                    self._launch()
-                if not self.by_ref:
-                    break  # nothing runs and nothing more could start: no event will come
-                timeout = max(0.0, min(1.0, self.deadline - time.monotonic()))
-                ready, _ = rt.wait(list(self.by_ref), num_returns=1, timeout=timeout)
-                for ref in ready:
-                    self._on_event(self.by_ref.pop(ref), ref)
-                if not ready:
-                    self._check_waits()
-                self._apply_pending()
-                if time.monotonic() >= self.deadline and not self.stopping_all:
-                    self._stop_all("time_budget_s is spent")
-                self.table.refresh(self.trials.values())
-                if self.folder is not None:
-                    self.folder.sync()
+            self._loop()
+        except BaseException as e:
+            failed = e
+            raise
         finally:
             self._shutdown()
+            failed = failed or self.fail_fast_error
+            if failed is not None:
+                self.ledger.sweep_failed(failed)
+            else:
+                counts: dict[str, int] = {}
+                for t in self.trials.values():
+                    counts[t.state.value] = counts.get(t.state.value, 0) + 1
+                self.ledger.sweep_finished(counts)
+
+    def _loop(self) -> None:
+        while True:
+            if not self.stopping_all:
+                self._launch()
+            if not self.by_ref:
+                break  # nothing runs and nothing more could start: no event will come
+            timeout = max(0.0, min(1.0, self.deadline - time.monotonic()))
+            ready, _ = rt.wait(list(self.by_ref), num_returns=1, timeout=timeout)
+            for ref in ready:
+                self._on_event(self.by_ref.pop(ref), ref)
+            if not ready:
+                self._check_waits()
+            self._apply_pending()
+            if time.monotonic() >= self.deadline and not self.stopping_all:
+                self._stop_all("time_budget_s is spent")
+            self.table.refresh(self.trials.values())
+            if self.folder is not None:
+                self.folder.sync()
 
     def _may_create(self) -> bool:
         n = self.tune_config.num_samples
@@ -205,6 +228,8 @@ class TuneRunner:
                     trial.stop_requested = True  # said at its next result
                 else:
                     self._set_state(trial, TrialState.TERMINATED)
+                    self.ledger.trial_stopped(trial.trial_id, trial.iteration, "scheduler",
+                                              f"{type(self.scheduler).__name__} stopped it")
                     self.optuna.end(trial.trial_id, trial.last_result, "pruned")
                     self.searcher.on_trial_complete(trial.trial_id, trial.last_result or None)
                     self.scheduler.on_trial_complete(trial.snapshot(), trial.last_result)
@@ -229,6 +254,7 @@ class TuneRunner:
                      _json_bytes(config))
         self.journal.append(e="add", id=trial_id, name=name, config=config, dir=trial.trial_dir,
                             res=trial.resources)
+        self.ledger.trial_added(trial_id, name, config)
         self.scheduler.on_trial_add(trial.snapshot())
         self.optuna.add(trial_id, config)
         save_search_state(self.exp_dir, self.searcher, self.scheduler)
@@ -250,6 +276,8 @@ class TuneRunner:
         return tuple(sorted(trial.resources.items()))
 
     def _start(self, trial: Trial) -> None:
+        resumed = ("paused" if trial.state is TrialState.PAUSED else "error" if trial.failures
+                   else "checkpoint" if trial.checkpoint else None)
         if trial.state is TrialState.PAUSED:
             self._set_state(trial, TrialState.PENDING)
         trial.stop_requested = False
@@ -267,6 +295,7 @@ class TuneRunner:
         trial.quiet_since = time.monotonic()
         self._poll(trial, None)
         self._set_state(trial, TrialState.RUNNING)
+        self.ledger.trial_started(trial.trial_id, resumed)
 
     def _new_actor(self, resources: dict[str, float]) -> Any:
         custom = {k: v for k, v in resources.items() if k not in ("CPU", "GPU")}
@@ -321,6 +350,7 @@ class TuneRunner:
         if checkpoint:
             trial.checkpoint = checkpoint
         self.journal.append(e="result", id=trial.trial_id, result=result, ckpt=checkpoint)
+        self.ledger.trial_result(trial.trial_id, result, checkpoint is not None)
         self.optuna.result(trial.trial_id, result)
         self._check_metric(result)
         self.searcher.on_trial_result(trial.trial_id, result)
@@ -365,8 +395,14 @@ class TuneRunner:
             return
         if how == "pause":
             self._set_state(trial, TrialState.PAUSED)
+            self.ledger.trial_paused(trial.trial_id, trial.iteration)
             return
         self._set_state(trial, TrialState.TERMINATED)
+        if trial.pruned:
+            self.ledger.trial_stopped(trial.trial_id, trial.iteration, "scheduler",
+                                      f"{type(self.scheduler).__name__} stopped it early")
+        else:
+            self.ledger.trial_completed(trial.trial_id, trial.iteration)
         self.optuna.end(trial.trial_id, trial.last_result,
                         "pruned" if trial.pruned else "complete")
         self.searcher.on_trial_complete(trial.trial_id, trial.last_result or None)
@@ -399,6 +435,7 @@ class TuneRunner:
         self.journal.append(e="config", id=trial.trial_id, config=trial.config,
                             ckpt=trial.checkpoint)
         self.optuna.config(trial.trial_id, trial.config)
+        self.ledger.trial_config(trial.trial_id, trial.config)
         self._set_state(trial, TrialState.PENDING)
 
     def _on_error(self, trial: Trial, text: str, error: BaseException | None,
@@ -406,7 +443,9 @@ class TuneRunner:
         self._release(trial, healthy)
         trial.failures += 1
         limit = self.run_config.failure_config.max_failures
-        if not self.stopping_all and (limit == -1 or trial.failures <= limit):
+        retrying = not self.stopping_all and (limit == -1 or trial.failures <= limit)
+        self.ledger.trial_errored(trial.trial_id, error, text, trial.failures, retrying)
+        if retrying:
             self.table.say(f"trial {trial.name} failed ({trial.failures} of "
                            f"{'unlimited' if limit == -1 else limit} retries); retrying from "
                            f"{trial.checkpoint or 'scratch'}: {text.splitlines()[0]}")
@@ -506,6 +545,8 @@ class TuneRunner:
             pass  # gone with its trial already
         trial.failures = max(trial.failures, 1)
         self._set_state(trial, TrialState.ERRORED, error=f"TuneError: {text}")
+        self.ledger.trial_errored(trial.trial_id, None, f"TuneError: {text}", trial.failures,
+                                  retrying=False)
         self.optuna.end(trial.trial_id, trial.last_result, "fail")
         self.searcher.on_trial_complete(trial.trial_id, trial.last_result or None, error=True)
         self.scheduler.on_trial_error(trial.snapshot())
@@ -520,10 +561,12 @@ class TuneRunner:
                 self.by_ref.pop(trial.ref, None)
                 self._release(trial, healthy=False)
                 self._set_state(trial, TrialState.TERMINATED)
+                self.ledger.trial_stopped(trial.trial_id, trial.iteration, "sweep", why)
                 self.optuna.end(trial.trial_id, trial.last_result, "complete")
                 self.scheduler.on_trial_complete(trial.snapshot(), trial.last_result)
             elif trial.state is TrialState.PAUSED:
                 self._set_state(trial, TrialState.TERMINATED)
+                self.ledger.trial_stopped(trial.trial_id, trial.iteration, "sweep", why)
                 self.optuna.end(trial.trial_id, trial.last_result, "complete")
 
     def _shutdown(self) -> None:

@@ -1,0 +1,165 @@
+"""The sweep ledger and ``trainkit report`` for a sweep: a real small sweep (ASHA stopping
+trials, one trial that raises), the report's JSON checked against the ResultGrid, the
+time-sharing arithmetic on hand-written events, and a torn ledger."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from trainkit import tune
+from trainkit.cli import main
+from trainkit.train import RunConfig
+from trainkit.train._ledger import LEDGER_FILE
+from trainkit.train._ledger import read_ledger
+from trainkit.train._storage import local_location
+from trainkit.tune._sweep_report import SWEEP_BADPUT_KEYS
+from trainkit.tune._sweep_report import summarize_sweep
+from trainkit.tune.schedulers import ASHAScheduler
+
+
+@pytest.fixture(scope="module")
+def runtime(start_backend: Any) -> Iterator[None]:
+    with start_backend("builtin", num_cpus=2, num_gpus=0):
+        yield
+
+
+def curve(config: dict) -> None:
+    """Loss falls towards x^2 over 9 iterations; x == 99 raises before its first report."""
+    for i in range(1, 10):
+        if config["x"] == 99:
+            raise ValueError("x=99 is out of range")
+        tune.report({"loss": config["x"] ** 2 + 1.0 / i})
+
+
+def _report_json(path: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
+    assert main(["report", str(path), "--json"]) == 0
+    out: dict[str, Any] = json.loads(capsys.readouterr().out)
+    return out
+
+
+def test_sweep_with_asha_and_an_error(runtime: None, tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    xs = [0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 99]
+    grid = tune.Tuner(
+        curve, param_space={"x": tune.grid_search(xs)},
+        tune_config=tune.TuneConfig(metric="loss", mode="min", max_concurrent_trials=2,
+                                    scheduler=ASHAScheduler(max_t=9, grace_period=1,
+                                                            reduction_factor=3)),
+        run_config=RunConfig(name="sweep", storage_path=tmp_path, verbose=0)).fit()
+    assert len(grid) == 7 and grid.num_errors == 1
+
+    s = _report_json(tmp_path / "sweep", capsys)
+    assert (s["kind"], s["name"], s["status"]) == ("tune", "sweep", "finished")
+    assert s["damaged_lines"] == 0
+    assert set(s["badput_s"]) >= {"startup", "rendezvous", "data_wait", "checkpoint",
+                                  "restart", "lost_work"}
+    assert s["productive_s"] > 0
+    assert s["productive_s"] + sum(s["badput_s"].values()) == pytest.approx(s["wall_s"],
+                                                                             rel=0.02)
+    by_x = {t["params"]["x"]: t for t in s["trials"]}
+    assert sorted(by_x) == sorted(xs)
+    # the ResultGrid and the report agree, trial by trial
+    for r in grid:
+        t = by_x[r.config["x"]]
+        if r.error is None:
+            assert t["status"] == "terminated"
+            assert t["iteration"] == r.metrics["training_iteration"]
+            assert t["metrics"]["loss"] == pytest.approx(r.metrics["loss"])
+    stopped = [t for t in s["trials"] if t["stopped_by"] == "scheduler"]
+    assert stopped and all(t["iteration"] < 9 for t in stopped)  # ASHA cut them short
+    assert by_x[0.0]["iteration"] == 9 and by_x[0.0]["stopped_by"] is None
+    assert by_x[99]["status"] == "errored" and "x=99 is out of range" in by_x[99]["error"]
+    [failure] = s["failures"]
+    assert failure["rank"] is None and failure["trial_id"] == by_x[99]["trial_id"]
+    assert failure["error"] == "ValueError: x=99 is out of range"
+    best = grid.get_best_result()
+    assert s["best"]["params"] == {"x": 0.0} == best.config
+    assert s["best"]["value"] == pytest.approx(best.metrics["loss"])
+
+    # the events themselves: one start and one end per trial, results in between
+    found = read_ledger(local_location(tmp_path / "sweep"))
+    assert found is not None
+    events, damaged = found
+    names = [e["event"] for e in events]
+    assert names[0] == "sweep_started" and names[-1] == "sweep_finished" and damaged == 0
+    assert names.count("trial_added") == names.count("trial_started") == 7
+    ends = [n for n in names if n in ("trial_stopped", "trial_completed", "trial_errored")]
+    assert len(ends) == 7
+    assert names.count("trial_result") == sum(t["iteration"] for t in s["trials"])
+    assert events[-1]["best_trial_id"] == s["best"]["trial_id"]
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+
+    # the text report says the same
+    assert main(["report", str(tmp_path / "sweep")]) == 0
+    text = capsys.readouterr().out
+    assert "tune sweep 'sweep': finished" in text and "ValueError: x=99" in text
+    assert "stopped by the scheduler" in text and "best:" in text
+
+
+def _ev(seq: int, t: float, event: str, **fields: object) -> dict[str, Any]:
+    return {"v": 1, "seq": seq, "t": t, "event": event, **fields}
+
+
+HAND_WRITTEN = [
+    _ev(1, 100.0, "sweep_started", name="hw", kind="tune", metric="loss", mode="min"),
+    _ev(2, 100.0, "trial_added", trial_id="0", name="f_0", params={"x": 1}),
+    _ev(3, 100.0, "trial_added", trial_id="1", name="f_1", params={"x": 2}),
+    _ev(4, 101.0, "trial_started", trial_id="0", run=1, resumed=None),
+    _ev(5, 101.0, "trial_started", trial_id="1", run=1, resumed=None),
+    _ev(6, 103.0, "trial_result", trial_id="0", iteration=1, checkpoint=True,
+        metrics={"loss": 5.0}),
+    _ev(7, 105.0, "trial_result", trial_id="1", iteration=1, checkpoint=False,
+        metrics={"loss": 3.0}),
+    _ev(8, 107.0, "trial_errored", trial_id="1", error_type="OSError", message="disk",
+        failures=1, retrying=True),
+    _ev(9, 107.0, "trial_completed", trial_id="0", iteration=1),
+    _ev(10, 109.0, "trial_started", trial_id="1", run=2, resumed="error"),
+    _ev(11, 110.0, "trial_result", trial_id="1", iteration=2, checkpoint=False,
+        metrics={"loss": 2.0}),
+    _ev(12, 111.0, "trial_completed", trial_id="1", iteration=2),
+    _ev(13, 112.0, "sweep_finished", trials={"terminated": 2}),
+]
+
+
+def test_time_shared_among_running_trials() -> None:
+    s = summarize_sweep(HAND_WRITTEN)
+    assert (s["kind"], s["status"], s["wall_s"]) == ("tune", "finished", 12.0)
+    # 100-101 no trial yet: startup 1; 101-103 both starting: 2; 103-105 trial 0 productive
+    # (1) and trial 1 starting (1); 105-107 both productive (1 + 1), trial 1's 1 s since its
+    # checkpoint lost; 107-109 nothing runs (idle 2); 109-110 restart 1; 110-111 productive 1;
+    # 111-112 nothing runs until the end: shutdown 1.
+    assert s["badput_s"] == {"startup": 4.0, "rendezvous": 0.0, "data_wait": 0.0,
+                             "checkpoint": 0.0, "restart": 1.0, "lost_work": 1.0,
+                             "idle": 2.0, "shutdown": 1.0}
+    assert s["productive_s"] == pytest.approx(3.0)
+    assert tuple(s["badput_s"]) == SWEEP_BADPUT_KEYS
+    assert [t["status"] for t in s["trials"]] == ["terminated", "terminated"]
+    assert s["best"]["trial_id"] == "1" and s["best"]["value"] == 2.0
+    assert s["failures"][0] | {} == {"trial_id": "1", "name": "f_1", "rank": None,
+                                     "error_type": "OSError", "message": "disk",
+                                     "error": "OSError: disk", "retrying": True}
+
+
+def test_torn_sweep_ledger_reports_what_it_can(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    lines = [json.dumps(e) for e in HAND_WRITTEN[:7]]
+    (tmp_path / LEDGER_FILE).write_text("\n".join(lines) + '\n{"v": 1, "seq": 8, "t": 10')
+    s = _report_json(tmp_path, capsys)
+    assert (s["kind"], s["status"], s["damaged_lines"]) == ("tune", "running", 1)
+    assert s["wall_s"] == 5.0 and len(s["trials"]) == 2
+    assert main(["report", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert "1 line(s) could not be read" in captured.err
+    assert "ledger damaged: 1 line(s)" in captured.out
+
+
+def test_report_of_a_folder_that_is_not_a_run(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and str(tmp_path) in err and "not a run or a sweep" in err
