@@ -4,7 +4,6 @@ asks of it (no process, no socket)."""
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Any
 
 import pytest
@@ -25,8 +24,7 @@ class FakeNode:
 
     def __init__(self, cpus: float = 2.0) -> None:
         self.node_id = "n1"
-        self.waiting_for_worker: deque[_Lease] = deque()
-        self.preloaded: set[str] = set()
+        self.unwaited: list[_Lease] = []
         self.sent: list[tuple[str, tuple[Any, ...]]] = []
         self.to_assign: list[_Lease] = []
         self.killed: list[tuple[_WorkerProc, str]] = []
@@ -46,6 +44,12 @@ class FakeNode:
 
     def local_assign(self, lease: _Lease) -> None:
         self.to_assign.append(lease)
+
+    def local_unwait(self, lease: _Lease) -> None:
+        self.unwaited.append(lease)
+
+    def preloaded_modules(self) -> list[str]:
+        return []
 
     def local_kill_worker(self, w: _WorkerProc, reason: str) -> None:
         self.killed.append((w, reason))

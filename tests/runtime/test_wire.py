@@ -17,6 +17,8 @@ from trainkit.runtime.core.task_submitter import TaskSubmitter
 from trainkit.runtime.core.worker_process import Worker
 from trainkit.runtime.node.control_plane import ControlPlane
 from trainkit.runtime.node.node_service import NodeService
+from trainkit.runtime.node.store_service import StoreService
+from trainkit.runtime.node.worker_pool import WorkerPool
 from trainkit.runtime.wire import protocol as _protocol
 from trainkit.runtime.wire.protocol import FIELDS
 from trainkit.runtime.wire.protocol import Msg
@@ -28,14 +30,16 @@ KINDS = {v: k for k, v in vars(Msg).items() if k.isupper()}
 # closure while it starts its node.
 UNTABLED = {Msg.EXIT, Msg.NODE_READY}
 
+_NODE_PARTS: dict[str, type] = {"": NodeService, "pool": WorkerPool, "objects": StoreService}
 _PARTS: dict[str, type] = {"": CoreWorker, "requests": RequestTracker, "tasks": TaskSubmitter,
                            "calls": ActorCaller, "table": OwnershipTable}
 
 
 def _handlers() -> list[tuple[int, str, Callable[..., Any]]]:
     out: list[tuple[int, str, Callable[..., Any]]] = []
-    for kind, name in NodeService.HANDLERS.items():
-        out.append((kind, f"NodeService.{name}", getattr(NodeService, name)))
+    for kind, (part, name) in NodeService.HANDLERS.items():
+        cls = _NODE_PARTS[part]
+        out.append((kind, f"{cls.__name__}.{name}", getattr(cls, name)))
     for kind, name in ControlPlane.CONTROL_HANDLERS.items():
         out.append((kind, f"ControlPlane.{name}", getattr(ControlPlane, name)))
     for kind, name in {**Worker.HANDLERS, **Worker.CORE_HANDLERS}.items():

@@ -14,7 +14,6 @@ then pushes tasks straight to the leased worker; actor calls never pass through 
 from __future__ import annotations
 
 import time
-from collections import deque
 from dataclasses import dataclass
 from dataclasses import field
 from typing import Any
@@ -55,7 +54,6 @@ class _WorkerProc:
     killed_reason: str = ""
     preloads: int = 0  # how many preload requests the forkserver had seen when forking it
     node_id: str = ""
-    out_partial: dict[int, bytes] = field(default_factory=dict)
 
 
 @dataclass(eq=False)
@@ -80,12 +78,11 @@ class ControlHost(Protocol):
     """What the control plane asks of the node service it runs in (its own node's side)."""
 
     node_id: str
-    waiting_for_worker: deque[_Lease]  # local leases waiting for a forked worker
-    preloaded: set[str]  # modules the forkservers import before forking
 
     def send(self, addr: str, msg: tuple[Any, ...]) -> None: ...
     def reply(self, addr: str, req_id: int, ok: bool, payload: Any) -> None: ...
     def local_assign(self, lease: _Lease) -> None: ...
+    def local_unwait(self, lease: _Lease) -> None: ...  # it no longer waits for a fork
     def local_kill_worker(self, w: _WorkerProc, reason: str) -> None: ...
     def local_release(self, w: _WorkerProc) -> None: ...
     def find_worker(self, worker_id: bytes) -> _WorkerProc | None: ...
@@ -94,6 +91,7 @@ class ControlHost(Protocol):
     def store_info(self) -> dict[str, Any]: ...
     def rejected_frames(self) -> dict[str, dict[str, int]]: ...
     def node_table(self) -> dict[str, Any]: ...
+    def preloaded_modules(self) -> list[str]: ...  # what the forkservers import first
 
 
 class ControlPlane:
@@ -197,8 +195,7 @@ class ControlPlane:
             elif lease.grant.node_id != self.node_id:
                 lease.returned = True  # released once its node says which worker took it
             else:
-                if lease in self.node.waiting_for_worker:
-                    self.node.waiting_for_worker.remove(lease)
+                self.node.local_unwait(lease)
                 self.release_lease(lease)
 
     def on_worker_blocked(self, worker_id: bytes) -> None:
@@ -327,8 +324,7 @@ class ControlPlane:
         if lease.worker is None and lease.grant.node_id != self.node_id:
             lease.returned = True  # released when its node says which worker took it
             return
-        if lease in self.node.waiting_for_worker:
-            self.node.waiting_for_worker.remove(lease)
+        self.node.local_unwait(lease)
         self.release_lease(lease)
 
     # ------------------------------------------------------------------ actors
@@ -564,7 +560,7 @@ class ControlPlane:
             self.node.reply(reply_to, req_id, False, e)
             return
         self.cluster_nodes[node_id] = _NodeRecord(info, time.monotonic())
-        self.node.reply(reply_to, req_id, True, sorted(self.node.preloaded))
+        self.node.reply(reply_to, req_id, True, self.node.preloaded_modules())
         self.broadcast_node_table()
         self.schedule()
 

@@ -1,46 +1,46 @@
-"""The node service: the worker pool, leases on this node, the store; the control plane too.
+"""The node service: one process per node that runs its workers, its store and (embedded or
+head) the control plane.
 
 ``python -m trainkit.runtime.node.node_service`` (started by ``trainkit.init()``,
 ``trainkit start`` or ``trainkit.testing.LocalCluster``). One thread runs a zmq poller over
-the control inbox, every worker's pidfd (so a worker's death is seen the moment it happens)
-and output pipes, and the parent's pipe. Roles (``cfg["role"]``):
+the control inbox, the store socket and its connections, every worker's pidfd (so a worker's
+death is seen the moment it happens) and output pipes, and the parent's pipe. Its parts, each
+the one owner of its state: ``worker_pool.WorkerPool`` (the forkserver, forks, the idle pool,
+exits), ``worker_output.WorkerOutput`` (what workers print, forwarded to the drivers),
+``store_service.StoreService`` (the object store and its requests) and
+``control_plane.ControlPlane`` (leases, actors, placement groups, the node table). Roles
+(``cfg["role"]``):
 
 - ``embedded``: one node owned by one driver, on ipc sockets; the driver's pipe closing
   (EOF) means it died: tear everything down.
+- ``head``: the first node of a cluster and its control plane, on tcp.
+- ``node``: a node that joined a head; it runs what the head assigns to it, answers
+  heartbeats, serves its objects to other nodes (``store.transfer``) and exits when the head
+  stops answering.
 
 Nothing here has a name in a file system (issue 13, leftovers): sockets are in the abstract
-namespace (``@<session>/...``, see ``_transport.endpoint`` and ``_local_channel``), the arena is
-a memfd and spill and fallback files are unnamed (``_object_store``); other processes open
-them through ``/proc/<this pid>/fd/``. A launcher learns that this node serves, or why it
-could not start, on the pipe ``cfg["ready_fd"]``. So when every process is SIGKILLed at once
-the kernel reclaims everything, and a clean stop has nothing to remove either.
-- ``head``: the first node of a cluster and its control plane (``_node_control``), on tcp.
-- ``node``: a node that joined a head; it runs what the head assigns to it, answers
-  heartbeats, serves its objects to other nodes (``_transfer``) and exits when the head
-  stops answering.
+namespace (``@<session>/...``, see ``wire.transport.endpoint`` and ``wire.local_channel``), the
+arena is a memfd and spill and fallback files are unnamed (``store.object_store``); other
+processes open them through ``/proc/<this pid>/fd/``. A launcher learns that this node serves,
+or why it could not start, on the pipe ``cfg["ready_fd"]``. So when every process is SIGKILLed
+at once the kernel reclaims everything, and a clean stop has nothing to remove either.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import select
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 import traceback
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 from typing import ClassVar
 
 import zmq
 
-from trainkit.exceptions import ObjectLostError
 from trainkit.exceptions import RuntimeSystemError
 from trainkit.runtime.node.control_plane import ControlPlane
 from trainkit.runtime.node.control_plane import _Lease
@@ -48,16 +48,13 @@ from trainkit.runtime.node.control_plane import _NodeRecord
 from trainkit.runtime.node.control_plane import _WorkerProc
 from trainkit.runtime.node.machine import machine_key
 from trainkit.runtime.node.scheduler import Grant
-from trainkit.runtime.store.object_store import SharedMemoryStore
-from trainkit.runtime.store.transfer import Puller
-from trainkit.runtime.store.transfer import TransferServer
+from trainkit.runtime.node.store_service import StoreService
+from trainkit.runtime.node.worker_output import WorkerOutput
+from trainkit.runtime.node.worker_pool import WorkerPool
 from trainkit.runtime.wire.auth import FrameAuth
 from trainkit.runtime.wire.local_channel import LOCAL_PREFIX
-from trainkit.runtime.wire.local_channel import LocalChannelServer
-from trainkit.runtime.wire.local_channel import store_socket_address
 from trainkit.runtime.wire.protocol import Msg
 from trainkit.runtime.wire.protocol import msg_name
-from trainkit.runtime.wire.protocol import new_id
 from trainkit.runtime.wire.secret import SECRET_ENV
 from trainkit.runtime.wire.secret import ClusterSecretError
 from trainkit.runtime.wire.secret import receive_secret
@@ -73,32 +70,38 @@ REGISTER_TIMEOUT_S = 15.0
 
 
 class NodeService:
-    """One node's service: its workers, its object store, and (embedded or head) the
-    control plane."""
+    """One node's service: its parts, its inbox loop, and what ties the parts together.
 
-    # What this node service is told, and the method that handles each kind (a control
-    # plane, embedded or head, adds CONTROL_HANDLERS). tests/runtime/test_wire.py holds each
-    # method's parameters to the kind's FIELDS.
-    HANDLERS: ClassVar[dict[int, str]] = {
-        Msg.REGISTER_WORKER: "on_register_worker",
-        Msg.WORKER_TAINTED: "on_worker_tainted",
-        Msg.STORE_ALLOC: "on_store_alloc",
-        Msg.STORE_SEAL: "on_store_seal",
-        Msg.STORE_PIN: "on_store_pin",
-        Msg.STORE_UNPIN: "on_store_unpin",
-        Msg.STORE_FREE: "on_store_free",
-        Msg.STORE_PULLED: "on_store_pulled",
-        Msg.SHUTDOWN: "on_shutdown",
-        Msg.PRELOAD_MODULES: "on_preload_modules",
-        Msg.REGISTER_DRIVER: "on_register_driver",
-        Msg.DRIVER_EXIT: "on_driver_exit",
-        Msg.NODE_ASSIGN: "on_node_assign",
-        Msg.NODE_RELEASE: "on_node_release",
-        Msg.NODE_KILL_WORKER: "on_node_kill_worker",
-        Msg.NODE_PROCESS_DIED: "on_node_process_died",
-        Msg.NODE_DIED: "notify_node_died",
-        Msg.NODE_TABLE: "on_node_table",
-        Msg.NODE_HEARTBEAT_ACK: "on_heartbeat_ack",
+    The parts: ``pool`` (a ``WorkerPool``: the forkserver and the workers), ``objects`` (a
+    ``StoreService``: the object store and the store socket) and, embedded or head,
+    ``control`` (a ``ControlPlane``: leases, actors, placement groups, the node table). This
+    class owns the sockets and the poller, the drivers attached here, and the node role's
+    side of the cluster (heartbeats, what the head assigned to this node).
+    """
+
+    # What this node service is told: the part ("" for the service itself) and the method
+    # that handles each kind (a control plane, embedded or head, adds CONTROL_HANDLERS).
+    # tests/runtime/test_wire.py holds each method's parameters to the kind's FIELDS.
+    HANDLERS: ClassVar[dict[int, tuple[str, str]]] = {
+        Msg.REGISTER_WORKER: ("pool", "on_register_worker"),
+        Msg.WORKER_TAINTED: ("pool", "on_worker_tainted"),
+        Msg.STORE_ALLOC: ("objects", "on_store_alloc"),
+        Msg.STORE_SEAL: ("objects", "on_store_seal"),
+        Msg.STORE_PIN: ("objects", "on_store_pin"),
+        Msg.STORE_UNPIN: ("objects", "on_store_unpin"),
+        Msg.STORE_FREE: ("objects", "on_store_free"),
+        Msg.STORE_PULLED: ("objects", "on_store_pulled"),
+        Msg.SHUTDOWN: ("", "on_shutdown"),
+        Msg.PRELOAD_MODULES: ("", "on_preload_modules"),
+        Msg.REGISTER_DRIVER: ("", "on_register_driver"),
+        Msg.DRIVER_EXIT: ("", "on_driver_exit"),
+        Msg.NODE_ASSIGN: ("", "on_node_assign"),
+        Msg.NODE_RELEASE: ("", "on_node_release"),
+        Msg.NODE_KILL_WORKER: ("", "on_node_kill_worker"),
+        Msg.NODE_PROCESS_DIED: ("", "notify_process_died"),
+        Msg.NODE_DIED: ("", "notify_node_died"),
+        Msg.NODE_TABLE: ("", "on_node_table"),
+        Msg.NODE_HEARTBEAT_ACK: ("", "on_heartbeat_ack"),
     }
 
     def __init__(self, cfg: dict[str, Any], secret: bytes | None = None) -> None:
@@ -116,33 +119,22 @@ class NodeService:
         self.addr = self.inbox.address
         self.out = Outbox(self.ctx, self.auth)
         self.control_addr: str = self.addr if self.is_control else cfg["head_addr"]
+        self.poller = zmq.Poller()
+        self.poller.register(self.inbox.socket, zmq.POLLIN)
         disk = cfg.get("spill_dir") or tempfile.gettempdir()
-        self.store = SharedMemoryStore(f"{self.session}-arena", cfg["object_store_memory"],
-                                       disk, fallback_dir=disk)
-        self.arena_path = self.store.arena_path  # /proc/<pid>/fd/<n>, for every process here
-        # Held by whoever calls the store; notified when an object is sealed (transfers of
-        # an object to other nodes wait for that, see _transfer).
-        self.store_lock = threading.Condition(threading.Lock())
-        # Store requests from processes on this machine (see _local_channel).
-        self.local = LocalChannelServer(store_socket_address(self.session))
+        self.objects = StoreService(self, self.session, cfg["object_store_memory"], disk)
+        if self.host is not None and secret:
+            self.objects.serve_other_nodes(self.host, secret, self.out, self.addr)
+        self.local = self.objects.local
+        self.watch(self.local.fileno())
         self.driver: str | None = cfg.get("driver_addr")
-        self.workers: dict[bytes, _WorkerProc] = {}
-        self.by_fd: dict[int, _WorkerProc] = {}
-        self.pipes: dict[int, tuple[_WorkerProc, str]] = {}
-        self.idle: list[_WorkerProc] = []
-        self.waiting_for_worker: deque[_Lease] = deque()
         self.local_leases: dict[bytes, _Lease] = {}  # node role: what the head assigned here
         self.peers: dict[str, dict[str, Any]] = {}  # node id -> its registered info
         self.drivers: dict[int, str] = {}  # pidfd -> control address of a driver here
         self.log_targets: list[str] = [self.driver] if self.driver else []
-        self.copies: set[bytes] = set()  # objects pulled from other nodes
-        self.pulling: dict[bytes, list[tuple[int, str]]] = {}
         self.running = True
-        self.poller = zmq.Poller()
-        self.poller.register(self.inbox.socket, zmq.POLLIN)
-        self.poller.register(self.local.fileno(), zmq.POLLIN)
         if self.role == "embedded":
-            self.poller.register(0, zmq.POLLIN)  # the driver's pipe
+            self.watch(0)  # the driver's pipe
         self.watch_fd = -1
         if cfg.get("watch_pid"):  # LocalCluster: stop when the process that started us does
             try:
@@ -150,27 +142,23 @@ class NodeService:
             except ProcessLookupError:
                 self.running = False
             else:
-                self.poller.register(self.watch_fd, zmq.POLLIN)
-        self.start_failures = 0
+                self.watch(self.watch_fd)
         self._draining = False
-        self.transfer: TransferServer | None = None
-        self.puller: Puller | None = None
-        if self.host is not None and secret:
-            self.transfer = TransferServer(self.host, secret, self.store, self.store_lock)
-            self.puller = Puller(secret, self.store, self.out, self.addr,
-                                 store_lock=self.store_lock)
+        transfer = self.objects.transfer
         self.info = {
             "node_id": self.node_id, "addr": self.addr, "host": self.host or "127.0.0.1",
-            "transfer_addr": self.transfer.address if self.transfer else "",
-            "machine": machine_key(), "arena_path": self.arena_path,
+            "transfer_addr": transfer.address if transfer else "",
+            "machine": machine_key(), "arena_path": self.objects.arena_path,
             "object_store_memory": cfg["object_store_memory"], "resources": cfg["resources"],
             "gpu_ids": cfg["gpu_ids"], "session_dir": self.session,
             "store_socket": self.local.path,
             "is_head": self.role == "head", "pid": os.getpid(),
         }
-        self.env = self._worker_env()
-        self._secret = secret  # for the forkserver, over its socket (never an environment)
-        self.max_idle = max(2, int(cfg["resources"].get("CPU", 1)))
+        output = WorkerOutput(self.host, self.forward_output, self.unwatch,
+                              forward=cfg.get("log_to_driver", True))
+        self.pool = WorkerPool(self, self._worker_env(), cfg["cwd"], secret,
+                               max_idle=max(2, int(cfg["resources"].get("CPU", 1))),
+                               output=output)
         self.last_ack = time.monotonic()
         self.next_tick = 0.0
         # Leases, actors, placement groups and the node table (used only where this node
@@ -178,8 +166,9 @@ class NodeService:
         self.control = ControlPlane(self)
         if self.is_control:
             self.control.scheduler.add_node(self.node_id, cfg["resources"], cfg["gpu_ids"])
+        parts: dict[str, object] = {"": self, "pool": self.pool, "objects": self.objects}
         self.handlers: dict[int, Callable[..., None]] = {
-            kind: getattr(self, name) for kind, name in self.HANDLERS.items()}
+            kind: getattr(parts[part], name) for kind, (part, name) in self.HANDLERS.items()}
         if self.is_control:
             self.handlers.update((kind, getattr(self.control, name))
                                  for kind, name in ControlPlane.CONTROL_HANDLERS.items())
@@ -195,7 +184,7 @@ class NodeService:
             "TRAINKIT_CONTROL_ADDR": self.control_addr,
             "TRAINKIT_NODE_ID": self.node_id,
             "TRAINKIT_NODE_HOST": self.host or "",
-            "TRAINKIT_ARENA_PATH": self.arena_path,
+            "TRAINKIT_ARENA_PATH": self.objects.arena_path,
             "TRAINKIT_ARENA_CAPACITY": str(self.cfg["object_store_memory"]),
             "TRAINKIT_CLUSTER_RESOURCES": json.dumps(self.cfg["resources"]),
             "TRAINKIT_SYS_PATH": json.dumps(self.cfg["sys_path"]),
@@ -207,17 +196,12 @@ class NodeService:
 
     # ------------------------------------------------------------------ main loop
     def serve(self) -> None:
-        self.start_zygote()
-        for _ in range(int(self.cfg.get("prestart", 0))):
-            self.start_worker()
-        if self.transfer is not None:
-            self.transfer.start()
-        if self.puller is not None:
-            self.puller.start()
+        self.pool.start(int(self.cfg.get("prestart", 0)))
+        self.objects.start()
         if self.role == "node":
             self.register_with_head()
         if self.driver:
-            self.out.send(self.driver, (Msg.NODE_READY, self.addr, self.arena_path))
+            self.out.send(self.driver, (Msg.NODE_READY, self.addr, self.objects.arena_path))
         # Tells whoever started us (CLI, LocalCluster) where we listen.
         report_to_launcher(self.cfg, {"info": self.info})
         sock = self.inbox.socket
@@ -237,22 +221,24 @@ class NodeService:
                 elif item == self.local.fileno():
                     fd = self.local.accept()
                     if fd is not None:
-                        self.poller.register(fd, zmq.POLLIN)
+                        self.watch(fd)
                 elif item == 0:
                     if not os.read(0, 4096):
                         self.running = False  # the driver is gone
-                elif item in self.by_fd:
-                    self.on_worker_exit(self.by_fd[item])
-                elif item in self.pipes:
-                    self.on_pipe(item)  # one read per wake-up keeps the loop fair
+                elif self.pool.owns(item):
+                    self.pool.on_fd(item)
                 elif item in self.drivers:
                     self.driver_gone(item, "the driver process exited")
                 elif item == self.watch_fd:
                     self.running = False
-                elif item == self.zsock.fileno():
-                    self.on_zygote()
             if timeout is not None and time.monotonic() >= self.next_tick:
                 self.tick()
+
+    def watch(self, fd: int) -> None:
+        self.poller.register(fd, zmq.POLLIN)
+
+    def unwatch(self, fd: int) -> None:
+        self.poller.unregister(fd)
 
     def tick(self) -> None:
         """Cluster roles, about once a second: heartbeats and liveness."""
@@ -261,8 +247,7 @@ class NodeService:
         if self.role == "head":
             self.control.check_nodes()
         elif self.role == "node":
-            with self.store_lock:
-                used = self.store.stats()["used_bytes"]
+            used = self.objects.used_bytes()
             self.send(self.control_addr, (Msg.NODE_HEARTBEAT, self.node_id, {"store_used": used}))
             limit = self.cfg.get("head_timeout_s") or HEAD_TIMEOUT_S
             if now - self.last_ack > limit:
@@ -329,6 +314,11 @@ class NodeService:
         except Exception:
             pass
 
+    def forward_output(self, stream: str, text: str) -> None:
+        """What a worker here wrote goes to the drivers (see ``worker_output``)."""
+        for target in self.log_targets:
+            self.send(target, (Msg.LOG, stream, text))
+
     # Requests (kind, req_id, <reply address>, ...) and one-way messages allowed on a local
     # store connection; nothing else is dispatched from there.
     LOCAL_REQUESTS = frozenset({Msg.STORE_ALLOC, Msg.STORE_PIN})
@@ -337,7 +327,7 @@ class NodeService:
     def on_local_request(self, fd: int) -> None:
         got = self.local.read(fd)
         if got is None:
-            self.poller.unregister(fd)
+            self.unwatch(fd)
             return
         addr, msg = got
         if msg and msg[0] in self.LOCAL_REQUESTS:
@@ -348,271 +338,36 @@ class NodeService:
             print(f"trainkit node: {msg_name(msg[0])} is not a local store request",
                   file=sys.stderr)
 
-    # ------------------------------------------------------------------ workers
-    def start_zygote(self) -> None:
-        """Start the forkserver that forks workers (see ``_zygote``)."""
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        env = dict(self.env)
-        env["TRAINKIT_ZYGOTE_FD"] = str(theirs.fileno())
-        self.zygote = subprocess.Popen(
-            [sys.executable, "-m", "trainkit.runtime.node.zygote"], stdin=subprocess.DEVNULL,
-            env=env, cwd=self.cfg["cwd"], pass_fds=(theirs.fileno(),))
-        theirs.close()
-        if self._secret:  # first on the socket, so before any fork request
-            ours.send(json.dumps({"secret": self._secret.decode()}).encode())
-        self.zsock = ours
-        self.exit_codes: dict[int, int] = {}
-        self.preloads = 0
-        self.preloaded: set[str] = set()
-        self.early_pins: dict[bytes, list[tuple[int, str]]] = {}
-        self.forking: deque[_WorkerProc] = deque()
-        self.poller.register(ours.fileno(), zmq.POLLIN)
-
-    def _zygote_message(self, timeout: float | None) -> bool:
-        """Handle one message from the forkserver; False if none came within ``timeout``."""
-        ready, _, _ = select.select([self.zsock], [], [], timeout)
-        if not ready:
-            return False
-        data = self.zsock.recv(65536)
-        if not data:
-            raise RuntimeSystemError("the worker forkserver died")
-        msg: dict[str, int] = json.loads(data)
-        if "exit" in msg:
-            self.exit_codes[msg["exit"]] = msg["status"]
-        else:
-            self.on_forked(self.forking.popleft(), msg["pid"])
-        return True
-
-    def start_worker(self) -> _WorkerProc:
-        """Ask the forkserver for a worker; it answers with the pid (see ``on_forked``)."""
-        worker_id = new_id()
-        env = dict(self.env)
-        env["TRAINKIT_WORKER_ID"] = worker_id.hex()
-        stdin_r, stdin_w = os.pipe()
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        spec = json.dumps({"env": env, "cwd": self.cfg["cwd"]}).encode()
-        socket.send_fds(self.zsock, [spec], [stdin_r, out_w, err_w])
-        for fd in (stdin_r, out_w, err_w):
-            os.close(fd)
-        w = _WorkerProc(worker_id, 0, -1, stdin_w, preloads=self.preloads)
-        self.workers[worker_id] = w
-        self.forking.append(w)
-        for fd, stream in ((out_r, "stdout"), (err_r, "stderr")):
-            os.set_blocking(fd, False)
-            self.pipes[fd] = (w, stream)
-            self.poller.register(fd, zmq.POLLIN)
-        return w
-
-    def on_preload_modules(self, modules: list[str]) -> None:
-        """Have the forkserver import ``modules``, so workers forked later start with them."""
-        new = [m for m in modules if m not in self.preloaded]
-        if not new:
+    def drain_inbox(self) -> None:
+        """Handle the messages waiting in the inbox now (frees, unpins), before an allocation
+        that would otherwise spill or fail for room they give back."""
+        if self._draining:
             return
-        self.preloaded.update(new)
-        if self.role == "head":  # every node's forkserver, and those that join later
+        self._draining = True
+        try:
+            while self.running:
+                msg = self.inbox.recv_nowait()
+                if msg is None:
+                    return
+                self.dispatch(msg)
+        finally:
+            self._draining = False
+
+    def peer(self, node_id: str) -> dict[str, Any] | None:
+        return self.peers.get(node_id)
+
+    # ------------------------------------------------------------------ workers
+    def on_preload_modules(self, modules: list[str]) -> None:
+        """Every forkserver imports ``modules``, so workers forked later start with them."""
+        new = self.pool.preload(modules)
+        if new and self.role == "head":  # every node's forkserver, and those that join later
             for node_id, node in self.control.cluster_nodes.items():
                 if node_id != self.node_id:
                     self.send(node.info["addr"], (Msg.PRELOAD_MODULES, new))
-        socket.send_fds(self.zsock, [json.dumps({"preload": new}).encode()], [])
-        self.preloads += 1
-        stale, self.idle = self.idle, []
-        for w in stale:  # they lack the modules; new workers are forked when needed
-            self.send(w.exec_addr, (Msg.RETIRE,))
-
-    def on_forked(self, w: _WorkerProc, pid: int) -> None:
-        w.pid = pid
-        try:
-            w.pidfd = os.pidfd_open(pid)
-        except ProcessLookupError:  # already gone: make its death visible all the same
-            w.pidfd = os.eventfd(1)
-        self.by_fd[w.pidfd] = w
-        self.poller.register(w.pidfd, zmq.POLLIN)
-        if w.killed_reason:
-            self.local_kill_worker(w, w.killed_reason)
-
-    def on_zygote(self) -> None:
-        while self._zygote_message(0):
-            pass
-
-    def exit_code(self, pid: int) -> int | None:
-        """The worker's exit status, as the forkserver reported it (it reaps its children)."""
-        deadline = time.monotonic() + 1.0
-        while pid not in self.exit_codes and time.monotonic() < deadline:
-            if not self._zygote_message(max(0.0, deadline - time.monotonic())):
-                break
-        return self.exit_codes.pop(pid, None)
-
-    def on_register_worker(self, worker_id: bytes, pid: int, exec_addr: str,
-                           ctl_addr: str, staying: bool = False) -> None:
-        w = self.workers.get(worker_id)
-        if w is None:
-            return
-        w.exec_addr, w.ctl_addr, w.ready = exec_addr, ctl_addr, True
-        self.start_failures = 0
-        if staying and not self.waiting_for_worker:
-            self.idle.append(w)  # refused to retire: it owns objects
-        else:
-            self.worker_available(w)
-
-    def worker_available(self, w: _WorkerProc) -> None:
-        if w.preloads < self.preloads:
-            # Forked before a preload: it lacks the modules. Every waiting lease has a fresh
-            # fork of its own on the way, so this one leaves.
-            self.send(w.exec_addr, (Msg.RETIRE,))
-        elif self.waiting_for_worker:
-            self.assign(self.waiting_for_worker.popleft(), w)
-        elif len(self.idle) >= self.max_idle:
-            # Too many idle workers: ask this one to leave. One that owns objects stays
-            # (their values live in it) and registers again.
-            self.send(w.exec_addr, (Msg.RETIRE,))
-        else:
-            self.idle.append(w)
-
-    def find_worker(self, worker_id: bytes) -> _WorkerProc | None:
-        return self.workers.get(worker_id) or self.control.remote_workers.get(worker_id)
-
-    def local_kill_worker(self, w: _WorkerProc, reason: str) -> None:
-        if not w.killed_reason:
-            w.killed_reason = reason
-        if w in self.idle:
-            self.idle.remove(w)
-        if not w.exited and w.pid:
-            try:
-                os.kill(w.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-    def local_release(self, w: _WorkerProc) -> None:
-        """A lease on this node ended: its worker goes back to the pool, or away."""
-        w.lease_id = None
-        if w.tainted or w.actor_id is not None:
-            self.local_kill_worker(w, "done")
-        elif not w.exited:
-            self.worker_available(w)
-
-    def on_worker_exit(self, w: _WorkerProc) -> None:
-        self.poller.unregister(w.pidfd)
-        del self.by_fd[w.pidfd]
-        os.close(w.pidfd)
-        for fd in [fd for fd, (pw, _) in self.pipes.items() if pw is w]:
-            self.on_pipe_drain(fd)
-        w.exited = True
-        os.close(w.stdin_w)
-        code = self.exit_code(w.pid)
-        self.workers.pop(w.worker_id, None)
-        if w in self.idle:
-            self.idle.remove(w)
-        cause = w.killed_reason or _describe_exit(code)
-        if w.ctl_addr:
-            self.notify_process_died(w.ctl_addr, cause)
-        if self.is_control:
-            self.control.worker_gone(w, cause, self.node_id)
-        else:
-            lease = self.local_leases.pop(w.lease_id, None) if w.lease_id else None
-            if lease is not None or w.ctl_addr:
-                self.send(self.control_addr, (Msg.NODE_WORKER_EXIT, self.node_id,
-                                              w.worker_id if lease is not None else None,
-                                              w.ctl_addr, cause))
-        if not w.ready:
-            self.on_worker_start_failed(w, cause)
-
-    def on_worker_start_failed(self, w: _WorkerProc, cause: str) -> None:
-        self.start_failures += 1
-        if not self.waiting_for_worker:
-            return
-        if self.start_failures < 3:
-            self.start_worker()
-            return
-        err = RuntimeSystemError(
-            f"worker processes fail to start ({cause}); their output above says why. "
-            f"Command: {sys.executable} -m trainkit.runtime.core.worker_process")
-        while self.waiting_for_worker:
-            lease = self.waiting_for_worker.popleft()
-            if not self.is_control:
-                self.local_leases.pop(lease.lease_id, None)
-                self.send(self.control_addr, (Msg.NODE_LEASE_FAILED, lease.lease_id, err))
-            else:
-                self.control.on_node_lease_failed(lease.lease_id, err)
-
-    def on_pipe(self, fd: int) -> bool:
-        """Forward what a worker wrote; False when nothing more is there to read now."""
-        w, stream = self.pipes[fd]
-        try:
-            data = os.read(fd, 65536)
-        except BlockingIOError:
-            return False
-        except OSError:
-            data = b""
-        if not data:
-            self.poller.unregister(fd)
-            del self.pipes[fd]
-            os.close(fd)
-            rest = w.out_partial.pop(fd, b"")
-            if rest:
-                for target in self.log_targets:
-                    self.send(target, (Msg.LOG, stream, rest.decode(errors="replace") + "\n"))
-            return False
-        data = w.out_partial.pop(fd, b"") + data
-        head, sep, tail = data.rpartition(b"\n")
-        if tail:
-            w.out_partial[fd] = tail
-        if sep and self.log_targets and self.cfg.get("log_to_driver", True):
-            text = (head + sep).decode(errors="replace")
-            lines = [ln if ln.startswith("(") else f"(pid={w.pid}) {ln}"
-                     for ln in text.splitlines()]
-            if self.host is not None:  # cluster mode: say which node it came from
-                lines = [ln.replace(")", f", node={self.host})", 1) for ln in lines]
-            for target in self.log_targets:
-                self.send(target, (Msg.LOG, stream, "\n".join(lines) + "\n"))
-        return True
-
-    def on_pipe_drain(self, fd: int) -> None:
-        # Stops at the first empty read: a child the worker started may still hold the
-        # pipe open, and its EOF then arrives through the poller later.
-        while fd in self.pipes and self.on_pipe(fd):
-            pass
-
-    def notify_process_died(self, addr: str, cause: str) -> None:
-        """A process died (here or elsewhere): free its objects here, tell the locals."""
-        self.out.forget(addr)
-        with self.store_lock:
-            self.store.free_owned_by(addr)
-        targets = set(self.drivers.values()) | {w.ctl_addr for w in self.workers.values()
-                                                 if w.ctl_addr}
-        if self.driver:
-            targets.add(self.driver)
-        for t in targets:
-            if t != addr:
-                self.send(t, (Msg.PROCESS_DIED, addr, cause))
-
-    def notify_node_died(self, node_id: str, cause: str) -> None:
-        """Another node died: the processes here drop what lived only there."""
-        self.peers.pop(node_id, None)
-        targets = set(self.drivers.values()) | {w.ctl_addr for w in self.workers.values()
-                                                 if w.ctl_addr}
-        if self.driver:
-            targets.add(self.driver)
-        for t in targets:
-            self.send(t, (Msg.NODE_DIED, node_id, cause))
-
-    def on_worker_tainted(self, worker_id: bytes) -> None:
-        w = self.workers.get(worker_id)
-        if w is not None:
-            w.tainted = True
-
-    # ------------------------------------------------------------------ leases on this node
-    def local_assign(self, lease: _Lease) -> None:
-        """Give ``lease`` (granted on this node) a worker: an idle one or a new fork."""
-        while self.idle:
-            w = self.idle.pop()
-            if not w.exited:
-                self.assign(lease, w)
-                return
-        self.waiting_for_worker.append(lease)
-        self.start_worker()
 
     def assign(self, lease: _Lease, w: _WorkerProc) -> None:
+        """``w`` runs ``lease`` (granted on this node): tell the control plane and the owner,
+        or have the worker become the lease's actor."""
         assert lease.grant is not None
         if self.is_control:
             if not self.control.assigned(lease, w):
@@ -633,32 +388,76 @@ class NodeService:
         self.send(w.exec_addr, (Msg.BECOME_ACTOR, lease.actor_id, name, blob, payload,
                                 descs, gpu_ids, max_concurrency))
 
-    def on_node_assign(self, lease_id: bytes, owner: str, actor_id: bytes | None,
-                       actor_spec: tuple[Any, ...], gpu_ids: tuple[int, ...]) -> None:
-        lease = _Lease(lease_id, owner, actor_id=actor_id, actor_spec=actor_spec,
-                       grant=Grant(lease_id, self.node_id, {}, tuple(gpu_ids), None))
-        self.local_leases[lease_id] = lease
-        self.local_assign(lease)
-
-    def on_node_release(self, worker_id: bytes) -> None:
-        w = self.workers.get(worker_id)
-        if w is None:
+    def worker_exited(self, w: _WorkerProc, cause: str) -> None:
+        """A worker here died: its objects, its owners' processes and its lease learn it."""
+        if w.ctl_addr:
+            self.notify_process_died(w.ctl_addr, cause)
+        if self.is_control:
+            self.control.worker_gone(w, cause, self.node_id)
             return
-        if w.lease_id is not None:
-            self.local_leases.pop(w.lease_id, None)
-        self.local_release(w)
+        lease = self.local_leases.pop(w.lease_id, None) if w.lease_id else None
+        if lease is not None or w.ctl_addr:
+            self.send(self.control_addr, (Msg.NODE_WORKER_EXIT, self.node_id,
+                                          w.worker_id if lease is not None else None,
+                                          w.ctl_addr, cause))
 
-    def on_node_kill_worker(self, worker_id: bytes, reason: str) -> None:
-        w = self.workers.get(worker_id)
-        if w is not None:
-            self.local_kill_worker(w, reason)
+    def leases_failed(self, leases: list[_Lease], err: Exception) -> None:
+        for lease in leases:
+            if self.is_control:
+                self.control.on_node_lease_failed(lease.lease_id, err)
+            else:
+                self.local_leases.pop(lease.lease_id, None)
+                self.send(self.control_addr, (Msg.NODE_LEASE_FAILED, lease.lease_id, err))
 
-    def on_node_process_died(self, addr: str, cause: str) -> None:
-        self.notify_process_died(addr, cause)
+    # The control plane's hands on this node (``control_plane.ControlHost``).
+    def local_assign(self, lease: _Lease) -> None:
+        self.pool.give(lease)
 
-    def on_node_table(self, table: dict[str, Any]) -> None:
-        self.peers = dict(table["nodes"])
-        self.log_targets = list(table["drivers"])
+    def local_unwait(self, lease: _Lease) -> None:
+        self.pool.unwait(lease)
+
+    def local_kill_worker(self, w: _WorkerProc, reason: str) -> None:
+        self.pool.kill(w, reason)
+
+    def local_release(self, w: _WorkerProc) -> None:
+        self.pool.release(w)
+
+    def preloaded_modules(self) -> list[str]:
+        return sorted(self.pool.preloaded)
+
+    def find_worker(self, worker_id: bytes) -> _WorkerProc | None:
+        return self.pool.workers.get(worker_id) or self.control.remote_workers.get(worker_id)
+
+    def notify_process_died(self, addr: str, cause: str) -> None:
+        """A process died (here or elsewhere): free its objects here, tell the locals."""
+        self.out.forget(addr)
+        self.objects.free_owned_by(addr)
+        for t in self._local_processes():
+            if t != addr:
+                self.send(t, (Msg.PROCESS_DIED, addr, cause))
+
+    def notify_node_died(self, node_id: str, cause: str) -> None:
+        """Another node died: the processes here drop what lived only there."""
+        self.peers.pop(node_id, None)
+        for t in self._local_processes():
+            self.send(t, (Msg.NODE_DIED, node_id, cause))
+
+    def _local_processes(self) -> set[str]:
+        targets = set(self.drivers.values()) | self.pool.ctl_addrs()
+        if self.driver:
+            targets.add(self.driver)
+        return targets
+
+    def store_info(self) -> dict[str, Any]:
+        stats = self.objects.stats()
+        if self.control.cluster_nodes:
+            stats["capacity"] = sum(int(n.info["object_store_memory"])
+                                    for n in self.control.cluster_nodes.values())
+        return stats
+
+    def rejected_frames(self) -> dict[str, dict[str, int]]:
+        """Frames this node's inbox and its object server dropped, by reason."""
+        return {"inbox": self.inbox.rejected, "objects": self.objects.rejected_frames()}
 
     def node_table(self) -> dict[str, Any]:
         drivers = sorted({d for n in self.control.cluster_nodes.values() for d in n.info.get(
@@ -666,6 +465,31 @@ class NodeService:
         self.peers = {nid: n.info for nid, n in self.control.cluster_nodes.items()}
         self.log_targets = drivers
         return {"nodes": self.peers, "drivers": drivers}
+
+    # ------------------------------------------------------------------ node role: the head's
+    def on_node_assign(self, lease_id: bytes, owner: str, actor_id: bytes | None,
+                       actor_spec: tuple[Any, ...], gpu_ids: tuple[int, ...]) -> None:
+        lease = _Lease(lease_id, owner, actor_id=actor_id, actor_spec=actor_spec,
+                       grant=Grant(lease_id, self.node_id, {}, tuple(gpu_ids), None))
+        self.local_leases[lease_id] = lease
+        self.pool.give(lease)
+
+    def on_node_release(self, worker_id: bytes) -> None:
+        w = self.pool.workers.get(worker_id)
+        if w is None:
+            return
+        if w.lease_id is not None:
+            self.local_leases.pop(w.lease_id, None)
+        self.pool.release(w)
+
+    def on_node_kill_worker(self, worker_id: bytes, reason: str) -> None:
+        w = self.pool.workers.get(worker_id)
+        if w is not None:
+            self.pool.kill(w, reason)
+
+    def on_node_table(self, table: dict[str, Any]) -> None:
+        self.peers = dict(table["nodes"])
+        self.log_targets = list(table["drivers"])
 
     # ------------------------------------------------------------------ drivers
     def on_register_driver(self, req_id: int, reply_to: str, pid: int) -> None:
@@ -676,7 +500,7 @@ class NodeService:
             self.reply(reply_to, req_id, False, RuntimeSystemError("the driver is gone"))
             return
         self.drivers[pidfd] = reply_to
-        self.poller.register(pidfd, zmq.POLLIN)
+        self.watch(pidfd)
         self.info.setdefault("drivers", []).append(reply_to)
         self.update_drivers()
         self.reply(reply_to, req_id, True, self.info)
@@ -694,7 +518,7 @@ class NodeService:
 
     def driver_gone(self, pidfd: int, cause: str) -> None:
         addr = self.drivers.pop(pidfd)
-        self.poller.unregister(pidfd)
+        self.unwatch(pidfd)
         os.close(pidfd)
         drivers = self.info.get("drivers", [])
         if addr in drivers:
@@ -706,200 +530,16 @@ class NodeService:
             self.send(self.control_addr, (Msg.NODE_WORKER_EXIT, self.node_id, None, addr, cause))
         self.update_drivers()
 
-    # ------------------------------------------------------------------ object store
-    def on_store_alloc(self, req_id: int, reply_to: str, oid: bytes, size: int,
-                       owner: str, files_ok: bool = False) -> None:
-        """Room for a new object: an arena offset, or (``files_ok``: the writer can map one)
-        the /proc path of a fallback file of its own."""
-        with self.store_lock:
-            tight = not self.store.fits(size)
-        if tight:
-            self.drain_inbox()
-        try:
-            with self.store_lock:
-                location = self.store.allocate(oid, size, owner)
-                if isinstance(location, str) and not files_ok:
-                    self.store.free(oid)
-                    raise self.store.out_of_memory(
-                        size, oid, "pinned and unsealed objects leave no range large enough "
-                        "(and this writer maps only the arena, not a file of its own)")
-        except Exception as e:
-            self.reply(reply_to, req_id, False, e)
-            return
-        self.reply(reply_to, req_id, True, location)
-
-    def on_store_seal(self, oid: bytes) -> None:
-        with self.store_lock:
-            if self.store.contains(oid):
-                self.store.seal(oid)
-            self.store_lock.notify_all()
-        for req_id, reply_to in self.early_pins.pop(oid, ()):
-            self.on_store_pin(req_id, reply_to, oid)
-
-    def on_store_pin(self, req_id: int, reply_to: str, oid: bytes, node_id: str = "",
-                     size: int = 0) -> None:
-        with self.store_lock:
-            here = self.store.contains(oid)
-            sealed = self.store.is_sealed(oid)
-        if here and not sealed:
-            # The writer's seal and a reader's pin travel on different sockets: a reader told
-            # of the object by its owner can get here first. Answer once the seal arrives.
-            self.early_pins.setdefault(oid, []).append((req_id, reply_to))
-            return
-        if not here and node_id and node_id != self.node_id:
-            self.pull(req_id, reply_to, oid, node_id, size)
-            return
-        try:
-            with self.store_lock:
-                result = self.store.pin(oid)
-        except KeyError:
-            self.reply(reply_to, req_id, False, ObjectLostError(
-                oid.hex(), "it is not in the object store (it was freed)"))
-            return
-        except Exception as e:
-            self.reply(reply_to, req_id, False, e)
-            return
-        self.reply(reply_to, req_id, True, result)
-
-    def pull(self, req_id: int, reply_to: str, oid: bytes, node_id: str, size: int) -> None:
-        """Fetch an object another node holds; the reader's pin is answered when it is here."""
-        waiters = self.pulling.get(oid)
-        if waiters is not None:
-            waiters.append((req_id, reply_to))
-            return
-        peer = self.peers.get(node_id)
-        if peer is None or self.puller is None:
-            self.reply(reply_to, req_id, False, ObjectLostError(
-                oid.hex(), f"it lived on node {node_id[:8]}, which is gone"))
-            return
-        try:
-            with self.store_lock:
-                self.store.allocate(oid, size, "")  # an arena range or a fallback file
-        except Exception as e:
-            self.reply(reply_to, req_id, False, e)
-            return
-        self.pulling[oid] = [(req_id, reply_to)]
-        self.puller.submit(oid, peer["transfer_addr"], size)
-
-    def on_store_pulled(self, oid: bytes, error: str | None) -> None:
-        waiters = self.pulling.pop(oid, [])
-        if error is not None:
-            with self.store_lock:
-                self.store.free(oid)
-            for req_id, reply_to in waiters:
-                self.reply(reply_to, req_id, False, ObjectLostError(
-                    oid.hex(), f"fetching it from another node failed: {error}"))
-            return
-        with self.store_lock:
-            self.store.seal(oid)
-        self.copies.add(oid)
-        for req_id, reply_to in waiters:
-            self.on_store_pin(req_id, reply_to, oid)
-        self.drop_unused_copy(oid)
-
-    def drop_unused_copy(self, oid: bytes) -> None:
-        """A pulled copy lives while readers here pin it; the owner's copy stays the source."""
-        if oid in self.copies:
-            with self.store_lock:
-                if self.store.pin_count(oid) == 0:
-                    self.store.free(oid)
-                    self.copies.discard(oid)
-
-    def on_store_unpin(self, oid: bytes) -> None:
-        # Also for a freed object whose readers still pinned it (RELEASING): the last unpin
-        # releases its range. `contains()` is False for those, so it must not gate this.
-        try:
-            with self.store_lock:
-                self.store.unpin(oid)
-        except (KeyError, ValueError):
-            pass  # its owner died and the store already dropped it
-        self.drop_unused_copy(oid)
-
-    def on_store_free(self, oids: list[bytes], node_id: str = "") -> None:
-        if node_id and node_id != self.node_id:
-            peer = self.peers.get(node_id)
-            if peer is not None:
-                self.send(peer["addr"], (Msg.STORE_FREE, oids))
-            return
-        with self.store_lock:
-            for oid in oids:
-                if oid not in self.copies:
-                    self.store.free(oid)
-
-    def rejected_frames(self) -> dict[str, dict[str, int]]:
-        """Frames this node's inbox and its object server dropped, by reason."""
-        return {"inbox": self.inbox.rejected,
-                "objects": dict(self.transfer.auth.rejected) if self.transfer else {}}
-
-    def drain_local(self) -> None:
-        """Handle what the store connections hold now, before a reply that reports on the
-        store (so stats asked for after an unpin count it)."""
-        fds = self.local.fds()
-        if not fds:
-            return
-        poll = select.poll()
-        for fd in fds:
-            poll.register(fd, select.POLLIN)
-        while ready := poll.poll(0):
-            for fd, _ in ready:
-                if self.local.owns(fd):
-                    self.on_local_request(fd)  # one message; EOF closes and forgets it
-                if not self.local.owns(fd):
-                    poll.unregister(fd)
-
-    def drain_inbox(self) -> None:
-        """Handle the messages waiting in the inbox now (frees, unpins), before an allocation
-        that would otherwise spill or fail for room they give back."""
-        if self._draining:
-            return
-        self._draining = True
-        try:
-            while self.running:
-                msg = self.inbox.recv_nowait()
-                if msg is None:
-                    return
-                self.dispatch(msg)
-        finally:
-            self._draining = False
-
-    def store_info(self) -> dict[str, Any]:
-        self.drain_local()
-        with self.store_lock:
-            stats = self.store.stats()
-        if self.control.cluster_nodes:
-            stats["capacity"] = sum(int(n.info["object_store_memory"])
-                                    for n in self.control.cluster_nodes.values())
-        return stats
-
     # ------------------------------------------------------------------ shutdown
     def on_shutdown(self, req_id: int, reply_to: str) -> None:
         self.running = False
         self.shutdown_reply = (reply_to, req_id)
 
     def cleanup(self) -> None:
-        for w in list(self.workers.values()):
-            self.local_kill_worker(w, "shutdown")
-        # Killing the forkserver also kills any worker it forked (their death signal).
-        self.zygote.kill()
-        self.zygote.wait()
-        self.zsock.close()
-        deadline = time.monotonic() + 5
-        for w in list(self.workers.values()):
-            # Wait for each exit (its pidfd turns readable) so nothing outlives shutdown.
-            if w.pidfd >= 0:
-                select.select([w.pidfd], [], [], max(0.0, deadline - time.monotonic()))
-                os.close(w.pidfd)
-            os.close(w.stdin_w)
-        for fd in self.pipes:
-            os.close(fd)
+        self.pool.close()
         for fd in self.drivers:
             os.close(fd)
-        if self.transfer is not None:
-            self.transfer.stop()
-        if self.puller is not None:
-            self.puller.stop()
-        self.local.close()
-        self.store.close()
+        self.objects.close()
         reply = getattr(self, "shutdown_reply", None)
         if reply is not None:
             self.reply(reply[0], reply[1], True, None)
@@ -907,17 +547,6 @@ class NodeService:
         self.inbox.close()
         self.ctx.term()
 
-
-def _describe_exit(code: int | None) -> str:
-    if code is None:
-        return "the process exited"
-    if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = str(-code)
-        return f"the process was killed by {name}"
-    return f"the process exited with code {code}"
 
 def report_to_launcher(cfg: dict[str, Any], what: dict[str, Any]) -> None:
     """Write ``{"info": ...}`` (serving) or ``{"error": ...}`` (stopping) to the launcher's
