@@ -17,8 +17,8 @@ from trainkit.train import RunConfig
 from trainkit.train._ledger import LEDGER_FILE
 from trainkit.train._ledger import read_ledger
 from trainkit.train._storage import local_location
-from trainkit.tune._sweep_report import SWEEP_BADPUT_KEYS
-from trainkit.tune._sweep_report import summarize_sweep
+from trainkit.train._goodput import SWEEP_BADPUT_KEYS
+from trainkit.train._goodput import summarize_sweep
 from trainkit.tune.schedulers import ASHAScheduler
 
 

@@ -9,6 +9,7 @@
     trainkit status [--address HOST:PORT] [--secret-file PATH]
     trainkit stop
     trainkit report PATH [--json]
+    trainkit dashboard [--storage PATH] [--address ADDR] [--host 127.0.0.1] [--port 8265]
 
 ``start`` runs a node service detached from the terminal and records it in
 ``~/.trainkit/cluster.json`` (the head's address, for ``status`` and ``init(address="auto")``,
@@ -19,8 +20,8 @@ failed or cannot be reached, 2 a usage error (bad option, no usable secret).
 
 ``report`` needs no runtime: it reads a run's or a sweep's ledger in its folder (a local path
 or a URI such as ``s3://bucket/runs/exp``) and prints where the time went (see
-``trainkit.train._goodput`` and ``trainkit.tune._sweep_report``); exit code 2 when the path
-holds neither.
+``trainkit.train._goodput`` and ``trainkit.train._goodput``); exit code 2 when the path
+holds neither. ``dashboard`` serves a web page of the same ledgers (``trainkit.dashboard``).
 """
 
 from __future__ import annotations
@@ -191,6 +192,14 @@ def _build_parser() -> argparse.ArgumentParser:
                         help="the run's or sweep's folder: a local path or a URI "
                              "(s3://bucket/runs/exp)")
     report.add_argument("--json", action="store_true", help="print one JSON object")
+    from trainkit.dashboard._main import add_arguments
+
+    add_arguments(subcommands.add_parser(
+        "dashboard", help="a web page of the runs and sweeps in a storage folder (and a cluster)",
+        description="Serve a web page listing every run and sweep under --storage with its "
+                    "status, each run's metric curves, each sweep's trials and a plot, and "
+                    "with --address the cluster's nodes, resources, actors and placement "
+                    "groups. Loopback only unless --host says otherwise."))
     return parser
 
 
@@ -677,11 +686,11 @@ def _stop(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from trainkit.train import _storage
     from trainkit.train._goodput import format_report
+    from trainkit.train._goodput import format_sweep_report
     from trainkit.train._goodput import summarize
+    from trainkit.train._goodput import summarize_sweep
     from trainkit.train._ledger import LEDGER_FILE
     from trainkit.train._ledger import read_ledger
-    from trainkit.tune._sweep_report import format_sweep_report
-    from trainkit.tune._sweep_report import summarize_sweep
 
     try:
         run = _storage.resolve(args.path)
@@ -711,6 +720,12 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dashboard(args: argparse.Namespace) -> int:
+    from trainkit.dashboard._main import run
+
+    return run(args)
+
+
 # --- main -------------------------------------------------------------------------------------
 
 
@@ -732,7 +747,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse printed the usage and the error
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
-    commands = {"start": _start, "status": _status, "stop": _stop, "report": _report}
+    commands = {"start": _start, "status": _status, "stop": _stop, "report": _report,
+                "dashboard": _dashboard}
     try:
         return commands[args.command](args)
     except ClusterSecretError as e:

@@ -142,8 +142,11 @@ def read_ledger(run: StorageLocation) -> tuple[list[dict[str, Any]], int] | None
     """The events of the run folder ``run`` in order, and how many lines could not be read
     (a line torn by a crash); None if the folder has no ledger."""
     data = _storage.read_file(run.join(LEDGER_FILE))
-    if data is None:
-        return None
+    return None if data is None else parse_ledger(data)
+
+
+def parse_ledger(data: bytes) -> tuple[list[dict[str, Any]], int]:
+    """The events in a ledger file's bytes, and how many lines could not be read (pure)."""
     events: list[dict[str, Any]] = []
     damaged = 0
     for line in data.splitlines():

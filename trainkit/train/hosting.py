@@ -24,7 +24,8 @@ What it promises (and a change to it is a deliberate diff: its ``__all__`` is ch
   (``check_writable``, ``read_file``, ``write_file`` atomic, ``list_dir``, ``delete_dir``,
   ``upload_dir``, ``download_dir``), and ``RunFiles``: the local folder a ``ResultLog``
   writes into, uploaded to the run's folder by ``sync()``.
-- The ledger (``RunLedger``, ``read_ledger``, ``ledger_error_fields``, ``LEDGER_FILE``):
+- The ledger (``RunLedger``, ``read_ledger``, ``parse_ledger``, ``ledger_error_fields``,
+  ``LEDGER_FILE``):
   the one event format and reader for runs and sweeps, so a sweep appends its events to
   ``ledger.jsonl`` in its folder exactly as a Train run does (see ``_ledger``'s docstring).
 
@@ -47,6 +48,7 @@ from trainkit.train._host import run_loop
 from trainkit.train._ledger import LEDGER_FILE
 from trainkit.train._ledger import RunLedger
 from trainkit.train._ledger import error_fields as ledger_error_fields
+from trainkit.train._ledger import parse_ledger
 from trainkit.train._ledger import read_ledger
 from trainkit.train._recorder import ResultFiles as RunFiles
 from trainkit.train._session import TrainContext
@@ -76,6 +78,7 @@ __all__ = [
     "ledger_error_fields",
     "list_dir",
     "local_location",
+    "parse_ledger",
     "read_file",
     "read_ledger",
     "run_loop",

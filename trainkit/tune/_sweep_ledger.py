@@ -36,11 +36,9 @@ from collections.abc import Sequence
 from typing import Any
 from typing import Final
 
-import pyarrow.fs  # type: ignore[import-untyped]
-
 from trainkit.train.hosting import RunLedger
-from trainkit.train.hosting import StorageLocation
 from trainkit.train.hosting import ledger_error_fields
+from trainkit.train.hosting import local_location
 
 _AUTO: Final = frozenset({"training_iteration", "time_this_iter_s", "time_total_s",
                           "timestamp", "trial_id", "checkpoint_dir_name", "done"})
@@ -59,7 +57,7 @@ class SweepLedger:
 
     def __init__(self, exp_dir: str, metric: str | Sequence[str] | None,
                  mode: str | Sequence[str] | None) -> None:
-        self.ledger = RunLedger(StorageLocation(pyarrow.fs.LocalFileSystem(), exp_dir, exp_dir))
+        self.ledger = RunLedger(local_location(exp_dir))
         self.metrics = [metric] if isinstance(metric, str) else list(metric or [])
         first_mode = mode if isinstance(mode, str) or mode is None else mode[0]
         self.sign = -1.0 if first_mode == "min" else 1.0  # larger sign * value is better
