@@ -483,7 +483,8 @@ class CoreWorker:
                     if not ready[i]:
                         ready[i] = True
                         count[0] += 1
-                        cond.notify()
+                        if count[0] == num_returns:  # one wake-up, not one per value
+                            cond.notify()
             return cb
 
         with self.guarded:

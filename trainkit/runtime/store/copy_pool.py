@@ -93,8 +93,7 @@ class CopyPool:
 
     def start(self) -> bool:
         """Start the kept threads in this process, if not yet (again after a fork); False
-        once closed. The runtime starts them with the process, so that they belong to its
-        lifetime and not to the first large ``put``."""
+        once closed. The first large copy starts them (about 0.3 ms, once per process)."""
         if self._pid == os.getpid():
             return True
         with self._lock:
