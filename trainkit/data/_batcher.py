@@ -27,15 +27,28 @@ import numpy as np
 import pyarrow as pa  # type: ignore[import-untyped]
 
 __all__ = [
+    "ROW_ID_COLUMN",
     "Prefetcher",
     "iter_batches_from_blocks",
     "prefetch",
+    "split_row_ids",
     "validate_batch_size",
     "validate_local_shuffle_buffer_size",
     "validate_prefetch_batches",
 ]
 
 T = TypeVar("T")
+
+# A column a resumable iterator adds to its blocks (each row's offset in the epoch, see
+# ``_position``) and takes off every batch before the loop sees it: it travels through the
+# re-batching and the local shuffle buffer with its row, so the rows handed out are known.
+ROW_ID_COLUMN = "__trainkit_row_id__"
+
+
+def split_row_ids(table: pa.Table) -> tuple[np.ndarray[Any, Any], pa.Table]:
+    """(the ``ROW_ID_COLUMN`` of ``table`` as int64 numpy, ``table`` without it)."""
+    ids = table.column(ROW_ID_COLUMN).to_numpy()
+    return ids, table.drop_columns([ROW_ID_COLUMN])
 
 
 # --- validation -------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from trainkit.data._aggregate import MapGroups
 from trainkit.data._aggregate import as_keys
 from trainkit.data._batcher import iter_batches_from_blocks
 from trainkit.data._batcher import prefetch
+from trainkit.data._batcher import split_row_ids
 from trainkit.data._block import block_rows
 from trainkit.data._block import block_to_rows
 from trainkit.data._block import compact_block
@@ -33,6 +34,7 @@ from trainkit.data._plan import AllToAllOp
 from trainkit.data._plan import MapOp
 from trainkit.data._plan import Plan
 from trainkit.data._plan import Source
+from trainkit.data._position import TrackedPass
 from trainkit.data._transforms import Columns
 from trainkit.data._transforms import MapBatches
 from trainkit.data._transforms import MapRows
@@ -57,23 +59,43 @@ class _Iterable:
     def _wait_stats(self, waited: float) -> None:
         pass
 
+    def _tracked_pass(self) -> tuple[Iterator[Any], TrackedPass] | None:
+        """A pass whose blocks carry ``ROW_ID_COLUMN`` and a tracker to hand their rows to,
+        for iterators whose position is saved (a Trainer's shards); None: untracked."""
+        return None
+
     def iter_batches(self, *, batch_size: int | None = 256, batch_format: str = "numpy",
                      prefetch_batches: int = 1, drop_last: bool = False,
                      local_shuffle_buffer_size: int | None = None,
                      local_shuffle_seed: int | None = None) -> Iterator[Any]:
         check_batch_size(batch_size)
         check_batch_format(batch_format)
+        tracked = self._tracked_pass()
+        blocks = self._blocks() if tracked is None else tracked[0]
         tables = iter_batches_from_blocks(
-            self._blocks(), batch_size=batch_size, drop_last=drop_last,
+            blocks, batch_size=batch_size, drop_last=drop_last,
             local_shuffle_buffer_size=local_shuffle_buffer_size,
             local_shuffle_seed=local_shuffle_seed)
-        # Batches are cut and converted in the prefetch thread, overlapping the consumer.
-        fetched = prefetch((to_batch(t, batch_format) for t in tables), prefetch_batches)
+        if tracked is None:
+            # Batches are cut and converted in the prefetch thread, overlapping the consumer.
+            fetched = prefetch((to_batch(t, batch_format) for t in tables), prefetch_batches)
+            try:
+                yield from fetched
+            finally:
+                fetched.close()
+                self._wait_stats(fetched.wait_s)
+            return
+        handle = tracked[1]
+        pairs = prefetch(((ids, to_batch(t, batch_format))
+                          for ids, t in map(split_row_ids, tables)), prefetch_batches)
         try:
-            yield from fetched
+            for ids, batch in pairs:
+                handle.hand_out(ids)  # consumed once the loop has it, not when prefetched
+                yield batch
+            handle.finish()
         finally:
-            fetched.close()
-            self._wait_stats(fetched.wait_s)
+            pairs.close()
+            self._wait_stats(pairs.wait_s)
 
     def iter_torch_batches(self, *, batch_size: int | None = 256, dtypes: Any = None,
                            device: Any = "auto", collate_fn: Callable[..., Any] | None = None,
@@ -82,13 +104,22 @@ class _Iterable:
                            local_shuffle_seed: int | None = None,
                            pin_memory: bool = False) -> Iterator[Any]:
         from trainkit.data._torch import iter_torch_batches
+        from trainkit.data._torch import iter_torch_batches_with_ids
 
-        fetched = iter_torch_batches(
-            self._blocks(), batch_size=batch_size, dtypes=dtypes, device=device,
+        tracked = self._tracked_pass()
+        if tracked is None:
+            fetched = iter_torch_batches(
+                self._blocks(), batch_size=batch_size, dtypes=dtypes, device=device,
+                collate_fn=collate_fn, drop_last=drop_last, prefetch_batches=prefetch_batches,
+                local_shuffle_buffer_size=local_shuffle_buffer_size,
+                local_shuffle_seed=local_shuffle_seed, pin_memory=pin_memory)
+            return self._timed(fetched)
+        pairs = iter_torch_batches_with_ids(
+            tracked[0], batch_size=batch_size, dtypes=dtypes, device=device,
             collate_fn=collate_fn, drop_last=drop_last, prefetch_batches=prefetch_batches,
             local_shuffle_buffer_size=local_shuffle_buffer_size,
             local_shuffle_seed=local_shuffle_seed, pin_memory=pin_memory)
-        return self._timed(fetched)
+        return self._tracked(pairs, tracked[1])
 
     def _timed(self, fetched: Any) -> Iterator[Any]:
         try:
@@ -96,6 +127,16 @@ class _Iterable:
         finally:
             fetched.close()
             self._wait_stats(fetched.wait_s)
+
+    def _tracked(self, pairs: Any, handle: TrackedPass) -> Iterator[Any]:
+        try:
+            for ids, batch in pairs:
+                handle.hand_out(ids)
+                yield batch
+            handle.finish()
+        finally:
+            pairs.close()
+            self._wait_stats(pairs.wait_s)
 
     def iter_rows(self) -> Iterator[dict[str, Any]]:
         for block in self._blocks():

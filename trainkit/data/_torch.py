@@ -35,6 +35,7 @@ from torch.utils.dlpack import from_dlpack
 from trainkit.data._batcher import Prefetcher
 from trainkit.data._batcher import iter_batches_from_blocks
 from trainkit.data._batcher import prefetch
+from trainkit.data._batcher import split_row_ids
 from trainkit.data._batcher import validate_prefetch_batches
 from trainkit.data._block import to_batch
 
@@ -42,6 +43,7 @@ __all__ = [
     "DeviceResolver",
     "batch_to_torch",
     "iter_torch_batches",
+    "iter_torch_batches_with_ids",
     "resolve_device",
     "set_default_device_resolver",
 ]
@@ -356,6 +358,41 @@ def iter_torch_batches(
         local_shuffle_seed=local_shuffle_seed,
     )
     return prefetch(_convert_all(tables, dtypes, target, pin_memory, collate_fn), n)
+
+
+def iter_torch_batches_with_ids(
+    block_iter: Iterable[pa.Table],
+    *,
+    batch_size: int | None = 256,
+    dtypes: TorchDtypes = None,
+    device: Device = "auto",
+    collate_fn: Callable[[NumpyBatch], Any] | None = None,
+    drop_last: bool = False,
+    local_shuffle_buffer_size: int | None = None,
+    local_shuffle_seed: int | None = None,
+    prefetch_batches: int = 1,
+    pin_memory: bool = False,
+) -> Prefetcher[tuple[npt.NDArray[np.int64], Any]]:
+    """:func:`iter_torch_batches` over blocks that carry ``ROW_ID_COLUMN``: each item is
+    (the batch's row ids, the batch without that column), for a tracked pass (``_position``)."""
+    n = validate_prefetch_batches(prefetch_batches)
+    _check_collate_args(collate_fn, dtypes, device, pin_memory)
+    _check_dtypes(dtypes)
+    target = resolve_device(device) if collate_fn is None else None
+    tables = iter_batches_from_blocks(
+        block_iter,
+        batch_size=batch_size,
+        drop_last=drop_last,
+        local_shuffle_buffer_size=local_shuffle_buffer_size,
+        local_shuffle_seed=local_shuffle_seed,
+    )
+    def converted() -> Iterator[tuple[npt.NDArray[np.int64], Any]]:
+        for table in tables:
+            row_ids, rest = split_row_ids(table)
+            for batch in _convert_all(iter((rest,)), dtypes, target, pin_memory, collate_fn):
+                yield row_ids, batch
+
+    return prefetch(converted(), n)
 
 
 def _convert_all(

@@ -3,6 +3,8 @@
 Layout of a run folder::
 
     checkpoint_000001/ ...          committed checkpoints (the index says which are live)
+    checkpoint_000001/.trainkit_data_positions.json
+                                    where the run's dataset shards stood at that report
     checkpoints.json           the index: written atomically, after the data
     .staging/<key>/                 where workers copy a checkpoint before it is committed
 
@@ -39,6 +41,9 @@ if TYPE_CHECKING:
     import pyarrow.fs  # type: ignore[import-untyped]
 
 INDEX_FILE = "checkpoints.json"
+# Written by the driver into a checkpoint's staging folder before the commit, so it is
+# committed (and retained, and removed) with the checkpoint it belongs to.
+DATA_POSITIONS_FILE = ".trainkit_data_positions.json"
 STAGING_DIR = ".staging"
 _PREFIX = "checkpoint_"
 
@@ -150,6 +155,33 @@ def _scan(run: StorageLocation, fs: pyarrow.fs.FileSystem | None) -> list[Checkp
             for n, name in folders]
 
 
+def write_data_positions(staged: StorageLocation, positions: dict[str, Any]) -> None:
+    """Put the dataset positions (name -> ``DataPosition.to_json()``) into a staged
+    checkpoint, before it is committed."""
+    _storage.write_file(staged.join(DATA_POSITIONS_FILE), json.dumps(positions).encode())
+
+
+def read_data_positions(checkpoint: StorageLocation) -> dict[str, Any] | None:
+    """The dataset positions saved in a committed checkpoint; None if it has none (a run
+    without datasets, or a checkpoint from before positions were saved).
+
+    Raises:
+        ValueError: the file is there but does not parse (names the file).
+    """
+    data = _storage.read_file(checkpoint.join(DATA_POSITIONS_FILE))
+    if data is None:
+        return None
+    try:
+        positions = json.loads(data)
+    except ValueError as e:
+        raise ValueError(f"the dataset positions {checkpoint.join(DATA_POSITIONS_FILE)} do not "
+                         f"parse ({e}); delete the file to restart the datasets' epochs") from e
+    if not isinstance(positions, dict):
+        raise ValueError(f"the dataset positions {checkpoint.join(DATA_POSITIONS_FILE)} are "
+                         f"not a JSON object; delete the file to restart the datasets' epochs")
+    return positions
+
+
 class CheckpointManager:
     """Commits the checkpoints of the run in ``run`` and applies ``CheckpointConfig``.
 
@@ -194,6 +226,12 @@ class CheckpointManager:
     @property
     def latest(self) -> CheckpointRecord | None:
         return self.records[-1] if self.records else None
+
+    def latest_data_positions(self) -> dict[str, Any] | None:
+        """The dataset positions saved with the latest committed checkpoint, if any."""
+        latest = self.latest
+        return None if latest is None else \
+            read_data_positions(self.run.join(_name(latest.path)))
 
     def commit(self, staged: StorageLocation | str, metrics: dict[str, Any]
                ) -> CheckpointRecord:

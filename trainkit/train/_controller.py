@@ -13,6 +13,12 @@ terminal state. A failure is any rank raising or dying, the process group not fo
 silent for longer than ``FailureConfig.report_timeout_s``, or ranks disagreeing on how many
 times they reported. Each restart tears the group down and resumes every rank from the latest
 persisted checkpoint.
+
+Datasets resume with it: every report carries each rank's shard positions; the driver merges
+them with the position the attempt started from and writes the result into the checkpoint it
+commits (``.trainkit_data_positions.json``), and each attempt restarts the splits from the
+latest checkpoint's positions (``restore_datasets``), so the epoch continues where the
+committed steps left it, on any number of workers.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from trainkit.exceptions import InvalidTransitionError
 from trainkit.exceptions import TaskError
 from trainkit.exceptions import TrainingFailedError
 from trainkit.train._checkpoint import Checkpoint
+from trainkit.train._checkpoint_manager import write_data_positions
 from trainkit.train._config import RunConfig
 from trainkit.train._config import ScalingConfig
 from trainkit.train._constants import FAILURE_GRACE_S
@@ -37,6 +44,8 @@ from trainkit.train._failure_policy import FailurePolicy
 from trainkit.train._ledger import RunLedger
 from trainkit.train._ledger import error_fields
 from trainkit.train._recorder import RunRecorder
+from trainkit.train._session import DATA_POSITIONS_KEY
+from trainkit.train._storage import StorageLocation
 from trainkit.train._uploader import Report
 from trainkit.train._worker_group import WorkerGroup
 from trainkit.train._worker_group import WorkerGroupError
@@ -110,6 +119,7 @@ class TrainController:
         self.group: WorkerGroup | None = None
         self.error: TrainingFailedError | None = None
         self.ledger = ledger
+        self.data_bases: dict[str, Any] = {}  # name -> DataPosition this attempt started from
         self._reset_attempt()
 
     def _reset_attempt(self) -> None:
@@ -172,6 +182,8 @@ class TrainController:
         self._emit("rendezvous_done")
         latest = self.recorder.latest_checkpoint
         checkpoint = latest if latest else self.start_checkpoint
+        self.data_bases = restore_datasets(self.shards, self.attempt,
+                                           self.recorder.checkpoints.latest_data_positions())
         self.group.run(self.fn_blob, self.config, checkpoint, self.shards)
         self.last_active = [time.monotonic()] * self.scaling.num_workers
         self.last_report = time.monotonic()
@@ -211,6 +223,9 @@ class TrainController:
         heads = [self.pending[r].popleft() for r in range(self.scaling.num_workers)]
         seq = heads[0].seq
         staged = next((h.staged for h in heads if h.staged), None)
+        states = [h.metrics.pop(DATA_POSITIONS_KEY, None) for h in heads]
+        if staged is not None:
+            save_data_positions(staged, self.data_bases, states)
         now = time.monotonic()
         iteration = self.recorder.iteration + 1
         if seq == 1:
@@ -294,6 +309,39 @@ class TrainController:
                    f"{resume}\nRun folder: {run_dir}")
         cause = next(iter(failure.errors.values()), None)
         return TrainingFailedError(message, failure.errors, cause, run_dir)
+
+
+def restore_datasets(shards: list[dict[str, Any]], attempt: int,
+                     saved: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Start attempt ``attempt`` of every resumable dataset split in ``shards`` (rank ->
+    name -> shard) from ``saved`` (name -> position, from the latest checkpoint) or from
+    the start; the positions the attempt starts from, by name. Lists split by rank are not
+    resumable (they have no position) and are left as they are."""
+    if not shards:
+        return {}
+    names = [name for name, shard in shards[0].items() if hasattr(shard, "_save_position")]
+    if not names:
+        return {}
+    from trainkit.data._split import restore_split  # only runs with datasets need data
+
+    saved = saved or {}
+    return {name: restore_split([rank[name] for rank in shards], attempt, saved.get(name))
+            for name in names}
+
+
+def save_data_positions(staged: StorageLocation, bases: Mapping[str, Any],
+                        states: list[Any]) -> None:
+    """Write into the staged checkpoint where each dataset stands after this report: the
+    attempt's starting position merged with every rank's (``states``: each rank's
+    ``{name: state}`` as its report carried it; None for a rank that sent none)."""
+    if not bases:
+        return
+    from trainkit.data._position import merge_positions
+
+    merged = {name: merge_positions(base, [s[name] for s in states
+                                           if isinstance(s, dict) and name in s]).to_json()
+              for name, base in bases.items()}
+    write_data_positions(staged, merged)
 
 
 def _headline(error: BaseException) -> str:

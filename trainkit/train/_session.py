@@ -59,6 +59,10 @@ class TrainContext:
         return self.run_path
 
 
+# The key under which ``report()`` hands the dataset shards' positions to the Trainer, next
+# to the metrics (taken out before the metrics are recorded); see ``data_positions``.
+DATA_POSITIONS_KEY = "__trainkit_data_positions__"
+
 Reporter = Callable[[dict[str, Any], "Checkpoint | None"], None]
 # (metrics, checkpoint, checkpoint_upload_mode): a Trainer's worker, which uploads in the
 # background; hosts and local mode give only a ``Reporter``, which commits before returning.
@@ -75,6 +79,14 @@ class Session:
     reporter: Reporter
     use_gpu: bool = False  # whether this rank trains on a GPU (ScalingConfig.use_gpu)
     upload: Uploader | None = None  # takes checkpoint_upload_mode; else ``reporter`` is used
+    # A Trainer's ranks save where their dataset shards stand with every report (hosts that
+    # run a loop themselves, such as Tune's, do not).
+    track_data_positions: bool = False
+
+    def data_positions(self) -> dict[str, Any]:
+        """Each resumable shard's position (its ``_save_position()``), by dataset name."""
+        return {name: shard._save_position() for name, shard in self.dataset_shards.items()
+                if hasattr(shard, "_save_position")}
 
 
 _current: Session | None = None
@@ -125,10 +137,17 @@ def report(metrics: Mapping[str, Any], *, checkpoint: Checkpoint | None = None,
     if checkpoint is not None and not isinstance(checkpoint, Checkpoint):
         raise TypeError("train.report(checkpoint=...) takes a Checkpoint "
                         f"(Checkpoint.from_directory(path)), got {type(checkpoint).__name__}")
+    sent = dict(metrics)
+    if session.track_data_positions:
+        # Every report carries them (a rank may report without a checkpoint while others
+        # give one); the driver saves them with the checkpoint it commits.
+        positions = session.data_positions()
+        if positions:
+            sent[DATA_POSITIONS_KEY] = positions
     if session.upload is not None:
-        session.upload(dict(metrics), checkpoint, checkpoint_upload_mode)
+        session.upload(sent, checkpoint, checkpoint_upload_mode)
     else:
-        session.reporter(dict(metrics), checkpoint)
+        session.reporter(sent, checkpoint)
 
 
 def get_checkpoint() -> Checkpoint | None:

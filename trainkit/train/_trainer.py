@@ -32,9 +32,12 @@ from trainkit.train._checkpoint_manager import read_index
 from trainkit.train._config import RunConfig
 from trainkit.train._config import ScalingConfig
 from trainkit.train._controller import TrainController
+from trainkit.train._controller import restore_datasets
+from trainkit.train._controller import save_data_positions
 from trainkit.train._ledger import RunLedger
 from trainkit.train._ledger import error_fields
 from trainkit.train._recorder import RunRecorder
+from trainkit.train._session import DATA_POSITIONS_KEY
 from trainkit.train._session import Session
 from trainkit.train._session import TrainContext
 from trainkit.train._session import current_session
@@ -265,15 +268,20 @@ def _run_local(trainer: Trainer, recorder: RunRecorder, name: str,
     ledger.append("attempt_started", attempt=0, world_size=1)
     ledger.append("rendezvous_done", attempt=0)
     last = time.monotonic()
+    shards = trainer._shards(1)
+    # Datasets resume from the run's own latest checkpoint, not from resume_from_checkpoint.
+    bases = restore_datasets(shards, 0, recorder.checkpoints.latest_data_positions())
 
     def reporter(metrics: dict[str, Any], ckpt: Checkpoint | None) -> None:
         nonlocal seq, last
         seq += 1
         began = time.monotonic()
         staged = None
+        state = metrics.pop(DATA_POSITIONS_KEY, None)
         if ckpt is not None:
             staged = recorder.checkpoints.staging_dir(f"local-{seq:06d}")
             _storage.upload_dir(ckpt.path, staged)
+            save_data_positions(staged, bases, [state])
         if seq == 1:
             ledger.append("first_report", attempt=0)
         ledger.append("report", attempt=0, iteration=recorder.iteration + 1,
@@ -292,8 +300,8 @@ def _run_local(trainer: Trainer, recorder: RunRecorder, name: str,
                            node_rank=0, experiment_name=name, run_path=recorder.run_dir)
     # The loop runs in this thread: a session already here (a Tune trial's) is put back after.
     previous = current_session()
-    set_session(Session(context, checkpoint, trainer._shards(1)[0], reporter,
-                        trainer.scaling.uses_gpu))
+    set_session(Session(context, checkpoint, shards[0], reporter, trainer.scaling.uses_gpu,
+                        track_data_positions=True))
     try:
         if trainer.config is not None:
             trainer.fn(dict(trainer.config))

@@ -82,7 +82,7 @@ class TrainWorker:
             checkpoint: Checkpoint | None, shards: Mapping[str, Any]) -> None:
         fn = cloudpickle.loads(fn_blob)
         set_session(Session(self.context, checkpoint, shards, self._report, self.use_gpu,
-                            upload=self.reports.put))
+                            upload=self.reports.put, track_data_positions=True))
         try:
             fn(dict(config)) if config is not None else fn()
             self.reports.wait_committed()  # fit() returns only once every upload is committed
