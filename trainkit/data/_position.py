@@ -10,6 +10,8 @@ column is needed, and block boundaries do not matter, only the order of the rows
   once the loop receives it: rows prefetched or still in a local shuffle buffer do not),
   for the epoch in progress and the one before. Its :meth:`~ShardTracker.state` is what the
   rank saves with a checkpoint.
+- :class:`Dealer`: which rows of each block of an epoch go to which rank: the rows not yet
+  consumed, cut into equal shares (``equal=True``) with the rest carried into the next block.
 - :class:`DataPosition`: what a run resumes from: the first epoch not finished by every rank,
   and, per epoch, the rows already consumed. :func:`merge_positions` makes it from the
   position the attempt started from and every rank's state; it does not depend on how many
@@ -35,6 +37,8 @@ import numpy.typing as npt
 
 __all__ = [
     "DataPosition",
+    "Deal",
+    "Dealer",
     "PositionError",
     "RangeSet",
     "ShardTracker",
@@ -197,6 +201,73 @@ def epoch_seed(base_seed: int, epoch: int, op_index: int) -> int:
     order every epoch (as Ray's ``random_shuffle()``), yet the same order after a restart."""
     digest = hashlib.blake2b(f"{base_seed}:{epoch}:{op_index}".encode(), digest_size=8)
     return int.from_bytes(digest.digest(), "little") >> 1
+
+
+@dataclass(frozen=True, slots=True)
+class Deal:
+    """What to do with one block of the stream (see :class:`Dealer`).
+
+    ``keep``: the block's rows to deal, as local ``[start, stop)`` ranges (the rest were
+    consumed before a restart). The rows to cut are the carry from before, then the kept
+    rows: ``cuts`` gives each rank its slice of them, as (rank, start, length, offsets);
+    ``carry``, the (start, length, offsets) left over for the next block."""
+
+    keep: tuple[tuple[int, int], ...]
+    cuts: tuple[tuple[int, int, int, Pairs], ...]
+    carry: tuple[int, int, Pairs] | None
+
+
+class Dealer:
+    """Deals an epoch's stream among ``n`` ranks, skipping the rows in ``skip``.
+
+    ``equal=True``: each block's rows (after the carry) are cut into ``n`` shares of the same
+    size, and what is left carries into the next block; fewer than ``n`` rows left at the end
+    are dropped. ``equal=False``: each block goes whole to the rank that ``deal`` is told has
+    the shortest queue.
+
+    Example:
+        >>> d = Dealer(2, equal=True, skip=RangeSet.from_pairs([(0, 3)]))
+        >>> d.deal(5).cuts          # rows 3, 4 of the block are left: one each
+        ((0, 0, 1, ((3, 4),)), (1, 1, 1, ((4, 5),)))
+    """
+
+    def __init__(self, n: int, *, equal: bool, skip: RangeSet | None = None) -> None:
+        self.n = n
+        self.equal = equal
+        self.skip = skip or RangeSet()
+        self.offset = 0  # rows of the stream seen so far
+        self.carry: Pairs = ()
+
+    def deal(self, rows: int, shortest: int = 0) -> Deal:
+        """The next block, of ``rows`` rows; ``shortest``: the rank with the fewest blocks
+        waiting (``equal=False``)."""
+        start = self.offset
+        self.offset += rows
+        gaps = self.skip.gaps(start, start + rows) if self.skip else \
+            ([(start, start + rows)] if rows else [])
+        keep = tuple((a - start, b - start) for a, b in gaps)
+        pairs = self.carry + tuple(gaps)
+        total = sum(b - a for a, b in pairs)
+        self.carry = ()
+        if not gaps:  # nothing new: the carry waits for the next block
+            self.carry = pairs
+            return Deal(keep, (), (0, total, pairs) if total else None)
+        if not self.equal:
+            return Deal(keep, ((shortest, 0, total, pairs),), None)
+        share = total // self.n
+        cuts = tuple((r, r * share, share, slice_pairs(pairs, r * share, share))
+                     for r in range(self.n)) if share else ()
+        left = total - share * self.n
+        carry = None
+        if left:
+            self.carry = slice_pairs(pairs, share * self.n, left)
+            carry = (share * self.n, left, self.carry)
+        return Deal(keep, cuts, carry)
+
+    def end(self) -> Pairs:
+        """The stream ended: the rows still carried (dropped when ``equal``)."""
+        carry, self.carry = self.carry, ()
+        return () if self.equal else carry
 
 
 class ShardTracker:

@@ -44,13 +44,13 @@ from trainkit.data._plan import AllToAllOp
 from trainkit.data._plan import Plan
 from trainkit.data._plan import Source
 from trainkit.data._position import DataPosition
+from trainkit.data._position import Dealer
 from trainkit.data._position import Pairs
 from trainkit.data._position import RangeSet
 from trainkit.data._position import ShardTracker
 from trainkit.data._position import TrackedPass
 from trainkit.data._position import epoch_seed
 from trainkit.data._position import ids_of
-from trainkit.data._position import slice_pairs
 
 QUEUE_BLOCKS = 2  # per consumer, dealt ahead of its requests
 LAG_TIMEOUT_S = 600.0
@@ -79,13 +79,14 @@ class _Epoch:
     """One pass over the dataset: its executor, where its stream is, and what it has dealt,
     per consumer, as (block ref, row offsets) pairs."""
 
-    def __init__(self, plan: Plan, n: int, context: DataContext | None, skip: RangeSet) -> None:
+    def __init__(self, plan: Plan, n: int, equal: bool, context: DataContext | None,
+                 skip: RangeSet) -> None:
         self.queues: list[collections.deque[tuple[Any, Pairs]]] = [
             collections.deque() for _ in range(n)]
         self.stream: Iterator[Any] = iter(Executor(plan, context=context))
-        self.skip = skip  # rows consumed before a restart: not dealt again
-        self.offset = 0  # rows of the stream seen so far
-        self.carry: tuple[Any, Pairs] | None = None
+        # Which rows go where; rows consumed before a restart (``skip``) are not dealt again.
+        self.dealer = Dealer(n, equal=equal, skip=skip)
+        self.carry: Any = None  # the rows the dealer carries, as a block
         self.done = False
         self.pulling = False
         self.stale = False  # the split was reset: close the stream, deal nothing more
@@ -130,38 +131,22 @@ class SplitCoordinator:
 
     def _new_epoch(self, epoch: int) -> _Epoch:
         seed = self.position.base_seed or 0
-        return _Epoch(epoch_plan(self.plan, seed, epoch), self.n, self.context,
+        return _Epoch(epoch_plan(self.plan, seed, epoch), self.n, self.equal, self.context,
                       self.position.skip(epoch))
 
     def _deal(self, ep: _Epoch, block: Any) -> None:
         rows = block_rows(block)
-        start = ep.offset
-        ep.offset += rows
-        keep = ep.skip.gaps(start, start + rows) if ep.skip else [(start, start + rows)]
-        if keep != [(start, start + rows)]:
-            pieces = [slice_block(block, a - start, b - a) for a, b in keep]
-            block = concat_blocks(pieces) if pieces else None
-        pairs: Pairs = tuple(keep)
-        if block is None or not block_rows(block):
+        deal = ep.dealer.deal(rows, min(range(self.n), key=lambda r: len(ep.queues[r])))
+        pieces = [] if ep.carry is None else [ep.carry]
+        pieces += [block if (a, b) == (0, rows) else slice_block(block, a, b - a)
+                   for a, b in deal.keep]
+        if not pieces:
             return
-        if ep.carry is not None:
-            block = concat_blocks([ep.carry[0], block])
-            pairs = ep.carry[1] + pairs
-            ep.carry = None
-        rows = block_rows(block)
-        if not self.equal:
-            target = min(range(self.n), key=lambda r: len(ep.queues[r]))
-            ep.queues[target].append((put_block(block), pairs))
-            return
-        share = rows // self.n
-        if share:
-            for r in range(self.n):
-                ep.queues[r].append((put_block(slice_block(block, r * share, share)),
-                                     slice_pairs(pairs, r * share, share)))
-        left = rows - share * self.n
-        if left:
-            ep.carry = (slice_block(block, share * self.n, left),
-                        slice_pairs(pairs, share * self.n, left))
+        joined = pieces[0] if len(pieces) == 1 else concat_blocks(pieces)
+        for rank, start, length, pairs in deal.cuts:
+            ep.queues[rank].append((put_block(slice_block(joined, start, length)), pairs))
+        ep.carry = None if deal.carry is None else \
+            slice_block(joined, deal.carry[0], deal.carry[1])
 
     def _pull(self, ep: _Epoch) -> None:
         """Take the next block from the epoch's executor; called without the lock held."""
@@ -180,9 +165,10 @@ class SplitCoordinator:
             if stale:
                 pass
             elif block is None:
-                if ep.carry is not None and not self.equal:
-                    ep.queues[0].append((put_block(ep.carry[0]), ep.carry[1]))
-                ep.carry = None  # equal: fewer than n rows left over are dropped
+                rest = ep.dealer.end()  # equal: fewer than n rows left over are dropped
+                if rest and ep.carry is not None:
+                    ep.queues[0].append((put_block(ep.carry), rest))
+                ep.carry = None
                 ep.done = True
             else:
                 self._deal(ep, block)
