@@ -37,4 +37,15 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] \
   "$py" -m pip install -q -e ".[$extras]"
   echo "$want" > "$stamp"
 fi
+
+# The dashboard's browser tests (tests/test_dashboard_browser.py) drive Debian's chromium in
+# headless mode. Installed only for the test extras, only where apt-get exists and we are
+# root, and never fatal: without it those tests skip, saying how to install it.
+if [[ ",$extras," == *",test,"* ]] && ! command -v chromium >/dev/null 2>&1 \
+  && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  echo "setup: installing chromium (apt-get) for the dashboard's browser tests" >&2
+  { apt-get install -y -q chromium >/dev/null 2>&1 \
+    || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; }; } \
+    || echo "setup: chromium could not be installed; the browser tests will skip" >&2
+fi
 echo "setup: $venv ready" >&2

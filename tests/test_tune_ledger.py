@@ -14,11 +14,11 @@ import pytest
 from trainkit import tune
 from trainkit.cli import main
 from trainkit.train import RunConfig
+from trainkit.train._goodput import SWEEP_BADPUT_KEYS
+from trainkit.train._goodput import summarize_sweep
 from trainkit.train._ledger import LEDGER_FILE
 from trainkit.train._ledger import read_ledger
 from trainkit.train._storage import local_location
-from trainkit.train._goodput import SWEEP_BADPUT_KEYS
-from trainkit.train._goodput import summarize_sweep
 from trainkit.tune.schedulers import ASHAScheduler
 
 
@@ -163,3 +163,35 @@ def test_report_of_a_folder_that_is_not_a_run(tmp_path: Path,
     assert main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and str(tmp_path) in err and "not a run or a sweep" in err
+
+
+def test_sweep_ledger_on_s3_read_by_report_and_dashboard(
+        runtime: None, s3: Any, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from trainkit.dashboard._scan import StorageReader
+    from trainkit.dashboard._scan import StoreFolder
+    from trainkit.train._storage import StorageLocation
+
+    grid = tune.Tuner(
+        curve, param_space={"x": tune.grid_search([0.0, 99])},
+        tune_config=tune.TuneConfig(metric="loss", mode="min"),
+        run_config=RunConfig(name="remote", storage_path=f"s3://{s3.bucket}/tl",
+                             storage_filesystem=s3.fs, verbose=0)).fit()
+    assert grid.num_errors == 1
+    assert "remote/ledger.jsonl" in s3.keys("tl")  # mirrored with the experiment's files
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    uri = (f"s3://{s3.bucket}/tl/remote?endpoint_override={s3.endpoint}&scheme=http"
+           "&region=us-east-1")
+    assert main(["report", uri, "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert (s["kind"], s["status"], len(s["trials"]), len(s["failures"])) == \
+        ("tune", "finished", 2, 1)
+    reader = StorageReader(StoreFolder(StorageLocation(s3.fs, f"{s3.bucket}/tl",
+                                                       f"s3://{s3.bucket}/tl")))
+    entries, problems = reader.entries()
+    assert [(e.name, e.kind, e.status) for e in entries] == [("remote", "tune", "finished")]
+    assert problems == []
+    trial = next(t["name"] for t in s["trials"] if t["params"]["x"] == 0.0)
+    rows, damaged = reader.results("remote", trial)
+    assert len(rows) == 9 and damaged == 0

@@ -67,7 +67,7 @@ def _table(head: Sequence[str], rows: Sequence[Sequence[str]], cls: str = "") ->
 
 
 def _s(seconds: float) -> str:
-    return f'{seconds:,.1f} s'
+    return f"{seconds:,.3f} s" if abs(seconds) < 10 else f"{seconds:,.1f} s"
 
 
 def _value(v: Any) -> str:
@@ -163,7 +163,7 @@ def sweep_page(name: str, summary: Mapping[str, Any], metric: str | None,
                             best=best["name"] if best else None)
               for key, pts in list(scatter.items())[:6]]
     if trial_curves and metric:
-        charts.append(line_chart(f"{metric} per trial", trial_curves))
+        charts.append(line_chart(f"{metric} per trial", trial_curves, y_label=metric))
     parts.append('<div class="charts">' + "".join(charts) + "</div>" if charts else
                  '<p class="note">No trial has reported the metric yet.</p>')
     rows = []
@@ -216,7 +216,7 @@ def cluster_page(address: str, model: Mapping[str, Any] | None, error: str | Non
         + '<p class="note">Actors without a name are not listed: the runtime\'s public API '
         "lists named actors only.</p>")
     rows = [[escape(g["id"]), escape(g["name"]), _status(g["state"].lower()),
-             escape(g["strategy"]), escape(", ".join(_params(b) for b in g["bundles"])),
+             escape(g["strategy"]), escape(" ".join(f"[{_params(b)}]" for b in g["bundles"])),
              escape(", ".join(g["nodes"]))] for g in model["placement_groups"]]
     parts.append(f"<h3>Placement groups ({len(rows)})</h3>" + (
         _table(["id", "name", "state", "strategy", "bundles", "nodes"], rows, "groups")

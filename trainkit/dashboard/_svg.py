@@ -40,14 +40,17 @@ class _Scale:
         lo, hi = (min(vs), max(vs)) if vs else (0.0, 1.0)
         if hi - lo < 1e-12:
             lo, hi = lo - 0.5, hi + 0.5
-        self.lo, self.hi, self.a, self.b = lo, hi, a, b
+        margin = 0.03 * (hi - lo)  # so points on the extremes are not cut by the frame
+        self.data = (lo, hi)
+        self.lo, self.hi, self.a, self.b = lo - margin, hi + margin, a, b
 
     def __call__(self, v: float) -> float:
         x = math.log10(v) if self.log else v
         return self.a + (x - self.lo) / (self.hi - self.lo) * (self.b - self.a)
 
     def ticks(self, n: int = 4) -> list[float]:
-        raw = [self.lo + i * (self.hi - self.lo) / n for i in range(n + 1)]
+        lo, hi = self.data
+        raw = [lo + i * (hi - lo) / n for i in range(n + 1)]
         return [10 ** t for t in raw] if self.log else raw
 
 
