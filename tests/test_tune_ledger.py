@@ -195,3 +195,19 @@ def test_sweep_ledger_on_s3_read_by_report_and_dashboard(
     trial = next(t["name"] for t in s["trials"] if t["params"]["x"] == 0.0)
     rows, damaged = reader.results("remote", trial)
     assert len(rows) == 9 and damaged == 0
+
+
+def test_best_changed_only_when_another_trial_leads(tmp_path: Path) -> None:
+    from trainkit.tune._sweep_ledger import SweepLedger
+
+    ledger = SweepLedger(str(tmp_path), "loss", "min")
+    for trial_id, loss in [("a", 5.0), ("b", 7.0), ("a", 4.0), ("b", 3.0), ("b", 6.0),
+                           ("a", 4.5)]:
+        ledger.trial_result(trial_id, {"loss": loss, "training_iteration": 1}, False)
+    ledger.close()
+    found = read_ledger(local_location(tmp_path))
+    assert found is not None
+    best = [(e["trial_id"], e["value"]) for e in found[0] if e["event"] == "best_changed"]
+    # a leads; b takes over at 3.0; b falls back to 6.0, so a (4.0) leads again
+    assert best == [("a", 5.0), ("b", 3.0), ("a", 4.0)]
+    assert next(e["metrics"] for e in found[0] if e["event"] == "trial_result") == {"loss": 5.0}

@@ -39,7 +39,9 @@ the old content or the new). Ledgers are small (about 150 bytes a report), so a 
 those moments costs one small upload.
 
 A write that fails is retried at the next flush and said once on stderr: the ledger never
-fails a run. Used from one thread (the driver's controller, or the local-mode loop).
+fails a run. On local storage the file stays open for appending (one ``write`` a flush) until
+``close()`` or the ledger is dropped. Used from one thread (the driver's controller, or the
+local-mode loop).
 """
 
 from __future__ import annotations
@@ -66,6 +68,8 @@ _FLUSH_AT: Final = frozenset({"run_started", "attempt_started", "checkpoint_comm
                               "trial_stopped", "trial_errored", "trial_completed",
                               "sweep_finished", "sweep_failed"})
 _MESSAGE_CHARS: Final = 500
+# One encoder for every line: json.dumps(default=...) would build a new one per call.
+_ENCODER: Final = json.JSONEncoder(default=repr)
 
 
 class RunLedger:
@@ -88,6 +92,7 @@ class RunLedger:
         self._mono0 = time.monotonic()
         self._last_flush = self._mono0
         self._warned = False
+        self._fd: int | None = None  # local storage: the file, open for appending
 
     def now(self) -> float:
         """This ledger's clock: wall-clock seconds that never go back in this process."""
@@ -99,7 +104,7 @@ class RunLedger:
         record = {"v": SCHEMA_VERSION, "seq": self.seq, "t": round(self.now() if t is None
                                                                     else t, 6),
                   "event": event, **fields}
-        self._buffer.append(json.dumps(record, default=repr).encode() + b"\n")
+        self._buffer.append(_ENCODER.encode(record).encode() + b"\n")
         if event in _FLUSH_AT or time.monotonic() - self._last_flush >= self.flush_interval_s:
             self.flush()
 
@@ -111,9 +116,7 @@ class RunLedger:
         data = b"".join(self._buffer)
         try:
             if self.location.is_local:
-                os.makedirs(os.path.dirname(self.location.path), exist_ok=True)
-                with open(self.location.path, "ab") as f:
-                    f.write(data)
+                self._append_local(data)
             else:
                 _storage.write_file(self.location, self._written + data)
                 self._written += data
@@ -125,6 +128,34 @@ class RunLedger:
                       file=sys.stderr, flush=True)
             return
         self._buffer = []
+
+    def _append_local(self, data: bytes) -> None:
+        # One descriptor for the ledger's life: a flush is one write(2), no open/close.
+        if self._fd is None:
+            os.makedirs(os.path.dirname(self.location.path), exist_ok=True)
+            self._fd = os.open(self.location.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT,
+                               0o644)
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self._fd, view):]
+        except OSError:
+            fd, self._fd = self._fd, None
+            os.close(fd)  # reopened at the next flush
+            raise
+
+    def close(self) -> None:
+        """Write what is buffered and let go of the file (the ledger may be used again)."""
+        if self._buffer:
+            self.flush()
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
+    def __del__(self) -> None:
+        fd = getattr(self, "_fd", None)
+        if fd is not None:
+            os.close(fd)
 
 
 def error_fields(error: BaseException) -> dict[str, Any]:

@@ -152,6 +152,7 @@ class TuneRunner:
                 for t in self.trials.values():
                     counts[t.state.value] = counts.get(t.state.value, 0) + 1
                 self.ledger.sweep_finished(counts)
+            self.ledger.close()
 
     def _loop(self) -> None:
         while True:

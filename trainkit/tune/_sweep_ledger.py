@@ -13,7 +13,7 @@ trial_started    trial_id, run (1, 2, ... this trial's runs), resumed ("paused" 
                  | null: what this run continues after)
 trial_result     trial_id, iteration, checkpoint, metrics (the sweep's metric(s) and
                  time_total_s; every numeric metric, up to 8, when the sweep names none)
-best_changed     trial_id, metric, value, iteration (the best last result among the trials)
+best_changed     trial_id, metric, value, iteration (another trial has the best last result)
 trial_paused     trial_id, iteration
 trial_stopped    trial_id, iteration, by ("scheduler" | "sweep"), reason
 trial_errored    trial_id, error_type, message, failures, retrying
@@ -114,6 +114,9 @@ class SweepLedger:
     def sweep_failed(self, error: BaseException) -> None:
         self.ledger.append("sweep_failed", **ledger_error_fields(error))
 
+    def close(self) -> None:
+        self.ledger.close()
+
     def _summary(self, result: Mapping[str, Any]) -> dict[str, float]:
         keys = self.metrics or [k for k in result if k not in _AUTO
                                 and _number(result[k]) is not None][:_MAX_METRICS]
@@ -122,17 +125,24 @@ class SweepLedger:
         return out
 
     def _update_best(self, trial_id: str, value: float, iteration: Any) -> None:
-        before = (self.best, self.last.get(self.best) if self.best is not None else None)
+        """Say when another trial becomes the best (by last results): not each new value of
+        the best trial, which the trial's own results already carry."""
+        previous = self.last.get(trial_id)
         self.last[trial_id] = value
-        if self.best is None or self.best == trial_id:
-            # the best trial's value may have got worse: look at every trial's last value
-            self.best = max(self.last, key=lambda t: self.sign * self.last[t])
-        elif self.sign * value > self.sign * self.last[self.best]:
-            self.best = trial_id
-        if (self.best, self.last[self.best]) != before:
-            self.ledger.append("best_changed", trial_id=self.best, metric=self.metrics[0],
-                               value=self.last[self.best],
-                               iteration=iteration if self.best == trial_id else None)
+        best = self.best
+        if best is None:
+            best = trial_id
+        elif best == trial_id:
+            if previous is not None and self.sign * value < self.sign * previous:
+                # the best trial got worse: another may lead now (all trials looked at)
+                best = max(self.last, key=lambda t: self.sign * self.last[t])
+        elif self.sign * value > self.sign * self.last[best]:
+            best = trial_id
+        if best != self.best:
+            self.best = best
+            self.ledger.append("best_changed", trial_id=best, metric=self.metrics[0],
+                               value=self.last[best],
+                               iteration=iteration if best == trial_id else None)
 
 
 def _number(value: Any) -> float | None:
