@@ -60,7 +60,8 @@ def id_loop(config: dict[str, Any]) -> None:
     """Consumes the shard epoch after epoch; every step reports a checkpoint holding the
     (epoch, id) pairs this rank consumed in this attempt, plus (rank 0) what the checkpoint it
     started from held. Rank ``kill_rank`` SIGKILLs itself once, after consuming its
-    ``kill_step``-th batch and before reporting it."""
+    ``kill_step``-th batch and before reporting it; with ``fail_step`` every rank raises
+    there instead (once)."""
     shard = train.get_dataset_shard("train")
     rank = train.get_context().get_world_rank()
     history, start, step = _load(train.get_checkpoint())
@@ -74,6 +75,9 @@ def id_loop(config: dict[str, Any]) -> None:
                     and not os.path.exists(marker):
                 open(marker, "w").close()
                 os.kill(os.getpid(), signal.SIGKILL)
+            if step == config.get("fail_step") and not os.path.exists(marker):
+                open(marker, "w").close()
+                raise RuntimeError("injected failure")
             with tempfile.TemporaryDirectory() as d:
                 part = {"mine": mine, "epoch": epoch, "step": step}
                 if rank == 0:
@@ -153,6 +157,7 @@ def test_shuffled_with_a_local_buffer_resumes_exactly(tmp_path, torch_batches: b
     _check_exactly_once(result)
 
 
+@pytest.mark.on_ray
 @pytest.mark.parametrize("workers", [1, 3])
 def test_resume_on_another_number_of_workers(tmp_path, workers: int) -> None:
     # Killed after 6 committed steps of 2 x 8 rows: 144 rows of epoch 0 are left, dealt to
@@ -166,6 +171,22 @@ def test_resume_on_another_number_of_workers(tmp_path, workers: int) -> None:
     steps = list(result.metrics_dataframe["step"])
     per_epoch = N // (BATCH * workers)
     assert steps[-1] == 6 + 144 // (BATCH * workers) + per_epoch
+
+
+def test_local_mode_resumes_on_a_rerun(tmp_path) -> None:
+    # num_workers=0 runs the loop in this process and does not retry: a failure ends fit(),
+    # and the rerun continues the epoch from the latest checkpoint.
+    ds = _range().random_shuffle()
+
+    def run(**config: Any) -> Any:
+        return Trainer(id_loop, train_loop_config={"dir": str(tmp_path), **config},
+                       datasets={"train": ds}, scaling_config=ScalingConfig(num_workers=0),
+                       run_config=RunConfig(name="local", storage_path=str(tmp_path),
+                                            verbose=0)).fit()
+
+    with pytest.raises(TrainingFailedError, match="injected"):
+        run(fail_step=5, buffer=16)
+    _check_exactly_once(run(buffer=16))
 
 
 DRIVER = textwrap.dedent("""
@@ -197,3 +218,37 @@ def test_the_driver_killed_and_the_script_rerun(tmp_path) -> None:
     proc = script(3, 0)  # the rerun resumes from step 9 on 3 workers
     assert proc.returncode == 0, proc.stderr[-3000:]
     _check_exactly_once(train.Result.from_path(os.path.join(tmp_path, "driver")))
+
+
+def test_sources_give_the_same_rows_in_the_same_blocks_on_a_rerun(tmp_path) -> None:
+    # A position names rows by their order in the stream: each source, planned twice (as a
+    # rerun of the script does), gives the same blocks with the same rows.
+    import pandas as pd
+
+    frame = pd.DataFrame({"id": range(N), "x": [i * 0.5 for i in range(N)]})
+    for i in range(3):
+        frame.iloc[i * 80:(i + 1) * 80].to_parquet(tmp_path / f"part-{i}.parquet")
+        frame.iloc[i * 80:(i + 1) * 80].to_csv(tmp_path / f"part-{i}.csv", index=False)
+    makers = {
+        "range": lambda: data.range(N),
+        "from_items": lambda: data.from_items([{"id": i} for i in range(N)]),
+        "parquet": lambda: data.read_parquet(str(tmp_path)),
+        "csv": lambda: data.read_csv(str(tmp_path)),
+    }
+    for name, make in makers.items():
+        blocks = [[b["id"].tolist() for b in make().iter_batches(batch_size=None)]
+                  for _ in range(2)]
+        assert blocks[0] == blocks[1], name
+        assert [i for block in blocks[0] for i in block] == list(range(N)), name
+
+
+def test_an_unseeded_shuffle_repeats_its_epoch_after_a_restart_and_changes_next_epoch() -> None:
+    from trainkit.data._split import restore_split
+
+    (it,) = data.range(N).random_shuffle().streaming_split(1)
+    restore_split([it], 1, None)
+    first = [r["id"] for r in it.iter_rows()]
+    second = [r["id"] for r in it.iter_rows()]
+    restore_split([it], 2, None)  # a restart from the start: epoch 0 again, in the same order
+    assert [r["id"] for r in it.iter_rows()] == first
+    assert sorted(first) == sorted(second) == list(range(N)) and first != second

@@ -349,6 +349,7 @@ class DataPosition:
     epoch: int = 0
     consumed: Mapping[int, RangeSet] = field(default_factory=dict)
     base_seed: int | None = None
+    source: str | None = None  # what the source looked like (``source_key``), to warn on
 
     def skip(self, epoch: int) -> RangeSet:
         """The rows of ``epoch`` not to deal again."""
@@ -356,6 +357,7 @@ class DataPosition:
 
     def to_json(self) -> dict[str, Any]:
         return {"version": FORMAT_VERSION, "epoch": self.epoch, "base_seed": self.base_seed,
+                "source": self.source,
                 "consumed": {str(e): s.to_json() for e, s in sorted(self.consumed.items())}}
 
     @classmethod
@@ -366,12 +368,13 @@ class DataPosition:
         try:
             epoch = int(blob["epoch"])
             seed = blob.get("base_seed")
+            source = blob.get("source")
             consumed = {int(e): RangeSet.from_json(v) for e, v in dict(blob["consumed"]).items()}
         except (KeyError, TypeError, ValueError) as e:
             raise PositionError(f"a dataset position that does not parse ({e}): "
                                 f"{str(blob)[:120]}") from e
         return cls(epoch, {e: s for e, s in consumed.items() if s and e >= epoch},
-                   None if seed is None else int(seed))
+                   None if seed is None else int(seed), None if source is None else str(source))
 
 
 def merge_positions(base: DataPosition, rank_states: Sequence[Mapping[str, Any]]
@@ -412,4 +415,4 @@ def merge_positions(base: DataPosition, rank_states: Sequence[Mapping[str, Any]]
         for at, rows in ((epoch, now), (epoch - 1, previous)):
             if at >= low and rows:
                 consumed[at] = consumed.get(at, RangeSet()).union(rows)
-    return DataPosition(low, consumed, base.base_seed)
+    return DataPosition(low, consumed, base.base_seed, base.source)

@@ -23,6 +23,7 @@ import dataclasses
 import secrets
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from collections.abc import Mapping
 from collections.abc import Sequence
@@ -61,6 +62,16 @@ _SEEDED = ("random_shuffle", "random_sample", "repartition")
 
 class StaleSplitError(RuntimeError):
     """A consumer of an attempt the split has since been restarted past."""
+
+
+def source_key(plan: Plan) -> str:
+    """What a position's offsets depend on, in words: the source and its block count. Rows
+    are matched by their order in the stream, which a different block count does not change
+    for the sources (``range``, files in sorted order, in-memory data), but transforms that
+    see whole blocks (``random_sample``, ``map_batches(batch_size=None)``) may."""
+    source = plan.source
+    blocks = len(source.read_tasks) or len(source.block_refs)
+    return f"{source.name} of {blocks} blocks, then {len(plan.ops)} operators"
 
 
 def epoch_plan(plan: Plan, base_seed: int, epoch: int) -> Plan:
@@ -114,10 +125,25 @@ class SplitCoordinator:
         self.attempt = 0
         self.position = DataPosition(base_seed=base_seed)
 
-    def reset(self, attempt: int, position: Mapping[str, Any]) -> None:
+    def reset(self, attempt: int, position: Mapping[str, Any]) -> list[str]:
         """Start attempt ``attempt`` from ``position``: what earlier attempts had in flight
-        is dropped, and their consumers' calls fail (``StaleSplitError``)."""
+        is dropped, and their consumers' calls fail (``StaleSplitError``). Returns warnings
+        about a position that may not name the same rows any more."""
         restored = DataPosition.from_json(position)
+        notes: list[str] = []
+        resumes = restored.epoch > 0 or bool(restored.consumed)
+        key = source_key(self.plan)
+        if resumes and restored.source is not None and restored.source != key:
+            notes.append(
+                f"the dataset's position was saved for a source of {restored.source}, and it "
+                f"is now {key}: rows are matched by their order in the stream, so transforms "
+                "that depend on block boundaries may give other rows than before")
+        if resumes and self.context is not None and \
+                not self.context.execution_options.preserve_order:
+            notes.append(
+                "DataContext.execution_options.preserve_order is False: a pass may give its "
+                "rows in another order, so the resumed epoch may repeat or skip rows; set it to "
+                "True (the default) for exactly-once resume")
         with self.cv:
             old, self.epochs = list(self.epochs.values()), {}
             self.attempt = attempt
@@ -128,6 +154,7 @@ class SplitCoordinator:
         for ep in old:
             if not ep.pulling:  # else the puller closes it when its block arrives
                 ep.close()
+        return notes
 
     def _new_epoch(self, epoch: int) -> _Epoch:
         seed = self.position.base_seed or 0
@@ -235,13 +262,15 @@ class StreamSplitDataIterator(DataIterator):
     It records the rows its loop is handed (``ShardTracker``) so that a Trainer can save its
     position with each checkpoint (``_save_position``) and resume from it."""
 
-    def __init__(self, coordinator: Any, rank: int, n: int, base_seed: int = 0) -> None:
+    def __init__(self, coordinator: Any, rank: int, n: int, base_seed: int = 0,
+                 source: str | None = None) -> None:
         self._coordinator = coordinator
         self._rank = rank
         self._n = n
         self._epoch = 0
         self._attempt = 0
         self._base_seed = base_seed
+        self._source = source
         self._tracker: ShardTracker | None = None
 
     def __repr__(self) -> str:
@@ -326,7 +355,8 @@ def make_streaming_split(plan: Plan, n: int, equal: bool,
     coordinator = rt.remote(SplitCoordinator).options(
         num_cpus=0, max_concurrency=n + 2).remote(plan, n, equal, lag_timeout_s,
                                                   DataContext.get_current().copy(), base_seed)
-    return [StreamSplitDataIterator(coordinator, rank, n, base_seed) for rank in range(n)]
+    key = source_key(plan)
+    return [StreamSplitDataIterator(coordinator, rank, n, base_seed, key) for rank in range(n)]
 
 
 def restore_split(iterators: Sequence[StreamSplitDataIterator], attempt: int,
@@ -345,8 +375,11 @@ def restore_split(iterators: Sequence[StreamSplitDataIterator], attempt: int,
         DataPosition(base_seed=first._base_seed)
     if position.base_seed is None:
         position = dataclasses.replace(position, base_seed=first._base_seed)
-    rt.get(first._coordinator.reset.remote(attempt, position.to_json()),
-           timeout=RESET_TIMEOUT_S)
+    for line in rt.get(first._coordinator.reset.remote(attempt, position.to_json()),
+                       timeout=RESET_TIMEOUT_S):
+        warnings.warn(line, stacklevel=2)
+    # From now on the position describes the source as it is (a rerun's first save).
+    position = dataclasses.replace(position, source=first._source)
     for it in iterators:
         it._epoch = position.epoch
         it._attempt = attempt
