@@ -211,3 +211,42 @@ def test_best_changed_only_when_another_trial_leads(tmp_path: Path) -> None:
     # a leads; b takes over at 3.0; b falls back to 6.0, so a (4.0) leads again
     assert best == [("a", 5.0), ("b", 3.0), ("a", 4.0)]
     assert next(e["metrics"] for e in found[0] if e["event"] == "trial_result") == {"loss": 5.0}
+
+
+def stepping(config: dict) -> None:
+    import tempfile as _tempfile
+
+    from trainkit.train import Checkpoint
+
+    step, value = 0, 0.0
+    ckpt = tune.get_checkpoint()
+    if ckpt is not None:
+        step, value = json.loads(Path(ckpt.path, "state.json").read_text())
+    while step < 8:
+        step += 1
+        value += config["lr"]
+        with _tempfile.TemporaryDirectory() as d:
+            Path(d, "state.json").write_text(json.dumps([step, value]))
+            tune.report({"value": value}, checkpoint=Checkpoint.from_directory(d))
+
+
+def test_pbt_sweep_pauses_and_exploits_add_up(runtime: None, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from trainkit.tune.schedulers import PopulationBasedTraining
+
+    pbt = PopulationBasedTraining(perturbation_interval=2, quantile_fraction=0.5, synch=True,
+                                  hyperparam_mutations={"lr": [0.1, 0.5, 1.0, 2.0]}, seed=0)
+    tune.Tuner(stepping, param_space={"lr": tune.grid_search([0.1, 2.0])},
+               tune_config=tune.TuneConfig(metric="value", mode="max", scheduler=pbt),
+               run_config=RunConfig(name="pbt", storage_path=tmp_path, verbose=0)).fit()
+    assert pbt.history
+    found = read_ledger(local_location(tmp_path / "pbt"))
+    assert found is not None
+    names = [e["event"] for e in found[0]]
+    assert "trial_config" in names and names.count("trial_started") > 2  # restarted runs
+    s = _report_json(tmp_path / "pbt", capsys)
+    assert s["status"] == "finished" and [t["status"] for t in s["trials"]] == \
+        ["terminated", "terminated"]
+    assert s["productive_s"] + sum(s["badput_s"].values()) == pytest.approx(s["wall_s"],
+                                                                             rel=0.02)
+    assert all(t["iteration"] == 8 for t in s["trials"]) and s["best"] is not None

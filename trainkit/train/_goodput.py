@@ -267,8 +267,9 @@ def _apply(tr: _Trial, kind: str, e: dict[str, Any], seconds: dict[str, float],
     if kind == "trial_added":
         tr.name = str(e.get("name", ""))
         tr.params = dict(e.get("params") or {})
-    elif kind == "trial_config":
+    elif kind == "trial_config":  # PBT: the trial's run ended, it restarts from a donor
         tr.params = dict(e.get("params") or {})
+        tr.phase, tr.status = None, "pending"
     elif kind == "trial_started":
         tr.status, tr.stopped_by, tr.since_checkpoint = "running", None, 0.0
         tr.phase = "restart" if e.get("resumed") == "error" else "startup"

@@ -351,7 +351,7 @@ class TuneRunner:
         if checkpoint:
             trial.checkpoint = checkpoint
         self.journal.append(e="result", id=trial.trial_id, result=result, ckpt=checkpoint)
-        self.ledger.trial_result(trial.trial_id, result, checkpoint is not None)
+        self.ledger.trial_result(trial.trial_id, result, bool(checkpoint))
         self.optuna.result(trial.trial_id, result)
         self._check_metric(result)
         self.searcher.on_trial_result(trial.trial_id, result)

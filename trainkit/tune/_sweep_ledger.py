@@ -18,7 +18,7 @@ trial_paused     trial_id, iteration
 trial_stopped    trial_id, iteration, by ("scheduler" | "sweep"), reason
 trial_errored    trial_id, error_type, message, failures, retrying
 trial_completed  trial_id, iteration
-trial_config     trial_id, params (PBT gave the trial a new config)
+trial_config     trial_id, params (PBT gave the trial a new config; a run of it ended)
 sweep_finished   trials (a count per status), best_trial_id
 sweep_failed     error_type, message
 ```
