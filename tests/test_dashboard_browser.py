@@ -225,3 +225,30 @@ def test_screenshot(dashboard: tuple[str, int], tmp_path: Path) -> None:
     keep = os.environ.get("TRAINKIT_DASHBOARD_SCREENSHOT")
     if keep:  # for a person to look at
         shutil.copy(shot, keep)
+
+
+def test_pages_fetch_themselves_again_in_the_browser(storage: Path, tmp_path: Path) -> None:
+    """The page's script runs in the browser: it asks for its fragment again and swaps it
+    in (a server in this process, its router spied on, joined to this test's runtime)."""
+    from trainkit.dashboard._cluster import ClusterView
+    from trainkit.dashboard._scan import LocalFolder
+    from trainkit.dashboard._scan import StorageReader
+    from trainkit.dashboard._server import DashboardServer
+
+    cluster = ClusterView("auto")
+    cluster.connect()  # this process's runtime: nothing to start, nothing to stop
+    server = DashboardServer(StorageReader(LocalFolder(str(storage))), port=0, cluster=cluster)
+    asked: list[tuple[tuple[str, ...], bool]] = []
+    app = server._server.app
+    route = app.route
+
+    def spy(parts: list[str], fragment: bool) -> tuple[int, str, bytes]:
+        asked.append((tuple(parts), fragment))
+        return route(parts, fragment)
+
+    app.route = spy  # type: ignore[method-assign]
+    with server:
+        dom = _chromium(tmp_path, "--virtual-time-budget=7000", "--dump-dom",
+                        server.url + "/cluster")
+    assert (("cluster",), False) in asked and (("cluster",), True) in asked, asked
+    assert "dash-keeper" in dom and "<h3>Nodes (1)</h3>" in dom

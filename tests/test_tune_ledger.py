@@ -250,3 +250,36 @@ def test_pbt_sweep_pauses_and_exploits_add_up(runtime: None, tmp_path: Path,
     assert s["productive_s"] + sum(s["badput_s"].values()) == pytest.approx(s["wall_s"],
                                                                              rel=0.02)
     assert all(t["iteration"] == 8 for t in s["trials"]) and s["best"] is not None
+
+
+def test_a_sweep_whose_driver_died_and_was_resumed() -> None:
+    # Session 1 ends without a word at t=104 (the driver died while trial 0 ran); the gap to
+    # the resume counts for nothing; session 2 restarts trial 0 from its checkpoint.
+    events = [
+        _ev(1, 100.0, "sweep_started", name="r", kind="tune", metric="loss", mode="min"),
+        _ev(2, 100.0, "trial_added", trial_id="0", name="f_0", params={"x": 1}),
+        _ev(3, 101.0, "trial_started", trial_id="0", run=1, resumed=None),
+        _ev(4, 102.0, "trial_result", trial_id="0", iteration=1, checkpoint=True,
+            metrics={"loss": 2.0}),
+        _ev(5, 104.0, "trial_result", trial_id="0", iteration=2, checkpoint=False,
+            metrics={"loss": 1.5}),
+        _ev(6, 200.0, "sweep_started", name="r", kind="tune", metric="loss", mode="min",
+            resumed=True),
+        _ev(7, 201.0, "trial_started", trial_id="0", run=1, resumed="checkpoint"),
+        _ev(8, 202.0, "trial_result", trial_id="0", iteration=2, checkpoint=False,
+            metrics={"loss": 1.2}),
+        _ev(9, 203.0, "trial_result", trial_id="0", iteration=3, checkpoint=False,
+            metrics={"loss": 1.0}),
+        _ev(10, 203.0, "trial_completed", trial_id="0", iteration=3),
+        _ev(11, 204.0, "sweep_finished", trials={"terminated": 1}),
+    ]
+    s = summarize_sweep(events)
+    assert (s["status"], s["wall_s"]) == ("finished", 8.0)
+    # session 1: startup 100-102, productive 102-104 but lost (no checkpoint after 102);
+    # session 2: startup 200-202, productive 202-203, shutdown 203-204
+    assert s["productive_s"] == pytest.approx(1.0)
+    assert s["badput_s"] | {} == {"startup": 4.0, "rendezvous": 0.0, "data_wait": 0.0,
+                                  "checkpoint": 0.0, "restart": 0.0, "lost_work": 2.0,
+                                  "idle": 0.0, "shutdown": 1.0}
+    assert [(t["status"], t["iteration"]) for t in s["trials"]] == [("terminated", 3)]
+    assert s["best"]["value"] == 1.0

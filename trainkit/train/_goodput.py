@@ -37,16 +37,18 @@ trial_started --startup (restart, after an error)--> first trial_result --produc
 
 A piece in which no trial runs is ``startup`` before the session's first trial starts,
 ``shutdown`` after its last trial ended, and ``idle`` in between (the sweep waited for
-resources or its searcher). At a ``trial_errored``, the trial's productive time since its last
-checkpoint moves to ``lost_work`` (a retry redoes it). Nothing is counted twice or dropped,
-so ``productive_s`` plus the badput values equal ``wall_s`` (up to rounding). ``rendezvous``,
-``data_wait`` and ``checkpoint`` stay 0: a function trial has no process group, and Tune does
-not time data or checkpoint writes inside a trial.
+resources or its searcher). At a ``trial_errored``, and for each trial still running when a
+session ends (Ctrl-C, or a driver that died), the trial's productive time since its last
+checkpoint moves to ``lost_work`` (a retry or a resume redoes it). Nothing is counted twice
+or dropped, so ``productive_s`` plus the badput values equal ``wall_s`` (up to rounding).
+``rendezvous``, ``data_wait`` and ``checkpoint`` stay 0: a function trial has no process
+group, and Tune does not time data or checkpoint writes inside a trial.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import field
@@ -224,9 +226,7 @@ def summarize_sweep(events: Sequence[dict[str, Any]], *, damaged: int = 0) -> di
             head = e
             status, in_session, start_t, started_in_session = "running", True, t, False
             idle_since = None
-            for tr in trials.values():  # what ran when the driver died runs no more
-                if tr.phase is not None:
-                    tr.phase, tr.status = None, "pending"
+            _end_runs(trials.values(), seconds)  # what ran when the driver died runs no more
         elif not in_session:
             prev_t = t
             continue  # events outside a session (a torn ledger) count for nothing
@@ -235,6 +235,7 @@ def summarize_sweep(events: Sequence[dict[str, Any]], *, damaged: int = 0) -> di
             _close_session(seconds, idle_since, t)
             wall += t - start_t
             in_session, idle_since = False, None
+            _end_runs(trials.values(), seconds)  # interrupted (Ctrl-C): resumed later
             if kind == "sweep_failed":
                 failures.append({"trial_id": None, "name": None, "rank": None,
                                  "error_type": e.get("error_type"), "message": e.get("message"),
@@ -300,6 +301,17 @@ def _apply(tr: _Trial, kind: str, e: dict[str, Any], seconds: dict[str, float],
             failures.append({"trial_id": tr.trial_id, "name": tr.name, "rank": None,
                              "error_type": e.get("error_type"), "message": e.get("message"),
                              "error": error, "retrying": bool(e.get("retrying"))})
+
+
+def _end_runs(trials: Iterable[_Trial], seconds: dict[str, float]) -> None:
+    """The sweep ended (or its driver died) while these trials ran: each is pending again,
+    and its productive time since its last checkpoint is lost (a resume redoes it)."""
+    for tr in trials:
+        if tr.phase is not None:
+            lost = min(tr.since_checkpoint, seconds["productive"])
+            seconds["productive"] -= lost
+            seconds["lost_work"] += lost
+            tr.phase, tr.status, tr.since_checkpoint = None, "pending", 0.0
 
 
 def _close_session(seconds: dict[str, float], idle_since: float | None, end: float) -> None:
