@@ -253,3 +253,44 @@ def test_serving_local_storage_loads_no_pyarrow_or_tune(storage: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_cluster_page_of_a_cluster_from_trainkit_start(
+        storage: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``trainkit start --head`` makes a cluster; ``trainkit dashboard --address HOST:PORT``
+    joins it and shows its node and resources on /cluster and /api/cluster."""
+    from trainkit.runtime.wire.secret import SECRET_ENV
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # ~/.trainkit (state, secret) private to this test
+    monkeypatch.delenv(SECRET_ENV, raising=False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert main(["start", "--head", "--port", str(port), "--num-cpus", "3"]) == 0
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "trainkit.cli", "dashboard", "--storage",
+                                 str(storage), "--address", f"127.0.0.1:{port}", "--port", "0"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout is not None and proc.stderr is not None
+            line = proc.stdout.readline()
+            assert f"cluster 127.0.0.1:{port}" in line, (line, proc.stderr.read())
+            url = line.split(" at ", 1)[1].split(",", 1)[0]
+            code, body = _get(url + "/api/cluster")
+            data = json.loads(body)
+            assert code == 200 and data["error"] is None, data
+            [node] = data["cluster"]["nodes"]
+            assert node["alive"] and node["resources"]["CPU"] == [0.0, 3.0]
+            code, html = _get(url + "/cluster")
+            assert code == 200 and node["node_id"] in html and "<h3>Nodes (1)</h3>" in html
+            proc.terminate()
+            assert proc.wait(timeout=20) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+            for f in (proc.stdout, proc.stderr):
+                if f is not None:
+                    f.close()
+    finally:
+        assert main(["stop"]) == 0
