@@ -190,6 +190,13 @@ def test_paths_outside_the_storage_are_not_found(server: DashboardServer, path: 
     assert code == 404
 
 
+def test_storage_that_is_itself_a_run_says_to_pass_its_parent(storage: Path) -> None:
+    reader = StorageReader(LocalFolder(str(storage / "mnist")))
+    entries, problems = reader.entries()
+    assert entries == [] and "is itself a run or a sweep" in problems[0]
+    assert str(storage / "mnist") in problems[0] and "parent" in problems[0]
+
+
 def test_port_in_use_is_named(storage: Path) -> None:
     with DashboardServer(StorageReader(LocalFolder(str(storage))), port=0) as first:
         port = first.address[1]

@@ -97,6 +97,9 @@ class StorageReader:
         """Every run and sweep, and a line for each folder whose ledger cannot be read."""
         entries: list[Entry] = []
         problems: list[str] = []
+        if self.root.read(LEDGER_FILE) is not None:
+            problems.append(f"{self.root.uri} is itself a run or a sweep: the dashboard lists "
+                            "the folders under its --storage, so pass its parent folder")
         for name in self.root.dirs():
             try:
                 found = self._load(name)
