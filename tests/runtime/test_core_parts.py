@@ -295,6 +295,89 @@ def test_lease_requests_per_shape_are_capped_at_twice_the_cpus() -> None:
     assert len(_sent(parts.effects, Msg.REQUEST_LEASE)) == 4
 
 
+def _backlog(n: int) -> tuple[_Parts, list[TaskSpec], list[tuple[str, tuple[Any, ...]]]]:
+    """One CPU (two lease requests out at most) and ``n`` tasks queued; the requests."""
+    parts = _Parts(cpus=1)
+    specs = [_submit(parts, _spec()) for _ in range(n)]
+    requests = _sent(parts.effects, Msg.REQUEST_LEASE)
+    assert len(requests) == 2
+    return parts, specs, requests
+
+
+def _run_ids(parts: _Parts) -> list[bytes]:
+    return [msg[1] for _, msg in _sent(parts.effects, Msg.EXEC_TASK)]
+
+
+def test_with_a_backlog_a_lease_gets_its_next_task_before_the_first_is_done() -> None:
+    parts, specs, requests = _backlog(5)
+    parts.tasks.lease_granted(requests[0][1][1], b"w1", "ipc://exec", "ipc://ctl", ())
+    assert _run_ids(parts) == [specs[0].task_id, specs[1].task_id]  # two in flight
+    parts.tasks.task_done(specs[0].task_id, specs[0].return_id, _value(0), None)
+    assert _run_ids(parts) == [specs[2].task_id]  # and two again
+    assert _read(parts.table.lookup(_ref(specs[0].return_id))) == 0  # type: ignore[arg-type]
+
+
+def test_no_task_goes_ahead_while_the_leases_asked_for_could_take_the_queue() -> None:
+    parts, specs, requests = _backlog(2)
+    parts.tasks.lease_granted(requests[0][1][1], b"w1", "ipc://exec", "ipc://ctl", ())
+    assert _run_ids(parts) == [specs[0].task_id]  # the second waits for its own worker
+    parts.tasks.lease_granted(requests[1][1][1], b"w2", "ipc://exec2", "ipc://ctl2", ())
+    assert _run_ids(parts) == [specs[1].task_id]
+
+
+def test_tasks_a_blocked_worker_sends_back_run_elsewhere_unstarted_and_none_go_ahead() -> None:
+    parts, specs, requests = _backlog(5)
+    parts.tasks.lease_granted(requests[0][1][1], b"w1", "ipc://exec", "ipc://ctl", ())
+    assert _run_ids(parts) == [specs[0].task_id, specs[1].task_id]
+    parts.tasks.task_bounced([specs[1].task_id])  # the first blocked in get()
+    # Nothing more goes to w1 while its task is blocked; the CPU it lends can be used.
+    assert [msg[0] for _, msg in _sent(parts.effects)] == [Msg.REQUEST_LEASE]
+    parts.tasks.lease_granted(requests[1][1][1], b"w2", "ipc://exec2", "ipc://ctl2", ())
+    (_, first), (_, second) = _sent(parts.effects, Msg.EXEC_TASK)
+    assert first[1] == specs[1].task_id and first[10] == 0  # the same attempt, not a retry
+    assert second[1] == specs[2].task_id
+    parts.tasks.task_done(specs[0].task_id, specs[0].return_id, _value(0), None)
+    assert _run_ids(parts) == [specs[3].task_id]  # w1 unblocked gets work again
+
+
+def test_a_bounced_task_that_carried_the_function_has_it_sent_again() -> None:
+    parts = _Parts(cpus=1)
+    first = _submit(parts, _spec(fn_id=b"f"))
+    later = [_submit(parts, _spec(fn_id=b"g")) for _ in range(3)]
+    requests = _sent(parts.effects, Msg.REQUEST_LEASE)
+    parts.tasks.lease_granted(requests[0][1][1], b"w1", "ipc://exec", "ipc://ctl", ())
+    (_, a), (_, b) = _sent(parts.effects, Msg.EXEC_TASK)
+    assert (a[1], b[1], b[4]) == (first.task_id, later[0].task_id, b"blob")
+    parts.tasks.task_bounced([later[0].task_id])
+    parts.tasks.task_done(first.task_id, first.return_id, _value(0), None)
+    runs = [msg for _, msg in _sent(parts.effects, Msg.EXEC_TASK)]
+    assert runs[0][1] == later[0].task_id and runs[0][4] == b"blob"
+
+
+def test_a_crash_retries_the_running_task_and_requeues_those_behind_it_for_free() -> None:
+    parts, specs, requests = _backlog(4)
+    parts.tasks.lease_granted(requests[0][1][1], b"w1", "ipc://exec", "ipc://ctl", ())
+    _sent(parts.effects)
+    parts.tasks.worker_died(requests[0][1][1], "SIGKILL")  # no retries: the first fails
+    err = _read(parts.table.lookup(_ref(specs[0].return_id)))  # type: ignore[arg-type]
+    assert isinstance(err, WorkerCrashedError)
+    assert parts.table.lookup(_ref(specs[1].return_id)) is None  # type: ignore[arg-type]
+    parts.tasks.lease_granted(requests[1][1][1], b"w2", "ipc://exec2", "ipc://ctl2", ())
+    (_, run), *_ = _sent(parts.effects, Msg.EXEC_TASK)
+    assert run[1] == specs[1].task_id and run[10] == 0  # it never started: no retry used
+
+
+def test_cancel_of_a_task_queued_behind_a_running_one_never_kills_the_worker() -> None:
+    parts, specs, requests = _backlog(5)
+    parts.tasks.lease_granted(requests[0][1][1], b"w1", "ipc://exec", "ipc://ctl-w1", ())
+    _sent(parts.effects)
+    parts.tasks.cancel(specs[1].return_id, force=True)  # type: ignore[arg-type]
+    assert _sent(parts.effects) == [("ipc://ctl-w1", (Msg.CANCEL_TASK, specs[1].task_id))]
+    parts.tasks.task_done(specs[1].task_id, specs[1].return_id, _value("skipped"), None)
+    err = _read(parts.table.lookup(_ref(specs[1].return_id)))  # type: ignore[arg-type]
+    assert isinstance(err, TaskCancelledError)
+
+
 def test_a_task_waits_for_its_owned_arguments(parts: _Parts) -> None:
     dep = new_id()
     parts.table.own(dep)

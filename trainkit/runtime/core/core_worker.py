@@ -62,6 +62,8 @@ from trainkit.runtime.wire.transport import make_context
 # How long a request to the node service may take before the caller gets an error that
 # names it. Generous: a busy 2-core machine under test can stall for seconds.
 NODE_REQUEST_TIMEOUT_S = 60.0
+# How often a worker blocked in get() looks for tasks queued behind its own (see on_blocked).
+BLOCKED_POLL_S = 0.05
 
 
 class _ArgRef:
@@ -111,6 +113,7 @@ class CoreWorker:
         Msg.LEASE_FAILED: ("tasks", "lease_failed", True),
         Msg.WORKER_DIED: ("tasks", "worker_died", True),
         Msg.CANCEL_REF: ("tasks", "cancel", True),
+        Msg.TASK_BOUNCED: ("tasks", "task_bounced", True),
         Msg.ACTOR_STATE: ("calls", "actor_state", True),
         Msg.GET_OBJECT: ("table", "value_requested", True),
         Msg.OBJECT_VALUE: ("table", "value_arrived", True),
@@ -170,6 +173,9 @@ class CoreWorker:
         self.log_sink: Callable[[str, str], None] | None = None
         # Workers tell the node when a task blocks in get()/wait() so its CPUs are lent out.
         self.blocked_msg: tuple[tuple[Any, ...], tuple[Any, ...]] | None = None
+        # A worker's: called on the thread that blocks in get()/wait(), when it blocks and
+        # every BLOCKED_POLL_S while it stays blocked (it sends back queued tasks).
+        self.on_blocked: Callable[[], None] | None = None
         self._blocked_depth = 0
         self._closed = False
         self._io = threading.Thread(target=self._io_loop, name="trainkit-io", daemon=True)
@@ -271,10 +277,10 @@ class CoreWorker:
         old.close()
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self) -> None:
+    def start(self, copy_threads: bool = True) -> None:
         self.out.connect(self.ctl_addr)  # connected early: close() wakes the I/O thread
         self._io.start()
-        self.store.start()
+        self.store.start(copy_threads)
 
     def close(self) -> None:
         if self._closed:
@@ -443,7 +449,7 @@ class CoreWorker:
             if not ready:
                 self._blocking(True)
                 try:
-                    ready = ev.wait(timeout)
+                    ready = self._wait_blocked(ev.wait, timeout)
                 finally:
                     self._blocking(False)
             if not ready:
@@ -498,17 +504,34 @@ class CoreWorker:
         with cond:
             if count[0] >= num_returns:
                 return list(ready)
+        def enough(step: float | None) -> bool:
+            with cond:
+                return cond.wait_for(lambda: count[0] >= num_returns, step)
+
         self._blocking(True)
         try:
+            self._wait_blocked(enough, None if deadline is None
+                               else max(0.0, deadline - time.monotonic()))
             with cond:
-                while count[0] < num_returns:
-                    remaining = None if deadline is None else deadline - time.monotonic()
-                    if remaining is not None and remaining <= 0:
-                        break
-                    cond.wait(remaining)
                 return list(ready)
         finally:
             self._blocking(False)
+
+    def _wait_blocked(self, wait: Callable[[float | None], bool], timeout: float | None
+                      ) -> bool:
+        """``wait(timeout)``, calling ``on_blocked`` first and every BLOCKED_POLL_S."""
+        hook = self.on_blocked
+        if hook is None:
+            return wait(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            hook()
+            step = BLOCKED_POLL_S if deadline is None else min(
+                BLOCKED_POLL_S, deadline - time.monotonic())
+            if step <= 0:
+                return wait(0)
+            if wait(step):
+                return True
 
     def _blocking(self, blocked: bool) -> None:
         if self.blocked_msg is None:

@@ -88,10 +88,11 @@ class StoreClient:
         self._mapped_cap = arena_capacity // 20
         self.closed = False
 
-    def start(self) -> None:
-        # The copy threads start with the first large write, not here: most workers and
-        # actors never write one, and three idle threads cost each ~0.3 MB of private memory.
-        pass
+    def start(self, copy_threads: bool = True) -> None:
+        """``copy_threads``: start the threads that share large copies now (a driver);
+        otherwise the first large write starts them (a worker: most never write one)."""
+        if copy_threads:
+            self.copy_pool.start()
 
     def close(self) -> None:
         self.closed = True

@@ -4,7 +4,15 @@ A task waits here until every argument this process owns has a value, then joins
 queue of its shape (resources and placement). For each queue the submitter asks the control
 plane for leases on workers of that shape (REQUEST_LEASE, a few at a time), pushes the
 queue's tasks straight to a leased worker one after another (EXEC_TASK), and returns the
-lease (RETURN_LEASE) when the queue is empty. A task that fails is retried while it has
+lease (RETURN_LEASE) when the queue is empty.
+
+Pipelining: while more tasks are queued than lease requests are out (every worker the shape
+can get is busy), a lease gets its next task before the one it runs is done (up to
+``pipeline_depth`` in flight), so the worker starts it without waiting for a round trip to
+this process. A worker whose running task blocks in ``get()`` sends back the tasks queued
+behind it, not started (TASK_BOUNCED): they go to the front of the queue, and that lease gets
+no task ahead until its running one is done, so a task never waits behind one that waits for
+it. A task that fails is retried while it has
 retries left (a crashed worker always counts; an exception only if ``retry_exceptions``
 says so); a cancelled one gets TaskCancelledError.
 
@@ -65,7 +73,8 @@ class Lease:
     exec_addr: str
     ctl_addr: str
     gpu_ids: tuple[int, ...]
-    task: TaskSpec | None = None
+    tasks: deque[TaskSpec] = field(default_factory=deque)  # in flight, the running one first
+    blocked: bool = False  # its running task blocked in get(): nothing more goes ahead
 
 
 @dataclass(slots=True, eq=False)
@@ -75,6 +84,9 @@ class Queue:
     placement: tuple[Any, ...] | None
     pending: deque[TaskSpec] = field(default_factory=deque)
     requesting: int = 0  # lease requests sent and not answered yet
+
+
+PIPELINE_DEPTH = 2
 
 
 def _identity(waiter: Waiter) -> Waiter:
@@ -90,19 +102,21 @@ class TaskSubmitter:
         self_addr: this process's control address (workers answer there).
         control_addr: the control plane that grants leases.
         cpus: the cluster's CPUs; at most twice that many lease requests are out per shape.
+        pipeline_depth: the most tasks in flight on one lease (1: no pipelining).
         guard: wraps a waiter registered in the table so that it runs as the shell runs
             every part (under the core's lock, effects carried out after); the identity in
             unit tests.
     """
 
     def __init__(self, table: OwnershipTable, effects: Effects, *, self_addr: str,
-                 control_addr: str, cpus: float,
+                 control_addr: str, cpus: float, pipeline_depth: int = PIPELINE_DEPTH,
                  guard: Callable[[Waiter], Waiter] = _identity) -> None:
         self.table = table
         self.effects = effects
         self.self_addr = self_addr
         self.control_addr = control_addr
         self.cpus = cpus
+        self.pipeline_depth = max(1, pipeline_depth)
         self.guard = guard
         self.queues: dict[tuple[Any, ...], Queue] = {}
         self.leases: dict[bytes, tuple[Queue, Lease | None]] = {}
@@ -159,8 +173,17 @@ class TaskSubmitter:
             self.effects.send(self.control_addr, (Msg.REQUEST_LEASE, lease_id, self.self_addr,
                                                   q.resources, q.placement))
 
+    def _fill(self, q: Queue, lease: Lease) -> None:
+        """Give ``lease`` a task if it has none, and one ahead while the queue holds more
+        than the lease requests out could take (see the module doc)."""
+        if not lease.tasks and q.pending:
+            self._push(q, lease, q.pending.popleft())
+        while (not lease.blocked and len(lease.tasks) < self.pipeline_depth
+               and len(q.pending) > q.requesting):
+            self._push(q, lease, q.pending.popleft())
+
     def _push(self, q: Queue, lease: Lease, spec: TaskSpec) -> None:
-        lease.task = spec
+        lease.tasks.append(spec)
         self.running[spec.task_id] = (q, lease)
         sent = self.fn_sent.setdefault(lease.worker_id, set())
         blob = None if spec.fn_id in sent else spec.fn_blob
@@ -181,7 +204,7 @@ class TaskSubmitter:
         lease = Lease(lease_id, worker_id, exec_addr, ctl_addr, tuple(gpu_ids))
         self.leases[lease_id] = (q, lease)
         if q.pending:
-            self._push(q, lease, q.pending.popleft())
+            self._fill(q, lease)
         else:
             self._return_lease(lease)
 
@@ -213,12 +236,13 @@ class TaskSubmitter:
         if q is None or lease is None:  # cancelled and answered meanwhile, or not ours
             self.table.release_contained(holder, return_id)
             return
-        spec = lease.task
-        lease.task = None
-        if q.pending:
-            self._push(q, lease, q.pending.popleft())
-        else:
-            self._return_lease(lease)
+        spec = _take(lease, task_id)
+        if not lease.tasks:
+            lease.blocked = False
+            if not q.pending:
+                self._return_lease(lease)
+        if q.pending and lease.lease_id in self.leases:
+            self._fill(q, lease)
         if spec is None:
             return
         if is_error(value) and spec.retries_left > 0 and not spec.cancelled \
@@ -244,8 +268,27 @@ class TaskSubmitter:
         cause = getattr(err, "cause", err)
         return isinstance(cause, spec.retry_exceptions)
 
+    def task_bounced(self, task_ids: list[bytes]) -> None:
+        """A worker whose running task blocked sent back these tasks, not started: they go
+        to the front of their queue, in order, with their retries untouched."""
+        for task_id in reversed(task_ids):
+            q, lease = self.running.pop(task_id, (None, None))
+            if q is None or lease is None:
+                continue
+            lease.blocked = True
+            spec = _take(lease, task_id)
+            if spec is None:
+                continue
+            # It may have carried the function: the next one sent there carries it again.
+            self.fn_sent.get(lease.worker_id, set()).discard(spec.fn_id)
+            if spec.cancelled:
+                self._finish(spec, error_value(TaskCancelledError(spec.name)))
+            else:
+                self._enqueue(spec, front=True)
+
     def worker_died(self, lease_id: bytes, cause: str) -> None:
-        """A leased worker died: its task is retried (a crash always counts) or fails."""
+        """A leased worker died: its running task is retried (a crash always counts) or
+        fails; the tasks queued behind it had not started and go back to the queue."""
         q, lease = self.leases.pop(lease_id, (None, None))
         if q is None:
             return
@@ -254,8 +297,14 @@ class TaskSubmitter:
             self._pump(q)
             return
         self.fn_sent.pop(lease.worker_id, None)
-        spec = lease.task
-        lease.task = None
+        spec = lease.tasks.popleft() if lease.tasks else None
+        for queued in reversed(lease.tasks):
+            self.running.pop(queued.task_id, None)
+            if queued.cancelled:
+                self._finish(queued, error_value(TaskCancelledError(queued.name)))
+            else:
+                self._enqueue(queued, front=True)
+        lease.tasks.clear()
         if spec is not None:
             self.running.pop(spec.task_id, None)
             if spec.retries_left > 0 and not spec.cancelled:
@@ -281,13 +330,23 @@ class TaskSubmitter:
                     self._finish(spec, error_value(TaskCancelledError(spec.name)))
                     return
         for task_id, (_q, lease) in self.running.items():
-            running = lease.task
+            running = next((t for t in lease.tasks if t.task_id == task_id), None)
             if running is not None and oid in return_ids(running.return_id):
                 running.cancelled = True
                 # A worker may be leased the tasks it submitted itself: it cannot kill
-                # itself (its refs would be lost), so it interrupts them.
-                if force and lease.ctl_addr != self.self_addr:
+                # itself (its refs would be lost), so it interrupts them. One queued
+                # behind the running task is skipped by the worker, whatever ``force``.
+                if force and lease.ctl_addr != self.self_addr and running is lease.tasks[0]:
                     self.effects.send(self.control_addr, (Msg.KILL_WORKER, lease.worker_id))
                 else:
                     self.effects.send(lease.ctl_addr, (Msg.CANCEL_TASK, task_id))
                 return
+
+
+def _take(lease: Lease, task_id: bytes) -> TaskSpec | None:
+    """Remove the task ``task_id`` from the lease's tasks in flight; it, or None."""
+    for spec in lease.tasks:
+        if spec.task_id == task_id:
+            lease.tasks.remove(spec)
+            return spec
+    return None

@@ -17,12 +17,14 @@ import os
 import signal
 import sys
 import threading
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from typing import ClassVar
 
 from trainkit.exceptions import ActorDiedError
+from trainkit.exceptions import TaskCancelledError
 from trainkit.runtime.core import context as _context
 from trainkit.runtime.core.context import ActorExit
 from trainkit.runtime.core.core_worker import CoreWorker
@@ -37,6 +39,8 @@ from trainkit.runtime.wire.serialization import loads
 from trainkit.runtime.wire.transport import Inbox
 from trainkit.runtime.wire.transport import endpoint
 
+# Ids of cancelled tasks kept for when they come up (a cancel can also come after its task).
+MAX_CANCELLED_KEPT = 1024
 
 def die_with_parent() -> None:
     """Ask Linux to SIGKILL us when the node service dies, whatever way it dies."""
@@ -115,6 +119,12 @@ class Worker:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.sem: asyncio.Semaphore | None = None
         self.exiting = False  # exit_actor() was called: leave after answering this call
+        # Tasks cancelled while queued behind the running one (skipped when they come up),
+        # oldest first, and what the exec inbox held when a blocked task sent its queue back.
+        self.cancelled: dict[bytes, None] = {}
+        self.deferred: deque[tuple[Any, ...]] = deque()
+        self.exec_thread = threading.get_ident()
+        core.on_blocked = self.bounce_queued
         for kind, name in self.CORE_HANDLERS.items():
             core.extra_handlers[kind] = getattr(self, name)
 
@@ -122,9 +132,10 @@ class Worker:
     def run(self) -> None:
         handlers: dict[int, Callable[..., None]] = {
             kind: getattr(self, name) for kind, name in self.HANDLERS.items()}
+        self.exec_thread = threading.get_ident()
         while True:
             try:
-                msg = self.inbox.recv()
+                msg = self.deferred.popleft() if self.deferred else self.inbox.recv()
                 if msg[0] == Msg.EXIT:
                     return
                 handler = handlers.get(msg[0])
@@ -145,6 +156,26 @@ class Worker:
     def _on_cancel(self, task_id: bytes) -> None:
         if self.current_task == task_id:
             os.kill(os.getpid(), signal.SIGINT)
+            return
+        self.cancelled[task_id] = None  # queued behind the running task (or already done)
+        while len(self.cancelled) > MAX_CANCELLED_KEPT:
+            del self.cancelled[next(iter(self.cancelled))]
+
+    def bounce_queued(self) -> None:
+        """The running task blocked in get(): the tasks its owner queued behind it here go
+        back unstarted (TASK_BOUNCED), since one of them may be what it waits for. Only on
+        the thread that reads the exec inbox; other messages wait in ``deferred``."""
+        if (threading.get_ident() != self.exec_thread or self.actor_id is not None
+                or self.current_task is None):
+            return
+        bounced: dict[str, list[bytes]] = {}
+        while (msg := self.inbox.recv_nowait()) is not None:
+            if msg[0] == Msg.EXEC_TASK:
+                bounced.setdefault(msg[8], []).append(msg[1])  # owner, task id
+            else:
+                self.deferred.append(msg)
+        for owner, task_ids in bounced.items():
+            self.core.out.send(owner, (Msg.TASK_BOUNCED, task_ids))
 
     def _set_gpus(self, gpu_ids: tuple[int, ...]) -> None:
         _context.task_local.gpu_ids = tuple(gpu_ids)
@@ -200,6 +231,11 @@ class Worker:
     def exec_task(self, task_id: bytes, name: str, fn_id: bytes, blob: bytes | None,
                   payload: Any, descs: Any, return_id: bytes, owner: str,
                   gpu_ids: tuple[int, ...], attempt: int, key: Any = None) -> None:
+        if task_id in self.cancelled:  # cancelled while it was queued here
+            del self.cancelled[task_id]
+            self.core.out.send(owner, (Msg.TASK_DONE, task_id, return_id, task_error_value(
+                name, TaskCancelledError(name)), None))
+            return
         self._set_gpus(gpu_ids)
         local = _context.task_local
         local.name, local.task_id, local.key = name, task_id, key
@@ -420,7 +456,7 @@ def main(secret: bytes | None = None) -> None:
     sys.stdout = _PrefixedStream(sys.__stdout__, worker.label)
     sys.stderr = _PrefixedStream(sys.__stderr__, worker.label)
     threading.Thread(target=_watch_parent, name="trainkit-parent-watch", daemon=True).start()
-    core.start()
+    core.start(copy_threads=False)  # started by the first large write, if one comes
     core.out.send(core.node_addr, (Msg.REGISTER_WORKER, worker_id, os.getpid(),
                                    exec_inbox.address, core.ctl_addr))
     try:

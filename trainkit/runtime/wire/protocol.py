@@ -12,6 +12,8 @@ The flow, for a task and an actor call (driver D, node service N, workers W1, W2
 
     D --REQUEST_LEASE--> N --(fork W1)--> N --LEASE_GRANTED--> D
     D --EXEC_TASK--> W1 --TASK_DONE--> D ... D --RETURN_LEASE--> N
+        (with a backlog, the next EXEC_TASK goes before TASK_DONE; a task that blocks
+        in get() has W1 send those queued behind it back: W1 --TASK_BOUNCED--> D)
     D --CREATE_ACTOR--> N --BECOME_ACTOR--> W2 --ACTOR_READY--> N --ACTOR_STATE--> D
     D --ACTOR_CALL--> W2 --TASK_DONE--> D
     borrowers:  B --BORROW/RELEASE--> owner;  B --GET_OBJECT--> owner --OBJECT_VALUE--> B
@@ -80,6 +82,7 @@ class Msg:
     CANCEL_TASK = 55
     OBJECT_VALUE = 56
     CANCEL_REF = 57  # cancel a task this process owns, for a process holding its ref
+    TASK_BOUNCED = 58  # a blocked worker sends back the tasks queued behind its running one
     # -> a worker's execution inbox
     EXEC_TASK = 60
     BECOME_ACTOR = 61
@@ -156,6 +159,7 @@ FIELDS: dict[int, tuple[str, ...]] = {
     Msg.RELEASE_CONTAINED: ("oid",),
     Msg.TASK_DONE: ("task_id", "return_id", "value", "holder"),
     Msg.CANCEL_TASK: ("task_id",),
+    Msg.TASK_BOUNCED: ("task_ids",),
     Msg.OBJECT_VALUE: ("oid", "value"),
     Msg.CANCEL_REF: ("oid", "force"),
     Msg.EXEC_TASK: ("task_id", "name", "fn_id", "blob", "payload", "descs", "return_id",
