@@ -126,6 +126,11 @@ def report(metrics: Mapping[str, Any], *, checkpoint: Checkpoint | None = None,
     returns once this report is committed. In local mode (``num_workers=0``) and in Tune
     trials every report is committed before it returns.
 
+    Each report also carries where this rank's ``get_dataset_shard`` iterators stand (the
+    rows its loop has received, per epoch); the driver saves that with the checkpoint it
+    commits, so a resumed run continues each epoch with the rows no committed step consumed.
+    Rows received after the last committed checkpoint are delivered again after a failure.
+
     Raises:
         ValueError: ``checkpoint_upload_mode`` is neither "async" nor "sync".
         CheckpointUploadError: an earlier checkpoint of this rank could not be uploaded.
@@ -160,7 +165,17 @@ def get_context() -> TrainContext:
 
 
 def get_dataset_shard(name: str = "train") -> Any:
-    """This rank's part of ``Trainer(datasets={name: ...})``."""
+    """This rank's part of ``Trainer(datasets={name: ...})``: a ``DataIterator`` whose
+    every ``iter_batches``/``iter_torch_batches``/``iter_rows`` call is one epoch.
+
+    It resumes exactly: when the run restarts from a checkpoint (a failed rank, a rerun of
+    the script, a different ``num_workers``), its first pass is the rest of the epoch that
+    checkpoint was in: the rows no committed step consumed, dealt equally among the ranks
+    there are now; later passes are whole epochs. A batch counts as consumed once the loop
+    has received it (rows prefetched or waiting in a local shuffle buffer do not), so rows
+    received after the last committed checkpoint are delivered again. A loop that resumes
+    should therefore take its epoch counter from its checkpoint, as it does its model.
+    ``resume_from_checkpoint`` starts a new run, whose datasets start from the beginning."""
     shards = _session("get_dataset_shard").dataset_shards
     if name not in shards:
         raise KeyError(f"no dataset named {name!r}: Trainer(datasets=...) has "

@@ -157,7 +157,8 @@ class Trainer:
         scaling_config: workers, GPUs and resources (default: 1 CPU worker).
         run_config: name, storage, checkpoints and failures.
         datasets: name -> dataset; each rank gets its shard via ``get_dataset_shard``. A
-            ``trainkit.data`` dataset is streamed; a list is split by rank.
+            ``trainkit.data`` dataset is streamed, and resumes mid-epoch with the run (see
+            ``get_dataset_shard``); a list is split by rank.
         resume_from_checkpoint: start a new run from this checkpoint.
         backend: "gloo" or "nccl" (default: nccl with GPUs, gloo without).
     """
