@@ -4,8 +4,10 @@ forwarding, with a recording host instead of the node service."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
+import trainkit as tk
 from trainkit.runtime.node.control_plane import _Lease
 from trainkit.runtime.node.control_plane import _WorkerProc
 from trainkit.runtime.node.worker_output import WorkerOutput
@@ -140,3 +142,26 @@ def test_output_goes_out_in_whole_lines_and_the_rest_at_the_end() -> None:
     out.drain(proc)
     assert got[1:] == [("stderr", "(pid=42) two\n"), ("stderr", "(pid=42) three\n")]
     assert unwatched == [r] and not out.owns(r)
+
+
+def test_workers_inherit_the_forkservers_objects_frozen(runtime: Callable[..., None]) -> None:
+    """A worker's full collections leave the pages it shares with the forkserver alone (they
+    would copy every one of them: ~6 MB per worker)."""
+    runtime()
+
+    @tk.remote
+    def frozen() -> int:
+        import gc
+
+        gc.collect()
+        return gc.get_freeze_count()
+
+    @tk.remote(num_cpus=0)
+    class Actor:
+        def frozen(self) -> int:
+            import gc
+
+            return gc.get_freeze_count()
+
+    assert tk.get(frozen.remote()) > 10_000  # the runtime's and its imports' objects
+    assert tk.get(Actor.remote().frozen.remote()) > 10_000

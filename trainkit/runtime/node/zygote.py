@@ -16,6 +16,7 @@ environment (a task and the processes it starts inherit the environment).
 
 from __future__ import annotations
 
+import gc
 import importlib
 import json
 import os
@@ -106,6 +107,11 @@ def main() -> None:
             if "preload" in spec:
                 _preload(spec["preload"])
                 continue
+            # What this process holds goes to the collector's permanent generation: a
+            # worker's full collections then never write to (and so copy) the pages it
+            # shares with this process (~6 MB of private memory per worker after its
+            # first full collection, measured on the import set of 2026-12).
+            gc.freeze()
             pid = os.fork()
             if pid == 0:
                 _child(spec, fds, sock, (wake_r, wake_w), secret)
