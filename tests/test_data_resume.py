@@ -60,7 +60,8 @@ def id_loop(config: dict[str, Any]) -> None:
     """Consumes the shard epoch after epoch; every step reports a checkpoint holding the
     (epoch, id) pairs this rank consumed in this attempt, plus (rank 0) what the checkpoint it
     started from held. Rank ``kill_rank`` SIGKILLs itself once, after consuming its
-    ``kill_step``-th batch and before reporting it; with ``fail_step`` every rank raises
+    ``kill_step``-th batch (or each of ``kill_steps``) and before reporting it; with
+    ``fail_step`` every rank raises
     there instead (once)."""
     shard = train.get_dataset_shard("train")
     rank = train.get_context().get_world_rank()
@@ -71,9 +72,10 @@ def id_loop(config: dict[str, Any]) -> None:
         for batch in _batches(shard, config):
             mine += [[epoch, int(i)] for i in batch["id"].tolist()]
             step += 1
-            if rank == config.get("kill_rank") and step == config.get("kill_step") \
-                    and not os.path.exists(marker):
-                open(marker, "w").close()
+            kills = config.get("kill_steps", [config.get("kill_step")])
+            if rank == config.get("kill_rank") and step in kills \
+                    and not os.path.exists(f"{marker}-{step}"):
+                open(f"{marker}-{step}", "w").close()
                 os.kill(os.getpid(), signal.SIGKILL)
             if step == config.get("fail_step") and not os.path.exists(marker):
                 open(marker, "w").close()
@@ -143,6 +145,15 @@ def test_a_killed_rank_resumes_mid_epoch(tmp_path) -> None:
     result = _trainer(_range(), tmp_path, "kill", kill_rank=1, kill_step=5).fit()
     steps = list(result.metrics_dataframe["step"])
     assert steps[-1] == 30  # 15 steps an epoch, none lost, none repeated
+    _check_exactly_once(result)
+
+
+def test_a_second_failure_in_a_resumed_epoch_loses_nothing(tmp_path) -> None:
+    # The second attempt starts mid-epoch; its checkpoints must keep the rows the first
+    # attempt consumed, or the third attempt would deliver them again.
+    result = _trainer(_range().random_shuffle(), tmp_path, "twice", max_failures=2,
+                      kill_rank=0, kill_steps=[4, 11], buffer=24).fit()
+    assert list(result.metrics_dataframe["step"])[-1] == 30
     _check_exactly_once(result)
 
 
