@@ -12,8 +12,10 @@ from trainkit.runtime.node.control_plane import _Lease
 from trainkit.runtime.node.control_plane import _WorkerProc
 from trainkit.runtime.node.worker_output import WorkerOutput
 from trainkit.runtime.node.worker_output import prefixed
+from trainkit.runtime.node.worker_output import render
 from trainkit.runtime.node.worker_pool import WorkerPool
 from trainkit.runtime.node.worker_pool import describe_exit
+from trainkit.runtime.wire.console import Record
 from trainkit.runtime.wire.protocol import Msg
 from trainkit.runtime.wire.protocol import new_id
 
@@ -123,9 +125,10 @@ def test_exit_causes_name_the_signal_or_the_code() -> None:
 
 
 def test_lines_are_prefixed_with_their_writer_and_empty_lines_stay_empty() -> None:
-    assert prefixed("hello\n\nworld\n", 7, None) == "(pid=7) hello\n\n(pid=7) world\n"
-    assert prefixed("(Trainer pid=7) step 1\n", 7, None) == "(Trainer pid=7) step 1\n"
-    assert prefixed("x\n", 7, "10.0.0.2") == "(pid=7, node=10.0.0.2) x\n"
+    records = [Record(b"hello", False), Record(b"", False), Record(b"50%", True)]
+    assert render(records, 7, None) == "(pid=7) hello\n\n(pid=7) 50%\r"
+    assert prefixed("(Trainer pid=7) step 1", 7, None) == "(Trainer pid=7) step 1"
+    assert prefixed("x", 7, "10.0.0.2") == "(pid=7, node=10.0.0.2) x"
 
 
 def test_output_goes_out_in_whole_lines_and_the_rest_at_the_end() -> None:
@@ -137,10 +140,10 @@ def test_output_goes_out_in_whole_lines_and_the_rest_at_the_end() -> None:
     out.add(r, proc, "stderr")
     os.write(w, b"one\ntw")
     assert out.read(r) and got == [("stderr", "(pid=42) one\n")]
-    os.write(w, b"o\nthree")
+    os.write(w, b"o\n 10%\r 20%\r 30%\rthree")  # a redrawn line: only its latest goes
     os.close(w)
     out.drain(proc)
-    assert got[1:] == [("stderr", "(pid=42) two\n"), ("stderr", "(pid=42) three\n")]
+    assert got[1:] == [("stderr", "(pid=42) two\n(pid=42)  30%\r"), ("stderr", "(pid=42) three\n")]
     assert unwatched == [r] and not out.owns(r)
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from trainkit.exceptions import GetTimeoutError
 from trainkit.exceptions import RuntimeSystemError
+from trainkit.runtime._log_printer import LogPrinter
 from trainkit.runtime.cluster.discovery import Embedded
 from trainkit.runtime.cluster.discovery import ancestors
 from trainkit.runtime.cluster.discovery import choose
@@ -86,7 +87,7 @@ def start(*, num_cpus: float | None, num_gpus: float | None,
         ready.set()
 
     core.extra_handlers[Msg.NODE_READY] = on_node_ready
-    core.log_sink = _print_log if log_to_driver else None
+    core.log_sink = LogPrinter() if log_to_driver else None
     core.start()
     cfg = {
         "session": session, "node_id": node_id,
@@ -146,7 +147,7 @@ def connect(address: str, *, namespace: str | None, log_to_driver: bool) -> None
                       arena_path="", arena_capacity=1 << 20, name="driver",
                       cluster_resources={}, control_addr=head_addr, host=route_ip(host),
                       auth=auth)
-    core.log_sink = _print_log if log_to_driver else None
+    core.log_sink = LogPrinter() if log_to_driver else None
     core.start()
     try:
         try:
@@ -190,7 +191,7 @@ def _attach_embedded(runtime: Embedded, *, namespace: str | None,
     core = CoreWorker(session=new_session_name("driver"), node_addr=node_addr, node_id="",
                       arena_path="", arena_capacity=1 << 20, name="driver",
                       cluster_resources={}, control_addr=node_addr)
-    core.log_sink = _print_log if log_to_driver else None
+    core.log_sink = LogPrinter() if log_to_driver else None
     core.start()
     try:
         try:
@@ -246,15 +247,6 @@ def _started_cluster() -> str | None:
     except (OSError, ValueError):
         return None
     return address
-
-
-def _print_log(stream: str, text: str) -> None:
-    out = sys.stderr if stream == "stderr" else sys.stdout
-    try:
-        out.write(text)
-        out.flush()
-    except Exception:
-        pass
 
 
 def stop() -> None:

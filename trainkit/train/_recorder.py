@@ -18,6 +18,8 @@ import time
 from typing import Any
 from typing import TextIO
 
+from trainkit._display import Text
+from trainkit._display import notebook_handle
 from trainkit._result_log import PROGRESS_FILE
 from trainkit._result_log import RESULT_FILE
 from trainkit._result_log import ResultLog
@@ -31,14 +33,16 @@ from trainkit.train._storage import StorageLocation
 
 
 class ProgressLine:
-    """One quiet console line: rewritten in place on a terminal, else printed every few
-    seconds; ``verbose=2`` prints every report, ``verbose=0`` nothing."""
+    """One quiet progress display on stdout: in a notebook one display updated in place; on
+    a terminal one line rewritten in place; elsewhere a line every few seconds.
+    ``verbose=2`` prints every report, ``verbose=0`` nothing. (stderr is for warnings.)"""
 
     def __init__(self, name: str, verbose: int, stream: TextIO | None = None) -> None:
         self.name = name
         self.verbose = verbose
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
+        self.notebook = notebook_handle() if verbose and stream is None else None
+        self.stream = stream or sys.stdout
+        self.tty = _isatty(self.stream)
         self.start = time.monotonic()
         self.last_print = 0.0
         self.text = ""
@@ -51,7 +55,9 @@ class ProgressLine:
         elapsed = time.monotonic() - self.start
         self.text = f"[trainkit] {self.name}: iter {iteration} {shown} ({elapsed:.1f} s)"
         now = time.monotonic()
-        if self.verbose == 2 or (not self.tty and now - self.last_print >= 5.0):
+        if self.notebook is not None and self.verbose == 1:
+            self.notebook.update(Text(self.text))
+        elif self.verbose == 2 or (not self.tty and now - self.last_print >= 5.0):
             self.last_print = now
             self._write(self.text + "\n")
         elif self.tty:
@@ -67,6 +73,13 @@ class ProgressLine:
     def _write(self, text: str) -> None:
         self.stream.write(text)
         self.stream.flush()
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return bool(stream.isatty())
+    except Exception:
+        return False
 
 
 def _short(value: Any) -> str:

@@ -31,6 +31,7 @@ from trainkit.runtime.core.core_worker import CoreWorker
 from trainkit.runtime.core.values import error_value
 from trainkit.runtime.core.values import task_error_value
 from trainkit.runtime.wire.auth import FrameAuth
+from trainkit.runtime.wire.console import split_records
 from trainkit.runtime.wire.local_channel import store_socket_address
 from trainkit.runtime.wire.protocol import Msg
 from trainkit.runtime.wire.secret import SECRET_ENV
@@ -54,33 +55,54 @@ def die_with_parent() -> None:
 
 
 class _PrefixedStream(io.TextIOBase):
-    """sys.stdout/sys.stderr of a worker: each line is prefixed with the task and pid."""
+    """sys.stdout/sys.stderr of a worker: each line is prefixed with the task and pid; a
+    line redrawn with ``\\r`` (a progress bar) goes out as in-place updates, the latest at
+    each flush (see ``wire.console``); an empty line goes out empty."""
 
     def __init__(self, raw: Any, label: list[str]) -> None:
         self._raw = raw
         self._label = label
         self._buf = ""
+        self._in_redraw = False  # the text being written follows a "\r": it redraws a line
+        self._last_update = ""  # the last update sent of that line
         self._lock = threading.Lock()
 
     def writable(self) -> bool:
         return True
 
+    def _prefix(self) -> str:
+        name = getattr(_context.task_local, "name", None) or self._label[0]
+        return f"({name} pid={os.getpid()}) "
+
+    def _line(self, text: str) -> str:
+        if not text and self._last_update:  # a bar's closing "\n": its last text, for good
+            text = self._last_update
+        self._in_redraw, self._last_update = False, ""
+        return self._prefix() + text + "\n" if text else "\n"
+
+    def _update(self, text: str) -> str:
+        self._last_update = text
+        return self._prefix() + text + "\r"
+
     def write(self, s: str) -> int:
         with self._lock:
             self._buf += s
-            if "\n" in self._buf:
-                *lines, self._buf = self._buf.split("\n")
-                name = getattr(_context.task_local, "name", None) or self._label[0]
-                prefix = f"({name} pid={os.getpid()}) "
-                self._raw.write("".join(prefix + line + "\n" for line in lines))
-                self._raw.flush()
+            if "\n" in s or "\r" in s:
+                records, self._buf = split_records(self._buf)
+                out = "".join(self._update(r.text) if r.update else self._line(r.text)
+                              for r in records)
+                if "\r" in s.rpartition("\n")[2]:
+                    self._in_redraw = True
+                if out:
+                    self._raw.write(out)
+                    self._raw.flush()
         return len(s)
 
     def flush(self) -> None:
         with self._lock:
             if self._buf:
-                name = getattr(_context.task_local, "name", None) or self._label[0]
-                self._raw.write(f"({name} pid={os.getpid()}) {self._buf}\n")
+                self._raw.write(self._update(self._buf) if self._in_redraw
+                                else self._line(self._buf))
                 self._buf = ""
             self._raw.flush()
 

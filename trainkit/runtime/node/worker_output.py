@@ -13,20 +13,27 @@ import os
 from collections.abc import Callable
 
 from trainkit.runtime.node.control_plane import _WorkerProc
+from trainkit.runtime.wire.console import Record
+from trainkit.runtime.wire.console import collapse_updates
+from trainkit.runtime.wire.console import split_records
 
 READ_CHUNK = 65536
 
 
 def prefixed(text: str, pid: int, host: str | None) -> str:
-    """``text`` (whole lines) with each non-empty line prefixed by its writer."""
-    lines = []
-    for ln in text.splitlines():
-        if ln and not ln.startswith("("):
-            ln = f"(pid={pid}) {ln}"
-        if ln and host is not None:  # cluster mode: say which node it came from
-            ln = ln.replace(")", f", node={host})", 1)
-        lines.append(ln)
-    return "\n".join(lines) + "\n"
+    """``text`` (one line or update, without its end) prefixed by its writer, if not empty."""
+    if text and not text.startswith("("):
+        text = f"(pid={pid}) {text}"
+    if text and host is not None:  # cluster mode: say which node it came from
+        text = text.replace(")", f", node={host})", 1)
+    return text
+
+
+def render(records: list[Record[bytes]], pid: int, host: str | None) -> str:
+    """Records read from a worker's pipe as the text to forward: lines end with ``\\n``,
+    an update (a line redrawn in place) with ``\\r``."""
+    return "".join(prefixed(r.text.decode(errors="replace"), pid, host)
+                   + ("\r" if r.update else "\n") for r in records)
 
 
 class WorkerOutput:
@@ -67,14 +74,13 @@ class WorkerOutput:
             os.close(fd)
             rest = self.partial.pop(fd, b"")
             if rest and self.forward:
-                self.emit(stream, prefixed(rest.decode(errors="replace"), w.pid, self.host))
+                self.emit(stream, render([Record(rest, False)], w.pid, self.host))
             return False
-        data = self.partial.pop(fd, b"") + data
-        head, sep, tail = data.rpartition(b"\n")
-        if tail:
-            self.partial[fd] = tail
-        if sep and self.forward:
-            self.emit(stream, prefixed((head + sep).decode(errors="replace"), w.pid, self.host))
+        records, rest = split_records(self.partial.pop(fd, b"") + data)
+        if rest:
+            self.partial[fd] = rest
+        if records and self.forward:
+            self.emit(stream, render(collapse_updates(records), w.pid, self.host))
         return True
 
     def drain(self, w: _WorkerProc) -> None:
