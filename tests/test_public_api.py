@@ -43,10 +43,12 @@ PUBLIC = {
     "trainkit.train.torch": ["get_device", "prepare_data_loader", "prepare_model"],
     # The seam for hosts that run a training loop outside a Trainer (Tune's trial actor).
     "trainkit.train.hosting": [
-        "CheckpointRecord", "ReportSink", "RunCheckpoints", "RunFiles", "StorageLocation",
-        "TrainContext", "check_writable", "delete_dir", "download_dir", "hosted_loop", "list_dir",
-        "read_file", "run_loop", "upload_dir", "write_file",
+        "CheckpointRecord", "LEDGER_FILE", "ReportSink", "RunCheckpoints", "RunFiles",
+        "RunLedger", "StorageLocation", "TrainContext", "check_writable", "delete_dir",
+        "download_dir", "hosted_loop", "ledger_error_fields", "list_dir", "local_location",
+        "parse_ledger", "read_file", "read_ledger", "run_loop", "upload_dir", "write_file",
     ],
+    "trainkit.dashboard": [],
     "trainkit.tune": [
         "Checkpoint", "CheckpointConfig", "Experiment", "ExperimentAnalysis", "FailureConfig",
         "PlacementGroupFactory",

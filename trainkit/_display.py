@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 from typing import Any
 
@@ -18,16 +19,15 @@ class Text:
 
 def notebook_handle() -> Any:
     """A display handle when running in a Jupyter kernel, else None."""
-    shell = sys.modules.get("IPython")
-    if shell is None:
+    if sys.modules.get("IPython") is None:
         return None
     try:
-        from IPython import get_ipython  # type: ignore[import-not-found]
-        from IPython.display import display  # type: ignore[import-not-found]
-
-        ip = get_ipython()
+        # Looked up, not imported by name: IPython is optional (and untyped where present).
+        ipython: Any = importlib.import_module("IPython")
+        display: Any = importlib.import_module("IPython.display")
+        ip = ipython.get_ipython()
         if ip is None or type(ip).__name__ != "ZMQInteractiveShell":
             return None
-        return display(Text(""), display_id=True)
+        return display.display(Text(""), display_id=True)
     except Exception:
         return None
