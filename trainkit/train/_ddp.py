@@ -5,11 +5,17 @@ Rank 0 hosts a ``TCPStore`` at MASTER_ADDR:MASTER_PORT. Each rank connects, writ
 ``joined/<rank>`` and waits for every other rank's key, for ``rendezvous_timeout_s``; then
 the process group is built on that store. Rank 0 can say at any time which ranks have joined,
 so a rendezvous that times out names the ranks that never came.
+
+Nothing listens beyond the address the ranks use: the store's socket is bound to MASTER_ADDR
+(torch's own binds every interface), and when that is a loopback address (every rank on this
+machine, as in embedded mode) gloo and nccl are told to use the loopback interface too
+(``GLOO_SOCKET_IFNAME``/``NCCL_SOCKET_IFNAME``, unless the user set them).
 """
 
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import os
 import socket
 from typing import Any
@@ -34,6 +40,31 @@ def set_torchrun_env(*, rank: int, local_rank: int, world_size: int, local_world
     })
 
 
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(socket.gethostbyname(address)).is_loopback
+    except (OSError, ValueError):
+        return False
+
+
+def _loopback_interface() -> str | None:
+    names = [name for _, name in socket.if_nameindex()]
+    return "lo" if "lo" in names else None
+
+
+def _listen(address: str, port: int) -> socket.socket:
+    """Rank 0's listening socket for the store, on ``address`` only."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((address, port))
+        sock.listen(1024)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 class Rendezvous:
     """This rank's connection to the rendezvous store, and the process group built on it."""
 
@@ -49,8 +80,22 @@ class Rendezvous:
 
         timeout = datetime.timedelta(seconds=rendezvous_timeout_s)
         self.world_size = world_size
-        self.store = TCPStore(master_addr, master_port, world_size, is_master=rank == 0,
-                              timeout=timeout, wait_for_workers=False)
+        if _is_loopback(master_addr):
+            for var in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME"):
+                if var not in os.environ and (lo := _loopback_interface()):
+                    os.environ[var] = lo
+        listener = _listen(master_addr, master_port) if rank == 0 else None
+        try:
+            self.store = TCPStore(master_addr, master_port, world_size, is_master=rank == 0,
+                                  timeout=timeout, wait_for_workers=False,
+                                  master_listen_fd=None if listener is None
+                                  else listener.fileno())
+        except BaseException:
+            if listener is not None:
+                listener.close()
+            raise
+        if listener is not None:
+            listener.detach()  # the store owns the socket now
         _faults.maybe("rendezvous", rank=rank, attempt=attempt)
         self.store.set(f"joined/{rank}", "1")
         try:
