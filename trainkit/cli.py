@@ -10,6 +10,8 @@
     trainkit stop
     trainkit report PATH [--json]
     trainkit dashboard [--storage PATH] [--address ADDR] [--host 127.0.0.1] [--port 8265]
+    trainkit run --nproc-per-node N [--nnodes MIN:MAX] [--max-restarts K] [--address ADDR]
+                 script.py ARGS...
 
 ``start`` runs a node service detached from the terminal and records it in
 ``~/.trainkit/cluster.json`` (the head's address, for ``status`` and ``init(address="auto")``,
@@ -22,6 +24,8 @@ failed or cannot be reached, 2 a usage error (bad option, no usable secret).
 or a URI such as ``s3://bucket/runs/exp``) and prints where the time went (see
 ``trainkit.train._goodput`` and ``trainkit.train._goodput``); exit code 2 when the path
 holds neither. ``dashboard`` serves a web page of the same ledgers (``trainkit.dashboard``).
+``run`` runs an unmodified torchrun script on gang-scheduled workers and exits with its status
+(``trainkit.train._launch``).
 """
 
 from __future__ import annotations
@@ -200,6 +204,23 @@ def _build_parser() -> argparse.ArgumentParser:
                     "status, each run's metric curves, each sweep's trials and a plot, and "
                     "with --address the cluster's nodes, resources, actors and placement "
                     "groups. Loopback only unless --host says otherwise."))
+    launch = subcommands.add_parser(
+        "run", help="run a torchrun script (RANK, WORLD_SIZE, MASTER_ADDR...) on the runtime",
+        description="Run an unmodified torchrun-style script on gang-scheduled workers with "
+                    "torchrun's environment; each output line is prefixed with its rank; the "
+                    "whole group restarts on a failure up to --max-restarts; the exit status "
+                    "is the script's.")
+    launch.add_argument("--nproc-per-node", type=int, required=True, metavar="N",
+                        help="ranks on each node")
+    launch.add_argument("--nnodes", default="1", metavar="MIN:MAX",
+                        help="nodes to use: N, or a range (as many as fit, at least MIN)")
+    launch.add_argument("--max-restarts", type=int, default=0, metavar="K",
+                        help="restarts of the whole group after a failure (default 0)")
+    launch.add_argument("--address", metavar="ADDR",
+                        help="a cluster to run on (auto, or HOST:PORT); default: this machine")
+    launch.add_argument("script", help="the training script")
+    launch.add_argument("script_args", nargs=argparse.REMAINDER, metavar="ARGS",
+                        help="its arguments")
     return parser
 
 
@@ -726,6 +747,32 @@ def _dashboard(args: argparse.Namespace) -> int:
     return run(args)
 
 
+# --- run --------------------------------------------------------------------------------------
+
+
+def _run(args: argparse.Namespace) -> int:
+    from trainkit.train._launch import LaunchSpec
+    from trainkit.train._launch import launch
+    from trainkit.train._launch import parse_nnodes
+
+    try:
+        low, high = parse_nnodes(args.nnodes)
+        spec = LaunchSpec(args.script, tuple(args.script_args), args.nproc_per_node,
+                          low, high, args.max_restarts)
+    except (ValueError, FileNotFoundError) as e:
+        raise _CliError(str(e), 2) from None
+    import trainkit as tk
+
+    if args.address:
+        tk.init(address=args.address)
+    else:
+        tk.init()
+    try:
+        return launch(spec)
+    finally:
+        tk.shutdown()
+
+
 # --- main -------------------------------------------------------------------------------------
 
 
@@ -748,7 +795,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # argparse printed the usage and the error
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     commands = {"start": _start, "status": _status, "stop": _stop, "report": _report,
-                "dashboard": _dashboard}
+                "dashboard": _dashboard, "run": _run}
     try:
         return commands[args.command](args)
     except ClusterSecretError as e:

@@ -10,13 +10,13 @@ from collections.abc import Callable
 import pytest
 
 import trainkit as tk
+from trainkit._console import Record
+from trainkit._console import collapse_updates
+from trainkit._console import split_records
 from trainkit.runtime._log_printer import REDRAW_EVERY_S
 from trainkit.runtime._log_printer import UPDATE_EVERY_S
 from trainkit.runtime._log_printer import LogPrinter
 from trainkit.runtime.core.worker_process import _PrefixedStream
-from trainkit.runtime.wire.console import Record
-from trainkit.runtime.wire.console import collapse_updates
-from trainkit.runtime.wire.console import split_records
 
 
 def test_text_is_cut_into_lines_and_the_latest_update_of_a_redrawn_line() -> None:

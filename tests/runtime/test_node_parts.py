@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import trainkit as tk
+from trainkit._console import Record
 from trainkit.runtime.node.control_plane import _Lease
 from trainkit.runtime.node.control_plane import _WorkerProc
 from trainkit.runtime.node.worker_output import WorkerOutput
@@ -15,7 +16,6 @@ from trainkit.runtime.node.worker_output import prefixed
 from trainkit.runtime.node.worker_output import render
 from trainkit.runtime.node.worker_pool import WorkerPool
 from trainkit.runtime.node.worker_pool import describe_exit
-from trainkit.runtime.wire.console import Record
 from trainkit.runtime.wire.protocol import Msg
 from trainkit.runtime.wire.protocol import new_id
 

@@ -1,11 +1,12 @@
 """The workers' output as a driver prints it: lines as they come, progress drawn in place.
 
 The node service forwards what workers write as lines (ending ``\\n``) and updates (the
-latest text of a line redrawn in place, ending ``\\r``: a tqdm bar; see ``wire.console``). On
-a terminal or in a notebook an update is drawn over the last one (at most every
-``REDRAW_EVERY_S`` per writer: a notebook sends every byte to the browser); elsewhere (a log file, a
-pipe, CI) it is printed as a line, at most once every ``UPDATE_EVERY_S`` per writer, and the
-line that ends the bar is printed whole: a 1,000-step bar leaves a few lines, not 1,000.
+latest text of a line redrawn in place, ending ``\\r``: a tqdm bar; see
+``trainkit._console``). On a terminal or in a notebook an update is drawn over the last one
+(at most every ``REDRAW_EVERY_S`` per writer: a notebook sends every byte to the browser);
+elsewhere (a log file, a pipe, CI) it is printed as a line, at most once every
+``UPDATE_EVERY_S`` per writer, and the line that ends the bar is printed whole: a 1,000-step
+bar leaves a few lines, not 1,000.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
-from trainkit.runtime.wire.console import Record
-from trainkit.runtime.wire.console import split_records
+from trainkit._console import Record
+from trainkit._console import split_records
 
 UPDATE_EVERY_S = 10.0
 REDRAW_EVERY_S = 0.1  # in place: a bar refreshed faster is drawn at most this often

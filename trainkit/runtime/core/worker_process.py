@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from typing import ClassVar
 
+from trainkit._console import split_records
 from trainkit.exceptions import ActorDiedError
 from trainkit.exceptions import TaskCancelledError
 from trainkit.runtime.core import context as _context
@@ -31,7 +32,6 @@ from trainkit.runtime.core.core_worker import CoreWorker
 from trainkit.runtime.core.values import error_value
 from trainkit.runtime.core.values import task_error_value
 from trainkit.runtime.wire.auth import FrameAuth
-from trainkit.runtime.wire.console import split_records
 from trainkit.runtime.wire.local_channel import store_socket_address
 from trainkit.runtime.wire.protocol import Msg
 from trainkit.runtime.wire.secret import SECRET_ENV
@@ -57,7 +57,7 @@ def die_with_parent() -> None:
 class _PrefixedStream(io.TextIOBase):
     """sys.stdout/sys.stderr of a worker: each line is prefixed with the task and pid; a
     line redrawn with ``\\r`` (a progress bar) goes out as in-place updates, the latest at
-    each flush (see ``wire.console``); an empty line goes out empty."""
+    each flush (see ``trainkit._console``); an empty line goes out empty."""
 
     def __init__(self, raw: Any, label: list[str]) -> None:
         self._raw = raw

@@ -12,10 +12,10 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
+from trainkit._console import Record
+from trainkit._console import collapse_updates
+from trainkit._console import split_records
 from trainkit.runtime.node.control_plane import _WorkerProc
-from trainkit.runtime.wire.console import Record
-from trainkit.runtime.wire.console import collapse_updates
-from trainkit.runtime.wire.console import split_records
 
 READ_CHUNK = 65536
 

@@ -13,8 +13,12 @@ from torch.utils.data import RandomSampler
 
 from trainkit.data._torch import set_default_device_resolver
 from trainkit.train._session import current_session
+from trainkit.train._trainer import Trainer
 
-__all__ = ["get_device", "prepare_data_loader", "prepare_model"]
+__all__ = ["TorchTrainer", "get_device", "prepare_data_loader", "prepare_model"]
+
+# Ray's spelling (ray.train.torch.TorchTrainer): trainkit's Trainer already runs PyTorch.
+TorchTrainer = Trainer
 
 
 def get_device() -> torch.device:
