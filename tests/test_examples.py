@@ -25,7 +25,7 @@ def test_train_ddp_runs_and_resumes(tmp_path: Path) -> None:
     again = subprocess.run([sys.executable, script, "--storage-path", str(tmp_path),
                             "--epochs", "3"], capture_output=True, text=True, timeout=180)
     assert again.returncode == 0, again.stderr
-    assert "resuming run 'train_ddp_example'" in again.stderr
+    assert "resuming run 'train_ddp_example'" in again.stdout  # progress: stdout
     assert "final metrics: {'epoch': 2" in again.stdout
 
 
