@@ -19,12 +19,24 @@ Opening a run folder also repairs its index (``load_index``): checkpoint folders
 names but that are gone are dropped with a warning (the run resumes from the newest intact
 one), and an index that does not parse is rebuilt from the folders, with a warning naming
 the file and the run folder.
+
+Ranks upload their parts of one report's checkpoint into the same staging folder (a sharded
+``torch.distributed.checkpoint`` writes ``__<rank>_0.distcp`` on each rank and ``.metadata``
+on rank 0: merged, they are one checkpoint that loads on any world size). So that one rank's
+file can never silently replace another's, each rank also writes a manifest of its files
+(``.trainkit_rank_<R>.json``: path -> size and SHA-256). The commit reads every manifest
+first: a path two ranks wrote with different contents fails the commit, naming the file and
+the ranks; the same file from several ranks (every DDP rank saving the same weights) is fine.
+The manifests are deleted before the folder becomes ``checkpoint_NNNNNN``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
+import re
 import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -46,6 +58,84 @@ INDEX_FILE = "checkpoints.json"
 DATA_POSITIONS_FILE = ".trainkit_data_positions.json"
 STAGING_DIR = ".staging"
 _PREFIX = "checkpoint_"
+_MANIFEST_PREFIX = ".trainkit_rank_"
+_MANIFEST = re.compile(re.escape(_MANIFEST_PREFIX) + r"(\d+)\.json")
+
+
+class CheckpointConflictError(ValueError):
+    """Two ranks reported a checkpoint file of the same name with different contents: merged
+    into one folder, one would replace the other. The message names the file and the ranks."""
+
+
+def manifest_name(rank: int) -> str:
+    """The file in a staged checkpoint that lists what ``rank`` uploaded into it."""
+    return f"{_MANIFEST_PREFIX}{rank}.json"
+
+
+def write_manifest(local_dir: str, rank: int) -> None:
+    """List the files of ``local_dir`` (a rank's snapshot of its checkpoint, about to be
+    uploaded) with their sizes and SHA-256 in ``local_dir/.trainkit_rank_<rank>.json``."""
+    files: dict[str, list[Any]] = {}
+    for root, _, names in os.walk(local_dir):
+        for name in names:
+            path = os.path.join(root, name)
+            rel = os.path.relpath(path, local_dir).replace(os.sep, "/")
+            if _MANIFEST.fullmatch(rel):
+                continue  # a stale manifest copied in with the user's folder
+            files[rel] = [os.path.getsize(path), _sha256(path)]
+    with open(os.path.join(local_dir, manifest_name(rank)), "w") as f:
+        json.dump({"rank": rank, "files": files}, f)
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def find_conflicts(manifests: dict[int, dict[str, list[Any]]]) -> list[tuple[str, list[int]]]:
+    """The files (path, ranks that wrote it) that ranks wrote with different contents, from
+    each rank's ``{path: [size, sha256]}`` (pure)."""
+    seen: dict[str, dict[tuple[Any, ...], list[int]]] = {}
+    for rank in sorted(manifests):
+        for path, entry in manifests[rank].items():
+            seen.setdefault(path, {}).setdefault(tuple(entry), []).append(rank)
+    return [(path, sorted(r for ranks in versions.values() for r in ranks))
+            for path, versions in sorted(seen.items()) if len(versions) > 1]
+
+
+def check_merged(staged: StorageLocation) -> None:
+    """Fail if ranks wrote different files of one name into ``staged``; then drop the
+    manifests (see the module docstring).
+
+    Raises:
+        CheckpointConflictError: naming the first files in conflict and their ranks.
+    """
+    manifests: dict[int, dict[str, list[Any]]] = {}
+    for name, is_dir in _storage.list_dir(staged):
+        m = _MANIFEST.fullmatch(name)
+        if m is None or is_dir:
+            continue
+        data = _storage.read_file(staged.join(name))
+        if data is None:
+            continue
+        try:
+            manifests[int(m.group(1))] = dict(json.loads(data)["files"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"the checkpoint manifest {staged.join(name)} does not parse "
+                             f"({type(e).__name__}: {e})") from e
+    conflicts = find_conflicts(manifests)
+    if conflicts:
+        listed = "; ".join(f"{path!r} from ranks {ranks}" for path, ranks in conflicts[:5])
+        raise CheckpointConflictError(
+            f"ranks reported different files of the same name in one checkpoint: {listed}. "
+            "Every rank's checkpoint files are merged into one folder, so each rank must "
+            "write files of its own names (as torch.distributed.checkpoint does: "
+            "__<rank>_0.distcp), or only one rank (rank 0) reports those files")
+    for name in (manifest_name(rank) for rank in manifests):
+        _storage.delete_file(staged.join(name))
 
 
 def checkpoint_dir_name(number: int) -> str:
@@ -235,9 +325,14 @@ class CheckpointManager:
 
     def commit(self, staged: StorageLocation | str, metrics: dict[str, Any]
                ) -> CheckpointRecord:
-        """Make the complete folder ``staged`` the run's newest checkpoint."""
+        """Make the complete folder ``staged`` the run's newest checkpoint.
+
+        Raises:
+            CheckpointConflictError: ranks wrote different files of one name into it.
+        """
         if not isinstance(staged, StorageLocation):
             staged = _storage.local_location(staged)
+        check_merged(staged)
         number = self.next_number
         target = self.run.join(checkpoint_dir_name(number))
         _storage.move_dir(staged, target)

@@ -18,6 +18,7 @@ function opens what it needs.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import posixpath
@@ -230,6 +231,16 @@ def list_dir(location: StorageLocation) -> list[tuple[str, bool]]:
     selector = pyarrow.fs.FileSelector(location.path, allow_not_found=True)
     return [(posixpath.basename(i.path), i.type == pyarrow.fs.FileType.Directory)
             for i in location.filesystem.get_file_info(selector)]
+
+
+def delete_file(location: StorageLocation) -> None:
+    """Delete one file; nothing if it does not exist."""
+    if location.is_local:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(location.path)
+        return
+    if is_file(location):
+        location.filesystem.delete_file(location.path)
 
 
 def delete_dir(location: StorageLocation) -> None:

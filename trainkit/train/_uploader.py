@@ -3,8 +3,10 @@
 ``report(metrics, checkpoint=..., checkpoint_upload_mode="async")`` (the default) returns once
 the checkpoint's files are *snapshotted*: copied (never hard-linked: the loop may rewrite a
 file in place) into a staging folder of this process on the node's local disk. The loop may
-delete or rewrite its folder as soon as ``report`` returns. A background thread then moves
-each snapshot into the run's staging folder in storage and only then hands the report to the
+delete or rewrite its folder as soon as ``report`` returns. A background thread then lists
+the snapshot's files in a manifest (sizes and SHA-256: the commit refuses a file two ranks
+wrote differently, see ``_checkpoint_manager``), moves it into the run's staging folder in
+storage and only then hands the report to the
 driver, which commits the checkpoint once every rank's files of that report are uploaded.
 ``"sync"`` does the same and returns once the driver has committed the report.
 
@@ -47,6 +49,7 @@ from trainkit.exceptions import CheckpointUploadError
 from trainkit.train import _faults
 from trainkit.train import _storage
 from trainkit.train._checkpoint import Checkpoint
+from trainkit.train._checkpoint_manager import write_manifest
 from trainkit.train._storage import StorageLocation
 
 UPLOAD_MODES: Final = ("async", "sync")
@@ -190,6 +193,7 @@ class ReportQueue:
             if snapshot is not None:
                 staged = self.staging_root.join(staging_key(self.attempt, seq))
                 try:
+                    write_manifest(snapshot, self.rank)
                     _storage.move_into(snapshot, staged, after_first=lambda: _faults.maybe(
                         "checkpoint_uploading", rank=self.rank, attempt=self.attempt))
                     _faults.maybe("checkpoint_upload", rank=self.rank, attempt=self.attempt)

@@ -1,5 +1,7 @@
 """PyTorch helpers for the training loop: the model and data loader on this rank's device,
-wrapped for DDP when the group has more than one rank."""
+wrapped for DDP when the group has more than one rank, or sharded with FSDP2
+(``parallel_strategy="fsdp"``); sharded checkpoints with ``save_sharded``/``load_sharded``
+(see ``trainkit.train._fsdp``)."""
 
 from __future__ import annotations
 
@@ -12,10 +14,17 @@ from torch.utils.data import DistributedSampler
 from torch.utils.data import RandomSampler
 
 from trainkit.data._torch import set_default_device_resolver
+from trainkit.train._fsdp import check_fsdp_kwargs
+from trainkit.train._fsdp import load_sharded
+from trainkit.train._fsdp import save_sharded
+from trainkit.train._fsdp import shard_model
 from trainkit.train._session import current_session
 from trainkit.train._trainer import Trainer
 
 __all__ = ["TorchTrainer", "get_device", "prepare_data_loader", "prepare_model"]
+# Also here, not yet in __all__ (the public list is checked in): save_sharded, load_sharded.
+_SHARDED_CHECKPOINTS = (save_sharded, load_sharded)
+_STRATEGIES = ("ddp", "fsdp", None)
 
 # Ray's spelling (ray.train.torch.TorchTrainer): trainkit's Trainer already runs PyTorch.
 TorchTrainer = Trainer
@@ -38,13 +47,34 @@ def _world_size() -> int:
 def prepare_model(model: torch.nn.Module, *, move_to_device: bool = True,
                   parallel_strategy: str | None = "ddp",
                   parallel_strategy_kwargs: dict[str, Any] | None = None) -> torch.nn.Module:
-    """Move ``model`` to this rank's device and wrap it in DistributedDataParallel (when the
-    group has more than one rank and ``parallel_strategy="ddp"``)."""
-    if parallel_strategy not in ("ddp", None):
-        raise ValueError(f"parallel_strategy is {parallel_strategy!r}; use 'ddp' or None")
+    """Move ``model`` to this rank's device and make it data parallel.
+
+    ``parallel_strategy="ddp"`` (the default) wraps it in DistributedDataParallel when the
+    group has more than one rank (``parallel_strategy_kwargs`` go to DDP). ``"fsdp"`` shards
+    it with FSDP2 (``torch.distributed.fsdp.fully_shard``) on every world size, one rank
+    included: each child module with parameters, then the root, so every parameter becomes a
+    ``DTensor`` holding this rank's shard, and the model itself is returned (an
+    ``FSDPModule``; no ``.module``). ``parallel_strategy_kwargs`` for "fsdp":
+    ``shard_modules`` (module classes, submodule names, or ``(name, module) -> bool``),
+    ``reshard_after_forward``, ``mp_policy``, ``offload_policy`` and ``mesh``, as
+    ``fully_shard`` takes them. Save and load it with ``save_sharded``/``load_sharded``.
+    ``None``: only move it.
+
+    Raises:
+        ValueError: an unknown strategy or kwarg, or "fsdp" with a model that has no
+            parameters (each names the value and the fix).
+    """
+    if parallel_strategy not in _STRATEGIES:
+        raise ValueError(f"parallel_strategy is {parallel_strategy!r}; use 'ddp' "
+                         "(DistributedDataParallel), 'fsdp' (FSDP2: shard the parameters "
+                         "over the ranks) or None (no wrapper)")
+    if parallel_strategy == "fsdp":
+        check_fsdp_kwargs(parallel_strategy_kwargs)
     device = get_device()
     if move_to_device:
         model = model.to(device)
+    if parallel_strategy == "fsdp":
+        return shard_model(model, device, parallel_strategy_kwargs)
     if parallel_strategy == "ddp" and _world_size() > 1:
         from torch.nn.parallel import DistributedDataParallel
 
