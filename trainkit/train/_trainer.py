@@ -20,6 +20,7 @@ from typing import Any
 import cloudpickle  # type: ignore[import-untyped]
 
 import trainkit.runtime as rt
+from trainkit._code_digest import code_digest
 from trainkit._pickling import unpicklable_capture
 from trainkit._result_log import PROGRESS_FILE
 from trainkit._result_log import RESULT_FILE
@@ -37,6 +38,8 @@ from trainkit.train._controller import save_data_positions
 from trainkit.train._ledger import RunLedger
 from trainkit.train._ledger import error_fields
 from trainkit.train._recorder import RunRecorder
+from trainkit.train._run_folder import check_resume
+from trainkit.train._run_folder import choose as choose_run_folder
 from trainkit.train._session import DATA_POSITIONS_KEY
 from trainkit.train._session import Session
 from trainkit.train._session import TrainContext
@@ -161,6 +164,10 @@ class Trainer:
             ``get_dataset_shard``); a list is split by rank.
         resume_from_checkpoint: start a new run from this checkpoint.
         backend: "gloo" or "nccl" (default: nccl with GPUs, gloo without).
+        resume: what a rerun with the same ``run_config.name`` and storage does when a run
+            is there: "auto" continues it if its training loop is the same code and else
+            starts a new run in ``<name>-2`` (saying so); True continues it whatever
+            changed; False always starts a new run (see ``_run_folder``).
     """
 
     def __init__(self, train_loop_per_worker: Callable[..., Any], *,
@@ -169,7 +176,8 @@ class Trainer:
                  run_config: RunConfig | None = None,
                  datasets: Mapping[str, Any] | None = None,
                  resume_from_checkpoint: Checkpoint | None = None,
-                 backend: str | None = None) -> None:
+                 backend: str | None = None, resume: bool | str = "auto") -> None:
+        self.resume = check_resume(resume)
         self.scaling = scaling_config or ScalingConfig()
         self.run_config = run_config or RunConfig()
         if not isinstance(self.scaling, ScalingConfig):
@@ -199,9 +207,17 @@ class Trainer:
     def fit(self) -> Result:
         """Run the loop to the end; raise ``TrainingFailedError`` when it fails for good."""
         began = time.monotonic()  # the run's ledger counts starting the runtime as startup
-        name = self.run_config.name or \
-            f"Trainer_{datetime.datetime.now():%Y-%m-%d_%H-%M-%S}"
-        run = self.run_config.storage_location().join(name)
+        storage = self.run_config.storage_location()
+        digest = code_digest(self.fn)
+        if self.run_config.name:  # a rerun continues it if the loop is the same code
+            run, why = choose_run_folder(storage, self.run_config.name, digest, self.resume)
+            if why is not None and self.run_config.verbose:
+                print(f"[trainkit] starting a new run in {run} ({why}; "
+                      f"{storage.join(self.run_config.name)} holds the earlier one; "
+                      "Trainer(resume=True) continues that)", flush=True)
+        else:
+            run = storage.join(f"Trainer_{datetime.datetime.now():%Y-%m-%d_%H-%M-%S}")
+        name = run.name
         _storage.check_writable(run)
         run_dir = run.uri
         n = self.scaling.num_workers
@@ -215,7 +231,8 @@ class Trainer:
         start = self.resume_from_checkpoint
         latest = recorder.latest_checkpoint
         ledger.append("run_started", t=ledger.now() - (time.monotonic() - began), name=name,
-                      kind="train", storage=run.uri, num_workers=n, resumed=latest is not None)
+                      kind="train", storage=run.uri, num_workers=n, resumed=latest is not None,
+                      loop_digest=digest)
         if latest is not None:
             recorder.progress.say(f"resuming run {name!r} from {latest.path}")
         elif start is not None:
