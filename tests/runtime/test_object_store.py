@@ -86,6 +86,13 @@ def _put(store: SharedMemoryStore, arena: memoryview, object_id: bytes, value: o
     return offset
 
 
+def _layout(store: SharedMemoryStore) -> str:
+    """Where every object is and what is free, for a failure message."""
+    objects = [(o.object_id.hex(), o.state.value, o.offset, o.size, o.pin_count)
+               for o in store._objects.values()]
+    return f"objects (LRU first): {objects}; free: {store._allocator.free_blocks()}"
+
+
 def _get(store: SharedMemoryStore, object_id: bytes) -> Any:
     """What a reader does: pin, map the range, unpickle (copying here), unpin."""
     offset, size = store.pin(object_id)
@@ -521,7 +528,9 @@ def test_spill_and_restore_are_bit_exact_and_lru(make_store: StoreFactory) -> No
     assert stats["num_objects"] == 8 and stats["num_spilled"] == 5
     assert stats["num_in_memory"] == 3  # the three most recent: 5, 6, 7
     spilled = [i for i in range(8) if store.state_of(bytes([i])) is ObjectState.SPILLED]
-    assert spilled == [0, 1, 2, 3, 4]
+    # (The layout in the message: this failed twice in full-suite runs under load, with
+    # [1, 2, 3, 4, 5], and never alone; the cause is not known yet.)
+    assert spilled == [0, 1, 2, 3, 4], _layout(store)
     assert _get(store, b"\x00").tobytes() == values[b"\x00"].tobytes()
     # Restoring object 0 spilled the least recently used in-memory object, 5.
     assert store.state_of(b"\x05") is ObjectState.SPILLED
