@@ -15,8 +15,9 @@ import trainkit.runtime as rt
 from trainkit.data._aggregate import Aggregation
 from trainkit.data._aggregate import MapGroups
 from trainkit.data._aggregate import as_keys
+from trainkit.data._batcher import ROW_ID_COLUMN
 from trainkit.data._batcher import iter_batches_from_blocks
-from trainkit.data._batcher import prefetch
+from trainkit.data._batcher import prefetch_blocks
 from trainkit.data._batcher import split_row_ids
 from trainkit.data._block import block_rows
 from trainkit.data._block import block_to_rows
@@ -29,6 +30,7 @@ from trainkit.data._compute import resolve_compute
 from trainkit.data._executor import ExecutionStats
 from trainkit.data._executor import Executor
 from trainkit.data._executor import put_block
+from trainkit.data._numpy_batcher import iter_numpy_batches
 from trainkit.data._plan import ActorPoolSpec
 from trainkit.data._plan import AllToAllOp
 from trainkit.data._plan import MapOp
@@ -72,13 +74,27 @@ class _Iterable:
         check_batch_format(batch_format)
         tracked = self._tracked_pass()
         blocks = self._blocks() if tracked is None else tracked[0]
-        tables = iter_batches_from_blocks(
-            blocks, batch_size=batch_size, drop_last=drop_last,
-            local_shuffle_buffer_size=local_shuffle_buffer_size,
-            local_shuffle_seed=local_shuffle_seed)
+
+        # numpy batches cut in order are numpy slices (see _numpy_batcher), else pyarrow's
+        direct = batch_format in ("numpy", "default") and batch_size is not None and \
+            local_shuffle_buffer_size is None
+
+        def batches(ahead: Iterator[Any], ids: bool = False) -> Iterator[Any]:
+            if direct:
+                assert batch_size is not None
+                fast = iter_numpy_batches(ahead, batch_size, drop_last)
+                return ((b.pop(ROW_ID_COLUMN), b) for b in fast) if ids else fast
+            tables = iter_batches_from_blocks(
+                ahead, batch_size=batch_size, drop_last=drop_last,
+                local_shuffle_buffer_size=local_shuffle_buffer_size,
+                local_shuffle_seed=local_shuffle_seed)
+            if ids:
+                return ((i, to_batch(t, batch_format)) for i, t in map(split_row_ids, tables))
+            return (to_batch(t, batch_format) for t in tables)
+
         if tracked is None:
-            # Batches are cut and converted in the prefetch thread, overlapping the consumer.
-            fetched = prefetch((to_batch(t, batch_format) for t in tables), prefetch_batches)
+            # Blocks are fetched ahead in a thread; batches are cut and converted here.
+            fetched = prefetch_blocks(blocks, prefetch_batches, batch_size, batches)
             try:
                 yield from fetched
             finally:
@@ -86,8 +102,9 @@ class _Iterable:
                 self._wait_stats(fetched.wait_s)
             return
         handle = tracked[1]
-        pairs = prefetch(((ids, to_batch(t, batch_format))
-                          for ids, t in map(split_row_ids, tables)), prefetch_batches)
+        pairs = prefetch_blocks(
+            blocks, prefetch_batches, batch_size,
+            lambda ahead: batches(ahead, ids=True))
         try:
             for ids, batch in pairs:
                 handle.hand_out(ids)  # consumed once the loop has it, not when prefetched
