@@ -10,6 +10,7 @@ TrainkitError
   InfeasibleError                (also ValueError) a request no node can ever satisfy
   OutOfMemoryError               (also MemoryError) object store full, nothing spillable
   TrainingFailedError            Trainer.fit() failed and the failure budget is spent
+    HangError                    a rank was silent for longer than report_timeout_s
   CheckpointUploadError          a rank could not upload its checkpoint to the run's storage
   TuneError                      the sweep itself cannot go on (e.g. a metric no trial reports)
   RuntimeSystemError             the runtime itself failed
@@ -39,6 +40,7 @@ __all__ = [
     "ActorDiedError",
     "CheckpointUploadError",
     "GetTimeoutError",
+    "HangError",
     "InfeasibleError",
     "InvalidTransitionError",
     "ObjectLostError",
@@ -289,3 +291,34 @@ class TrainingFailedError(TrainkitError):
 
     def __str__(self) -> str:
         return self.message
+
+
+class HangError(TrainingFailedError):
+    """A rank was silent (no ``report()``) for longer than ``FailureConfig.report_timeout_s``.
+
+    It names the rank that is stuck, not the ranks merely waiting for it in a collective: a
+    hang in one rank shows up as every rank going silent, and only the stacks tell them apart.
+
+    Args:
+        message: what happened: the stuck rank, its node, its innermost frame in user code,
+            then every rank's Python stack.
+        errors, cause, path: as in :class:`TrainingFailedError`.
+        rank: the stuck rank (the first of them when several are; -1: none could be told).
+        node: that rank's node (its IP address).
+        frame: its innermost frame in user code, ``"path/to/file.py:LINE in function"``.
+        stacks: every rank's Python stack (all its threads), by world rank.
+        waiting: the ranks found waiting for others (in a collective, barrier or store).
+    """
+
+    def __init__(self, message: str = "", errors: dict[int, BaseException] | None = None,
+                 cause: BaseException | None = None, path: str = "", rank: int = -1,
+                 node: str = "", frame: str = "", stacks: dict[int, str] | None = None,
+                 waiting: tuple[int, ...] = ()) -> None:
+        super().__init__(message, errors, cause, path)
+        self.rank = rank
+        self.node = node
+        self.frame = frame
+        self.stacks = dict(stacks or {})
+        self.waiting = tuple(waiting)
+        self.args = (message, self.errors, cause, path, rank, node, frame, self.stacks,
+                     self.waiting)

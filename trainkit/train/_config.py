@@ -20,6 +20,9 @@ from trainkit.train._storage import resolve
 
 PlacementStrategy = Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
 _STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+# Hang detection is on by default: long enough for a slow step or evaluation, short enough
+# that a stuck rank does not hold a cluster for hours (torch's NCCL watchdog waits 10 min).
+DEFAULT_REPORT_TIMEOUT_S = 300.0
 
 
 def _check_int(name: str, value: object, minimum: int, rule: str) -> None:
@@ -29,12 +32,13 @@ def _check_int(name: str, value: object, minimum: int, rule: str) -> None:
         raise ValueError(f"`{name}` is {value}, but must be {rule}")
 
 
-def _check_timeout(name: str, value: float | None, allow_none: bool) -> None:
+def _check_timeout(name: str, value: float | None, allow_none: bool, hint: str = "") -> None:
     if value is None and allow_none:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         none = " or None (no limit)" if allow_none else ""
-        raise ValueError(f"`{name}` is {value!r}, but must be a number of seconds > 0{none}")
+        raise ValueError(f"`{name}` is {value!r}, but must be a number of seconds > 0{none}"
+                         f"{hint}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -133,18 +137,23 @@ class FailureConfig:
             -1: no limit.
         rendezvous_timeout_s: how long all ranks have to join the process group; the error
             names the ranks that never joined.
-        report_timeout_s: a rank that does not ``report()`` for this long is hung: the error
-            carries every rank's Python stack. None: no limit.
+        report_timeout_s: a rank that does not ``report()`` for this long is hung: the
+            attempt fails with ``HangError``, naming the stuck rank, its node and its
+            innermost frame in user code, with every rank's Python stack. On by default
+            (300 s), so a hang speaks instead of holding the cluster forever; raise it for a
+            loop with a longer silent stretch (a long first step, a slow evaluation), or
+            None for no limit (Ray's behaviour).
     """
 
     max_failures: int = 0
     rendezvous_timeout_s: float = 120.0
-    report_timeout_s: float | None = None
+    report_timeout_s: float | None = DEFAULT_REPORT_TIMEOUT_S
 
     def __post_init__(self) -> None:
         _check_int("max_failures", self.max_failures, -1, ">= -1 (-1 means retry forever)")
         _check_timeout("rendezvous_timeout_s", self.rendezvous_timeout_s, allow_none=False)
-        _check_timeout("report_timeout_s", self.report_timeout_s, allow_none=True)
+        _check_timeout("report_timeout_s", self.report_timeout_s, allow_none=True,
+                       hint=f", e.g. {DEFAULT_REPORT_TIMEOUT_S} (the default)")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

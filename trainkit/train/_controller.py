@@ -10,9 +10,12 @@ INITIALIZING --group up--> RUNNING --all ranks done--> FINISHED
 
 ``step()`` does one unit of work and returns a ``StepResult``; ``run()`` steps until a
 terminal state. A failure is any rank raising or dying, the process group not forming, a rank
-silent for longer than ``FailureConfig.report_timeout_s``, or ranks disagreeing on how many
-times they reported. Each restart tears the group down and resumes every rank from the latest
-persisted checkpoint.
+silent for longer than ``FailureConfig.report_timeout_s`` (on by default: the hang doctor
+asks every rank where it is, names the rank that is stuck rather than those waiting for it in
+a collective, and fails the attempt with ``HangError``), or ranks disagreeing on how many
+times they reported. Each restart tears the group down and resumes every rank from the
+latest persisted checkpoint. A rank much slower than the others is named in the progress
+line.
 
 Datasets resume with it: every report carries each rank's shard positions; the driver merges
 them with the position the attempt started from and writes the result into the checkpoint it
@@ -31,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 from typing import Final
 
+from trainkit.exceptions import HangError
 from trainkit.exceptions import InvalidTransitionError
 from trainkit.exceptions import TaskError
 from trainkit.exceptions import TrainingFailedError
@@ -41,12 +45,17 @@ from trainkit.train._config import ScalingConfig
 from trainkit.train._constants import FAILURE_GRACE_S
 from trainkit.train._failure_policy import FailureDecision
 from trainkit.train._failure_policy import FailurePolicy
+from trainkit.train._failure_policy import RankProbe
+from trainkit.train._failure_policy import diagnose_hang
 from trainkit.train._ledger import RunLedger
 from trainkit.train._ledger import error_fields
+from trainkit.train._recorder import STRAGGLER_WINDOW
 from trainkit.train._recorder import RunRecorder
+from trainkit.train._recorder import find_straggler
 from trainkit.train._session import DATA_POSITIONS_KEY
 from trainkit.train._storage import StorageLocation
 from trainkit.train._uploader import Report
+from trainkit.train._worker import code_origins
 from trainkit.train._worker_group import WorkerGroup
 from trainkit.train._worker_group import WorkerGroupError
 
@@ -85,13 +94,25 @@ class StepResult:
     next_state: ControllerState
 
 
+@dataclass(frozen=True, slots=True)
+class _Hang:
+    """What the hang doctor found, for ``HangError``'s fields."""
+
+    rank: int
+    node: str
+    frame: str
+    stacks: dict[int, str]
+    waiting: tuple[int, ...]
+
+
 class _Failure(Exception):
     def __init__(self, message: str, errors: dict[int, BaseException],
-                 retryable: bool = True) -> None:
+                 retryable: bool = True, hang: _Hang | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.errors = errors
         self.retryable = retryable
+        self.hang = hang
 
 
 class TrainController:
@@ -120,12 +141,17 @@ class TrainController:
         self.error: TrainingFailedError | None = None
         self.ledger = ledger
         self.data_bases: dict[str, Any] = {}  # name -> DataPosition this attempt started from
+        self.origins = code_origins()  # the driver script's code, for the workers' stacks
         self._reset_attempt()
 
     def _reset_attempt(self) -> None:
         self.pending: dict[int, collections.deque[Report]] = {
             r: collections.deque() for r in range(self.scaling.num_workers)}
         self.last_active = [time.monotonic()] * self.scaling.num_workers
+        self.seen = dict.fromkeys(range(self.scaling.num_workers), 0)  # rank -> reports seen
+        self.arrived: dict[tuple[int, int], float] = {}  # (rank, seq) -> when it came
+        self.arrivals: collections.deque[dict[int, float]] = \
+            collections.deque(maxlen=STRAGGLER_WINDOW)
         self.done_seq = 0
         self.last_report = time.monotonic()
 
@@ -184,7 +210,7 @@ class TrainController:
         checkpoint = latest if latest else self.start_checkpoint
         self.data_bases = restore_datasets(self.shards, self.attempt,
                                            self.recorder.checkpoints.latest_data_positions())
-        self.group.run(self.fn_blob, self.config, checkpoint, self.shards)
+        self.group.run(self.fn_blob, self.config, checkpoint, self.shards, self.origins)
         self.last_active = [time.monotonic()] * self.scaling.num_workers
         self.last_report = time.monotonic()
         self._transition(ControllerState.RUNNING, f"attempt {self.attempt} started")
@@ -202,6 +228,8 @@ class TrainController:
                 self.pending[report.rank] = collections.deque(sorted(queue,
                                                                      key=lambda r: r.seq))
             self.last_active[report.rank] = now
+            self.seen[report.rank] = max(self.seen[report.rank], report.seq)
+            self.arrived[(report.rank, report.seq)] = now
         if events.errors:
             errors = dict(events.errors)
             for rank, e in self.group.more_errors(FAILURE_GRACE_S).items():
@@ -230,6 +258,7 @@ class TrainController:
         iteration = self.recorder.iteration + 1
         if seq == 1:
             self._emit("first_report")
+        self._watch_stragglers(seq)
         if staged is not None:
             self._emit("checkpoint_snapshotted", iteration=iteration,
                        snapshot_s=round(max(h.snapshot_s for h in heads), 6))
@@ -253,6 +282,17 @@ class TrainController:
                 f"but ranks {waiting} called report() again: every rank must call report() the "
                 "same number of times", {}, retryable=False)
 
+    def _watch_stragglers(self, seq: int) -> None:
+        """Name a rank much slower than the others in the progress line (or clear it)."""
+        assert self.group is not None
+        times = {r: self.arrived.pop((r, seq)) for r in range(self.scaling.num_workers)
+                 if (r, seq) in self.arrived}
+        self.arrivals.append(times)
+        slow = find_straggler(list(self.arrivals))
+        nodes = self.group.nodes
+        self.recorder.progress.straggler = slow.describe(
+            nodes[slow.rank] if slow.rank < len(nodes) else None) if slow else None
+
     def _check_silent(self, finished: frozenset[int]) -> None:
         assert self.group is not None
         limit = self.run_config.failure_config.report_timeout_s
@@ -261,13 +301,18 @@ class TrainController:
         now = time.monotonic()
         silent = [r for r in range(self.scaling.num_workers) if r not in finished
                   and not self.pending[r] and now - self.last_active[r] > limit]
-        if silent:
-            stacks = self.group.dump_stacks()
-            dump = "\n".join(f"--- rank {r} (pid {self.group.pids[r]}) ---\n{s}"
-                             for r, s in sorted(stacks.items()))
-            raise _Failure(f"ranks {silent} did not call report() for {limit} s "
-                           f"(FailureConfig.report_timeout_s); every rank's Python stack:\n"
-                           f"{dump}", {})
+        if not silent:
+            return
+        answers = self.group.probe()
+        probes = {r: p for r, p in answers.items() if isinstance(p, RankProbe)}
+        diagnosis = diagnose_hang(silent, probes, self.seen)
+        for rank in diagnosis.alive:  # reports made, still uploading: not hung
+            self.last_active[rank] = now
+            self.seen[rank] = probes[rank].reports
+        if not diagnosis.stuck:
+            return
+        raise _Failure(*hang_report(silent, limit, diagnosis.stuck, diagnosis.waiting,
+                                    answers, self.group.pids, self.group.nodes))
 
     def _fail(self, failure: _Failure) -> None:
         nodes = self.group.nodes if self.group is not None else []
@@ -308,7 +353,40 @@ class TrainController:
         message = (f"Training failed after {self.attempt + 1} attempt(s) ({why}).\n{summary}\n"
                    f"{resume}\nRun folder: {run_dir}")
         cause = next(iter(failure.errors.values()), None)
+        if failure.hang is not None:
+            h = failure.hang
+            return HangError(message, failure.errors, cause, run_dir, rank=h.rank, node=h.node,
+                             frame=h.frame, stacks=h.stacks, waiting=h.waiting)
         return TrainingFailedError(message, failure.errors, cause, run_dir)
+
+
+def hang_report(silent: list[int], limit: float, stuck: tuple[int, ...],
+                waiting: tuple[int, ...], answers: Mapping[int, RankProbe | str],
+                pids: list[int], nodes: list[str]) -> tuple[str, dict[int, BaseException],
+                                                            bool, _Hang]:
+    """The ``_Failure`` arguments of a hang (pure): the stuck rank first, with its node and
+    its innermost frame in user code, then who waits for it, then every rank's stack."""
+    rank = stuck[0]
+    node = nodes[rank] if rank < len(nodes) else "?"
+    probe = answers.get(rank)
+    frame = ""
+    if isinstance(probe, RankProbe):
+        user = probe.user_frame
+        frame = str(user) if user is not None else \
+            (str(probe.frames[-1]) if probe.frames else "")
+    where = f" at {frame}" if frame else " (its loop's stack could not be read)"
+    others = [r for r in stuck[1:]]
+    also = f"; ranks {others} are stuck too" if others else ""
+    waits = (f"; ranks {list(waiting)} are waiting for it (in a collective, barrier or "
+             "report)") if waiting else ""
+    stacks = {r: (p.text if isinstance(p, RankProbe) else p) for r, p in sorted(answers.items())}
+    dump = "\n".join(f"--- rank {r} (pid {pids[r] if r < len(pids) else '?'}, node "
+                     f"{nodes[r] if r < len(nodes) else '?'}) ---\n{text}"
+                     for r, text in stacks.items())
+    message = (f"ranks {silent} did not call report() for {limit} s "
+               f"(FailureConfig.report_timeout_s): rank {rank} on node {node} is stuck{where}"
+               f"{also}{waits}. Every rank's Python stack:\n{dump}")
+    return message, {}, True, _Hang(rank, node, frame, stacks, waiting)
 
 
 def restore_datasets(shards: list[dict[str, Any]], attempt: int,

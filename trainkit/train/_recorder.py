@@ -11,10 +11,15 @@ every reported row once ``report()`` returns; a rerun downloads ``result.json`` 
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
+import statistics
 import sys
 import time
+from collections.abc import Mapping
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 from typing import TextIO
 
@@ -47,13 +52,15 @@ class ProgressLine:
         self.last_print = 0.0
         self.text = ""
         self.open_line = False
+        self.straggler: str | None = None  # e.g. "rank 1 (node 10.0.0.2) 2.0x slower"
 
     def update(self, iteration: int, metrics: dict[str, Any]) -> None:
         if not self.verbose:
             return
         shown = " ".join(f"{k}={_short(v)}" for k, v in list(metrics.items())[:6])
         elapsed = time.monotonic() - self.start
-        self.text = f"[trainkit] {self.name}: iter {iteration} {shown} ({elapsed:.1f} s)"
+        slow = f"; straggler: {self.straggler}" if self.straggler else ""
+        self.text = f"[trainkit] {self.name}: iter {iteration} {shown} ({elapsed:.1f} s{slow})"
         now = time.monotonic()
         if self.notebook is not None and self.verbose == 1:
             self.notebook.update(Text(self.text))
@@ -73,6 +80,64 @@ class ProgressLine:
     def _write(self, text: str) -> None:
         self.stream.write(text)
         self.stream.flush()
+
+
+@dataclass(frozen=True, slots=True)
+class Straggler:
+    """A rank much slower than the others: ``slowdown`` times their time per report
+    (``math.inf``: the others keep waiting for it), ``behind_s`` its typical delay."""
+
+    rank: int
+    slowdown: float
+    behind_s: float
+
+    def describe(self, node: str | None) -> str:
+        where = f" (node {node})" if node else ""
+        times = "" if math.isinf(self.slowdown) else f"{self.slowdown:.1f}x slower, "
+        return f"rank {self.rank}{where} {times}reports {self.behind_s:.2f} s after the others"
+
+
+STRAGGLER_WINDOW = 8  # iterations the straggler decision looks back over
+STRAGGLER_SLOWDOWN = 1.5  # "much slower": at least this many times the others' time per step
+STRAGGLER_MIN_GAP_S = 0.05  # and at least this much later: below it, polling jitter
+
+
+def find_straggler(arrivals: Sequence[Mapping[int, float]],
+                   min_slowdown: float = STRAGGLER_SLOWDOWN,
+                   min_gap_s: float = STRAGGLER_MIN_GAP_S) -> Straggler | None:
+    """The rank much slower than the others, from when each rank's report of each of the
+    last iterations reached the driver (``arrivals``: one ``{rank: time}`` per iteration,
+    oldest first), or None (pure).
+
+    Two patterns: ranks that do not wait for each other (no collective per step) report at
+    their own pace, so the slow one's time per report is longer; ranks that meet once per
+    report (e.g. ``checkpoint_upload_mode="sync"``) report together except the slow one,
+    which is late by the time the others wait for it. Ranks that meet in a collective
+    *inside* each step (DDP) leave it together and report together: that slowness is not
+    visible here (the collective's wait hides it). Medians keep one slow step (a checkpoint,
+    an evaluation) from naming a rank."""
+    if len(arrivals) < 4 or len(arrivals[-1]) < 2:
+        return None
+    ranks = sorted(set.intersection(*(set(a) for a in arrivals)))
+    if len(ranks) < 2:
+        return None
+    steps = len(arrivals) - 1
+    own = {r: statistics.median(arrivals[i + 1][r] - arrivals[i][r] for i in range(steps))
+           for r in ranks}
+    lag = {r: statistics.median(a[r] - min(a[q] for q in ranks) for a in arrivals)
+           for r in ranks}
+    slowest = max(ranks, key=lambda r: (lag[r], own[r]))
+    fast = statistics.median(own[r] for r in ranks if r != slowest)
+    period = own[slowest]
+    slowdown = period / fast if fast > 0 else math.inf  # ranks at their own pace
+    if lag[slowest] < period:  # ranks that meet every report: the others wait `lag`
+        slowdown = max(slowdown, period / (period - lag[slowest]))
+    elif lag[slowest] > 0 and fast <= 0:
+        slowdown = math.inf
+    gap = max(lag[slowest], period - fast)
+    if gap < min_gap_s or slowdown < min_slowdown:
+        return None
+    return Straggler(slowest, slowdown, lag[slowest])
 
 
 def _isatty(stream: TextIO) -> bool:

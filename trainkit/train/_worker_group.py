@@ -22,10 +22,12 @@ from trainkit.train._checkpoint import Checkpoint
 from trainkit.train._config import FailureConfig
 from trainkit.train._config import ScalingConfig
 from trainkit.train._constants import PLACEMENT_TIMEOUT_S
+from trainkit.train._failure_policy import RankProbe
 from trainkit.train._session import TrainContext
 from trainkit.train._storage import StorageLocation
 from trainkit.train._uploader import Report
 from trainkit.train._worker import MAX_CONCURRENCY
+from trainkit.train._worker import CodeOrigins
 from trainkit.train._worker import TrainWorker
 
 POLL_WAIT_S = 5.0  # a long poll returns empty after this; the driver asks again
@@ -165,10 +167,10 @@ class WorkerGroup:
     # -- run -----------------------------------------------------------------------------
     def run(self, fn_blob: bytes, config: Mapping[str, Any] | None,
             checkpoint: Checkpoint | None,
-            shards: list[dict[str, Any]]) -> None:
+            shards: list[dict[str, Any]], origins: CodeOrigins | None = None) -> None:
         blob = rt.put(fn_blob)
         for rank, w in enumerate(self.workers):
-            self.run_refs[w.run.remote(blob, config, checkpoint, shards[rank])] = rank
+            self.run_refs[w.run.remote(blob, config, checkpoint, shards[rank], origins)] = rank
         self.ack(0)
 
     def ack(self, seq: int) -> None:
@@ -211,12 +213,18 @@ class WorkerGroup:
         return errors
 
     def dump_stacks(self) -> dict[int, str]:
-        refs = [w.dump_stacks.remote() for w in self.workers]
+        return {rank: p if isinstance(p, str) else p.text for rank, p in self.probe().items()}
+
+    def probe(self) -> dict[int, RankProbe | str]:
+        """Every rank's ``TrainWorker.probe``, or why it gave none (it did not answer in
+        time, or its process is gone), asked of all ranks at once."""
+        refs = [w.probe.remote() for w in self.workers]
         ready, _ = rt.wait(refs, num_returns=len(refs), timeout=_QUICK_S)
-        out = {}
+        out: dict[int, RankProbe | str] = {}
         for rank, ref in enumerate(refs):
             try:
-                out[rank] = rt.get(ref, timeout=0.1) if ref in ready else "(no answer)"
+                out[rank] = rt.get(ref, timeout=0.1) if ref in ready else \
+                    f"(no answer within {_QUICK_S:.0f} s)"
             except Exception as e:
                 out[rank] = f"(could not get its stack: {e})"
         return out
