@@ -130,7 +130,8 @@ def check_merged(staged: StorageLocation) -> None:
     if conflicts:
         listed = "; ".join(f"{path!r} from ranks {ranks}" for path, ranks in conflicts[:5])
         raise CheckpointConflictError(
-            f"ranks reported different files of the same name in one checkpoint: {listed}. "
+            f"ranks reported different files of the same name in one checkpoint (staged at "
+            f"{staged}): {listed}. "
             "Every rank's checkpoint files are merged into one folder, so each rank must "
             "write files of its own names (as torch.distributed.checkpoint does: "
             "__<rank>_0.distcp), or only one rank (rank 0) reports those files")

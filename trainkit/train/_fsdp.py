@@ -22,7 +22,10 @@ ranks' folders are merged into one checkpoint that ``dcp.load`` reads on any wor
 
 from __future__ import annotations
 
+import contextlib
 import os
+import warnings
+from collections.abc import Iterator
 from collections.abc import Sequence
 from typing import Any
 from typing import Final
@@ -136,7 +139,8 @@ def save_sharded(directory: str | os.PathLike[str], model: nn.Module,
     """
     from torch.distributed.checkpoint.state_dict_saver import save
 
-    save(_state(model, optimizer, extra), checkpoint_id=os.fspath(directory))
+    with _single_process_ok():
+        save(_state(model, optimizer, extra), checkpoint_id=os.fspath(directory))
 
 
 def load_sharded(directory: str | os.PathLike[str], model: nn.Module,
@@ -161,13 +165,22 @@ def load_sharded(directory: str | os.PathLike[str], model: nn.Module,
     extra = _extra_of(path)
     if extra is not None:
         state["extra"] = extra
-    load(state, checkpoint_id=path)
+    with _single_process_ok():
+        load(state, checkpoint_id=path)
     if optimizer is None:
         set_state_dict(model, (), model_state_dict=state["model"], optim_state_dict={})
     else:
         set_state_dict(model, optimizer, model_state_dict=state["model"],
                        optim_state_dict=state["optimizer"])
     return dict(state.get("extra") or {})
+
+
+@contextlib.contextmanager
+def _single_process_ok() -> Iterator[None]:
+    """Without a process group DCP warns that it assumes one process: that is the intent."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable")
+        yield
 
 
 def _state(model: nn.Module, optimizer: torch.optim.Optimizer | None,
