@@ -275,3 +275,23 @@ def test_the_progress_line_names_the_straggler() -> None:
     assert second.endswith("; straggler: rank 1 (node 10.0.0.2) 2.0x slower, reports 0.10 s "
                            "after the others)")
     assert Straggler(3, math.inf, 4.0).describe(None) == "rank 3 reports 4.00 s after the others"
+    assert Straggler(0, 120.0, 0.2).describe(None) == \
+        "rank 0 over 10x slower, reports 0.20 s after the others"
+
+
+def uneven_pace_loop() -> None:
+    slow = train.get_context().get_world_rank() == 1
+    for i in range(10):
+        if slow:
+            time.sleep(0.2)
+        train.report({"i": i})
+
+
+@pytest.mark.usefixtures("train_runtime")
+def test_a_slow_rank_is_named_in_the_progress_line(tmp_path, capsys) -> None:
+    Trainer(uneven_pace_loop, scaling_config=ScalingConfig(num_workers=2),
+            run_config=RunConfig(name="slow", storage_path=tmp_path, verbose=2)).fit()
+    lines = [line for line in capsys.readouterr().out.splitlines() if "iter " in line]
+    assert len(lines) == 10
+    assert "straggler" not in lines[0]  # too early to tell
+    assert f"straggler: rank 1 (node {tk.get_node_ip_address()})" in lines[-1], lines[-1]

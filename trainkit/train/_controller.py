@@ -306,9 +306,8 @@ class TrainController:
         answers = self.group.probe()
         probes = {r: p for r, p in answers.items() if isinstance(p, RankProbe)}
         diagnosis = diagnose_hang(silent, probes, self.seen)
-        for rank in diagnosis.alive:  # reports made, still uploading: not hung
+        for rank in diagnosis.alive:  # reports made, still uploading: not hung (yet)
             self.last_active[rank] = now
-            self.seen[rank] = probes[rank].reports
         if not diagnosis.stuck:
             return
         raise _Failure(*hang_report(silent, limit, diagnosis.stuck, diagnosis.waiting,

@@ -93,7 +93,8 @@ class Straggler:
 
     def describe(self, node: str | None) -> str:
         where = f" (node {node})" if node else ""
-        times = "" if math.isinf(self.slowdown) else f"{self.slowdown:.1f}x slower, "
+        times = "" if math.isinf(self.slowdown) else \
+            "over 10x slower, " if self.slowdown > 10 else f"{self.slowdown:.1f}x slower, "
         return f"rank {self.rank}{where} {times}reports {self.behind_s:.2f} s after the others"
 
 
