@@ -57,7 +57,8 @@ def sharded_loop(config: dict) -> None:
     rank 1 SIGKILLs itself once at the start of each epoch in ``kill_at``; rank 0 saves the
     final parameters whole to ``dir/final.pt``."""
     strategy = config["strategy"]
-    model = train.torch.prepare_model(_model(), parallel_strategy=strategy)
+    model = train.torch.prepare_model(_model(), parallel_strategy=strategy,
+                                      parallel_strategy_kwargs=config.get("kwargs"))
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     start = 0
     ckpt = train.get_checkpoint()
@@ -89,17 +90,19 @@ def sharded_loop(config: dict) -> None:
 
 
 def _fit(tmp_path: Path, name: str, *, strategy: str = "fsdp", kill_at=(), workers: int = 2,
-         epochs: int = 4, resume_from: Checkpoint | None = None, callbacks=()):
+         epochs: int = 4, resume_from: Checkpoint | None = None, callbacks=(), kwargs=None,
+         storage: dict | None = None):
     folder = tmp_path / name
     folder.mkdir()
     result = Trainer(
         sharded_loop,
         train_loop_config={"strategy": strategy, "epochs": epochs, "kill_at": list(kill_at),
-                           "dir": str(folder)},
+                           "dir": str(folder), "kwargs": kwargs},
         scaling_config=ScalingConfig(num_workers=workers),
         resume_from_checkpoint=resume_from,
-        run_config=RunConfig(name=name, storage_path=tmp_path, callbacks=callbacks,
-                             failure_config=FailureConfig(max_failures=2))).fit()
+        run_config=RunConfig(name=name, callbacks=callbacks,
+                             failure_config=FailureConfig(max_failures=2),
+                             **(storage or {"storage_path": tmp_path}))).fit()
     saved = torch.load(folder / "final.pt")
     assert saved["types"] == (["DTensor"] if strategy == "fsdp" else ["Parameter"])
     return result, saved["params"]
@@ -115,7 +118,10 @@ class Restarts:
 
 @pytest.mark.usefixtures("train_runtime")
 def test_fsdp_params_are_dtensors_and_training_matches_ddp(tmp_path) -> None:
-    fsdp, fsdp_final = _fit(tmp_path, "fsdp", epochs=2)
+    # Explicit kwargs here (the default policy is the other tests'): fully_shard's own
+    # option and a list of module classes to shard.
+    fsdp, fsdp_final = _fit(tmp_path, "fsdp", epochs=2, kwargs={
+        "reshard_after_forward": False, "shard_modules": [nn.Linear]})
     assert fsdp.metrics["types"] == ["DTensor"]  # and _fit checked it on rank 0 at the end
     ddp, ddp_final = _fit(tmp_path, "ddp", strategy="ddp", epochs=2)
     assert ddp.metrics["types"] == ["Parameter"]
@@ -155,6 +161,21 @@ def test_killed_rank_resumes_from_the_sharded_checkpoint_bitwise(tmp_path) -> No
     assert one.checkpoint is None  # nothing was left to train, nothing reported
     for key, value in clean_final.items():
         assert torch.equal(one_final[key], value), key
+
+
+@pytest.mark.usefixtures("train_runtime")
+def test_sharded_checkpoint_through_s3_holds_every_rank_and_loads_whole(tmp_path, s3) -> None:
+    storage = {"storage_path": f"s3://{s3.bucket}/fsdp", "storage_filesystem": s3.fs}
+    result, final = _fit(tmp_path, "s3run", epochs=2, storage=storage)
+    keys = s3.keys("fsdp/s3run")
+    assert {"checkpoint_000002/.metadata", "checkpoint_000002/__0_0.distcp",
+            "checkpoint_000002/__1_0.distcp"} <= set(keys), keys
+    assert not [k for k in keys if ".trainkit_rank_" in k or k.startswith(".staging")], keys
+    plain = _model()
+    with result.checkpoint.as_directory() as d:
+        assert train.torch.load_sharded(d, plain) == {"epoch": 1}
+    for key, value in final.items():
+        assert torch.equal(dict(plain.named_parameters())[key], value), key
 
 
 def conflicting_loop(config: dict) -> None:
