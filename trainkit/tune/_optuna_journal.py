@@ -9,13 +9,21 @@ So ``optuna-dashboard <folder>/optuna.journal`` shows the sweep live, and
 ``optuna.load_study(study_name=<name>, storage=JournalStorage(JournalFileBackend(path)))``
 reads it. Written from the driver's runner thread only; a failure to write is said once
 and turns the journal off, never the sweep.
+
+Optuna's ``JournalStorage`` is used once, to read what an earlier session of the sweep wrote;
+after that the operations are appended in its file format directly, one write per event (a
+new trial is one ``CREATE_TRIAL`` carrying its params and attributes). Through the storage
+each operation re-read the file and every trial stayed in memory: 1.8 ms and ~1.9 KB of the
+driver per one-report trial (2,000 trials: 25 % of the sweep's time).
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import os
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -50,18 +58,43 @@ class OptunaJournal:
             optuna.logging.set_verbosity(optuna.logging.WARNING)  # as OptunaSearch does
         self.state = optuna.trial.TrialState
         self.path = os.path.join(exp_dir, OPTUNA_JOURNAL)
-        self.storage = JournalStorage(_backend(JournalFileBackend, self.path))
+        # Read what is there (an earlier session of this sweep), then only append.
+        storage = JournalStorage(JournalFileBackend(self.path))
         try:
-            self.study_id = self.storage.get_study_id_from_name(exp_name)
+            self.study_id = storage.get_study_id_from_name(exp_name)
         except KeyError:
-            self.study_id = self.storage.create_new_study(directions, exp_name)
-        self.distributions = _distributions(param_space)
+            self.study_id = storage.create_new_study(directions, exp_name)
         self.ids: dict[str, int] = {}
-        for frozen in self.storage.get_all_trials(self.study_id, deepcopy=False):
+        trials = storage._replay_result._trials  # every study's: ids are file-wide
+        self.next_id = len(trials)
+        for frozen in storage.get_all_trials(self.study_id, deepcopy=False):
             tid = frozen.user_attrs.get("tune_trial_id")
             if tid is not None and not frozen.state.is_finished():
                 self.ids[str(tid)] = frozen._trial_id
+        del storage, trials
+        self.worker_id = f"trainkit-{uuid.uuid4()}"
+        self.distributions = _distributions(param_space)
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                          0o644)
         self.broken = False
+
+    def _write(self, *ops: dict[str, Any]) -> None:
+        text = "".join(json.dumps({"worker_id": self.worker_id, **op}, separators=(",", ":"),
+                                  default=repr) + "\n" for op in ops)
+        data = text.encode()
+        while data:  # one write for a batch of this size; a partial one goes on
+            data = data[os.write(self.fd, data):]
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
 
     def _guard(self, what: str, fn: Any, *args: Any) -> None:
         if self.broken:
@@ -80,12 +113,19 @@ class OptunaJournal:
     def _add(self, trial_id: str, config: Mapping[str, Any]) -> None:
         if trial_id in self.ids:
             return
-        number = self.storage.create_new_trial(self.study_id)
-        self.ids[trial_id] = number
-        self.storage.set_trial_user_attr(number, "tune_trial_id", trial_id)
-        self._params(number, config)
+        from optuna.distributions import distribution_to_json
 
-    def _params(self, number: int, config: Mapping[str, Any]) -> None:
+        params, dists = self._params(config)
+        self._write({"op_code": _CREATE_TRIAL, "study_id": self.study_id,
+                     "datetime_start": _now(),
+                     "params": params,
+                     "distributions": {k: distribution_to_json(d) for k, d in dists.items()},
+                     "user_attrs": {"tune_trial_id": trial_id, "config": _json_safe(config)}})
+        self.ids[trial_id] = self.next_id
+        self.next_id += 1
+
+    def _params(self, config: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        params, dists = {}, {}
         for path, value in iter_leaves(config):
             name = "/".join(map(str, path))
             dist = self.distributions.get(name)
@@ -96,14 +136,15 @@ class OptunaJournal:
                                                  else repr(value))
             except Exception:
                 continue  # a value outside its distribution (a PBT mutation): in `config`
-            self.storage.set_trial_param(number, name, internal, dist)
-        self.storage.set_trial_user_attr(number, "config", _json_safe(config))
+            params[name], dists[name] = internal, dist
+        return params, dists
 
     def config(self, trial_id: str, config: Mapping[str, Any]) -> None:
         number = self.ids.get(trial_id)
         if number is not None:
-            self._guard("a new config", self.storage.set_trial_user_attr, number, "config",
-                        _json_safe(config))
+            self._guard("a new config", self._write, {
+                "op_code": _SET_TRIAL_USER_ATTR, "trial_id": number,
+                "user_attr": {"config": _json_safe(config)}})
 
     def result(self, trial_id: str, result: Mapping[str, Any]) -> None:
         number = self.ids.get(trial_id)
@@ -112,8 +153,9 @@ class OptunaJournal:
         value = _number(result.get(self.metrics[0]))
         step = result.get("training_iteration")
         if value is not None and isinstance(step, int):
-            self._guard("a report", self.storage.set_trial_intermediate_value, number, step,
-                        value)
+            self._guard("a report", self._write, {
+                "op_code": _SET_TRIAL_INTERMEDIATE_VALUE, "trial_id": number, "step": step,
+                "intermediate_value": value})
 
     def end(self, trial_id: str, last_result: Mapping[str, Any], how: str) -> None:
         """``how``: "complete", "pruned" or "fail"."""
@@ -129,22 +171,20 @@ class OptunaJournal:
             state, vals = self.state.COMPLETE, values
         else:
             state, vals = self.state.FAIL, None  # finished without its metric
-        self._guard("a trial's end", self.storage.set_trial_state_values, number, state, vals)
+        self._guard("a trial's end", self._write, {
+            "op_code": _SET_TRIAL_STATE_VALUES, "trial_id": number, "state": int(state),
+            "values": vals, "datetime_complete": _now()})
 
 
-def _backend(base: Any, path: str) -> Any:
-    """Optuna's file backend, less the ``fsync`` per write (2/3 of a trial's cost in the
-    driver): the lines are written and flushed, so readers see them at once; only an OS
-    crash could lose the last ones, and the experiment's own journal is the record."""
-    from optuna.storages.journal._file import get_lock_file
+# Optuna's journal operation codes (optuna.storages.journal._storage.JournalOperation).
+_CREATE_TRIAL = 4
+_SET_TRIAL_STATE_VALUES = 6
+_SET_TRIAL_INTERMEDIATE_VALUE = 7
+_SET_TRIAL_USER_ATTR = 8
 
-    class _Backend(base):  # type: ignore[misc]
-        def append_logs(self, logs: list[dict[str, Any]]) -> None:
-            text = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs)
-            with get_lock_file(self._lock), open(self._file_path, "ab") as f:
-                f.write(text.encode("utf-8"))
 
-    return _Backend(path)
+def _now() -> str:
+    return datetime.datetime.now(tz=datetime.timezone.utc).isoformat(timespec="microseconds")
 
 
 def _number(value: Any) -> float | None:

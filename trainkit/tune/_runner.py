@@ -153,6 +153,7 @@ class TuneRunner:
                     counts[t.state.value] = counts.get(t.state.value, 0) + 1
                 self.ledger.sweep_finished(counts)
             self.ledger.close()
+            self.optuna.close()
 
     def _loop(self) -> None:
         while True:
