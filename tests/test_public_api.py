@@ -70,8 +70,8 @@ PUBLIC = {
         "MedianStoppingRule", "PopulationBasedTraining", "TrialScheduler",
     ],
     "trainkit.exceptions": [
-        "ActorDiedError", "CheckpointUploadError", "GetTimeoutError", "InfeasibleError",
-        "InvalidTransitionError", "ObjectLostError", "OutOfMemoryError", "RuntimeSystemError",
+        "ActorDiedError", "CheckpointUploadError", "GetTimeoutError", "HangError",
+        "InfeasibleError", "InvalidTransitionError", "ObjectLostError", "OutOfMemoryError", "RuntimeSystemError",
         "TaskCancelledError", "TaskError", "TrainingFailedError", "TrainkitError",
         "TrainkitInternalError", "TransportClosedError", "TuneError", "WorkerCrashedError",
     ],
