@@ -152,6 +152,12 @@ class Runtime:
     def __init__(self) -> None:
         if not rt.is_initialized():
             rt.init()
+        # Each stage's fused transforms, put in the store once per execution (id -> (the
+        # tuple, its ref)): pickling them (the user's functions, by value) with every task
+        # cost the driver more than the task itself at small blocks. A ref argument reaches
+        # the task as the value, deserialized afresh for each task, as before.
+        self._shared: dict[int, tuple[tuple[Any, ...], Any]] = {}
+        self._fns: dict[tuple[float, float, str], Any] = {}
 
     def resources(self) -> ClusterResources:
         return ClusterResources.from_dict(rt.cluster_resources())
@@ -161,8 +167,15 @@ class Runtime:
 
     def task(self, item: Any, transforms: tuple[Any, ...], num_cpus: float, num_gpus: float,
              name: str) -> Any:
-        fn = rt.remote(_run_task).options(num_cpus=num_cpus, num_gpus=num_gpus, name=name)
-        return fn.remote(item, transforms)
+        key = (num_cpus, num_gpus, name)
+        fn = self._fns.get(key)
+        if fn is None:
+            fn = self._fns[key] = rt.remote(_run_task).options(
+                num_cpus=num_cpus, num_gpus=num_gpus, name=name)
+        shared = self._shared.get(id(transforms))
+        if shared is None or shared[0] is not transforms:
+            shared = self._shared[id(transforms)] = (transforms, rt.put(transforms))
+        return fn.remote(item, shared[1])
 
     def actor(self, op: MapOp) -> Any:
         spec = op.pool

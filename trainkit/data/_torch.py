@@ -32,12 +32,16 @@ import pyarrow as pa  # type: ignore[import-untyped]
 import torch
 from torch.utils.dlpack import from_dlpack
 
+from trainkit.data._batcher import ROW_ID_COLUMN
 from trainkit.data._batcher import Prefetcher
 from trainkit.data._batcher import iter_batches_from_blocks
 from trainkit.data._batcher import prefetch
-from trainkit.data._batcher import split_row_ids
+from trainkit.data._batcher import prefetch_blocks
+from trainkit.data._batcher import validate_batch_size
+from trainkit.data._batcher import validate_local_shuffle_buffer_size
 from trainkit.data._batcher import validate_prefetch_batches
 from trainkit.data._block import to_batch
+from trainkit.data._numpy_batcher import iter_numpy_batches
 
 __all__ = [
     "DeviceResolver",
@@ -318,9 +322,13 @@ def iter_torch_batches(
     consumer in a background thread.
 
     The pipeline is :func:`~trainkit.data._batcher.iter_batches_from_blocks`, then
-    ``to_batch(table, "numpy")``, then :func:`batch_to_torch` (or ``collate_fn``), all in the
-    prefetch thread, which also makes the copies to ``device``; up to ``prefetch_batches``
-    converted batches wait in its queue (on the device, for an accelerator). Arguments are
+    ``to_batch(table, "numpy")`` (in order: :func:`~trainkit.data._numpy_batcher.
+    iter_numpy_batches`, the same batches), then :func:`batch_to_torch` (or ``collate_fn``).
+    For an accelerator, or with a ``collate_fn``, all of it runs in the prefetch thread,
+    which also makes the copies to ``device``, and up to ``prefetch_batches`` converted
+    batches wait in its queue (on the device). For the CPU, the thread fetches blocks (as
+    many as hold ``prefetch_batches`` batches, at least one) and the cheap rest (views, no
+    copies but where a batch straddles blocks) runs in the consumer's thread. Arguments are
     checked, and ``device="auto"`` resolved, when this is called, in the caller's thread.
 
     Args:
@@ -346,18 +354,8 @@ def iter_torch_batches(
         ...     [b["x"].tolist() for b in batches]
         [[0.0, 1.0], [2.0, 3.0], [4.0]]
     """
-    n = validate_prefetch_batches(prefetch_batches)
-    _check_collate_args(collate_fn, dtypes, device, pin_memory)
-    _check_dtypes(dtypes)
-    target = resolve_device(device) if collate_fn is None else None
-    tables = iter_batches_from_blocks(
-        block_iter,
-        batch_size=batch_size,
-        drop_last=drop_last,
-        local_shuffle_buffer_size=local_shuffle_buffer_size,
-        local_shuffle_seed=local_shuffle_seed,
-    )
-    return prefetch(_convert_all(tables, dtypes, target, pin_memory, collate_fn), n)
+    return _stream(block_iter, False, batch_size, dtypes, device, collate_fn, drop_last,
+                   local_shuffle_buffer_size, local_shuffle_seed, prefetch_batches, pin_memory)
 
 
 def iter_torch_batches_with_ids(
@@ -375,35 +373,77 @@ def iter_torch_batches_with_ids(
 ) -> Prefetcher[tuple[npt.NDArray[np.int64], Any]]:
     """:func:`iter_torch_batches` over blocks that carry ``ROW_ID_COLUMN``: each item is
     (the batch's row ids, the batch without that column), for a tracked pass (``_position``)."""
+    return _stream(block_iter, True, batch_size, dtypes, device, collate_fn, drop_last,
+                   local_shuffle_buffer_size, local_shuffle_seed, prefetch_batches, pin_memory)
+
+
+def _stream(
+    block_iter: Iterable[pa.Table],
+    with_ids: bool,
+    batch_size: int | None,
+    dtypes: TorchDtypes,
+    device: Device,
+    collate_fn: Callable[[NumpyBatch], Any] | None,
+    drop_last: bool,
+    local_shuffle_buffer_size: int | None,
+    local_shuffle_seed: int | None,
+    prefetch_batches: int,
+    pin_memory: bool,
+) -> Prefetcher[Any]:
+    """The pipeline of both: arguments checked (and ``"auto"`` resolved) here, in the
+    caller's thread. For a CPU target the prefetch thread fetches blocks and the batches are
+    cut and converted in the consumer's thread (cheap: views; see ``prefetch_blocks``); for
+    an accelerator, or with a ``collate_fn``, all of it runs in the prefetch thread, so the
+    copies to the device overlap the consumer."""
     n = validate_prefetch_batches(prefetch_batches)
     _check_collate_args(collate_fn, dtypes, device, pin_memory)
     _check_dtypes(dtypes)
     target = resolve_device(device) if collate_fn is None else None
-    tables = iter_batches_from_blocks(
-        block_iter,
-        batch_size=batch_size,
-        drop_last=drop_last,
-        local_shuffle_buffer_size=local_shuffle_buffer_size,
-        local_shuffle_seed=local_shuffle_seed,
-    )
-    def converted() -> Iterator[tuple[npt.NDArray[np.int64], Any]]:
-        for table in tables:
-            row_ids, rest = split_row_ids(table)
-            for batch in _convert_all(iter((rest,)), dtypes, target, pin_memory, collate_fn):
-                yield row_ids, batch
+    size = validate_batch_size(batch_size)
+    buffer = validate_local_shuffle_buffer_size(local_shuffle_buffer_size, size)
+    direct = size is not None and buffer is None
 
-    return prefetch(converted(), n)
+    def batches(blocks: Iterator[pa.Table]) -> Iterator[Any]:
+        if direct:
+            assert size is not None
+            numpy = iter_numpy_batches(blocks, size, drop_last)
+        else:
+            numpy = (to_batch(t, "numpy") for t in iter_batches_from_blocks(
+                blocks, batch_size=size, drop_last=drop_last,
+                local_shuffle_buffer_size=buffer, local_shuffle_seed=local_shuffle_seed))
+        if not with_ids:
+            return _convert_all(numpy, dtypes, target, pin_memory, collate_fn)
+        return _convert_with_ids(numpy, dtypes, target, pin_memory, collate_fn)
+
+    if not direct:  # (the shuffle's seed is checked now, not at the first batch)
+        iter_batches_from_blocks(iter(()), batch_size=size, local_shuffle_buffer_size=buffer,
+                                 local_shuffle_seed=local_shuffle_seed)
+    if target is not None and target.type == "cpu":
+        return prefetch_blocks(block_iter, n, size, batches)
+    return prefetch(batches(iter(block_iter)), n)
+
+
+def _convert_with_ids(
+    batches: Iterator[NumpyBatch],
+    dtypes: TorchDtypes,
+    device: torch.device | None,
+    pin_memory: bool,
+    collate_fn: Callable[[NumpyBatch], Any] | None,
+) -> Iterator[tuple[npt.NDArray[np.int64], Any]]:
+    for batch in batches:
+        row_ids = batch.pop(ROW_ID_COLUMN)
+        for converted in _convert_all(iter((batch,)), dtypes, device, pin_memory, collate_fn):
+            yield row_ids, converted
 
 
 def _convert_all(
-    tables: Iterator[pa.Table],
+    batches: Iterator[NumpyBatch],
     dtypes: TorchDtypes,
     device: torch.device | None,
     pin_memory: bool,
     collate_fn: Callable[[NumpyBatch], Any] | None,
 ) -> Iterator[Any]:
-    for table in tables:
-        batch = to_batch(table, "numpy")
+    for batch in batches:
         if collate_fn is not None:
             yield collate_fn(batch)
         else:
