@@ -178,6 +178,26 @@ def test_sharded_checkpoint_through_s3_holds_every_rank_and_loads_whole(tmp_path
         assert torch.equal(dict(plain.named_parameters())[key], value), key
 
 
+def mixed_precision_loop() -> None:
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    torch.manual_seed(0)
+    model = train.torch.prepare_model(_model(), parallel_strategy="fsdp",
+                                      parallel_strategy_kwargs={"mp_policy": MixedPrecisionPolicy(
+                                          param_dtype=torch.bfloat16, reduce_dtype=torch.float32)})
+    out = model(torch.randn(4, 8, dtype=torch.bfloat16))
+    out.float().sum().backward()
+    train.report({"out": str(out.dtype), "grad": str(model[0].weight.grad.dtype)})
+
+
+@pytest.mark.usefixtures("train_runtime")
+def test_mp_policy_reaches_fully_shard(tmp_path) -> None:
+    result = Trainer(mixed_precision_loop, scaling_config=ScalingConfig(num_workers=2),
+                     run_config=RunConfig(name="mp", storage_path=tmp_path, verbose=0)).fit()
+    # Computed in bf16, the gradients reduced and kept in fp32 (the sharded parameters' dtype).
+    assert result.metrics == {"out": "torch.bfloat16", "grad": "torch.float32"}
+
+
 def conflicting_loop(config: dict) -> None:
     rank = train.get_context().get_world_rank()
     with tempfile.TemporaryDirectory() as d:
