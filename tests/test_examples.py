@@ -29,6 +29,15 @@ def test_train_ddp_runs_and_resumes(tmp_path: Path) -> None:
     assert "final metrics: {'epoch': 2" in again.stdout
 
 
+def test_train_fsdp_example_resumes(tmp_path: Path) -> None:
+    script = str(REPO / "examples" / "train_fsdp.py")
+    for epochs in ("2", "3"):
+        proc = subprocess.run([sys.executable, script, "--storage-path", str(tmp_path),
+                               "--epochs", epochs], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+    assert "loaded epoch 2 in one process" in proc.stdout
+
+
 def test_tune_asha_optuna_runs(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, str(REPO / "examples" / "tune_asha_optuna.py"),
                            "--storage-path", str(tmp_path), "--num-samples", "6"],

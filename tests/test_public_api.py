@@ -40,8 +40,8 @@ PUBLIC = {
         "RunConfig", "ScalingConfig", "TrainContext", "Trainer", "TrainingFailedError",
         "get_checkpoint", "get_context", "get_dataset_shard", "report", "torch",
     ],
-    "trainkit.train.torch": ["TorchTrainer", "get_device", "prepare_data_loader",
-                             "prepare_model"],
+    "trainkit.train.torch": ["TorchTrainer", "get_device", "load_sharded",
+                             "prepare_data_loader", "prepare_model", "save_sharded"],
     # The seam for hosts that run a training loop outside a Trainer (Tune's trial actor).
     "trainkit.train.hosting": [
         "CheckpointRecord", "LEDGER_FILE", "ReportSink", "RunCheckpoints", "RunFiles",

@@ -210,6 +210,8 @@ class Trainer:
         storage = self.run_config.storage_location()
         digest = code_digest(self.fn)
         if self.run_config.name:  # a rerun continues it if the loop is the same code
+            # Writable first: refused credentials or a missing bucket say so, not a lookup.
+            _storage.check_writable(storage.join(self.run_config.name))
             run, why = choose_run_folder(storage, self.run_config.name, digest, self.resume)
             if why is not None and self.run_config.verbose:
                 print(f"[trainkit] starting a new run in {run} ({why}; "

@@ -21,9 +21,8 @@ from trainkit.train._fsdp import shard_model
 from trainkit.train._session import current_session
 from trainkit.train._trainer import Trainer
 
-__all__ = ["TorchTrainer", "get_device", "prepare_data_loader", "prepare_model"]
-# Also here, not yet in __all__ (the public list is checked in): save_sharded, load_sharded.
-_SHARDED_CHECKPOINTS = (save_sharded, load_sharded)
+__all__ = ["TorchTrainer", "get_device", "load_sharded", "prepare_data_loader",
+           "prepare_model", "save_sharded"]
 _STRATEGIES = ("ddp", "fsdp", None)
 
 # Ray's spelling (ray.train.torch.TorchTrainer): trainkit's Trainer already runs PyTorch.
