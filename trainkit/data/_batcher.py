@@ -320,11 +320,34 @@ class _Channel:
         self.stopped = False  # the consumer closed: the producer must stop
 
 
+def _pulled_when_room(source: Iterator[Any], channel: _Channel) -> Iterator[Any]:
+    """The source's items; for a weighted channel (blocks), each pulled only once the queue
+    has room, so the thread holds no block beyond the queue's: pulling a block runs the
+    executor, which launches tasks, and tasks launched far ahead of the consumer compete
+    with it for the CPUs."""
+    if channel.weight is None:
+        yield from source
+        return
+    cond = channel.cond
+    while True:
+        with cond:
+            while channel.items and channel.queued >= channel.capacity and \
+                    not channel.stopped:
+                cond.wait()
+            if channel.stopped:
+                return
+        try:
+            item = next(source)
+        except StopIteration:
+            return
+        yield item
+
+
 def _produce(source: Iterator[Any], channel: _Channel) -> None:
     cond = channel.cond
     weight = channel.weight
     try:
-        for item in source:
+        for item in _pulled_when_room(source, channel):
             w = 1.0 if weight is None else weight(item)
             with cond:
                 # Full: the queue holds ``capacity`` worth (always room for one item, so an
