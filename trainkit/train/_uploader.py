@@ -198,6 +198,9 @@ class ReportQueue:
                         "checkpoint_uploading", rank=self.rank, attempt=self.attempt))
                     _faults.maybe("checkpoint_upload", rank=self.rank, attempt=self.attempt)
                 except Exception as e:
+                    with self.cv:
+                        if self._closed:  # close() removed the snapshot under it: the
+                            return        # rank's failure is what closed it, not this
                     error = CheckpointUploadError(
                         f"rank {self.rank} could not upload its checkpoint of report {seq} to "
                         f"{staged}: {type(e).__name__}: {e}")
