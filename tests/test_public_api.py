@@ -47,7 +47,8 @@ PUBLIC = {
         "CheckpointRecord", "LEDGER_FILE", "ReportSink", "RunCheckpoints", "RunFiles",
         "RunLedger", "StorageLocation", "TrainContext", "check_writable", "delete_dir",
         "download_dir", "hosted_loop", "ledger_error_fields", "list_dir", "local_location",
-        "parse_ledger", "read_file", "read_ledger", "run_loop", "upload_dir", "write_file",
+        "numbered_folders", "parse_ledger", "read_file", "read_ledger", "run_loop",
+        "upload_dir", "write_file",
     ],
     "trainkit.dashboard": [],
     "trainkit.tune": [
@@ -71,7 +72,8 @@ PUBLIC = {
     ],
     "trainkit.exceptions": [
         "ActorDiedError", "CheckpointUploadError", "GetTimeoutError", "HangError",
-        "InfeasibleError", "InvalidTransitionError", "ObjectLostError", "OutOfMemoryError", "RuntimeSystemError",
+        "InfeasibleError", "InvalidTransitionError", "ObjectLostError", "OutOfMemoryError",
+        "RuntimeSystemError",
         "TaskCancelledError", "TaskError", "TrainingFailedError", "TrainkitError",
         "TrainkitInternalError", "TransportClosedError", "TuneError", "WorkerCrashedError",
     ],

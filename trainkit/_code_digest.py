@@ -25,6 +25,18 @@ _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 _MAX_DEPTH = 4  # how far helpers of helpers are followed
 
 
+def check_resume(resume: object, what: str) -> bool | str:
+    """``resume`` as a ``Tuner`` or ``Trainer`` takes it: True, False or "auto"; ``what``
+    names what a rerun continues ("experiment", "run")."""
+    if isinstance(resume, bool):
+        return resume
+    if isinstance(resume, str) and resume.lower() == "auto":
+        return "auto"
+    raise ValueError(f"`resume` is {resume!r}, but must be 'auto' (continue only the same "
+                     f"{what}), True (continue it whatever changed) or False (start a new "
+                     "one)")
+
+
 def code_digest(obj: Any) -> str:
     """A short hex digest of the code that defines ``obj``."""
     return hashlib.sha256(code_of(obj, set(), 0).encode()).hexdigest()[:16]

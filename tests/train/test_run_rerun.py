@@ -71,5 +71,6 @@ def test_resume_true_continues_whatever_changed_and_false_starts_afresh(
 
 
 def test_a_bad_resume_value_is_refused_naming_it() -> None:
-    with pytest.raises(ValueError, match=r"resume is 'always', but must be 'auto'"):
+    with pytest.raises(ValueError, match=r"`resume` is 'always', but must be 'auto' "
+                                         r"\(continue only the same run\)"):
         Trainer(_steps, resume="always")

@@ -13,24 +13,11 @@ epochs and rerunning continues the run.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 from trainkit.train import _storage
 from trainkit.train._checkpoint_manager import INDEX_FILE
 from trainkit.train._ledger import LEDGER_FILE
 from trainkit.train._ledger import read_ledger
 from trainkit.train._storage import StorageLocation
-
-
-def check_resume(resume: object) -> bool | str:
-    """``resume`` as given to a ``Trainer``: True, False or "auto"."""
-    if isinstance(resume, bool):
-        return resume
-    if isinstance(resume, str) and resume.lower() == "auto":
-        return "auto"
-    raise ValueError(f"resume is {resume!r}, but must be 'auto' (continue the run only if its "
-                     "training loop is the same code), True (continue it whatever changed) or "
-                     "False (start a new run)")
 
 
 def holds_run(folder: StorageLocation) -> bool:
@@ -47,21 +34,13 @@ def stored_digest(folder: StorageLocation) -> str | None:
     return str(starts[-1]["loop_digest"]) if starts else None
 
 
-def _family(storage: StorageLocation, name: str) -> Iterator[StorageLocation]:
-    yield storage.join(name)
-    n = 2
-    while True:
-        yield storage.join(f"{name}-{n}")
-        n += 1
-
-
 def choose(storage: StorageLocation, name: str, digest: str, resume: bool | str
            ) -> tuple[StorageLocation, str | None]:
     """(the run's folder, why it is a new folder rather than ``<name>``, or None)."""
     base = storage.join(name)
     if resume is True:
         return base, None
-    for folder in _family(storage, name):
+    for folder in _storage.numbered_folders(storage, name):
         if not holds_run(folder):
             if folder == base:
                 return base, None  # nothing ran under this name yet

@@ -25,6 +25,7 @@ import posixpath
 import shutil
 import tempfile
 from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from typing import Any
@@ -337,6 +338,16 @@ def move_dir(source: StorageLocation, dest: StorageLocation) -> None:
         if info.type == pyarrow.fs.FileType.File:
             fs.copy_file(info.path, posixpath.join(dest.path, info.path[len(prefix):]))
     fs.delete_dir(source.path)
+
+
+def numbered_folders(storage: StorageLocation, name: str) -> Iterator[StorageLocation]:
+    """``<name>``, ``<name>-2``, ``<name>-3``, ... in ``storage``: where a rerun that must
+    not continue an earlier run or sweep of that name goes (the first that holds none)."""
+    yield storage.join(name)
+    n = 2
+    while True:
+        yield storage.join(f"{name}-{n}")
+        n += 1
 
 
 def temp_dir(prefix: str) -> str:

@@ -20,6 +20,7 @@ from typing import Any
 import cloudpickle  # type: ignore[import-untyped]
 
 import trainkit.runtime as rt
+from trainkit._code_digest import check_resume
 from trainkit._code_digest import code_digest
 from trainkit._pickling import unpicklable_capture
 from trainkit._result_log import PROGRESS_FILE
@@ -38,7 +39,6 @@ from trainkit.train._controller import save_data_positions
 from trainkit.train._ledger import RunLedger
 from trainkit.train._ledger import error_fields
 from trainkit.train._recorder import RunRecorder
-from trainkit.train._run_folder import check_resume
 from trainkit.train._run_folder import choose as choose_run_folder
 from trainkit.train._session import DATA_POSITIONS_KEY
 from trainkit.train._session import Session
@@ -177,7 +177,7 @@ class Trainer:
                  datasets: Mapping[str, Any] | None = None,
                  resume_from_checkpoint: Checkpoint | None = None,
                  backend: str | None = None, resume: bool | str = "auto") -> None:
-        self.resume = check_resume(resume)
+        self.resume = check_resume(resume, "run")
         self.scaling = scaling_config or ScalingConfig()
         self.run_config = run_config or RunConfig()
         if not isinstance(self.scaling, ScalingConfig):

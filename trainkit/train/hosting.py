@@ -22,8 +22,9 @@ What it promises (and a change to it is a deliberate diff: its ``__all__`` is ch
   storage): ``StorageLocation`` (``RunConfig.storage_location()``; a folder on a
   ``pyarrow.fs`` filesystem, picklable), the file operations a host needs on it
   (``check_writable``, ``read_file``, ``write_file`` atomic, ``list_dir``, ``delete_dir``,
-  ``upload_dir``, ``download_dir``), and ``RunFiles``: the local folder a ``ResultLog``
-  writes into, uploaded to the run's folder by ``sync()``.
+  ``upload_dir``, ``download_dir``, and ``numbered_folders`` for a rerun's fresh folder),
+  and ``RunFiles``: the local folder a ``ResultLog`` writes into, uploaded to the run's
+  folder by ``sync()``.
 - The ledger (``RunLedger``, ``read_ledger``, ``parse_ledger``, ``ledger_error_fields``,
   ``LEDGER_FILE``):
   the one event format and reader for runs and sweeps, so a sweep appends its events to
@@ -58,6 +59,7 @@ from trainkit.train._storage import delete_dir
 from trainkit.train._storage import download_dir
 from trainkit.train._storage import list_dir
 from trainkit.train._storage import local_location
+from trainkit.train._storage import numbered_folders
 from trainkit.train._storage import read_file
 from trainkit.train._storage import upload_dir
 from trainkit.train._storage import write_file
@@ -78,6 +80,7 @@ __all__ = [
     "ledger_error_fields",
     "list_dir",
     "local_location",
+    "numbered_folders",
     "parse_ledger",
     "read_file",
     "read_ledger",

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from dataclasses import field
 from typing import Any
@@ -24,6 +23,7 @@ import cloudpickle  # type: ignore[import-untyped]
 from trainkit._atomic import write_atomic
 from trainkit.train.hosting import StorageLocation
 from trainkit.train.hosting import list_dir
+from trainkit.train.hosting import numbered_folders
 from trainkit.train.hosting import read_file
 
 JOURNAL = "experiment_state.jsonl"
@@ -129,7 +129,7 @@ def is_experiment(exp: StorageLocation) -> bool:
 def experiment_family(storage: StorageLocation, name: str) -> list[StorageLocation]:
     """The experiments ``<name>``, ``<name>-2``, ``<name>-3``, ... that exist in ``storage``."""
     out = []
-    for folder in _family_folders(storage, name):
+    for folder in numbered_folders(storage, name):
         if not list_dir(folder):
             break
         if is_experiment(folder):
@@ -139,15 +139,8 @@ def experiment_family(storage: StorageLocation, name: str) -> list[StorageLocati
 
 def next_free_folder(storage: StorageLocation, name: str) -> StorageLocation:
     """The first folder of the family that holds no experiment."""
-    for folder in _family_folders(storage, name):
+    for folder in numbered_folders(storage, name):
         if not is_experiment(folder):
             return folder
     raise AssertionError("unreachable")
 
-
-def _family_folders(storage: StorageLocation, name: str) -> Iterator[StorageLocation]:
-    yield storage.join(name)
-    n = 2
-    while True:
-        yield storage.join(f"{name}-{n}")
-        n += 1

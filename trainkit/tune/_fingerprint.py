@@ -32,17 +32,6 @@ def fingerprint(trainable: Any, param_space: Mapping[str, Any], tune_config: Any
     return h.hexdigest()[:16]
 
 
-def check_resume(resume: Any) -> bool | str:
-    """``resume`` as given to a ``Tuner``: True, False or "auto"."""
-    if isinstance(resume, bool):
-        return resume
-    if isinstance(resume, str) and resume.lower() == "auto":
-        return "auto"
-    raise ValueError(f"`resume` is {resume!r}, but must be 'auto' (continue only the same "
-                     "experiment), True (continue it whatever changed) or False (start a new "
-                     "one)")
-
-
 def _search_definition(tc: Any) -> str:
     searcher = getattr(tc, "search_alg", None)
     inner = getattr(searcher, "searcher", searcher)  # a ConcurrencyLimiter's searcher

@@ -16,6 +16,7 @@ import cloudpickle  # type: ignore[import-untyped]
 
 import trainkit.runtime as rt
 from trainkit._atomic import write_atomic
+from trainkit._code_digest import check_resume
 from trainkit._pickling import unpicklable_capture
 from trainkit.exceptions import InfeasibleError
 from trainkit.train import RunConfig
@@ -34,7 +35,6 @@ from trainkit.tune._experiment_state import read_fingerprint
 from trainkit.tune._experiment_state import replay
 from trainkit.tune._experiment_state import write_fingerprint
 from trainkit.tune._experiment_sync import ExperimentFolder
-from trainkit.tune._fingerprint import check_resume
 from trainkit.tune._fingerprint import fingerprint
 from trainkit.tune._result_grid import ResultGrid
 from trainkit.tune._result_grid import results_of
@@ -92,7 +92,7 @@ class Tuner:
         if not isinstance(self.run_config, RunConfig):
             raise TypeError(f"run_config is {run_config!r}; pass a train.RunConfig")
         make_stopper(self.run_config.stop)  # a bad stop criterion fails here, not at a result
-        self.resume = check_resume(resume)
+        self.resume = check_resume(resume, "experiment")
         self.blob = _pickle_trainable(trainable)
         self.fingerprint = fingerprint(trainable, self.param_space, self.tune_config)
         self.searcher = self._make_searcher()
