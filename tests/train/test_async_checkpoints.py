@@ -207,3 +207,29 @@ def test_queue_blocks_a_third_checkpoint_until_the_oldest_is_committed(tmp_path)
     finally:
         _faults.install(None)  # type: ignore[arg-type]
         queue.close()
+
+
+def test_an_upload_cut_short_by_close_is_not_the_ranks_error(tmp_path, monkeypatch) -> None:
+    """A rank that fails closes its queue, which removes the snapshots; the upload then in
+    progress fails for that reason, and must not stand in for the rank's own error."""
+    from trainkit.train import _uploader
+
+    started, release = threading.Event(), threading.Event()
+
+    def manifest_of_a_removed_snapshot(snapshot: str, rank: int) -> None:
+        started.set()
+        release.wait(30)
+        raise FileNotFoundError(snapshot)
+
+    monkeypatch.setattr(_uploader, "write_manifest", manifest_of_a_removed_snapshot)
+    queue = ReportQueue(0, 0, _storage.local_location(tmp_path / "staging"))
+    src = tmp_path / "src"
+    src.mkdir()
+    _write_state(str(src), 0, "s", 1024)
+    queue.put({}, Checkpoint.from_directory(src), "async")
+    assert started.wait(30)
+    queue.close()
+    release.set()
+    assert queue._thread is not None
+    queue._thread.join(30)
+    assert not queue._thread.is_alive() and queue.error is None
